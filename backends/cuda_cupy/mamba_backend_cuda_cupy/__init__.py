@@ -1,0 +1,1 @@
+"""mamba-core backend on CuPy arrays; CUDA C kernels are added op by op (issue: cuda_cupy)."""

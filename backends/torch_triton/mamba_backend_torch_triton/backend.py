@@ -1,0 +1,77 @@
+"""The torch_triton backend object.
+
+Arrays are torch tensors on the first CUDA device, or on the CPU when TRITON_INTERPRET=1 (the
+Triton interpreter, used by CI). No Triton kernel is registered yet, so every op runs the core's
+default composition through ``array_api_compat.torch``; ``mamba-core backends`` says so.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+
+from mamba_core.backend import Availability, Backend, Capabilities
+
+KERNELS: dict = {}
+
+
+class TorchTritonBackend(Backend):
+    name = "torch_triton"
+    priority = 30
+    description = "torch tensors on CUDA (CPU under TRITON_INTERPRET=1); default compositions until Triton kernels land"
+    dtypes = ("float32", "float64")
+    capabilities = Capabilities(cuda_graphs=False, batch_invariant=False, deterministic=True)
+    kernels = KERNELS
+
+    def available(self) -> Availability:
+        if importlib.util.find_spec("torch") is None:
+            return Availability.no(
+                "torch is not installed: pip install -e backends/torch_triton (and torch for your platform)"
+            )
+        if importlib.util.find_spec("array_api_compat") is None:
+            return Availability.no("array-api-compat is not installed: pip install array-api-compat")
+        if self._interpret:
+            return Availability.yes()
+        import torch
+
+        if not torch.cuda.is_available():
+            return Availability.no(
+                "no CUDA device visible to torch; set TRITON_INTERPRET=1 to run on the CPU "
+                "through the Triton interpreter"
+            )
+        return Availability.yes()
+
+    @property
+    def _interpret(self) -> bool:
+        return os.environ.get("TRITON_INTERPRET") == "1"
+
+    @property
+    def device(self):
+        import torch
+
+        return torch.device("cpu" if self._interpret or not torch.cuda.is_available() else "cuda")
+
+    @property
+    def xp(self):
+        import array_api_compat.torch as xp
+
+        return xp
+
+    def asarray(self, a, dtype=None):
+        import torch
+
+        if isinstance(a, np.ndarray) and a.dtype.name == "bfloat16":
+            a = a.astype(np.float32)
+        if isinstance(a, np.ndarray):
+            a = torch.from_numpy(np.ascontiguousarray(a))
+        t = torch.as_tensor(a, device=self.device)
+        if dtype is None and t.is_floating_point() and str(t.dtype).replace("torch.", "") not in self.dtypes:
+            dtype = "float32"
+        if dtype is not None:
+            t = t.to(self.dtype(dtype))
+        return t
+
+    def to_numpy(self, a) -> np.ndarray:
+        return a.detach().to("cpu").numpy()

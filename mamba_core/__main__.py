@@ -1,0 +1,5 @@
+import sys
+
+from mamba_core.cli import main
+
+sys.exit(main())

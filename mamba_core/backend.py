@@ -1,0 +1,180 @@
+"""The Backend contract.
+
+A backend is a small object that tells mamba_core how to hold arrays and, optionally, how to
+compute some ops faster than the core's default compositions:
+
+- ``name``, ``priority`` (higher wins when nothing is asked for by name) and ``available()``,
+  which answers yes, or no with the reason and the fix;
+- ``xp``: an array-API namespace (``numpy``, ``array_api_compat.torch``, ``cupy``, ...);
+- ``asarray`` / ``to_numpy`` to move data in and out (the defaults go through ``xp`` and
+  DLPack/``__array__``);
+- ``dtypes``: the floating dtypes it computes in (``"float32"``, ``"float64"``, ``"bfloat16"``...);
+- ``capabilities``: flags such as CUDA graphs, batch invariance and determinism;
+- ``kernels``: a table ``op name -> callable`` of native implementations.
+
+Every op a backend does not implement falls back to the default composition that
+``mamba_core.ops`` writes in array-API terms, so a new backend can start with nothing but
+``xp`` and grow kernel by kernel. ``backend.ops.<name>(...)`` resolves native-or-default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from mamba_core.errors import OpNotSupportedError
+
+
+@dataclasses.dataclass(frozen=True)
+class Availability:
+    """Whether a backend can run here; falsy with a ``reason`` that says how to fix it."""
+
+    ok: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    @classmethod
+    def yes(cls) -> "Availability":
+        return cls(True, "")
+
+    @classmethod
+    def no(cls, reason: str) -> "Availability":
+        return cls(False, reason)
+
+
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """What a backend promises beyond equality with the reference.
+
+    cuda_graphs:      the language-model step can be captured and replayed as a CUDA graph.
+    batch_invariant:  a row's results are bit-identical whatever else is in the batch.
+    deterministic:    two runs with the same inputs give bit-identical results.
+    """
+
+    cuda_graphs: bool = False
+    batch_invariant: bool = False
+    deterministic: bool = True
+
+
+class Backend:
+    """Base class of every backend. Subclasses set the class attributes and ``xp``."""
+
+    name: str = "unnamed"
+    priority: int = 0
+    description: str = ""
+    dtypes: tuple[str, ...] = ("float32", "float64")
+    capabilities: Capabilities = Capabilities()
+    #: op name -> callable with the op's public signature (see ``mamba_core.ops``).
+    kernels: Mapping[str, Callable[..., Any]] = {}
+
+    # ---- availability and arrays -------------------------------------------------------
+    def available(self) -> Availability:
+        return Availability.yes()
+
+    @property
+    def xp(self):  # pragma: no cover - every concrete backend overrides it
+        raise OpNotSupportedError(
+            f"backend {self.name!r} defines no array namespace; set the 'xp' property to an "
+            "array-API namespace such as numpy or array_api_compat.torch"
+        )
+
+    def dtype(self, name: str):
+        """The ``xp`` dtype object for a dtype name this backend computes in."""
+        if name not in self.dtypes:
+            raise OpNotSupportedError(
+                f"backend {self.name!r} does not compute in {name!r}; it supports {list(self.dtypes)}"
+            )
+        return getattr(self.xp, name)
+
+    def asarray(self, a, dtype: str | None = None):
+        """Bring ``a`` (NumPy array, scalar, or a foreign array) into this backend.
+
+        ``dtype`` is a dtype name; ``None`` keeps floating arrays' dtype when the backend
+        computes in it and upcasts low-precision storage (bf16/f16) to float32.
+        """
+        xp = self.xp
+        if dtype is None:
+            kind = _float_kind(a)
+            if kind is not None and kind not in self.dtypes:
+                dtype = "float32"
+        if dtype is None:
+            return xp.asarray(a)
+        if isinstance(a, np.ndarray) and a.dtype.name == "bfloat16":
+            a = a.astype(np.float32)  # ml_dtypes storage: widen on the host first
+        return xp.asarray(a, dtype=self.dtype(dtype))
+
+    def to_numpy(self, a) -> np.ndarray:
+        """A NumPy copy (or view) of a backend array."""
+        return np.asarray(a)
+
+    # ---- ops -----------------------------------------------------------------------------
+    @functools.cached_property
+    def ops(self) -> "OpTable":
+        return OpTable(self)
+
+    def native_ops(self) -> list[str]:
+        return sorted(self.kernels)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+def _float_kind(a) -> str | None:
+    dt = getattr(a, "dtype", None)
+    if dt is None:
+        return None
+    name = str(dt).replace("torch.", "")
+    if name in ("float16", "bfloat16", "float32", "float64"):
+        return name
+    return None
+
+
+class OpTable:
+    """``backend.ops.<name>``: the backend's kernel for that op, else the default composition.
+
+    Default compositions take the array namespace as their first argument; the table binds it,
+    so both forms are called with the op's public signature.
+    """
+
+    def __init__(self, backend: Backend):
+        self._backend = backend
+        self._cache: dict[str, Callable[..., Any]] = {}
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self._cache[name]
+        except KeyError:
+            pass
+        from mamba_core.ops import REGISTRY
+
+        spec = REGISTRY.get(name)
+        kernel = self._backend.kernels.get(name)
+        if kernel is None:
+            if spec is None:
+                raise OpNotSupportedError(
+                    f"no op named {name!r}; the ops are: {', '.join(sorted(REGISTRY))}"
+                )
+            kernel = functools.partial(spec.default, self._backend.xp)
+        if spec is not None and spec.validate is not None:
+            kernel = _validated(spec.validate, kernel)
+        self._cache[name] = kernel
+        return kernel
+
+    def is_native(self, name: str) -> bool:
+        return name in self._backend.kernels
+
+
+def _validated(validate: Callable[..., None], kernel: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args, **kwargs):
+        validate(*args, **kwargs)
+        return kernel(*args, **kwargs)
+
+    call.__wrapped__ = kernel  # type: ignore[attr-defined]
+    return call

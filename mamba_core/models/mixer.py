@@ -1,0 +1,53 @@
+"""What every mixer module (``mamba1``, ``mamba2``, ``mamba3``) provides.
+
+A mixer is a module of plain functions over a flat dict of named parameters whose names are the
+official mamba_ssm ones (``in_proj.weight``, ``conv1d.weight``, ``A_log``, ``D``, ...), so that
+checkpoints map one to one. Arrays are backend arrays; the functions call ops only through
+``be.ops.<name>`` and glue only through ``be.xp`` (array API), never a framework directly.
+
+    LAYER: str                      "Mamba1" | "Mamba2" | "Mamba3" (the ssm_cfg "layer" value)
+    Config                          dataclass; Config.from_dict(d_model, **ssm_cfg) validates
+                                    and raises ConfigError naming the field, the value and why
+    param_shapes(cfg) -> {name: shape}
+    init_params(cfg, rng) -> {name: float32 numpy array}    faithful official initialisation
+    no_weight_decay(name) -> bool   (biases, norms, A_log, D, dt_bias, ...) for training
+    cache_shapes(cfg, batch) -> {name: shape}
+    init_cache(be, cfg, batch, dtype) -> {name: backend array}   zeros; states >= float32
+    forward(be, params, cfg, u, cache=None) -> (y, new_cache)
+        u: (B, L, D). With a cache, continues from it (the sequence follows the cached one).
+        new_cache is always returned: forward over a prompt is the prefill of decoding.
+    step(be, params, cfg, u, cache) -> (y, new_cache)
+        u: (B, D), one token. Never modifies ``cache`` in place.
+
+``forward`` then ``step`` must agree: running step over the L tokens from a cache equals forward
+from that cache, in outputs and in the final cache. Conformance checks exactly that.
+"""
+
+from __future__ import annotations
+
+from mamba_core.errors import ConfigError
+
+
+def scope(params: dict, prefix: str) -> dict:
+    """The entries of ``params`` under ``prefix`` (e.g. 'backbone.layers.3.mixer.'), unprefixed."""
+    n = len(prefix)
+    return {k[n:]: v for k, v in params.items() if k.startswith(prefix)}
+
+
+def require(cond: bool, field: str, value, why: str) -> None:
+    """Raise ConfigError('<field>=<value>: <why>') unless cond."""
+    if not cond:
+        raise ConfigError(f"{field}={value!r}: {why}")
+
+
+def known_fields(cls, kwargs: dict, where: str) -> dict:
+    """Reject unknown config keys with the list of known ones."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(kwargs) - names)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown field(s) {unknown}; known fields are {sorted(names - {'d_model'})}"
+        )
+    return kwargs

@@ -1,0 +1,28 @@
+"""The gated MLP sub-block of mamba_ssm (``GatedMLP``): y = fc2(a * silu(g)), [a, g] = fc1(x).
+
+Params: fc1.weight (2F, D), fc2.weight (D, F), no biases; F = d_intermediate rounded up to a
+multiple of 128 (``LMConfig.mlp_hidden``).
+"""
+
+from __future__ import annotations
+
+from mamba_core.models import init
+
+
+def param_shapes(d_model: int, hidden: int) -> dict:
+    return {"fc1.weight": (2 * hidden, d_model), "fc2.weight": (d_model, hidden)}
+
+
+def init_params(d_model: int, hidden: int, rng) -> dict:
+    return {
+        "fc1.weight": init.linear_weight(rng, 2 * hidden, d_model),
+        "fc2.weight": init.linear_weight(rng, d_model, hidden),
+    }
+
+
+def forward(be, params: dict, x):
+    """x: (..., D) -> (..., D)."""
+    h = be.ops.linear(x, params["fc1.weight"])
+    F = h.shape[-1] // 2
+    y = h[..., :F] * be.ops.silu(h[..., F:])
+    return be.ops.linear(y, params["fc2.weight"])
