@@ -28,6 +28,8 @@ class OpSpec:
     validate: Optional[Callable[..., None]] = None
     #: for a recurrent step op, the sequence op it unrolls
     step_of: Optional[str] = None
+    #: for a vector-Jacobian product op ("<op>_vjp"), the op it differentiates
+    vjp_of: Optional[str] = None
 
     @property
     def summary(self) -> str:
