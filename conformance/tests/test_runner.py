@@ -1,0 +1,124 @@
+"""The runner and the certificate, on cpu_numpy and on hand-made outputs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from mamba_conformance import Certificate, run
+from mamba_conformance.cases import basic
+from mamba_conformance.check import TOLERANCES, Case, Check
+from mamba_conformance.runner import compare, make_inputs, round_to
+
+BASIC = [c.name for c in basic.CHECKS]
+
+
+@pytest.fixture(scope="module")
+def basic_cert():
+    return run("cpu_numpy", only=BASIC)
+
+
+def test_basic_checks_pass_on_cpu_numpy(basic_cert):
+    assert basic_cert.ok, basic_cert.render()
+    assert set(basic_cert.dtypes) == {"float32", "float64"}
+    got = {(e.check, e.mode, e.dtype) for e in basic_cert.entries}
+    for name in BASIC:
+        for dt in ("float32", "float64"):
+            assert (name, "forward", dt) in got
+    assert ("op:causal_conv1d", "step", "float32") in got
+    assert ("op:silu", "step", "float32") not in got  # no recurrent form: no entry
+    for e in basic_cert.entries:
+        assert e.verdict == "PASS" and e.max_error <= TOLERANCES[e.dtype]
+        assert e.repro.startswith("mamba-conformance cpu_numpy --only ")
+
+
+def test_entry_records_outputs_ops_and_dims(basic_cert):
+    e = next(e for e in basic_cert.entries if e.check == "op:add_rmsnorm" and e.dtype == "float32")
+    assert {o.name for o in e.outputs} == {"y", "residual"}
+    assert e.worst_output in ("y", "residual")
+    assert e.ops == {"add_rmsnorm": "default"}
+    emb = next(e for e in basic_cert.entries if e.check == "op:embedding")
+    assert emb.ops == {"embedding": "native"}  # cpu_numpy's own kernel
+    conv = next(e for e in basic_cert.entries if e.check == "op:causal_conv1d")
+    assert conv.dims["K"] in (2, 4) and "--case" in conv.repro
+
+
+def test_inputs_are_deterministic_per_check_and_case():
+    check = next(c for c in basic.CHECKS if c.name == "op:causal_conv1d")
+    case = check.cases[1]
+    a, b = make_inputs(check, case, 0), make_inputs(check, case, 0)
+    np.testing.assert_array_equal(a["x"], b["x"])
+    other = make_inputs(check, check.cases[0], 0)
+    assert not np.array_equal(a["weight"].ravel()[:3], other["weight"].ravel()[:3])
+    assert not np.array_equal(a["x"], make_inputs(check, case, 1)["x"])
+
+
+def test_round_to_dtypes():
+    x = np.array([1.0 + 2.0**-12, 3.14159, -1e-3, 0.0])
+    np.testing.assert_array_equal(round_to(x, "float32"), x.astype(np.float32).astype(np.float64))
+    bf = round_to(x, "bfloat16")
+    assert bf[0] == 1.0 and abs(bf[1] - 3.140625) < 1e-12  # 8 significant bits
+    assert np.all(np.abs(bf - x) <= 2.0**-8 * np.abs(x))
+
+
+def test_compare_relative_error_index_and_nan():
+    want = np.arange(12.0).reshape(3, 4)
+    got = want.copy()
+    got[1, 2] += 0.011  # rel error 0.011 / 11 = 1e-3
+    got[2, 3] += 0.022
+    o = compare("y", got, want, tol=2e-4)
+    assert math.isclose(o.error, 0.022 / 11)
+    assert o.first_index == [1, 2] and o.worst_index == [2, 3] and o.n_over == 2
+    got[0, 1] = np.nan
+    o = compare("y", got, want, tol=2e-4)
+    assert "NaN" in o.note and o.first_index == [0, 1]
+    z = compare("s", np.full(3, 1e-12), np.zeros(3), tol=1e-9)  # all-zero truth: absolute error
+    assert z.error == pytest.approx(1e-12)
+    s = compare("y", np.zeros((2, 3)), np.zeros((3, 2)), tol=1e-9)
+    assert "shape" in s.note and s.error == math.inf
+
+
+def _toy_check(fwd):
+    return Check(name="op:toy", kind="op", cases=(Case("n=5", {"n": 5}),),
+                 make_inputs=lambda case, rng: {"x": rng.standard_normal(case["n"]), "k": 2},
+                 forward=fwd, ops=("silu",))
+
+
+def test_backend_exception_is_error_with_text():
+    def fwd(be, inputs):
+        if be.name != "reference":
+            raise RuntimeError("kernel exploded")
+        return {"y": inputs["x"] * inputs["k"]}
+
+    cert = run("cpu_numpy", checks=[_toy_check(fwd)], dtypes=["float32"])
+    (e,) = cert.entries
+    assert e.verdict == "ERROR" and "RuntimeError: kernel exploded" in e.note
+    assert not cert.ok and cert.failures == [e]
+    assert "kernel exploded" in cert.render()
+
+
+def test_grad_mode_is_skip_and_not_a_failure():
+    cert = run("cpu_numpy", only="op:silu", modes=("forward", "grad"), dtypes=["float64"])
+    grads = [e for e in cert.entries if e.mode == "grad"]
+    assert grads and all(e.verdict == "SKIP" and "not yet certified" in e.note for e in grads)
+    assert cert.ok
+    assert "grad: not yet certified" in run("cpu_numpy", only="op:silu", dtypes=["float64"]).summary()
+
+
+def test_certificate_json_roundtrip_and_render(basic_cert, tmp_path):
+    path = tmp_path / "sub" / "cert.json"
+    basic_cert.to_json(path)
+    assert [p.name for p in path.parent.iterdir()] == ["cert.json"]  # no temp file left behind
+    data = json.loads(path.read_text())
+    assert data["ok"] is True and data["backend"] == "cpu_numpy"
+    assert data["header"]["versions"]["numpy"] == np.__version__
+    assert "grad" in data["not_certified"]
+    assert len(data["entries"]) == len(basic_cert.entries)
+    back = Certificate.from_json(path)
+    assert back.ok and len(back.entries) == len(basic_cert.entries)
+    text = basic_cert.render()
+    for word in ("cpu_numpy", "mamba_core", "python", "op:rmsnorm", "tolerance", "PASS", "CERTIFIED"):
+        assert word in text
