@@ -1,7 +1,13 @@
-"""Activations: silu, softplus (torch's threshold-20 form), sigmoid.
+"""Activations: silu, softplus (torch's threshold-20 form), sigmoid, and their gradients.
 
 All elementwise, any shape, output shape and dtype = input's. The default compositions are also
 the helpers the other ops' compositions call, so each formula lives here once.
+
+Derivatives (``*_grad(xp, x)`` and ``*_grad_ref(x)``, for other ops' VJPs to reuse):
+    sigmoid'(x)  = s (1 - s),               s = sigmoid(x)
+    silu'(x)     = s (1 + x (1 - s))
+    softplus'(x) = sigmoid(x), and exactly 1 above the threshold 20 (torch's rule)
+VJPs (``<op>_vjp(xp, dy, x) -> {"x": dy * <op>'(x)}``; dy None means zero).
 """
 
 from __future__ import annotations
@@ -58,6 +64,92 @@ def softplus(xp, x):
     )
 
 
+# ---- derivatives and VJPs: references (float64 NumPy) --------------------------------------
+def sigmoid_grad_ref(x):
+    """d sigmoid / dx = s (1 - s)."""
+    s = sigmoid_ref(x)
+    return s * (1.0 - s)
+
+
+def silu_grad_ref(x):
+    """d silu / dx = s (1 + x (1 - s))."""
+    x = np.asarray(x, dtype=np.float64)
+    s = sigmoid_ref(x)
+    return s * (1.0 + x * (1.0 - s))
+
+
+def softplus_grad_ref(x):
+    """d softplus / dx = sigmoid(x), and 1 above the threshold (where softplus(x) = x)."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.where(x > SOFTPLUS_THRESHOLD, 1.0, sigmoid_ref(x))
+
+
+def _elementwise_vjp_ref(grad_ref, dy, x):
+    x = np.asarray(x, dtype=np.float64)
+    if dy is None:
+        return {"x": np.zeros(x.shape)}
+    return {"x": np.asarray(dy, np.float64) * grad_ref(x)}
+
+
+def sigmoid_vjp_ref(dy, x):
+    """{"x": dy * sigmoid'(x)} in float64."""
+    return _elementwise_vjp_ref(sigmoid_grad_ref, dy, x)
+
+
+def silu_vjp_ref(dy, x):
+    """{"x": dy * silu'(x)} in float64."""
+    return _elementwise_vjp_ref(silu_grad_ref, dy, x)
+
+
+def softplus_vjp_ref(dy, x):
+    """{"x": dy * softplus'(x)} in float64 (gradient 1 above the threshold)."""
+    return _elementwise_vjp_ref(softplus_grad_ref, dy, x)
+
+
+# ---- derivatives and VJPs: default compositions ------------------------------------------
+def sigmoid_grad(xp, x):
+    """sigmoid'(x) = s (1 - s). x: any shape."""
+    s = sigmoid(xp, x)
+    return s * (1.0 - s)
+
+
+def silu_grad(xp, x):
+    """silu'(x) = s (1 + x (1 - s)). x: any shape."""
+    s = sigmoid(xp, x)
+    return s * (1.0 + x * (1.0 - s))
+
+
+def softplus_grad(xp, x):
+    """softplus'(x): sigmoid(x), and 1 above the threshold 20. x: any shape."""
+    return xp.where(x > SOFTPLUS_THRESHOLD, xp.ones_like(x), sigmoid(xp, x))
+
+
+def _elementwise_vjp(xp, grad, dy, x):
+    if dy is None:
+        return {"x": xp.zeros_like(x)}
+    wide = xp.float64 if x.dtype == xp.float64 else xp.float32
+    dx = xp.astype(dy, wide) * grad(xp, xp.astype(x, wide))
+    return {"x": xp.astype(dx, x.dtype)}
+
+
+def sigmoid_vjp(xp, dy, x):
+    """VJP of sigmoid: {"x": dy * s (1 - s)}. dy, x: same shape; computes in >= float32."""
+    return _elementwise_vjp(xp, sigmoid_grad, dy, x)
+
+
+def silu_vjp(xp, dy, x):
+    """VJP of silu: {"x": dy * silu'(x)}. dy, x: same shape; computes in >= float32."""
+    return _elementwise_vjp(xp, silu_grad, dy, x)
+
+
+def softplus_vjp(xp, dy, x):
+    """VJP of softplus: {"x": dy * softplus'(x)} (1 above the threshold). Computes in >= float32."""
+    return _elementwise_vjp(xp, softplus_grad, dy, x)
+
+
 register(OpSpec("sigmoid", "activations", sigmoid_ref, sigmoid))
 register(OpSpec("silu", "activations", silu_ref, silu))
 register(OpSpec("softplus", "activations", softplus_ref, softplus))
+register(OpSpec("sigmoid_vjp", "activations", sigmoid_vjp_ref, sigmoid_vjp, vjp_of="sigmoid"))
+register(OpSpec("silu_vjp", "activations", silu_vjp_ref, silu_vjp, vjp_of="silu"))
+register(OpSpec("softplus_vjp", "activations", softplus_vjp_ref, softplus_vjp, vjp_of="softplus"))
