@@ -90,3 +90,46 @@ def rmsnorm_gate_sign(impl, x, weight, eps=1e-5, z=None, group_size=None, norm_b
     """rmsnorm gated by silu(-z) instead of silu(z)."""
     return impl(x, weight, eps, z=None if z is None else -z, group_size=group_size,
                 norm_before_gate=norm_before_gate)
+
+
+def _bound(op: str, args, kwargs):
+    """The call's arguments by name, bound against the op's reference signature."""
+    import inspect
+
+    from mamba_core.ops import REGISTRY
+
+    sig = inspect.signature(REGISTRY[op].reference)
+    b = sig.bind(*args, **kwargs)
+    return b.arguments
+
+
+def negate_argument(op: str, argname: str):
+    """A planted bug for ``op``: the argument ``argname`` is used with the wrong sign."""
+
+    def bug(impl, *args, **kwargs):
+        a = _bound(op, args, kwargs)
+        if a.get(argname) is not None:
+            a[argname] = -a[argname]
+        return impl(**a)
+
+    bug.__name__ = f"{op}_negated_{argname}"
+    bug.__doc__ = f"{op} with the sign of {argname!r} flipped."
+    return bug
+
+
+def drop_argument(op: str, argname: str):
+    """A planted bug for ``op``: the argument ``argname`` is ignored (as if None)."""
+
+    def bug(impl, *args, **kwargs):
+        a = _bound(op, args, kwargs)
+        a[argname] = None
+        return impl(**a)
+
+    bug.__name__ = f"{op}_ignores_{argname}"
+    bug.__doc__ = f"{op} ignoring {argname!r}."
+    return bug
+
+
+def rope_pairing_swapped(impl, x, phi, pairing="interleaved"):
+    """apply_rope rotating the other pairing: halves where interleaved was asked, and back."""
+    return impl(x, phi, pairing="halves" if pairing == "interleaved" else "interleaved")
