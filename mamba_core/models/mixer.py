@@ -19,6 +19,19 @@ checkpoints map one to one. Arrays are backend arrays; the functions call ops on
     step(be, params, cfg, u, cache) -> (y, new_cache)
         u: (B, D), one token. Never modifies ``cache`` in place.
 
+Training (explicit forward and backward, composed from the ops' VJPs):
+
+    forward_train(be, params, cfg, u, cache=None) -> (y, new_cache, saved)
+        Exactly ``forward``, also returning ``saved``: a dict naming the arrays backward needs
+        (the inputs of each op call: e.g. "xz", "x_conv", "dt", ...). The scans' VJPs recompute
+        their states from their inputs, so no (B, L, ..., N) state is ever saved.
+    backward(be, params, cfg, saved, dy, dcache=None) -> (dparams, du, dcache_in)
+        dy: (B, L, D), the gradient of y. dcache: None, or a dict with some of new_cache's keys:
+        gradients of the final cache (so truncated BPTT can chain chunks).
+        dparams: one entry for every key of params, same shape. du: (B, L, D).
+        dcache_in: gradients of the initial cache (same keys as the cache) when forward_train
+        was given a cache, else None.
+
 ``forward`` then ``step`` must agree: running step over the L tokens from a cache equals forward
 from that cache, in outputs and in the final cache. Conformance checks exactly that.
 """
