@@ -148,9 +148,8 @@ class Certificate:
 
     @property
     def not_certified(self) -> list:
-        """Modes that exist but are not certified by this run."""
-        return [m for m in ("grad",) if m not in self.modes or all(
-            e.verdict == "SKIP" for e in self.entries if e.mode == m)]
+        """Modes that exist but were not run (a certificate is partial without them)."""
+        return [m for m in ("forward", "step", "grad") if m not in self.modes]
 
     def counts(self) -> dict:
         out = {"PASS": 0, "FAIL": 0, "ERROR": 0, "SKIP": 0}
@@ -168,7 +167,7 @@ class Certificate:
              f"{c['PASS']} PASS, {c['FAIL']} FAIL, {c['ERROR']} ERROR, {c['SKIP']} SKIP "
              f"(dtypes {', '.join(self.dtypes)}; modes {', '.join(self.modes)}")
         if self.not_certified:
-            s += f"; {', '.join(self.not_certified)}: not yet certified"
+            s += f"; {', '.join(self.not_certified)}: not run"
         return s + f"; {self.seconds:.1f} s)"
 
     # ---- JSON --------------------------------------------------------------------------
@@ -240,7 +239,7 @@ class Certificate:
             f"  date: {h.get('date', '?')}   device: {h.get('device', '?')}",
             f"  platform: {h.get('platform', '?')}",
             f"  dtypes: {', '.join(self.dtypes)}   modes: {', '.join(self.modes)}   seed: {self.seed}"
-            + (f"   {', '.join(self.not_certified)}: not yet certified" if self.not_certified else ""),
+            + (f"   {', '.join(self.not_certified)}: not run" if self.not_certified else ""),
             "  error = max|got - want| / max|want| against the float64 reference "
             "(inputs rounded to the dtype first)",
             "",

@@ -6,8 +6,10 @@ and says how to run the thing on a backend:
 - ``forward(be, inputs) -> {output name: backend array}``: the sequence form;
 - ``step(be, inputs) -> {same names: backend array}``: the recurrent form unrolled over the
   sequence, token by token, returning the same outputs (and final state) as ``forward``;
-- ``grad`` (reserved): the gradient column. The runner knows the mode but does not certify it
-  yet; asking for it reports every entry as SKIP ("not yet certified"), never as a failure.
+- ``grad`` (optional): named gradients. When a check gives none, the rules of
+  ``mamba_conformance.grads`` apply: ``op:X`` checks certify ``X_vjp`` on the op's recorded
+  arguments, ``mixer:*`` checks the mixer's backward, ``lm:*`` checks the cross-entropy
+  gradients of every parameter. Truth is the same function on the reference backend.
 
 The runner calls ``forward`` on the ``reference`` backend with float64 inputs to get the truth
 (rounded to the tested dtype first, so input rounding is not counted as error), then ``forward``
@@ -66,5 +68,5 @@ class Check:
     #: ops the check exercises (so `--ops` can select it and the certificate can say native/default)
     ops: tuple = ()
     doc: str = ""
-    #: reserved for the gradient column (not run yet)
+    #: named gradients; None means the default rule of mamba_conformance.grads
     grad: Optional[Callable[[Any, Inputs], Outputs]] = None

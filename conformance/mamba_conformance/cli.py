@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checks to run by name or glob, e.g. op:rmsnorm, 'mixer:*', rmsnorm (repeatable)")
     p.add_argument("--case", action="append", metavar="LABEL", help="case label or glob (repeatable)")
     p.add_argument("--mode", action="append", choices=list(MODES),
-                   help="forward, step (default: both) or grad (reserved: reported as SKIP)")
+                   help="forward, step, grad (default: all three)")
     p.add_argument("--ops", action="append", metavar="OP", help="only the checks exercising this op (repeatable)")
     p.add_argument("--json", metavar="PATH",
                    help="where to write the JSON certificate (default BACKEND.certificate.json; - for stdout)")

@@ -13,7 +13,7 @@ For each check, case and dtype the runner
 
 Verdicts: PASS (error <= tolerance for every output), FAIL (an output is off, has the wrong
 shape, is missing, or holds NaN/inf where the truth is finite), ERROR (the backend raised, or the
-check's own inputs/reference could not be built), SKIP (mode "grad", which is not certified yet).
+check's own inputs/reference could not be built), SKIP (a mode the check has no form for).
 Tolerances are ``TOLERANCES[dtype]``, the same for every backend.
 """
 
@@ -33,10 +33,10 @@ import numpy as np
 
 from mamba_conformance.cases import IMPORT_ERROR, all_checks
 from mamba_conformance.certificate import Certificate, Entry, OutputError
+from mamba_conformance.grads import grad_function
 from mamba_conformance.check import MODES, TOLERANCES, Case, Check
 
-DEFAULT_MODES = ("forward", "step")
-GRAD_NOT_CERTIFIED = "not yet certified: gradient checks are not implemented yet"
+DEFAULT_MODES = ("forward", "step", "grad")
 
 PASS, FAIL, ERROR, SKIP = "PASS", "FAIL", "ERROR", "SKIP"
 
@@ -264,12 +264,15 @@ class _Truths:
             self._inputs[key] = make_inputs(check, case, self.seed)
         return self._inputs[key]
 
-    def truth(self, check: Check, case: Case, dtype: str) -> dict:
-        key = (check.name, case.label, dtype)
+    def truth(self, check: Check, case: Case, dtype: str, mode: str = "forward") -> dict:
+        """The reference's outputs (forward and step modes) or gradients (grad mode)."""
+        kind = "grad" if mode == "grad" else "forward"
+        key = (check.name, case.label, dtype, kind)
         if key not in self._truth:
             ref = reference_backend()
             rounded = rounded_inputs(self.inputs(check, case), dtype)
-            outs = check.forward(ref, cast_inputs(ref, rounded, None))
+            fn = grad_function(check) if kind == "grad" else check.forward
+            outs = fn(ref, cast_inputs(ref, rounded, None))
             self._truth[key] = {k: None if v is None else to_float64(ref, v) for k, v in outs.items()}
         return self._truth[key]
 
@@ -292,16 +295,14 @@ def run_entry(be, check: Check, case: Case, mode: str, dtype: str, *, seed: int 
         entry.where = case.get("where", [])
         entry.repro = f"python -c 'import {case['module']}'"
         return entry
-    if mode == "grad":
-        entry.verdict, entry.note = SKIP, GRAD_NOT_CERTIFIED
-        return entry
-    fn = check.forward if mode == "forward" else check.step
+    fn = {"forward": check.forward, "step": check.step, "grad": grad_function(check)}[mode]
     if fn is None:
-        entry.verdict, entry.note = SKIP, f"{check.name} has no {mode} form"
+        why = "has no VJP op" if mode == "grad" else f"has no {mode} form"
+        entry.verdict, entry.note = SKIP, f"{check.name} {why}"
         return entry
     t0 = time.perf_counter()
     try:
-        want = truths.truth(check, case, dtype)
+        want = truths.truth(check, case, dtype, mode)
     except Exception as exc:  # noqa: BLE001 - the check itself is broken
         entry.verdict = ERROR
         entry.note = f"the check's inputs or reference failed (a bug in the case, not the backend): {_exc_text(exc)}"
@@ -398,7 +399,7 @@ def run(backend, dtypes=None, only=None, modes=DEFAULT_MODES, seed=0, progress=N
 
     dtypes:   dtype names (default: the backend's dtypes that have a tolerance);
     only:     check names or globs ("op:rmsnorm", "mixer:*", "rmsnorm");
-    modes:    any of "forward", "step", "grad" ("grad" entries are SKIP: not yet certified);
+    modes:    any of "forward", "step", "grad" (gradients against the reference VJPs);
     seed:     base seed; each (check, case) derives its own, identical across dtypes;
     progress: called as progress(entry, done, total) after each entry;
     case:     case label(s) or globs; ops: keep the checks exercising these ops;

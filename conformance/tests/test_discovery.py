@@ -47,7 +47,7 @@ def test_broken_module_becomes_an_error_entry(tmp_path, monkeypatch):
         "fake_cases_a.nochecks": "AttributeError: module fake_cases_a.nochecks defines no CHECKS list",
     }
     checks = all_checks(pkg)
-    cert = run("cpu_numpy", checks=checks, dtypes=["float32"])
+    cert = run("cpu_numpy", checks=checks, dtypes=["float32"], modes=("forward",))
     bad = [e for e in cert.entries if e.kind == IMPORT_ERROR]
     assert len(bad) == 2 and all(e.verdict == "ERROR" for e in bad) and not cert.ok
     msg = next(e for e in bad if "broken" in e.check).message()

@@ -37,7 +37,7 @@ def test_plugin_adds_nothing_without_a_backend(tmp_path):
 
 def test_plugin_collects_one_item_per_entry_and_reports_failures(tmp_path):
     r = _pytest(tmp_path, "--mamba-backend", "cpu_numpy", "--mamba-backend", "broken_gate_pt",
-                "--mamba-only", "op:rmsnorm", "--mamba-dtype", "float32")
+                "--mamba-only", "op:rmsnorm", "--mamba-dtype", "float32", "--mamba-mode", "forward")
     out = r.stdout
     assert r.returncode == 1, out + r.stderr
     assert "4 failed, 13 passed" in out  # 8 cases x 2 backends + test_own; 4 gated cases fail
@@ -46,13 +46,13 @@ def test_plugin_collects_one_item_per_entry_and_reports_failures(tmp_path):
 
 
 def test_plugin_reads_the_environment_variable(tmp_path):
-    r = _pytest(tmp_path, "--co", "--mamba-only", "op:silu", "--mamba-dtype", "float64",
+    r = _pytest(tmp_path, "--co", "--mamba-only", "op:silu", "--mamba-dtype", "float64", "--mamba-mode", "forward",
                 env={"MAMBA_CONFORMANCE_BACKEND": "cpu_numpy"})
     assert "5 tests collected" in r.stdout, r.stdout + r.stderr  # 4 silu cases + test_own
 
 
 def test_assert_conforms():
-    cert = assert_conforms("cpu_numpy", only="op:linear", dtypes=["float32"])
+    cert = assert_conforms("cpu_numpy", only="op:linear", dtypes=["float32"], modes=("forward", "step"))
     assert cert.ok and len(cert.entries) == 4
     be = broken_backend("cpu_numpy", "broken_conv_ac", {"causal_conv1d": conv_shifted_by_one})
     with pytest.raises(AssertionError, match=r"causal_conv1d.*float64.*tolerance 1.00e-09"):

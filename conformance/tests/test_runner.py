@@ -93,19 +93,30 @@ def test_backend_exception_is_error_with_text():
             raise RuntimeError("kernel exploded")
         return {"y": inputs["x"] * inputs["k"]}
 
-    cert = run("cpu_numpy", checks=[_toy_check(fwd)], dtypes=["float32"])
+    cert = run("cpu_numpy", checks=[_toy_check(fwd)], dtypes=["float32"], modes=("forward",))
     (e,) = cert.entries
     assert e.verdict == "ERROR" and "RuntimeError: kernel exploded" in e.note
     assert not cert.ok and cert.failures == [e]
     assert "kernel exploded" in cert.render()
 
 
-def test_grad_mode_is_skip_and_not_a_failure():
+def test_grad_mode_certifies_the_vjp_and_missing_modes_are_named():
     cert = run("cpu_numpy", only="op:silu", modes=("forward", "grad"), dtypes=["float64"])
     grads = [e for e in cert.entries if e.mode == "grad"]
-    assert grads and all(e.verdict == "SKIP" and "not yet certified" in e.note for e in grads)
+    assert grads and all(e.verdict == "PASS" and [o.name for o in e.outputs] == ["dx"] for e in grads)
     assert cert.ok
-    assert "grad: not yet certified" in run("cpu_numpy", only="op:silu", dtypes=["float64"]).summary()
+    assert "step: not run" in cert.summary()
+
+
+def test_a_wrong_vjp_fails_the_grad_column():
+    from mamba_conformance.testing import broken_backend
+
+    def doubled(impl, cot, x):
+        return {"x": 2 * impl(cot, x)["x"]}
+
+    cert = run(broken_backend("cpu_numpy", "bad_vjp", {"silu_vjp": doubled}), only="op:silu",
+               dtypes=["float32"])
+    assert {(e.mode, e.verdict) for e in cert.entries} >= {("forward", "PASS"), ("grad", "FAIL")}
 
 
 def test_certificate_json_roundtrip_and_render(basic_cert, tmp_path):
@@ -115,7 +126,7 @@ def test_certificate_json_roundtrip_and_render(basic_cert, tmp_path):
     data = json.loads(path.read_text())
     assert data["ok"] is True and data["backend"] == "cpu_numpy"
     assert data["header"]["versions"]["numpy"] == np.__version__
-    assert "grad" in data["not_certified"]
+    assert data["not_certified"] == []  # forward, step and grad all ran
     assert len(data["entries"]) == len(basic_cert.entries)
     back = Certificate.from_json(path)
     assert back.ok and len(back.entries) == len(basic_cert.entries)

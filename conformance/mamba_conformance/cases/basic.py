@@ -207,6 +207,28 @@ def _conv_step(be, inputs):
     return {"y": xp.stack(ys, axis=1), "final_state": state}
 
 
+# ---- cross_entropy ------------------------------------------------------------------------
+_CE_CASES = (
+    Case("mean,B=2,L=7,V=11", {"B": 2, "L": 7, "V": 11, "reduction": "mean"}),
+    Case("sum,ignored targets,V=5", {"B": 3, "L": 4, "V": 5, "reduction": "sum", "ignore": True}),
+    Case("mean,ignored targets,large logits", {"B": 2, "L": 5, "V": 9, "reduction": "mean", "ignore": True,
+                                                "scale": 30.0}),
+)
+
+
+def _ce_inputs(case: Case, rng: np.random.Generator) -> dict:
+    B, L, V = case["B"], case["L"], case["V"]
+    targets = rng.integers(0, V, size=(B, L))
+    if case.get("ignore"):
+        targets[0, 0] = targets[-1, -1] = -100
+    return {"logits": case.get("scale", 2.0) * rng.standard_normal((B, L, V)), "targets": targets,
+            "reduction": case["reduction"]}
+
+
+def _ce_forward(be, inputs):
+    return {"loss": be.ops.cross_entropy(inputs["logits"], inputs["targets"], -100, inputs["reduction"])}
+
+
 CHECKS = [
     _activation("silu"),
     _activation("softplus"),
@@ -233,5 +255,10 @@ CHECKS = [
         name="op:causal_conv1d", kind="op", cases=_CONV_CASES, make_inputs=_conv_inputs,
         forward=_conv_forward, step=_conv_step, ops=("causal_conv1d", "causal_conv1d_step"),
         doc="causal depthwise conv: y and final_state; step = causal_conv1d_step unrolled",
+    ),
+    Check(
+        name="op:cross_entropy", kind="op", cases=_CE_CASES, make_inputs=_ce_inputs,
+        forward=_ce_forward, ops=("cross_entropy",),
+        doc="next-token cross-entropy (mean or sum) with ignore_index, stable for large logits",
     ),
 ]

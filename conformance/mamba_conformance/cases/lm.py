@@ -54,7 +54,9 @@ def _make_inputs(case: Case, rng: np.random.Generator) -> dict:
     cfg = _config(case)
     params = perturb(lm.init_params(cfg, rng), rng)
     ids = rng.integers(0, cfg.vocab_size, size=(case["B"], case["prefix"] + case["L"]))
-    inputs = {"cfg": cfg, "ids": ids[:, case["prefix"]:], "prefix": ids[:, : case["prefix"]]}
+    targets = rng.integers(0, cfg.vocab_size, size=(case["B"], case["L"]))
+    inputs = {"cfg": cfg, "ids": ids[:, case["prefix"]:], "prefix": ids[:, : case["prefix"]],
+              "targets": targets}
     inputs.update({"param:" + k: v for k, v in params.items()})
     return inputs
 
