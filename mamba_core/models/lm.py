@@ -134,6 +134,68 @@ def step(be, params: dict, cfg: LMConfig, ids, cache: list):
     return _head(be, params, cfg, hidden, residual), new_cache
 
 
+# ---- training: forward keeping what backward needs, backward, loss and gradients -------------
+def forward_train(be, params: dict, cfg: LMConfig, ids, cache: list | None = None):
+    """forward, also returning ``saved`` for backward. ids: (B, L) -> (logits, new cache, saved)."""
+    _check_ids(ids, 2, "forward_train")
+    emb = params["backbone.embedding.weight"]
+    hidden = be.ops.embedding(ids, emb)
+    residual = None
+    new_cache, blocks = [], []
+    for i in range(cfg.n_layer):
+        hidden, residual, c, s = block.forward_train(
+            be, scope(params, _layer(i)), cfg, hidden, residual, None if cache is None else cache[i]
+        )
+        new_cache.append(c)
+        blocks.append(s)
+    hn, _ = be.ops.add_rmsnorm(hidden, residual, params["backbone.norm_f.weight"], cfg.norm_epsilon,
+                               cfg.residual_in_fp32)
+    logits = be.ops.linear(hn, params["backbone.embedding.weight" if cfg.tie_embeddings else "lm_head.weight"])
+    saved = {"ids": ids, "hidden": hidden, "residual": residual, "hn": hn, "blocks": blocks}
+    return logits, new_cache, saved
+
+
+def backward(be, params: dict, cfg: LMConfig, saved: dict, dlogits, dcache: list | None = None):
+    """dlogits: (B, L, V') -> (grads for every key of params, dcache_in per layer or None)."""
+    head = "backbone.embedding.weight" if cfg.tie_embeddings else "lm_head.weight"
+    grads = {}
+    g = be.ops.linear_vjp(dlogits, saved["hn"], params[head])
+    dhead = g["weight"]
+    g = be.ops.add_rmsnorm_vjp((g["x"], None), saved["hidden"], saved["residual"],
+                               params["backbone.norm_f.weight"], cfg.norm_epsilon, cfg.residual_in_fp32)
+    grads["backbone.norm_f.weight"] = g["weight"]
+    dhidden, dresidual = g["x"], g["residual"]
+    dcache_in = [None] * cfg.n_layer
+    for i in reversed(range(cfg.n_layer)):
+        dlayer, dhidden, dresidual, dcache_in[i] = block.backward(
+            be, scope(params, _layer(i)), cfg, saved["blocks"][i], dhidden, dresidual,
+            None if dcache is None else dcache[i],
+        )
+        grads.update({_layer(i) + k: v for k, v in dlayer.items()})
+    demb = be.ops.embedding_vjp(dhidden, saved["ids"], params["backbone.embedding.weight"])["weight"]
+    if cfg.tie_embeddings:
+        grads["backbone.embedding.weight"] = demb + dhead
+    else:
+        grads["backbone.embedding.weight"] = demb
+        grads["lm_head.weight"] = dhead
+    return grads, (None if all(c is None for c in dcache_in) else dcache_in)
+
+
+def loss_and_grad(be, params: dict, cfg: LMConfig, ids, targets, cache: list | None = None,
+                  ignore_index: int = -100):
+    """Mean next-token cross-entropy and its gradients.
+
+    ids, targets: (B, L) ints (targets = the ids shifted by one; ``ignore_index`` entries do not
+    count). Returns (loss as a Python float, grads: one array per key of params).
+    """
+    _check_ids(targets, 2, "loss_and_grad (targets)")
+    logits, _, saved = forward_train(be, params, cfg, ids, cache)
+    loss = be.ops.cross_entropy(logits, targets, ignore_index, "mean")
+    dlogits = be.ops.cross_entropy_vjp(1.0, logits, targets, ignore_index, "mean")["logits"]
+    grads, _ = backward(be, params, cfg, saved, dlogits)
+    return float(loss), grads
+
+
 class MambaLM:
     """A language model bound to a backend: config + params + the functions above."""
 
