@@ -249,19 +249,42 @@ def _split_xbc(cfg, xBC):
     return xBC[..., :S], xBC[..., S:S + GN], xBC[..., S + GN:]
 
 
-def _finish(be, params, cfg, y, z, z0, x0):
-    """Gated norm, gated-MLP slice, out_proj. y, z: (..., S); z0, x0: (..., M)."""
+def _gate(be, params, cfg, y, z, z0, x0):
+    """Gated norm and gated-MLP slice: out_proj's input (..., E). y, z: (..., S); z0, x0: (..., M)."""
     if cfg.rmsnorm:
         y = be.ops.rmsnorm(y, params["norm.weight"], NORM_EPS, z=z,
                            group_size=cfg.ssm_width // cfg.ngroups,
                            norm_before_gate=cfg.norm_before_gate)
     if cfg.d_mlp > 0:
         y = be.xp.concat([be.ops.silu(z0) * x0, y], axis=-1)
+    return y
+
+
+def _finish(be, params, cfg, y, z, z0, x0):
+    """Gated norm, gated-MLP slice, out_proj. y, z: (..., S); z0, x0: (..., M)."""
+    y = _gate(be, params, cfg, y, z, z0, x0)
     return be.ops.linear(y, params["out_proj.weight"], params["out_proj.bias"] if cfg.bias else None)
 
 
 def forward(be, params: dict, cfg: Config, u, cache: dict | None = None):
     """u: (B, L, D) -> (out (B, L, D), new cache). With a cache, continues from it."""
+    out, new_cache, _ = forward_train(be, params, cfg, u, cache)
+    return out, new_cache
+
+
+def forward_train(be, params: dict, cfg: Config, u, cache: dict | None = None):
+    """``forward``, also returning ``saved``: the inputs of the op calls that backward needs.
+
+    u: (B, L, D) -> (out (B, L, D), new cache, saved) with saved =
+        "u"           (B, L, D)         in_proj's input
+        "zxbcdt"      (B, L, 2M+S+X+H)  in_proj's output: z0, x0 (gate), z (norm or scan gate),
+                                        xBC (conv1d's input), dt (the scan's dt)
+        "xBC_conv"    (B, L, X)         conv1d's output: the scan's x, B, C
+        "y_scan"      (B, L, S)         the scan's output (the gated norm's input)
+        "y_gated"     (B, L, E)         out_proj's input
+        "conv_state", "ssm_state"       the initial cache, when one was given
+    No scan state is saved: ssd_scan_vjp recomputes them from its inputs.
+    """
     xp = be.xp
     Bsz, L = u.shape[0], u.shape[1]
     H, P, G, N = cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state
@@ -270,10 +293,10 @@ def forward(be, params: dict, cfg: Config, u, cache: dict | None = None):
 
     zxbcdt = be.ops.linear(u, params["in_proj.weight"], params["in_proj.bias"] if cfg.bias else None)
     z0, x0, z, xBC, dt = _split_in(cfg, zxbcdt)
-    xBC, conv_state = be.ops.causal_conv1d(
+    xBC_conv, conv_state = be.ops.causal_conv1d(
         xBC, conv_w, conv_b, None if cache is None else cache["conv_state"], activation="silu"
     )
-    x, Bm, Cm = _split_xbc(cfg, xBC)
+    x, Bm, Cm = _split_xbc(cfg, xBC_conv)
     y, ssm_state = be.ops.ssd_scan(
         xp.reshape(x, (Bsz, L, H, P)), dt, A, xp.reshape(Bm, (Bsz, L, G, N)),
         xp.reshape(Cm, (Bsz, L, G, N)), chunk_size=cfg.chunk_size, D=D,
@@ -281,8 +304,15 @@ def forward(be, params: dict, cfg: Config, u, cache: dict | None = None):
         dt_softplus=True, dt_limit=cfg.dt_limit,
         initial_state=None if cache is None else cache["ssm_state"],
     )
-    out = _finish(be, params, cfg, xp.reshape(y, (Bsz, L, H * P)), z, z0, x0)
-    return out, {"conv_state": xp.astype(conv_state, wide), "ssm_state": xp.astype(ssm_state, wide)}
+    y_scan = xp.reshape(y, (Bsz, L, H * P))
+    y_gated = _gate(be, params, cfg, y_scan, z, z0, x0)
+    out = be.ops.linear(y_gated, params["out_proj.weight"], params["out_proj.bias"] if cfg.bias else None)
+    saved = {"u": u, "zxbcdt": zxbcdt, "xBC_conv": xBC_conv, "y_scan": y_scan, "y_gated": y_gated}
+    if cache is not None:
+        saved["conv_state"] = cache["conv_state"]
+        saved["ssm_state"] = cache["ssm_state"]
+    new_cache = {"conv_state": xp.astype(conv_state, wide), "ssm_state": xp.astype(ssm_state, wide)}
+    return out, new_cache, saved
 
 
 def step(be, params: dict, cfg: Config, u, cache: dict):
@@ -304,3 +334,111 @@ def step(be, params: dict, cfg: Config, u, cache: dict):
     )
     out = _finish(be, params, cfg, xp.reshape(y, (Bsz, H * P)), z, z0, x0)
     return out, {"conv_state": xp.astype(conv_state, wide), "ssm_state": xp.astype(ssm_state, wide)}
+
+
+# ---- backward -----------------------------------------------------------------------------
+def backward(be, params: dict, cfg: Config, saved: dict, dy, dcache: dict | None = None):
+    """The reverse of ``forward_train``, composed from the ops' VJPs.
+
+    dy: (B, L, D) the gradient of out (None: zero); dcache: None or a dict with some of
+    {"conv_state", "ssm_state"}: gradients of the final cache.
+    Returns (dparams {name: same shape and dtype as params[name]}, du (B, L, D),
+    dcache_in {"conv_state", "ssm_state"} when forward_train was given a cache, else None).
+
+        out = out_proj(y_gated)                 -> d y_gated, d out_proj.weight [, bias]
+        y_gated = [silu(z0) x0, norm(y_scan, z)] -> d z0, d x0; rmsnorm_vjp -> d y_scan, d z, d norm.weight
+        y_scan, S_L = ssd_scan(x, dt, A, Bm, Cm, D, [z], dt_bias, S_0)
+                                                -> d x, d dt, d A, d Bm, d Cm, d D, [d z], d dt_bias, d S_0
+        A = -exp(A_log)                         -> d A_log = d A * A
+        xBC_conv, conv_L = conv1d(xBC, w, b, conv_0) -> d xBC, d w, d b, d conv_0
+        zxbcdt = in_proj(u)                     -> du, d in_proj.weight [, bias]
+    Splits go back as concats of the pieces' gradients.
+    """
+    xp = be.xp
+    u, zxbcdt, xBC_conv = saved["u"], saved["zxbcdt"], saved["xBC_conv"]
+    y_scan, y_gated = saved["y_scan"], saved["y_gated"]
+    has_cache = "ssm_state" in saved
+    Bsz, L = u.shape[0], u.shape[1]
+    H, P, G, N, S, M = cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state, cfg.ssm_width, cfg.d_mlp
+    conv_w, conv_b, A, D = _pieces(be, params, cfg)
+    dcache = dcache or {}
+    dparams = {}
+
+    # out = out_proj(y_gated)
+    if dy is None:
+        dy = xp.zeros((Bsz, L, cfg.d_model), dtype=u.dtype)
+    g = be.ops.linear_vjp(dy, y_gated, params["out_proj.weight"],
+                          params["out_proj.bias"] if cfg.bias else None)
+    dparams["out_proj.weight"] = g["weight"]
+    if cfg.bias:
+        dparams["out_proj.bias"] = g["bias"]
+    d_gated = g["x"]
+
+    # y_gated = concat([silu(z0) * x0, norm(y_scan, z)])
+    z0, x0, z, xBC, dt = _split_in(cfg, zxbcdt)
+    pieces = []  # the gradients of zxbcdt's slices, in order
+    if M > 0:
+        d_mlp, d_norm = d_gated[..., :M], d_gated[..., M:]
+        pieces.append(be.ops.silu_vjp(d_mlp * x0, z0)["x"])  # d z0
+        pieces.append(d_mlp * be.ops.silu(z0))  # d x0
+    else:
+        d_norm = d_gated
+    dz = None
+    if cfg.rmsnorm:
+        g = be.ops.rmsnorm_vjp(d_norm, y_scan, params["norm.weight"], NORM_EPS, z,
+                               cfg.ssm_width // cfg.ngroups, cfg.norm_before_gate)
+        dparams["norm.weight"] = g["weight"]
+        d_scan, dz = g["x"], g["z"]
+    else:
+        d_scan = d_norm
+
+    # y_scan, ssm_state = ssd_scan(...)
+    x, Bm, Cm = _split_xbc(cfg, xBC_conv)
+    g = be.ops.ssd_scan_vjp(
+        (xp.reshape(d_scan, (Bsz, L, H, P)), dcache.get("ssm_state")),
+        xp.reshape(x, (Bsz, L, H, P)), dt, A, xp.reshape(Bm, (Bsz, L, G, N)),
+        xp.reshape(Cm, (Bsz, L, G, N)), chunk_size=cfg.chunk_size, D=D,
+        z=None if cfg.rmsnorm else xp.reshape(z, (Bsz, L, H, P)), dt_bias=params["dt_bias"],
+        dt_softplus=True, dt_limit=cfg.dt_limit,
+        initial_state=saved["ssm_state"] if has_cache else None,
+    )
+    if not cfg.rmsnorm:
+        dz = xp.reshape(g["z"], (Bsz, L, S))
+    A_log = params["A_log"]
+    dparams["A_log"] = xp.astype(g["A"] * A, A_log.dtype)  # A = -exp(A_log): dA/dA_log = A
+    dparams["D"] = xp.reshape(g["D"], params["D"].shape)
+    dparams["dt_bias"] = g["dt_bias"]
+    d_conv_out = xp.concat([
+        xp.reshape(g["x"], (Bsz, L, S)), xp.reshape(g["B"], (Bsz, L, G * N)),
+        xp.reshape(g["C"], (Bsz, L, G * N)),
+    ], axis=-1)
+    d_ssm_state = g.get("initial_state")
+    ddt = g["dt"]
+
+    # xBC_conv, conv_state = causal_conv1d(xBC, w, b, conv_state_0, "silu")
+    g = be.ops.causal_conv1d_vjp(
+        (d_conv_out, dcache.get("conv_state")), xBC, conv_w, conv_b,
+        saved["conv_state"] if has_cache else None, activation="silu",
+    )
+    dparams["conv1d.weight"] = xp.reshape(g["weight"], params["conv1d.weight"].shape)
+    if cfg.conv_bias:
+        dparams["conv1d.bias"] = g["bias"]
+    d_conv_state = g.get("initial_state")
+    pieces += [xp.astype(dz, zxbcdt.dtype), g["x"], ddt]
+
+    # zxbcdt = in_proj(u)
+    d_zxbcdt = xp.concat([xp.astype(p, zxbcdt.dtype) for p in pieces], axis=-1)
+    g = be.ops.linear_vjp(d_zxbcdt, u, params["in_proj.weight"],
+                          params["in_proj.bias"] if cfg.bias else None)
+    dparams["in_proj.weight"] = g["weight"]
+    if cfg.bias:
+        dparams["in_proj.bias"] = g["bias"]
+
+    dparams = {k: xp.astype(dparams[k], params[k].dtype) for k in params}
+    dcache_in = None
+    if has_cache:
+        dcache_in = {
+            "conv_state": xp.astype(d_conv_state, saved["conv_state"].dtype),
+            "ssm_state": xp.astype(d_ssm_state, saved["ssm_state"].dtype),
+        }
+    return dparams, xp.astype(g["x"], u.dtype), dcache_in
