@@ -20,6 +20,10 @@ Forward (u: (B, L, D)):
                                   delta_softplus=True)  (B and C as one group, G = 1)
     out = out_proj(y)
 Cache: {"conv_state": (B, E, K), "ssm_state": (B, E, N)}, both float32 (float64 for float64).
+
+Training: forward_train(be, params, cfg, u, cache=None) -> (y, new_cache, saved) is forward
+keeping each op's inputs; backward(be, params, cfg, saved, dy, dcache=None) ->
+(dparams, du, dcache_in) runs the ops' VJPs in reverse (see mamba_core/models/mixer.py).
 """
 
 from __future__ import annotations
@@ -198,6 +202,23 @@ def _split_xdbl(cfg, x_dbl):
 
 def forward(be, params: dict, cfg: Config, u, cache: dict | None = None):
     """u: (B, L, D) -> (out (B, L, D), new cache). With a cache, continues from it."""
+    out, new_cache, _ = forward_train(be, params, cfg, u, cache)
+    return out, new_cache
+
+
+def forward_train(be, params: dict, cfg: Config, u, cache: dict | None = None):
+    """``forward``, also returning ``saved``: the inputs of each op call, for ``backward``.
+
+    u: (B, L, D) -> (out (B, L, D), new cache, saved). ``saved`` names:
+        u (B, L, D)         input of in_proj
+        xz (B, L, 2E)       output of in_proj: x (input of the conv) and z (the gate)
+        x_conv (B, L, E)    silu(conv1d(x)): input of x_proj and of the scan
+        x_dbl (B, L, R+2N)  output of x_proj: dt_r (input of dt_proj), Bm, Cm
+        delta (B, L, E)     output of dt_proj (the scan adds dt_proj.bias and takes softplus)
+        y (B, L, E)         output of the scan: input of out_proj
+        conv_state, ssm_state: the initial cache when one was given (else absent)
+    The scan's states are not saved: its VJP recomputes them.
+    """
     xp = be.xp
     Bsz, L = u.shape[0], u.shape[1]
     E, N = cfg.d_inner, cfg.d_state
@@ -206,18 +227,105 @@ def forward(be, params: dict, cfg: Config, u, cache: dict | None = None):
 
     xz = be.ops.linear(u, params["in_proj.weight"], params["in_proj.bias"] if cfg.bias else None)
     x, z = xz[..., :E], xz[..., E:]
-    x, conv_state = be.ops.causal_conv1d(
+    x_conv, conv_state = be.ops.causal_conv1d(
         x, conv_w, conv_b, None if cache is None else cache["conv_state"], activation="silu"
     )
-    dt_r, Bm, Cm = _split_xdbl(cfg, be.ops.linear(x, params["x_proj.weight"]))
+    x_dbl = be.ops.linear(x_conv, params["x_proj.weight"])
+    dt_r, Bm, Cm = _split_xdbl(cfg, x_dbl)
     delta = be.ops.linear(dt_r, params["dt_proj.weight"])
     y, ssm_state = be.ops.selective_scan(
-        x, delta, A, xp.reshape(Bm, (Bsz, L, 1, N)), xp.reshape(Cm, (Bsz, L, 1, N)),
+        x_conv, delta, A, xp.reshape(Bm, (Bsz, L, 1, N)), xp.reshape(Cm, (Bsz, L, 1, N)),
         D=params["D"], z=z, delta_bias=params["dt_proj.bias"], delta_softplus=True,
         initial_state=None if cache is None else cache["ssm_state"],
     )
     out = be.ops.linear(y, params["out_proj.weight"], params["out_proj.bias"] if cfg.bias else None)
-    return out, {"conv_state": xp.astype(conv_state, wide), "ssm_state": xp.astype(ssm_state, wide)}
+    new_cache = {"conv_state": xp.astype(conv_state, wide), "ssm_state": xp.astype(ssm_state, wide)}
+    saved = {"u": u, "xz": xz, "x_conv": x_conv, "x_dbl": x_dbl, "delta": delta, "y": y}
+    if cache is not None:
+        saved["conv_state"] = cache["conv_state"]
+        saved["ssm_state"] = cache["ssm_state"]
+    return out, new_cache, saved
+
+
+def backward(be, params: dict, cfg: Config, saved: dict, dy, dcache: dict | None = None):
+    """Gradients of ``forward_train`` from its ``saved`` -> (dparams, du, dcache_in).
+
+    dy: (B, L, D), gradient of out. dcache: None or a dict with some of "conv_state" (B, E, K)
+    and "ssm_state" (B, E, N): gradients of the final cache. Returns dparams (every key of
+    params, same shape and dtype), du (B, L, D) and dcache_in (gradients of the initial cache,
+    same keys, when forward_train was given one; else None). Each op's VJP in reverse order:
+        out_proj -> selective_scan (ssm_state) -> dt_proj -> x_proj -> + scan's dx ->
+        causal_conv1d (conv_state) -> concat(dx, dz) -> in_proj
+    Glue: A = -exp(A_log) gives dA_log = dA * A; splits become concats of their gradients.
+    """
+    xp = be.xp
+    dcache = {} if dcache is None else dcache
+    u, xz, x_conv, x_dbl, delta, y = (saved[k] for k in ("u", "xz", "x_conv", "x_dbl", "delta", "y"))
+    has_cache = "ssm_state" in saved
+    Bsz, L = u.shape[0], u.shape[1]
+    E, N, K = cfg.d_inner, cfg.d_state, cfg.d_conv
+    conv_w, conv_b, A = _pieces(be, params, cfg)
+    x, z = xz[..., :E], xz[..., E:]
+    dt_r, Bm, Cm = _split_xdbl(cfg, x_dbl)
+    g = {}
+
+    # out = linear(y, out_proj)
+    d = be.ops.linear_vjp(dy, y, params["out_proj.weight"], params["out_proj.bias"] if cfg.bias else None)
+    dy_scan = d["x"]
+    g["out_proj.weight"] = d["weight"]
+    if cfg.bias:
+        g["out_proj.bias"] = d["bias"]
+
+    # y, ssm_state = selective_scan(x_conv, delta, A, Bm, Cm, D, z, dt_proj.bias, softplus)
+    d = be.ops.selective_scan_vjp(
+        (dy_scan, dcache.get("ssm_state")),
+        x_conv, delta, A, xp.reshape(Bm, (Bsz, L, 1, N)), xp.reshape(Cm, (Bsz, L, 1, N)),
+        D=params["D"], z=z, delta_bias=params["dt_proj.bias"], delta_softplus=True,
+        initial_state=saved["ssm_state"] if has_cache else None,
+    )
+    dx_conv, dz = d["u"], d["z"]
+    g["D"] = d["D"]
+    g["dt_proj.bias"] = d["delta_bias"]
+    g["A_log"] = d["A"] * A  # A = -exp(A_log): dA/dA_log = -exp(A_log) = A
+    dssm_in = d["initial_state"] if has_cache else None
+    dBm, dCm = xp.reshape(d["B"], (Bsz, L, N)), xp.reshape(d["C"], (Bsz, L, N))
+
+    # delta = linear(dt_r, dt_proj)
+    d = be.ops.linear_vjp(d["delta"], dt_r, params["dt_proj.weight"])
+    g["dt_proj.weight"] = d["weight"]
+
+    # x_dbl = linear(x_conv, x_proj); [dt_r, Bm, Cm] = split(x_dbl)
+    dx_dbl = xp.concat([d["x"], xp.astype(dBm, x_dbl.dtype), xp.astype(dCm, x_dbl.dtype)], axis=-1)
+    d = be.ops.linear_vjp(dx_dbl, x_conv, params["x_proj.weight"])
+    g["x_proj.weight"] = d["weight"]
+    dx_conv = dx_conv + d["x"]  # x_conv feeds both x_proj and the scan
+
+    # x_conv, conv_state = silu(causal_conv1d(x, conv_w, conv_b, conv_state))
+    d = be.ops.causal_conv1d_vjp(
+        (dx_conv, dcache.get("conv_state")), x, conv_w, conv_b,
+        saved["conv_state"] if has_cache else None, activation="silu",
+    )
+    g["conv1d.weight"] = xp.reshape(d["weight"], (E, 1, K))
+    if cfg.conv_bias:
+        g["conv1d.bias"] = d["bias"]
+    dconv_in = d["initial_state"] if has_cache else None
+
+    # xz = linear(u, in_proj); [x, z] = split(xz)
+    dxz = xp.concat([d["x"], xp.astype(dz, xz.dtype)], axis=-1)
+    d = be.ops.linear_vjp(dxz, u, params["in_proj.weight"], params["in_proj.bias"] if cfg.bias else None)
+    g["in_proj.weight"] = d["weight"]
+    if cfg.bias:
+        g["in_proj.bias"] = d["bias"]
+    du = d["x"]
+
+    dparams = {k: xp.astype(g[k], params[k].dtype) for k in params}
+    dcache_in = None
+    if has_cache:
+        dcache_in = {
+            "conv_state": xp.astype(dconv_in, saved["conv_state"].dtype),
+            "ssm_state": xp.astype(dssm_in, saved["ssm_state"].dtype),
+        }
+    return dparams, xp.astype(du, u.dtype), dcache_in
 
 
 def step(be, params: dict, cfg: Config, u, cache: dict):
