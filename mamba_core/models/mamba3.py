@@ -31,6 +31,13 @@ Forward (u: (B, L, D)):
 Cache: {"angle_state": (B, H, S), "ssm_state": (B, H, P, N)} float32 (float64 for float64),
        {"k_state": (B, R, H, N) (last Bhat), "v_state": (B, H, P) (last raw x)} in the model dtype.
 
+Training: forward_train(be, params, cfg, u, cache=None) -> (y, new_cache, saved) is forward that
+also names the op inputs backward needs (no scan state); backward(be, params, cfg, saved, dy,
+dcache=None) -> (dparams, du, dcache_in) composes the ops' VJPs (mamba3_scan_vjp,
+apply_rope_vjp, mamba3_angles_vjp, rmsnorm_vjp, ...) with the glue's gradients written out:
+the G -> H broadcast sums the heads of each group, A = -max(heavy_tail(dd_A), A_floor) passes
+gradient only where heavy_tail(dd_A) > A_floor.
+
 Differences from the official module, on purpose: the cached angle is always reduced mod 2 pi
 (the official decode step stores it unreduced; cos/sin are the same), ``forward`` continues from
 a cache (the official prefill always starts from zeros), and ``step`` works for any G dividing H
@@ -285,8 +292,8 @@ def _bc_heads(be, cfg: Config, v, norm_w, bias, lead: tuple):
     return v + xp.astype(xp.permute_dims(bias, (1, 0, 2)), v.dtype)
 
 
-def _prep(be, params: dict, cfg: Config, u, lead: tuple):
-    """in_proj and the per-token preprocessing shared by forward and step.
+def _prep_from(be, params: dict, cfg: Config, zxbc, lead: tuple):
+    """The per-token preprocessing of in_proj's output zxbc (lead + (d_in_proj,)).
 
     lead = (B, L) for forward, (B,) for step. Returns z (lead, H, P), x (lead, H, P), Bb, Cb
     (lead, R, H, N; normed, biased, not rotated), dt, A, trap (lead, H; >= float32), angles
@@ -294,8 +301,8 @@ def _prep(be, params: dict, cfg: Config, u, lead: tuple):
     """
     xp = be.xp
     H, P = cfg.nheads, cfg.headdim
-    wide = _wide(xp, u.dtype)
-    z, x, Bm, Cm, dd_dt, dd_A, trap, angles = _split_in(cfg, be.ops.linear(u, params["in_proj.weight"]))
+    wide = _wide(xp, zxbc.dtype)
+    z, x, Bm, Cm, dd_dt, dd_A, trap, angles = _split_in(cfg, zxbc)
     A = decay_rate(xp, xp.astype(dd_A, wide), cfg.A_floor)
     dt = be.ops.softplus(xp.astype(dd_dt, wide) + xp.astype(params["dt_bias"], wide))
     trap = be.ops.sigmoid(xp.astype(trap, wide))
@@ -306,40 +313,99 @@ def _prep(be, params: dict, cfg: Config, u, lead: tuple):
     return z, x, Bb, Cb, dt, A, trap, angles
 
 
+def _prep(be, params: dict, cfg: Config, u, lead: tuple):
+    """in_proj and the per-token preprocessing shared by forward and step (see _prep_from)."""
+    return _prep_from(be, params, cfg, be.ops.linear(u, params["in_proj.weight"]), lead)
+
+
+def _gate_z(be, params: dict, cfg: Config, z):
+    """The per-rank gate input z_r = z * mimo_z[:, r] (SISO: z). z: lead + (H, P) -> lead + (R, H, P)."""
+    xp = be.xp
+    R, H, P = cfg.mimo_rank, cfg.nheads, cfg.headdim
+    lead = tuple(z.shape[:-2])
+    z = xp.expand_dims(z, axis=-3)  # lead + (1, H, P)
+    if cfg.is_mimo:
+        return z * xp.astype(xp.permute_dims(params["mimo_z"], (1, 0, 2)), z.dtype)  # lead + (R, H, P)
+    return xp.broadcast_to(z, lead + (R, H, P))
+
+
+def _gate(be, params: dict, cfg: Config, y, zr):
+    """y_r * silu(z_r), or rmsnorm_per_head(y_r) * norm.weight * silu(z_r) with is_outproj_norm.
+
+    y, zr: lead + (R, H, P) -> lead + (R, H, P).
+    """
+    xp = be.xp
+    R, H, P, E = cfg.mimo_rank, cfg.nheads, cfg.headdim, cfg.d_inner
+    lead = tuple(y.shape[:-3])
+    if cfg.is_outproj_norm:
+        y = be.ops.rmsnorm(xp.reshape(y, lead + (R, E)), params["norm.weight"], NORM_EPS,
+                           z=xp.reshape(zr, lead + (R, E)), group_size=P, norm_before_gate=True)
+        return xp.reshape(y, lead + (R, H, P))
+    return y * be.ops.silu(zr)
+
+
+def _mix(be, params: dict, cfg: Config, g):
+    """MIMO down-projection sum_r g_r * mimo_o[:, r] (SISO: g_0). g: lead + (R, H, P) -> lead + (E,)."""
+    xp = be.xp
+    lead = tuple(g.shape[:-3])
+    if cfg.is_mimo:
+        g = xp.sum(g * xp.astype(xp.permute_dims(params["mimo_o"], (1, 0, 2)), g.dtype), axis=-3)
+    else:
+        g = g[..., 0, :, :]
+    return xp.reshape(g, lead + (cfg.d_inner,))
+
+
 def _finish(be, params: dict, cfg: Config, y, z):
     """Gate (or gated out-norm) per rank, MIMO down-projection, out_proj.
 
     y: lead + (R, H, P) from the scan; z: lead + (H, P). Returns lead + (D,).
     """
+    g = _gate(be, params, cfg, y, _gate_z(be, params, cfg, z))
+    return be.ops.linear(_mix(be, params, cfg, g), params["out_proj.weight"])
+
+
+CACHE_KEYS = ("angle_state", "ssm_state", "k_state", "v_state")
+
+
+def _new_cache(be, u, angle_state, ssm_state, k_state, v_state) -> dict:
     xp = be.xp
-    R, H, P, E = cfg.mimo_rank, cfg.nheads, cfg.headdim, cfg.d_inner
-    lead = tuple(y.shape[:-3])
-    z = xp.expand_dims(z, axis=-3)  # lead + (1, H, P)
-    if cfg.is_mimo:
-        z = z * xp.astype(xp.permute_dims(params["mimo_z"], (1, 0, 2)), z.dtype)  # lead + (R, H, P)
-    else:
-        z = xp.broadcast_to(z, lead + (R, H, P))
-    if cfg.is_outproj_norm:
-        y = be.ops.rmsnorm(xp.reshape(y, lead + (R, E)), params["norm.weight"], NORM_EPS,
-                           z=xp.reshape(z, lead + (R, E)), group_size=P, norm_before_gate=True)
-        y = xp.reshape(y, lead + (R, H, P))
-    else:
-        y = y * be.ops.silu(z)
-    if cfg.is_mimo:
-        y = xp.sum(y * xp.astype(xp.permute_dims(params["mimo_o"], (1, 0, 2)), y.dtype), axis=-3)
-    else:
-        y = y[..., 0, :, :]
-    return be.ops.linear(xp.reshape(y, lead + (E,)), params["out_proj.weight"])
+    wide = _wide(xp, u.dtype)
+    return {
+        "angle_state": xp.astype(angle_state, wide),
+        "ssm_state": xp.astype(ssm_state, wide),
+        "k_state": xp.astype(k_state, u.dtype),
+        "v_state": xp.astype(v_state, u.dtype),
+    }
 
 
 # ---- forward and step ---------------------------------------------------------------------
 def forward(be, params: dict, cfg: Config, u, cache: dict | None = None):
     """u: (B, L, D) -> (out (B, L, D), new cache). With a cache, continues from it."""
+    out, new_cache, _ = forward_train(be, params, cfg, u, cache)
+    return out, new_cache
+
+
+def forward_train(be, params: dict, cfg: Config, u, cache: dict | None = None):
+    """``forward``, also returning ``saved``: the inputs of the op calls that backward needs.
+
+    u: (B, L, D) -> (out (B, L, D), new cache, saved) with saved =
+        "u"        (B, L, D)              in_proj's input
+        "zxbc"     (B, L, d_in_proj)      in_proj's output: z (gate), x (scan), Bm, Cm (rmsnorm
+                                          inputs), dd_dt (softplus), dd_A, trap (sigmoid), angles
+        "dt", "A", "trap"  (B, L, H)      the scan's dt, A, trap (>= float32); dt also the angles'
+        "phi"      (B, L, 1, H, S)        apply_rope's angle (>= float32)
+        "Bb", "Cb" (B, L, R, H, N)        apply_rope's inputs (normed, biased)
+        "Bh", "Ch" (B, L, R, H, N)        the scan's B, C (rotated)
+        "y_scan"   (B, L, R, H, P)        the scan's output (the gate's input)
+        "y_gated"  (B, L, E)              out_proj's input
+        "angle_state", "ssm_state", "k_state", "v_state"   the initial cache, when one was given
+    No scan state is saved: mamba3_scan_vjp recomputes them from its inputs.
+    """
     xp = be.xp
     Bsz, L = u.shape[0], u.shape[1]
-    wide = _wide(xp, u.dtype)
-    c = cache or {}
-    z, x, Bb, Cb, dt, A, trap, angles = _prep(be, params, cfg, u, (Bsz, L))
+    c = {k: v for k, v in (cache or {}).items() if v is not None}
+    zxbc = be.ops.linear(u, params["in_proj.weight"])
+    z, x, Bb, Cb, dt, A, trap, angles = _prep_from(be, params, cfg, zxbc, (Bsz, L))
     phi, angle_state = be.ops.mamba3_angles(angles, dt, c.get("angle_state"))
     phi = xp.expand_dims(phi, axis=2)  # (B, L, 1, H, S): the same angle for every rank
     Bh = be.ops.apply_rope(Bb, phi, pairing=cfg.rope_pairing)
@@ -349,20 +415,18 @@ def forward(be, params: dict, cfg: Config, u, cache: dict | None = None):
         chunk_size=cfg.chunk_size, initial_state=c.get("ssm_state"), initial_k=c.get("k_state"),
         initial_v=c.get("v_state"),
     )
-    out = _finish(be, params, cfg, y, z)
-    return out, {
-        "angle_state": xp.astype(angle_state, wide),
-        "ssm_state": xp.astype(ssm_state, wide),
-        "k_state": xp.astype(k_state, u.dtype),
-        "v_state": xp.astype(v_state, u.dtype),
-    }
+    y_gated = _mix(be, params, cfg, _gate(be, params, cfg, y, _gate_z(be, params, cfg, z)))
+    out = be.ops.linear(y_gated, params["out_proj.weight"])
+    saved = {"u": u, "zxbc": zxbc, "dt": dt, "A": A, "trap": trap, "phi": phi,
+             "Bb": Bb, "Cb": Cb, "Bh": Bh, "Ch": Ch, "y_scan": y, "y_gated": y_gated}
+    saved.update({k: c[k] for k in CACHE_KEYS if k in c})
+    return out, _new_cache(be, u, angle_state, ssm_state, k_state, v_state), saved
 
 
 def step(be, params: dict, cfg: Config, u, cache: dict):
     """u: (B, D), one token -> (out (B, D), new cache). ``cache`` is not modified."""
     xp = be.xp
     Bsz = u.shape[0]
-    wide = _wide(xp, u.dtype)
     z, x, Bb, Cb, dt, A, trap, angles = _prep(be, params, cfg, u, (Bsz,))
     phi, angle_state = be.ops.mamba3_angles(
         xp.expand_dims(angles, axis=1), xp.expand_dims(dt, axis=1), cache["angle_state"]
@@ -374,9 +438,160 @@ def step(be, params: dict, cfg: Config, u, cache: dict):
         D=params["D"], mimo_x=params["mimo_x"] if cfg.is_mimo else None,
     )
     out = _finish(be, params, cfg, y, z)
-    return out, {
-        "angle_state": xp.astype(angle_state, wide),
-        "ssm_state": xp.astype(ssm_state, wide),
-        "k_state": xp.astype(k_state, u.dtype),
-        "v_state": xp.astype(v_state, u.dtype),
-    }
+    return out, _new_cache(be, u, angle_state, ssm_state, k_state, v_state)
+
+
+# ---- backward -----------------------------------------------------------------------------
+def decay_rate_grad(xp, dd_A, A_floor: float):
+    """dA / d dd_A for A = -max(heavy_tail(dd_A), A_floor): -heavy_tail'(dd_A) where
+    heavy_tail(dd_A) > A_floor, else 0 (torch's rule for max). heavy_tail'(v) = 1 for v >= 0,
+    1 / (1 - v)^2 for v < 0. In dd_A's dtype."""
+    zero = xp.zeros_like(dd_A)
+    one = xp.ones_like(dd_A)
+    w = 1.0 - xp.minimum(dd_A, zero)
+    slope = xp.where(dd_A >= zero, one, 1.0 / (w * w))
+    return xp.where(heavy_tail(xp, dd_A) > A_floor, -slope, zero)
+
+
+def _sum_bl(xp, a):
+    """Sum over the two leading axes (B, L)."""
+    return xp.sum(a, axis=(0, 1))
+
+
+def _bc_heads_vjp(be, cfg: Config, dv, v, norm_w, bias):
+    """The reverse of _bc_heads. dv: (B, L, R, H, N) gradient of its output; v: its input
+    (B, L, R*G*N). Returns (dv_in (B, L, R*G*N), dnorm_w (N,), dbias (H, R, N))."""
+    xp = be.xp
+    R, G, H, N = cfg.mimo_rank, cfg.ngroups, cfg.nheads, cfg.d_state
+    lead = tuple(v.shape[:-1])
+    dbias = xp.permute_dims(_sum_bl(xp, dv), (1, 0, 2))  # + bias (R, H, N) <- (H, R, N)
+    dn = xp.sum(xp.reshape(dv, lead + (R, G, H // G, N)), axis=-2)  # G -> H broadcast: sum the heads
+    g = be.ops.rmsnorm_vjp(xp.astype(dn, v.dtype), xp.reshape(v, lead + (R, G, N)), norm_w, NORM_EPS)
+    return (xp.reshape(g["x"], lead + (R * G * N,)), xp.astype(g["weight"], norm_w.dtype),
+            xp.astype(dbias, bias.dtype))
+
+
+def backward(be, params: dict, cfg: Config, saved: dict, dy, dcache: dict | None = None):
+    """The reverse of ``forward_train``, composed from the ops' VJPs.
+
+    dy: (B, L, D) the gradient of out (None: zero); dcache: None or a dict with some of
+    {"angle_state", "ssm_state", "k_state", "v_state"}: gradients of the final cache.
+    Returns (dparams {name: same shape and dtype as params[name]}, du (B, L, D),
+    dcache_in {same keys as the cache given} when forward_train was given a cache, else None).
+
+        out = out_proj(m)                       -> d m, d out_proj.weight
+        m = sum_r g_r mimo_o[:, r]  (SISO g_0)  -> d g_r = d m mimo_o[:, r], d mimo_o = sum d m g_r
+        g_r = gate(y_r, z_r)                    silu:    d y = d g silu(z_r), silu_vjp -> d z_r
+                                                outnorm: rmsnorm_vjp -> d y, d z_r, d norm.weight
+        z_r = z mimo_z[:, r]  (SISO z)          -> d z = sum_r d z_r mimo_z[:, r], d mimo_z
+        y, S_L, k_L, v_L = mamba3_scan(x, dt, A, trap, Bh, Ch, D, mimo_x, S_0, k_0, v_0)
+                                                -> d x, d dt, d A, d trap, d Bh, d Ch, d D, d mimo_x,
+                                                   d S_0, d k_0, d v_0
+        Bh, Ch = apply_rope(Bb, Cb, phi)        -> d Bb, d Cb, d phi (the two summed)
+        phi, angle_L = mamba3_angles(angles, dt, angle_0) -> d angles, d dt (added), d angle_0
+        Bb = rmsnorm(Bm) -> G->H -> + B_bias    -> d Bm, d B_norm.weight, d B_bias (heads of a
+                                                   group summed); the same for C
+        trap = sigmoid(.), dt = softplus(dd_dt + dt_bias), A = -max(heavy_tail(dd_A), A_floor)
+        zxbc = in_proj(u)                       -> du, d in_proj.weight
+    The split of zxbc goes back as the concat of its pieces' gradients.
+    """
+    xp = be.xp
+    u, zxbc = saved["u"], saved["zxbc"]
+    dt, A, trap, phi = saved["dt"], saved["A"], saved["trap"], saved["phi"]
+    Bsz, L = u.shape[0], u.shape[1]
+    E, H, P, N, R, S = cfg.d_inner, cfg.nheads, cfg.headdim, cfg.d_state, cfg.mimo_rank, cfg.num_rope_angles
+    wide = _wide(xp, zxbc.dtype)
+    init = {k: saved[k] for k in CACHE_KEYS if k in saved}
+    dcache = {k: v for k, v in (dcache or {}).items() if v is not None}
+    z, x, Bm, Cm, dd_dt, dd_A, trap_in, angles = _split_in(cfg, zxbc)
+    z = xp.reshape(z, (Bsz, L, H, P))
+    y = saved["y_scan"]  # (B, L, R, H, P)
+    dparams = {}
+
+    # out = out_proj(m)
+    if dy is None:
+        dy = xp.zeros((Bsz, L, cfg.d_model), dtype=u.dtype)
+    gr = be.ops.linear_vjp(dy, saved["y_gated"], params["out_proj.weight"])
+    dparams["out_proj.weight"] = gr["weight"]
+    dm = xp.expand_dims(xp.reshape(gr["x"], (Bsz, L, H, P)), axis=2)  # (B, L, 1, H, P)
+
+    # m = sum_r g_r mimo_o[:, r]  (SISO: g_0)
+    zr = _gate_z(be, params, cfg, z)
+    if cfg.is_mimo:
+        g = _gate(be, params, cfg, y, zr)  # the per-rank gated outputs, recomputed for d mimo_o
+        dparams["mimo_o"] = xp.permute_dims(_sum_bl(xp, xp.astype(dm, g.dtype) * g), (1, 0, 2))
+        dg = dm * xp.astype(xp.permute_dims(params["mimo_o"], (1, 0, 2)), dm.dtype)  # (B, L, R, H, P)
+    else:
+        dg = dm
+
+    # g_r = gate(y_r, z_r)
+    if cfg.is_outproj_norm:
+        gr = be.ops.rmsnorm_vjp(xp.reshape(dg, (Bsz, L, R, E)), xp.reshape(y, (Bsz, L, R, E)),
+                                params["norm.weight"], NORM_EPS, xp.reshape(zr, (Bsz, L, R, E)), P, True)
+        dparams["norm.weight"] = gr["weight"]
+        d_scan = xp.reshape(gr["x"], (Bsz, L, R, H, P))
+        dzr = xp.reshape(gr["z"], (Bsz, L, R, H, P))
+    else:
+        dg = xp.astype(dg, y.dtype)
+        d_scan = dg * be.ops.silu(zr)
+        dzr = be.ops.silu_vjp(dg * y, zr)["x"]
+
+    # z_r = z * mimo_z[:, r]  (SISO: z)
+    if cfg.is_mimo:
+        dparams["mimo_z"] = xp.permute_dims(_sum_bl(xp, dzr * xp.expand_dims(z, axis=2)), (1, 0, 2))
+        dz = xp.sum(dzr * xp.astype(xp.permute_dims(params["mimo_z"], (1, 0, 2)), dzr.dtype), axis=2)
+    else:
+        dz = dzr[:, :, 0]
+
+    # y, S_L, k_L, v_L = mamba3_scan(...)
+    Bh, Ch = saved["Bh"], saved["Ch"]
+    xh = xp.reshape(x, (Bsz, L, H, P))
+
+    def cot(k, like):  # a final-cache gradient, in the dtype of the op output it flows into
+        return xp.astype(dcache[k], like.dtype) if k in dcache else None
+
+    gs = be.ops.mamba3_scan_vjp(
+        (xp.astype(d_scan, y.dtype), cot("ssm_state", dt), cot("k_state", Bh), cot("v_state", xh)),
+        xh, dt, A, trap, Bh, Ch, D=params["D"], mimo_x=params["mimo_x"] if cfg.is_mimo else None,
+        chunk_size=cfg.chunk_size, initial_state=init.get("ssm_state"), initial_k=init.get("k_state"),
+        initial_v=init.get("v_state"),
+    )
+    dparams["D"] = gs["D"]
+    if cfg.is_mimo:
+        dparams["mimo_x"] = gs["mimo_x"]
+
+    # Bh, Ch = apply_rope(Bb, phi), apply_rope(Cb, phi)
+    gb = be.ops.apply_rope_vjp(gs["B"], saved["Bb"], phi, pairing=cfg.rope_pairing)
+    gc = be.ops.apply_rope_vjp(gs["C"], saved["Cb"], phi, pairing=cfg.rope_pairing)
+    dphi = xp.reshape(xp.astype(gb["phi"], wide) + xp.astype(gc["phi"], wide), (Bsz, L, H, S))
+
+    # phi, angle_L = mamba3_angles(angles, dt, angle_0)
+    ga = be.ops.mamba3_angles_vjp((dphi, cot("angle_state", dphi)), angles, dt, init.get("angle_state"))
+    ddt = xp.astype(gs["dt"], wide) + xp.astype(ga["dt"], wide)
+
+    # Bb, Cb = rmsnorm -> G->H -> + bias
+    dBm, dparams["B_norm.weight"], dparams["B_bias"] = _bc_heads_vjp(
+        be, cfg, gb["x"], Bm, params["B_norm.weight"], params["B_bias"])
+    dCm, dparams["C_norm.weight"], dparams["C_bias"] = _bc_heads_vjp(
+        be, cfg, gc["x"], Cm, params["C_norm.weight"], params["C_bias"])
+
+    # dt = softplus(dd_dt + dt_bias); trap = sigmoid(trap_in); A = -max(heavy_tail(dd_A), A_floor)
+    d_pre = be.ops.softplus_vjp(ddt, xp.astype(dd_dt, wide) + xp.astype(params["dt_bias"], wide))["x"]
+    dparams["dt_bias"] = _sum_bl(xp, d_pre)
+    d_trap_in = be.ops.sigmoid_vjp(xp.astype(gs["trap"], wide), xp.astype(trap_in, wide))["x"]
+    d_dd_A = xp.astype(gs["A"], wide) * decay_rate_grad(xp, xp.astype(dd_A, wide), cfg.A_floor)
+
+    # zxbc = in_proj(u), split into [z, x, Bm, Cm, dd_dt, dd_A, trap, angles]
+    pieces = [xp.reshape(dz, (Bsz, L, E)), xp.reshape(gs["x"], (Bsz, L, E)), dBm, dCm, d_pre, d_dd_A,
+              d_trap_in, ga["angles"]]
+    d_zxbc = xp.concat([xp.astype(p, zxbc.dtype) for p in pieces], axis=-1)
+    gr = be.ops.linear_vjp(d_zxbc, u, params["in_proj.weight"])
+    dparams["in_proj.weight"] = gr["weight"]
+
+    dparams = {k: xp.astype(xp.reshape(dparams[k], tuple(params[k].shape)), params[k].dtype) for k in params}
+    dcache_in = None
+    if init:
+        src = {"angle_state": ga.get("initial_angle"), "ssm_state": gs.get("initial_state"),
+               "k_state": gs.get("initial_k"), "v_state": gs.get("initial_v")}
+        dcache_in = {k: xp.astype(src[k], init[k].dtype) for k in init}
+    return dparams, xp.astype(gr["x"], u.dtype), dcache_in
