@@ -1,7 +1,7 @@
 """The cuda_cupy backend object.
 
-Arrays are CuPy arrays on the current device. No CUDA C kernel is registered yet, so every op
-runs the core's default composition with ``xp = cupy``; ``mamba-core backends`` says so.
+Arrays are CuPy arrays on the current device. Ops with a CUDA C kernel (``kernels/``, compiled
+by NVRTC) run it; every other op runs the core's default composition with ``xp = cupy``.
 """
 
 from __future__ import annotations
@@ -12,16 +12,21 @@ import numpy as np
 
 from mamba_core.backend import Availability, Backend, Capabilities
 
-KERNELS: dict = {}
+from mamba_backend_cuda_cupy import kernels as _kernels
 
 
 class CudaCupyBackend(Backend):
     name = "cuda_cupy"
     priority = 20
-    description = "CuPy arrays on CUDA; default compositions until the NVRTC kernels land"
+    description = "CuPy arrays on CUDA; CUDA C kernels via NVRTC, default compositions elsewhere"
     dtypes = ("float32", "float64")
     capabilities = Capabilities(cuda_graphs=False, batch_invariant=False, deterministic=True)
-    kernels = KERNELS
+
+    @property
+    def kernels(self):
+        if not hasattr(self, "_kernel_table"):
+            self._kernel_table = _kernels.collect()
+        return self._kernel_table
 
     def available(self) -> Availability:
         if importlib.util.find_spec("cupy") is None:

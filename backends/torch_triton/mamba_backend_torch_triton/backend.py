@@ -1,8 +1,8 @@
 """The torch_triton backend object.
 
 Arrays are torch tensors on the first CUDA device, or on the CPU when TRITON_INTERPRET=1 (the
-Triton interpreter, used by CI). No Triton kernel is registered yet, so every op runs the core's
-default composition through ``array_api_compat.torch``; ``mamba-core backends`` says so.
+Triton interpreter, used by CI). Ops with a Triton kernel (``kernels/``) run it; every other op
+runs the core's default composition through ``array_api_compat.torch``.
 """
 
 from __future__ import annotations
@@ -14,16 +14,21 @@ import numpy as np
 
 from mamba_core.backend import Availability, Backend, Capabilities
 
-KERNELS: dict = {}
+from mamba_backend_torch_triton import kernels as _kernels
 
 
 class TorchTritonBackend(Backend):
     name = "torch_triton"
     priority = 30
-    description = "torch tensors on CUDA (CPU under TRITON_INTERPRET=1); default compositions until Triton kernels land"
+    description = "torch tensors on CUDA (CPU under TRITON_INTERPRET=1); Triton kernels, default compositions elsewhere"
     dtypes = ("float32", "float64")
     capabilities = Capabilities(cuda_graphs=False, batch_invariant=False, deterministic=True)
-    kernels = KERNELS
+
+    @property
+    def kernels(self):
+        if not hasattr(self, "_kernel_table"):
+            self._kernel_table = _kernels.collect()
+        return self._kernel_table
 
     def available(self) -> Availability:
         if importlib.util.find_spec("torch") is None:
