@@ -2,12 +2,17 @@
 
     mamba-core backends                 installed backends: available or why not, native ops
     mamba-core conformance BACKEND ...  certify a backend (needs mamba-conformance installed)
-    mamba-core demo [--backend NAME]    a small random-weight Mamba-3 LM: prefill, then decode
+    mamba-core demo [--backend NAME]    train a tiny Mamba-3 on the bundled corpus (~1 min), then
+                                        generate from it (--random-weights: the quick graph check)
+    mamba-core train ...                train a Mamba-1/2/3 byte-level LM (see mamba-core train -h)
+    mamba-core new-backend NAME         scaffold a separately packaged backend
+    mamba-core ops [--markdown]         the ops a backend may implement, with signatures
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 
@@ -52,6 +57,15 @@ def _cmd_conformance(args) -> int:
 
 
 def _cmd_demo(args) -> int:
+    if not args.random_weights:
+        from mamba_core.training import demo
+
+        result = demo(seconds=args.seconds, backend=args.backend, seed=args.seed)
+        return 0 if result is not None else 1
+    return _random_weights_demo(args)
+
+
+def _random_weights_demo(args) -> int:
     from mamba_core.models.config import LMConfig
     from mamba_core.models.lm import MambaLM
 
@@ -101,6 +115,43 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_new_backend(args) -> int:
+    from mamba_core.scaffold import Names, new_backend, next_steps
+
+    target = new_backend(args.name, args.out, dist=args.dist, package=args.package)
+    print(next_steps(Names.of(args.name, dist=args.dist, package=args.package), target))
+    return 0
+
+
+def _cmd_ops(args) -> int:
+    import inspect
+
+    from mamba_core.ops import REGISTRY
+
+    specs = sorted(REGISTRY.values(), key=lambda s: (s.family, s.vjp_of is not None, s.step_of is not None, s.name))
+    if args.markdown:
+        print("| op | family | kind | signature (after `xp` for the default) | shapes |")
+        print("| --- | --- | --- | --- | --- |")
+    for s in specs:
+        kind = f"step of {s.step_of}" if s.step_of else (f"VJP of {s.vjp_of}" if s.vjp_of else "forward")
+        sig = f"{s.name}{inspect.signature(s.reference)}"
+        if args.markdown:
+            summary = s.summary.replace("|", "\\|")
+            print(f"| `{s.name}` | {s.family} | {kind} | `{sig}` | {summary} |")
+        else:
+            print(f"{sig}\n    [{s.family}; {kind}] {s.summary}")
+    return 0
+
+
+#: modules that each register one subcommand through ``add_parser(subparsers)``
+SUBCOMMAND_MODULES = ("mamba_core.training.cli",)
+
+
+def _unavailable(exc) -> int:
+    print(f"mamba-core: this command is unavailable here: {exc}", file=sys.stderr)
+    return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mamba-core", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -114,8 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("rest", nargs=argparse.REMAINDER)
     c.set_defaults(func=_cmd_conformance)
 
-    d = sub.add_parser("demo", help="random-weight Mamba-3 LM: prefill then decode on a backend")
+    d = sub.add_parser("demo", help="train a tiny Mamba-3 for about a minute, then generate from it")
     d.add_argument("--backend", default=None, help="backend name (default: $MAMBA_BACKEND or best available)")
+    d.add_argument("--seconds", type=float, default=60.0, help="training time budget (default 60)")
+    d.add_argument("--random-weights", action="store_true",
+                   help="instead: a random-weight LM, parallel prefill then recurrent decode, checking "
+                        "that step agrees with forward (the options below apply to this mode)")
     d.add_argument("--layer", default="Mamba3", choices=["Mamba1", "Mamba2", "Mamba3"])
     d.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     d.add_argument("--d-model", type=int, default=128)
@@ -127,6 +182,27 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--prompt", default="The state space model reads ")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_cmd_demo)
+
+    nb = sub.add_parser("new-backend", help="scaffold a separately packaged backend (see docs/writing-a-backend.md)")
+    nb.add_argument("name", help="backend name: a lower-case Python identifier, e.g. my_backend")
+    nb.add_argument("--out", default=None, metavar="DIR",
+                    help="directory to create (default ./mamba-backend-NAME); must not exist")
+    nb.add_argument("--dist", default=None, help="distribution name (default mamba-backend-NAME)")
+    nb.add_argument("--package", default=None, help="import package name (default mamba_backend_NAME)")
+    nb.set_defaults(func=_cmd_new_backend)
+
+    for module in SUBCOMMAND_MODULES:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:  # an optional part whose dependency is missing
+            broken = sub.add_parser(module.rsplit(".", 1)[-1], help=f"(unavailable: {exc})")
+            broken.set_defaults(func=lambda _args, _e=exc: _unavailable(_e))
+            continue
+        mod.add_parser(sub)
+
+    o = sub.add_parser("ops", help="list the ops: signature, family, forward/step/VJP, shapes")
+    o.add_argument("--markdown", action="store_true", help="as a Markdown table")
+    o.set_defaults(func=_cmd_ops)
     return p
 
 

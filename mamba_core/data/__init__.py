@@ -1,0 +1,1 @@
+"""Data files shipped with mamba_core (see README.md here)."""
