@@ -1,0 +1,5 @@
+"""mamba-core backend example_numba."""
+
+from mamba_backend_example_numba.backend import ExampleNumbaBackend
+
+__all__ = ["ExampleNumbaBackend"]
