@@ -11,7 +11,7 @@ PKGS    = -e . -e backends/cpu_numpy -e backends/cuda_cupy -e conformance
 # The CPU build of torch: a bare "torch" would pull a multi-GB CUDA build.
 TORCH   = torch==2.13.0
 
-.PHONY: demo test test-core test-torch install clean
+.PHONY: demo test test-core test-example test-torch install clean
 
 $(STAMP): pyproject.toml backends/cpu_numpy/pyproject.toml backends/cuda_cupy/pyproject.toml conformance/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,11 +30,18 @@ demo: $(STAMP)
 
 # Core and conformance tests, the cpu_numpy certificate, then the torch_triton backend's
 # certificate on the CPU (TRITON_INTERPRET=1): the same default compositions on torch tensors.
-test: test-core test-torch
+test: test-core test-example test-torch
 
 test-core: $(STAMP)
 	$(BIN)/python -m pytest -q
 	$(BIN)/mamba-conformance cpu_numpy --json out/cpu_numpy.certificate.json --quiet
+
+# The worked third-party example of docs/writing-a-backend.md, certified end to end.
+test-example: $(STAMP)
+	$(PIP) "numba>=0.60"
+	$(PIP) -e examples/backend_numba
+	$(BIN)/python -m pytest -q examples/backend_numba
+	$(BIN)/mamba-conformance example_numba --json out/example_numba.certificate.json --quiet
 
 test-torch: $(TORCH_STAMP)
 	TRITON_INTERPRET=1 $(BIN)/mamba-conformance torch_triton --json out/torch_triton.certificate.json --quiet

@@ -229,9 +229,19 @@ def repro_command(backend_name: str, check: str, case: str, dtype: str, mode: st
     return " ".join(shlex.quote(c) for c in cmd)
 
 
-def _op_impls(be, check: Check) -> dict:
+def _op_impls(be, check: Check, mode: str = "forward") -> dict:
+    """native/default for each op the entry exercises: the sequence ops in forward mode, the step
+    ops too in step mode, and the ops' VJPs in grad mode."""
+    from mamba_core.ops import REGISTRY
+
     out = {}
     for op in check.ops:
+        spec = REGISTRY.get(op)
+        is_step = spec is not None and spec.step_of is not None
+        if mode == "forward" and is_step or mode == "grad" and is_step:
+            continue
+        if mode == "grad" and f"{op}_vjp" in REGISTRY:
+            op = f"{op}_vjp"
         try:
             out[op] = "native" if be.ops.is_native(op) else "default"
         except Exception:  # noqa: BLE001
@@ -285,7 +295,7 @@ def run_entry(be, check: Check, case: Case, mode: str, dtype: str, *, seed: int 
     name = backend_label or be.name
     entry = Entry(
         check=check.name, kind=check.kind, case=case.label, dims=_jsonable(case.dims), mode=mode,
-        dtype=dtype, tolerance=tol, ops=_op_impls(be, check),
+        dtype=dtype, tolerance=tol, ops=_op_impls(be, check, mode),
         repro=repro_command(name, check.name, case.label, dtype, mode),
     )
     if check.kind == IMPORT_ERROR:

@@ -14,6 +14,13 @@ from mamba_conformance.check import Case, Check
 from mamba_core.models import lm
 from mamba_core.models.config import LMConfig
 
+_MIXER_OPS = {
+    "mamba1": ("causal_conv1d", "causal_conv1d_step", "selective_scan", "selective_scan_step"),
+    "mamba2": ("causal_conv1d", "causal_conv1d_step", "ssd_scan", "ssd_step", "rmsnorm"),
+    "mamba3": ("rmsnorm", "mamba3_angles", "apply_rope", "mamba3_scan", "mamba3_step"),
+}
+_MIXER_OPS["mamba3_mimo"] = _MIXER_OPS["mamba3"]
+
 _MIXERS = {
     "mamba1": {"layer": "Mamba1", "d_state": 4, "d_conv": 4},
     "mamba2": {"layer": "Mamba2", "d_state": 8, "headdim": 8, "ngroups": 2, "chunk_size": 4},
@@ -108,7 +115,7 @@ CHECKS = [
         make_inputs=_make_inputs,
         forward=_forward,
         step=_step,
-        ops=("embedding", "add_rmsnorm", "linear"),
+        ops=("embedding", "add_rmsnorm", "linear", "cross_entropy") + _MIXER_OPS[family],
         doc=f"{_MIXERS[family]['layer']} language model: logits and every layer's final cache",
     )
     for family in _MIXERS
