@@ -5,6 +5,7 @@
     mamba-core demo [--backend NAME]    train a tiny Mamba-3 on the bundled corpus (~1 min), then
                                         generate from it (--random-weights: the quick graph check)
     mamba-core train ...                train a Mamba-1/2/3 byte-level LM (see mamba-core train -h)
+    mamba-core generate --model PATH --prompt TEXT   sample from a checkpoint folder
     mamba-core new-backend NAME         scaffold a separately packaged backend
     mamba-core ops [--markdown]         the ops a backend may implement, with signatures
 """
@@ -144,7 +145,7 @@ def _cmd_ops(args) -> int:
 
 
 #: modules that each register one subcommand through ``add_parser(subparsers)``
-SUBCOMMAND_MODULES = ("mamba_core.training.cli",)
+SUBCOMMAND_MODULES = ("mamba_core.training.cli", "mamba_core.generation_cli")
 
 
 def _unavailable(exc) -> int:

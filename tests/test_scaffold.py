@@ -114,7 +114,9 @@ def test_scaffolded_silu_is_a_correct_native_kernel(tmp_path, monkeypatch):
 
     cert = run(be, only=["op:silu", "op:selective_scan"], dtypes=["float32", "float64"])
     assert cert.ok, cert.render()
-    assert {e.ops.get("silu") for e in cert.entries if e.check == "op:silu"} == {"native"}
+    assert {e.ops.get("silu") for e in cert.entries if e.check == "op:silu" and e.mode != "grad"} == {"native"}
+    # its gradient is not overridden: grad rows name the VJP op and say it ran the default
+    assert {e.ops.get("silu_vjp") for e in cert.entries if e.check == "op:silu" and e.mode == "grad"} == {"default"}
 
 
 # ---- name and target validation ---------------------------------------------------------------
