@@ -1,7 +1,9 @@
 """The cuda_cupy backend object.
 
-Arrays are CuPy arrays on the current device. Ops with a CUDA C kernel (``kernels/``, compiled
-by NVRTC) run it; every other op runs the core's default composition with ``xp = cupy``.
+Arrays are CuPy arrays on the current device. Ops with a CUDA C kernel (``kernels/``, sources in
+``cuda/``, compiled by NVRTC) run it; every other op runs the core's default composition with
+``xp = cupy``. ``MAMBA_CUPY_DISABLE=op1,op2`` sends chosen ops back to the default composition.
+Decoding can be captured as a CUDA graph: ``mamba_backend_cuda_cupy.graphs.GraphDecoder``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ class CudaCupyBackend(Backend):
     priority = 20
     description = "CuPy arrays on CUDA; CUDA C kernels via NVRTC, default compositions elsewhere"
     dtypes = ("float32", "float64")
-    capabilities = Capabilities(cuda_graphs=False, batch_invariant=False, deterministic=True)
+    capabilities = Capabilities(cuda_graphs=True, batch_invariant=False, deterministic=True)
 
     @property
     def kernels(self):
@@ -35,7 +37,9 @@ class CudaCupyBackend(Backend):
             )
         try:
             import cupy
-
+        except Exception as exc:  # installed but broken (e.g. a CUDA library missing)
+            return Availability.no(f"cupy is installed but does not import ({type(exc).__name__}: {exc})")
+        try:
             n = cupy.cuda.runtime.getDeviceCount()
         except Exception as exc:  # cupy raises its own CUDARuntimeError without a driver
             return Availability.no(f"no CUDA device visible ({type(exc).__name__}: {exc})")

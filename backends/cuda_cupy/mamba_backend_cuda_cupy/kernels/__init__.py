@@ -4,6 +4,9 @@ Each public module here exports ``KERNELS: dict[op name -> callable]`` with the 
 signature (mamba_core.ops); they are merged into the backend's kernel table. A module whose
 import fails (no cupy installed) contributes nothing, and ``mamba-core backends`` shows the
 backend running the default compositions for those ops.
+
+``MAMBA_CUPY_DISABLE=op1,op2`` (read when the table is first built) leaves those ops out, so they
+run the default composition: a switch to certify the rest if one kernel misbehaves on a device.
 """
 
 from __future__ import annotations
@@ -28,4 +31,8 @@ def collect() -> dict:
             if name in table:
                 raise RuntimeError(f"cuda_cupy: op {name!r} has kernels in two modules")
             table[name] = fn
+    from mamba_backend_cuda_cupy._compile import disabled_ops
+
+    for name in disabled_ops():
+        table.pop(name, None)
     return table

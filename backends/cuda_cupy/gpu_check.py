@@ -1,0 +1,377 @@
+"""GPU check of the cuda_cupy backend: compile, kernel checks, certificate, benchmarks, decode.
+
+    python backends/cuda_cupy/gpu_check.py OUT_DIR        (or: from gpu_check import run; run(dir))
+
+Writes OUT_DIR/cuda_cupy.certificate.json (mamba_conformance.run) and
+OUT_DIR/cuda_cupy_gpu_check.json (everything else). Each part runs in its own try/except: an error
+is printed and recorded, and the next part runs. Parts (set GPU_CHECK_PARTS=compile,kernels,...
+to run a subset): compile, kernels, conformance, bench, decode.
+Timings: cupy.cuda.Event pairs, median of repeats after warm-up; torch_triton rows (when that
+backend is installed and available) with torch.cuda.Event, on the same inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+# benchmark shapes of the issue
+BENCH = dict(B=8, L=2048, E=2048, N1=16, H=32, P=64, N=128, G=1, R=4, K=4)
+DECODE = dict(d_model=1024, n_layer=48, vocab_size=50280, d_state=128, headdim=64)
+
+
+def _log(*a):
+    print("[gpu_check]", *a, flush=True)
+
+
+def _part(report, name, fn):
+    parts = os.environ.get("GPU_CHECK_PARTS")
+    if parts and name not in parts.split(","):
+        return
+    t0 = time.perf_counter()
+    _log(f"--- {name}")
+    try:
+        report[name] = fn()
+    except Exception as exc:  # keep going: every part is independent
+        traceback.print_exc()
+        report[name] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+    report.setdefault("seconds", {})[name] = round(time.perf_counter() - t0, 2)
+
+
+def _backend():
+    from mamba_core.registry import get_backend
+
+    return get_backend("cuda_cupy")
+
+
+# ---- compile every kernel instance NVRTC may be asked for ------------------------------------
+def part_compile():
+    from mamba_backend_cuda_cupy._compile import function
+
+    names = {"scan.cu": [f"row_scan<{t}, {n}, {a}>" for t in ("float", "double")
+                         for n in (1, 2, 4, 8) for a in ("true", "false")],
+             "norm.cu": [f"rmsnorm_{d}<{t}>" for t in ("float", "double") for d in ("fwd", "bwd")],
+             "conv1d.cu": [f"conv1d_{k}<{t}>" for t in ("float", "double")
+                           for k in ("fwd", "step", "bwd_du", "bwd_dx", "bwd_dw")]}
+    out = {}
+    for f, exprs in names.items():
+        for e in exprs:
+            try:
+                fn = function(f, e)
+                out[e] = {"ok": True, "num_regs": int(fn.num_regs), "local_bytes": int(fn.local_size_bytes)}
+            except Exception as exc:
+                out[e] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:2000]}
+                _log("compile FAILED", e, exc)
+    return out
+
+
+# ---- each native op against the float64 reference at small shapes ---------------------------
+def _small_inputs(rng):
+    B, L, H, P, G, N, R, E, K = 2, 37, 4, 5, 2, 16, 2, 12, 4
+    n = lambda *s: rng.standard_normal(s)
+    sp = lambda *s: np.exp(rng.standard_normal(s) * 0.5) * 0.5
+    sig = lambda *s: 1 / (1 + np.exp(-rng.standard_normal(s)))
+    return {
+        "selective_scan": ((n(B, L, E), n(B, L, E), -np.exp(n(E, N)), n(B, L, G, N), n(B, L, G, N)),
+                           dict(D=n(E), z=n(B, L, E), delta_bias=n(E), delta_softplus=True,
+                                initial_state=n(B, E, N))),
+        "selective_scan_step": ((n(B, E), n(B, E), -np.exp(n(E, N)), n(B, G, N), n(B, G, N), n(B, E, N)),
+                                dict(D=n(E), z=n(B, E), delta_bias=n(E), delta_softplus=True)),
+        "ssd_scan": ((n(B, L, H, P), n(B, L, H), -np.exp(n(H)), n(B, L, G, N), n(B, L, G, N)),
+                     dict(D=n(H), z=n(B, L, H, P), dt_bias=n(H), dt_softplus=True,
+                          initial_state=n(B, H, P, N))),
+        "ssd_step": ((n(B, H, P), n(B, H), -np.exp(n(H)), n(B, G, N), n(B, G, N), n(B, H, P, N)),
+                     dict(D=n(H), z=n(B, H, P), dt_bias=n(H), dt_softplus=True)),
+        "mamba3_scan": ((n(B, L, H, P), sp(B, L, H), -np.exp(n(B, L, H)), sig(B, L, H),
+                         n(B, L, R, H, N), n(B, L, R, H, N)),
+                        dict(D=n(H), mimo_x=n(H, R, P), initial_state=n(B, H, P, N),
+                             initial_k=n(B, R, H, N), initial_v=n(B, H, P))),
+        "mamba3_step": ((n(B, H, P), sp(B, H), -np.exp(n(B, H)), sig(B, H), n(B, R, H, N),
+                         n(B, R, H, N), n(B, H, P, N), n(B, R, H, N), n(B, H, P)),
+                        dict(D=n(H), mimo_x=n(H, R, P))),
+        "rmsnorm": ((n(B, L, E), 1 + 0.1 * n(E)), dict(eps=1e-5, z=n(B, L, E), group_size=E // 2)),
+        "add_rmsnorm": ((n(B, L, E), n(B, L, E), 1 + 0.1 * n(E)), dict(eps=1e-5)),
+        "causal_conv1d": ((n(B, L, E), n(E, K), n(E), n(B, E, K)), dict(activation="silu")),
+        "causal_conv1d_step": ((n(B, E), n(B, E, K), n(E, K), n(E)), dict(activation="silu")),
+    }
+
+
+def _rel(got, want):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    if got.shape != want.shape:
+        return float("inf")
+    d = np.linalg.norm(want)
+    return float(np.linalg.norm(got - want) / (d if d > 0 else 1.0)) if np.all(np.isfinite(got)) else float("nan")
+
+
+def _flat(out):
+    if isinstance(out, dict):
+        return {k: out[k] for k in sorted(out)}
+    if isinstance(out, (tuple, list)):
+        return {str(i): o for i, o in enumerate(out)}
+    return {"0": out}
+
+
+def part_kernels():
+    from mamba_core.ops import REGISTRY
+
+    be = _backend()
+    rng = np.random.default_rng(0)
+    res = {}
+    cases = _small_inputs(rng)
+    for op, (args, kw) in cases.items():
+        for dtype in ("float32", "float64"):
+            try:
+                ref = _flat(REGISTRY[op].reference(*args, **kw))
+                cargs = [be.asarray(a, dtype) for a in args]
+                ckw = {k: be.asarray(v, dtype) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
+                got = _flat(getattr(be.ops, op)(*cargs, **ckw))
+                errs = {k: _rel(be.to_numpy(got[k]), ref[k]) for k in ref}
+                res[f"{op}/{dtype}"] = {"native": be.ops.is_native(op), "rel_err": errs}
+            except Exception as exc:
+                res[f"{op}/{dtype}"] = {"error": f"{type(exc).__name__}: {exc}"}
+            # gradient of the sequence ops
+            vjp = op + "_vjp"
+            if vjp in REGISTRY and op in ("ssd_scan", "mamba3_scan", "rmsnorm", "add_rmsnorm",
+                                          "causal_conv1d", "selective_scan"):
+                try:
+                    fwd = REGISTRY[op].reference(*args, **kw)
+                    cot = (tuple(rng.standard_normal(np.shape(o)) for o in fwd)
+                           if isinstance(fwd, tuple) else rng.standard_normal(np.shape(fwd)))
+                    ref = REGISTRY[vjp].reference(cot, *args, **kw)
+                    ccot = (tuple(be.asarray(c, dtype) for c in cot) if isinstance(cot, tuple)
+                            else be.asarray(cot, dtype))
+                    got = getattr(be.ops, vjp)(ccot, *cargs, **ckw)
+                    errs = {k: _rel(be.to_numpy(got[k]), ref[k]) for k in ref}
+                    res[f"{vjp}/{dtype}"] = {"native": be.ops.is_native(vjp), "rel_err": errs}
+                except Exception as exc:
+                    res[f"{vjp}/{dtype}"] = {"error": f"{type(exc).__name__}: {exc}"}
+            worst = max([v for v in res.get(f"{op}/{dtype}", {}).get("rel_err", {}).values()] or [-1])
+            _log(f"{op}/{dtype}: worst rel err {worst:.2e}")
+    return res
+
+
+# ---- the certificate ---------------------------------------------------------------------------
+def part_conformance(out_dir):
+    import mamba_conformance
+
+    cert = mamba_conformance.run("cuda_cupy", modes=("forward", "step", "grad"))
+    d = cert.to_dict()
+    (Path(out_dir) / "cuda_cupy.certificate.json").write_text(json.dumps(d, indent=1, default=str))
+    _log(cert.summary())
+    return {"ok": bool(cert.ok), "counts": cert.counts(), "summary": cert.summary(),
+            "failures": [str(getattr(e, "title", e)) for e in cert.failures()][:200]}
+
+
+# ---- op benchmarks -----------------------------------------------------------------------------
+def _time_cupy(fn, warmup=3, reps=20):
+    import cupy as cp
+
+    for _ in range(warmup):
+        fn()
+    cp.cuda.get_current_stream().synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = cp.cuda.Event(), cp.cuda.Event()
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        ts.append(cp.cuda.get_elapsed_time(a, b))
+    return statistics.median(ts)
+
+
+def _time_torch(fn, warmup=3, reps=20):
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b))
+    return statistics.median(ts)
+
+
+def _bench_tasks(rng):
+    s = BENCH
+    B, L, E, H, P, N, G, R, K, N1 = (s[k] for k in ("B", "L", "E", "H", "P", "N", "G", "R", "K", "N1"))
+    f = lambda *sh: rng.standard_normal(sh).astype(np.float32)
+    sp = lambda *sh: (np.exp(rng.standard_normal(sh) * 0.5) * 0.05).astype(np.float32)
+    sig = lambda *sh: (1 / (1 + np.exp(-rng.standard_normal(sh)))).astype(np.float32)
+    C = E + 2 * G * N
+    return {
+        "selective_scan": ("selective_scan", (f(B, L, E), f(B, L, E) - 3, -np.exp(f(E, N1) * 0.1),
+                                              f(B, L, G, N1), f(B, L, G, N1)),
+                           dict(D=f(E), z=f(B, L, E), delta_bias=f(E) * 0.1, delta_softplus=True)),
+        "ssd_scan": ("ssd_scan", (f(B, L, H, P), f(B, L, H) - 3, -np.exp(f(H) * 0.5), f(B, L, G, N),
+                                  f(B, L, G, N)),
+                     dict(chunk_size=256, D=f(H), z=f(B, L, H, P), dt_bias=f(H) * 0.1, dt_softplus=True)),
+        "mamba3_siso": ("mamba3_scan", (f(B, L, H, P), sp(B, L, H), -np.exp(f(B, L, H) * 0.5),
+                                        sig(B, L, H), f(B, L, 1, H, N), f(B, L, 1, H, N)),
+                        dict(D=f(H))),
+        "mamba3_mimo": ("mamba3_scan", (f(B, L, H, P), sp(B, L, H), -np.exp(f(B, L, H) * 0.5),
+                                        sig(B, L, H), f(B, L, R, H, N), f(B, L, R, H, N)),
+                        dict(D=f(H), mimo_x=f(H, R, P) / R)),
+        "rmsnorm_gated": ("rmsnorm", (f(B, L, E), f(E)), dict(eps=1e-5, z=f(B, L, E), group_size=E // G)),
+        "add_rmsnorm": ("add_rmsnorm", (f(B, L, E), f(B, L, E), f(E)), dict(eps=1e-5)),
+        "causal_conv1d": ("causal_conv1d", (f(B, L, C), f(C, K), f(C)), dict(activation="silu")),
+    }
+
+
+def _bench_one(be, op, args, kw, timer):
+    from mamba_core.ops import REGISTRY
+
+    a = [be.asarray(x) for x in args]
+    k = {n: be.asarray(v) if isinstance(v, np.ndarray) else v for n, v in kw.items()}
+    fn = getattr(be.ops, op)
+    row = {"native_fwd": be.ops.is_native(op)}
+    row["fwd_ms"] = timer(lambda: fn(*a, **k))
+    out = fn(*a, **k)
+    vjp = op + "_vjp"
+    if vjp in REGISTRY:
+        cot = tuple(o for o in out) if isinstance(out, tuple) else out
+        row["native_bwd"] = be.ops.is_native(vjp)
+        g = getattr(be.ops, vjp)
+
+        def fb():
+            o = fn(*a, **k)
+            return g(tuple(o) if isinstance(o, tuple) else o, *a, **k)
+
+        try:
+            row["fwd_bwd_ms"] = timer(fb)
+        except Exception as exc:
+            row["fwd_bwd_error"] = f"{type(exc).__name__}: {exc}"
+        del cot
+    return row
+
+
+def part_bench():
+    rng = np.random.default_rng(0)
+    tasks = _bench_tasks(rng)
+    res = {"shapes": BENCH, "cuda_cupy": {}, "torch_triton": {}}
+    be = _backend()
+    for name, (op, args, kw) in tasks.items():
+        try:
+            res["cuda_cupy"][name] = _bench_one(be, op, args, kw, _time_cupy)
+            _log(f"cuda_cupy {name}: {res['cuda_cupy'][name]}")
+        except Exception as exc:
+            res["cuda_cupy"][name] = {"error": f"{type(exc).__name__}: {exc}"}
+            _log(f"cuda_cupy {name}: ERROR {exc}")
+        import cupy as cp
+
+        cp.get_default_memory_pool().free_all_blocks()
+    try:
+        from mamba_core.registry import get_backend
+
+        tt = get_backend("torch_triton")
+        if not tt.available():
+            raise RuntimeError(f"torch_triton not available: {tt.available().reason}")
+        for name, (op, args, kw) in tasks.items():
+            try:
+                res["torch_triton"][name] = _bench_one(tt, op, args, kw, _time_torch)
+                _log(f"torch_triton {name}: {res['torch_triton'][name]}")
+            except Exception as exc:
+                res["torch_triton"][name] = {"error": f"{type(exc).__name__}: {exc}"}
+    except Exception as exc:
+        res["torch_triton"] = {"error": f"{type(exc).__name__}: {exc}"}
+    return res
+
+
+# ---- decode of a ~370M random-weight Mamba-2 LM ---------------------------------------------------
+def part_decode():
+    import cupy as cp
+
+    from mamba_core.models import lm
+    from mamba_core.models.config import LMConfig
+
+    from mamba_backend_cuda_cupy.graphs import GraphDecoder
+
+    be = _backend()
+    d = DECODE
+    cfg = LMConfig(d_model=d["d_model"], n_layer=d["n_layer"], vocab_size=d["vocab_size"],
+                   ssm_cfg={"layer": "Mamba2", "d_state": d["d_state"], "headdim": d["headdim"]})
+    params = lm.to_backend(be, lm.init_params(cfg, np.random.default_rng(0)))
+    n_params = int(sum(int(np.prod(v.shape)) for v in params.values()))
+    res = {"config": d, "params": n_params}
+    for batch in (1, 16):
+        row = {}
+        ids = cp.asarray(np.random.default_rng(1).integers(0, d["vocab_size"], batch), dtype=cp.int64)
+        try:
+            cache = lm.init_cache(be, cfg, batch)
+
+            def eager():
+                nonlocal cache
+                _, cache = lm.step(be, params, cfg, ids, cache)
+
+            ms = _time_cupy(eager, warmup=3, reps=20)
+            row["eager_ms_per_token"] = ms
+            row["eager_tokens_per_s"] = batch * 1000.0 / ms
+        except Exception as exc:
+            row["eager_error"] = f"{type(exc).__name__}: {exc}"
+        try:
+            dec = GraphDecoder(be, params, cfg, batch)
+            # graph vs eager on the same cache: one step each, logits compared
+            cache0 = lm.init_cache(be, cfg, batch)
+            want, _ = lm.step(be, params, cfg, ids, cache0)
+            dec.load_cache(lm.init_cache(be, cfg, batch))
+            got = dec.step(ids)
+            dec.synchronize()
+            row["graph_vs_eager_rel_err"] = _rel(cp.asnumpy(got), cp.asnumpy(want))
+            with dec.stream:
+                ms = _time_cupy(lambda: dec.step(ids), warmup=3, reps=50)
+            row["graph_ms_per_token"] = ms
+            row["graph_tokens_per_s"] = batch * 1000.0 / ms
+        except Exception as exc:
+            traceback.print_exc()
+            row["graph_error"] = f"{type(exc).__name__}: {exc}"
+        res[f"batch{batch}"] = row
+        _log(f"decode batch {batch}: {row}")
+    return res
+
+
+def _env():
+    info = {"python": sys.version.split()[0], "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    try:
+        import cupy as cp
+
+        info["cupy"] = cp.__version__
+        props = cp.cuda.runtime.getDeviceProperties(0)
+        info["device"] = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        info["cuda_runtime"] = cp.cuda.runtime.runtimeGetVersion()
+        info["driver"] = cp.cuda.runtime.driverGetVersion()
+    except Exception as exc:
+        info["cupy_error"] = f"{type(exc).__name__}: {exc}"
+    return info
+
+
+def run(out_dir) -> dict:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"env": _env()}
+    _log(report["env"])
+    _part(report, "compile", part_compile)
+    _part(report, "kernels", part_kernels)
+    _part(report, "conformance", lambda: part_conformance(out))
+    _part(report, "bench", part_bench)
+    _part(report, "decode", part_decode)
+    path = out / "cuda_cupy_gpu_check.json"
+    path.write_text(json.dumps(report, indent=1, default=str))
+    _log(f"wrote {path}")
+    return report
+
+
+if __name__ == "__main__":
+    run(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("OUT", "gpu_check_out"))

@@ -1,0 +1,145 @@
+"""Causal depthwise conv1d kernels (cuda/conv1d.cu): forward, step and VJP.
+
+Ops (signatures and math: mamba_core/ops/conv1d.py):
+    causal_conv1d(x, weight, bias, initial_state, activation)          -> (y, final_state)
+    causal_conv1d_step(x, conv_state, weight, bias, activation)        -> (y, new_state)
+    causal_conv1d_vjp((dy, dfinal), x, weight, bias, initial_state, activation) -> dict
+
+One thread per output element; the backward runs three kernels: du = dy act'(pre) (recomputed),
+the gradient of every input position (x and the initial state, with dfinal added), and
+dw/db reduced per channel by blocks of 32 channels x 8 row lanes (fixed order: deterministic).
+K <= 8 (the dw kernel's register array); wider kernels run the default composition.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mamba_backend_cuda_cupy._compile import ctype, function
+from mamba_backend_cuda_cupy.kernels._common import default, runs_here, wide
+
+KMAX = 8
+THREADS = 256
+
+
+def blocks(n: int, threads: int = THREADS) -> int:
+    return max(1, -(-n // threads))
+
+
+def _ptr(a):
+    return a if a is not None else np.uint64(0)
+
+
+def _act(activation) -> np.int32:
+    return np.int32(1 if activation == "silu" else 0)
+
+
+def _takes(x, weight, *arrays):
+    return (runs_here(x, weight, *arrays) and type(x).__module__.startswith("cupy")
+            and weight.shape[1] <= KMAX)
+
+
+def _prep(cp, x, weight, bias, initial_state, wd):
+    X = cp.ascontiguousarray(x, dtype=wd)
+    W = cp.ascontiguousarray(weight, dtype=wd)
+    Bi = None if bias is None else cp.ascontiguousarray(bias, dtype=wd)
+    I = None if initial_state is None else cp.ascontiguousarray(initial_state, dtype=wd)
+    return X, W, Bi, I
+
+
+def _final_state(cp, X, I, K, wd):
+    """The last K inputs, oldest first: (B, C, K)."""
+    Bsz, L, C = X.shape
+    head = cp.zeros((Bsz, K, C), wd) if I is None else cp.transpose(I, (0, 2, 1))
+    full = cp.concatenate([head, X], axis=1)
+    return cp.ascontiguousarray(cp.transpose(full[:, L:], (0, 2, 1)))
+
+
+def causal_conv1d(x, weight, bias=None, initial_state=None, activation=None):
+    """Causal depthwise conv1d. x: (B, L, C); weight: (C, K); state: (B, C, K)."""
+    if not _takes(x, weight, bias, initial_state):
+        return default("causal_conv1d")(x, weight, bias, initial_state, activation)
+    import cupy as cp
+
+    Bsz, L, C = x.shape
+    K = weight.shape[1]
+    wd = wide(cp, x.dtype)
+    X, W, Bi, I = _prep(cp, x, weight, bias, initial_state, wd)
+    Y = cp.empty((Bsz, L, C), wd)
+    n = Bsz * L * C
+    if n:
+        function("conv1d.cu", f"conv1d_fwd<{ctype(wd)}>")(
+            (blocks(n),), (THREADS,),
+            (X, W, _ptr(Bi), _ptr(I), Y, np.int32(Bsz), np.int32(L), np.int32(C), np.int32(K),
+             _act(activation)))
+    fin = _final_state(cp, X, I, K, wd).astype(x.dtype, copy=False)
+    return Y.astype(x.dtype, copy=False), fin
+
+
+def causal_conv1d_step(x, conv_state, weight, bias=None, activation=None):
+    """One token. x: (B, C); conv_state: (B, C, K). Returns (y (B, C), new_state)."""
+    if not _takes(x, weight, conv_state, bias):
+        return default("causal_conv1d_step")(x, conv_state, weight, bias, activation)
+    import cupy as cp
+
+    Bsz, C = x.shape
+    K = weight.shape[1]
+    wd = wide(cp, x.dtype, conv_state.dtype)
+    X = cp.ascontiguousarray(x, dtype=wd)
+    S = cp.ascontiguousarray(conv_state, dtype=wd)
+    W = cp.ascontiguousarray(weight, dtype=wd)
+    Bi = None if bias is None else cp.ascontiguousarray(bias, dtype=wd)
+    Y = cp.empty((Bsz, C), wd)
+    NS = cp.empty((Bsz, C, K), wd)
+    n = Bsz * C
+    if n:
+        function("conv1d.cu", f"conv1d_step<{ctype(wd)}>")(
+            (blocks(n),), (THREADS,),
+            (X, S, W, _ptr(Bi), Y, NS, np.int32(Bsz), np.int32(C), np.int32(K), _act(activation)))
+    return Y.astype(x.dtype, copy=False), NS.astype(conv_state.dtype, copy=False)
+
+
+def causal_conv1d_vjp(cotangent, x, weight, bias=None, initial_state=None, activation=None):
+    """VJP of causal_conv1d; cotangent = (dy | None, dfinal_state | None)."""
+    dy, dfin = cotangent
+    if not _takes(x, weight, bias, initial_state, dy, dfin):
+        return default("causal_conv1d_vjp")(cotangent, x, weight, bias, initial_state, activation)
+    import cupy as cp
+
+    Bsz, L, C = x.shape
+    K = weight.shape[1]
+    wd = wide(cp, x.dtype)
+    X, W, Bi, I = _prep(cp, x, weight, bias, initial_state, wd)
+    DY = None if dy is None else cp.ascontiguousarray(dy, dtype=wd)
+    DF_in = None if dfin is None else cp.ascontiguousarray(dfin, dtype=wd)
+    T = ctype(wd)
+    DU = cp.empty((Bsz, L, C), wd)
+    n = Bsz * L * C
+    if n:
+        function("conv1d.cu", f"conv1d_bwd_du<{T}>")(
+            (blocks(n),), (THREADS,),
+            (X, W, _ptr(Bi), _ptr(I), _ptr(DY), DU, np.int32(Bsz), np.int32(L), np.int32(C),
+             np.int32(K), _act(activation)))
+    DFULL = cp.empty((Bsz, L + K, C), wd)
+    n2 = Bsz * (L + K) * C
+    if n2:
+        function("conv1d.cu", f"conv1d_bwd_dx<{T}>")(
+            (blocks(n2),), (THREADS,),
+            (DU, W, _ptr(DF_in), DFULL, np.int32(Bsz), np.int32(L), np.int32(C), np.int32(K)))
+    DW = cp.zeros((C, K), wd)
+    DB = cp.zeros((C,), wd)
+    if C:
+        function("conv1d.cu", f"conv1d_bwd_dw<{T}>")(
+            (blocks(C, 32),), (32, 8),
+            (X, _ptr(I), DU, DW, DB, np.int32(Bsz), np.int32(L), np.int32(C), np.int32(K)))
+    grads = {"x": DFULL[:, K:].astype(x.dtype), "weight": DW.astype(weight.dtype, copy=False)}
+    if bias is not None:
+        grads["bias"] = DB.astype(bias.dtype, copy=False)
+    if initial_state is not None:
+        grads["initial_state"] = cp.ascontiguousarray(
+            cp.transpose(DFULL[:, :K], (0, 2, 1))).astype(initial_state.dtype, copy=False)
+    return grads
+
+
+KERNELS = {"causal_conv1d": causal_conv1d, "causal_conv1d_step": causal_conv1d_step,
+           "causal_conv1d_vjp": causal_conv1d_vjp}

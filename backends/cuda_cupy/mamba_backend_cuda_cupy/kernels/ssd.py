@@ -1,0 +1,149 @@
+"""Mamba-2 SSD scan on the row-scan kernel (cuda/scan.cu): forward, step and VJP.
+
+Ops (signatures and math: mamba_core/ops/ssd.py):
+    ssd_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, initial_state, seq_idx)
+    ssd_step(x, dt, A, B, C, state, D, z, dt_bias, dt_softplus, dt_limit)
+    ssd_scan_vjp((dy, dfinal_state), <ssd_scan's arguments>)
+
+Rows are (b, h, p): each holds S[p, :] (N entries) in registers; decay exp(dt_t A_h) per row.
+Forward: one row scan (readout Y = S_t C_t), then skip and gate elementwise.
+Backward, without saving or recomputing any state:
+  1. forward sweep: y0_t = S_t C_t, dC_t = sum_{p, heads of the group} dy0_t[p] S_t[p, :], S_L;
+  2. reverse sweep of the adjoint G_t = exp(a_{t+1}) G_{t+1} + dy0_t C_t^T (from dfinal_state):
+     readout G_t B_t (-> dx = dt G B + D dy0), reduction sum_p dt x G (-> dB), dinitial = e^{a_0} G_0;
+  3. the decay gradient by the cumulative-sum identity (c_t = sum_{k<=t} a_k):
+     dL/dc_k = <dy0_k, y0_k> + [k = L-1] <dS_L, S_L> - dt_k x_k^T G_k B_k,
+     dL/da_t = sum_{k >= t} dL/dc_k   (reverse cumulative sum of (B, L, H) values, in float64).
+seq_idx and chunk_size: the kernels do not take seq_idx (that call runs the default composition);
+chunk_size does not change the result.
+"""
+
+from __future__ import annotations
+
+import math
+
+from mamba_core.ops import ssd as _ops
+
+from mamba_backend_cuda_cupy.kernels._common import (
+    default, dsilu, rev_cumsum, runs_here, silu, wide, xp_of,
+)
+from mamba_backend_cuda_cupy.kernels._scan import row_scan, supported
+
+NO_LIMIT = (0.0, math.inf)
+
+
+def _prep(xp, x, dt, A, B, C, dt_bias, dt_softplus, dt_limit, wd):
+    Bsz, L, H, P = x.shape
+    G, N = B.shape[2], B.shape[3]
+    dtv = _ops._dt(xp, dt, dt_bias, dt_softplus, dt_limit, wd)  # (B, L, H)
+    d4 = xp.broadcast_to(dtv[..., None], (Bsz, L, H, P))
+    Am = xp.broadcast_to(A.astype(wd)[:, None, None], (H, P, N))
+    return dtv, d4, Am, H // G
+
+
+def _fwd(xp, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=NO_LIMIT,
+         initial_state=None):
+    wd = wide(xp, x.dtype)
+    dtv, d4, Am, hpk = _prep(xp, x, dt, A, B, C, dt_bias, dt_softplus, dt_limit, wd)
+    Y, _, fin = row_scan(
+        xp, dA=d4, V=x.astype(wd)[:, :, None], K=B.astype(wd)[:, :, None], hpk=hpk, Am=Am,
+        coef=d4, Q=C.astype(wd)[:, :, None],
+        init=None if initial_state is None else initial_state.astype(wd),
+    )
+    y = _ops._skip_gate(xp, Y[:, :, 0], x, D, z, wd)
+    return y.astype(x.dtype), fin
+
+
+def _vjp(xp, cotangent, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
+         dt_limit=NO_LIMIT, initial_state=None):
+    dy, dSL = _ops._unpack_cotangent(cotangent)
+    Bsz, L, H, P = x.shape
+    G, N = B.shape[2], B.shape[3]
+    wd = wide(xp, x.dtype)
+    dtv, d4, Am, hpk = _prep(xp, x, dt, A, B, C, dt_bias, dt_softplus, dt_limit, wd)
+    xw, Bw, Cw = x.astype(wd), B.astype(wd), C.astype(wd)
+    dyw = xp.zeros((Bsz, L, H, P), wd) if dy is None else dy.astype(wd)
+    if z is not None:
+        zw = z.astype(wd)
+        dy0 = dyw * silu(xp, zw)
+    else:
+        dy0 = dyw
+    init = None if initial_state is None else initial_state.astype(wd)
+    # 1. forward sweep: y0, dC per head, S_L
+    Y, dCh, SL = row_scan(xp, dA=d4, V=xw[:, :, None], K=Bw[:, :, None], hpk=hpk, Am=Am, coef=d4,
+                          Q=Cw[:, :, None], W=dy0[:, :, None], init=init)
+    y0 = Y[:, :, 0]
+    # 2. reverse sweep of the adjoint
+    dSLw = None if dSL is None else dSL.astype(wd)
+    GB, dBh, dinit = row_scan(xp, dA=d4, V=dy0[:, :, None], K=Cw[:, :, None], hpk=hpk, Am=Am,
+                              Q=Bw[:, :, None], W=(d4 * xw)[:, :, None], init=dSLw, reverse=True)
+    GB = GB[:, :, 0]
+    dx = d4 * GB
+    xGB = xp.sum(xw * GB, axis=-1)  # (B, L, H)
+    # 3. decay
+    dLdc = xp.sum(dy0 * y0, axis=-1) - dtv * xGB
+    if dSLw is not None:
+        dLdc[:, -1] += xp.sum(dSLw * SL, axis=(2, 3))
+    dla = rev_cumsum(xp, dLdc, axis=1)
+    Aw = A.astype(wd)
+    ddt = xGB + Aw * dla
+    grads = {"A": xp.sum(dtv * dla, axis=(0, 1))}
+    # skip and gate
+    if D is not None:
+        Dw = D.astype(wd)
+        Dx = Dw[:, None] if D.ndim == 1 else Dw
+        dx = dx + Dx * dy0
+        dD = xp.sum(dy0 * xw, axis=(0, 1))
+        grads["D"] = xp.sum(dD, axis=-1) if D.ndim == 1 else dD
+    if z is not None:
+        pre = y0 if D is None else y0 + Dx * xw
+        grads["z"] = dyw * pre * dsilu(xp, zw)
+    # heads -> groups
+    dB = xp.sum(dBh[:, :, 0].reshape(Bsz, L, G, hpk, N), axis=3)
+    dC = xp.sum(dCh[:, :, 0].reshape(Bsz, L, G, hpk, N), axis=3)
+    ddt = _ops._dt_vjp(xp, ddt, dt, dt_bias, dt_softplus, dt_limit, wd)
+    grads.update(x=dx, dt=ddt, B=dB, C=dC)
+    if dt_bias is not None:
+        grads["dt_bias"] = xp.sum(ddt, axis=(0, 1))
+    if initial_state is not None:
+        grads["initial_state"] = dinit
+    args = dict(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_state=initial_state)
+    return {k: v.astype(args[k].dtype) for k, v in grads.items()}
+
+
+# ---- the ops ------------------------------------------------------------------------------
+def _takes(x, B, *arrays) -> bool:
+    return runs_here(x, B, *arrays) and supported(x.shape[-1], B.shape[-1], 8)
+
+
+def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_softplus=False,
+             dt_limit=NO_LIMIT, initial_state=None, seq_idx=None):
+    """SSD scan on the row-scan kernel. x, z: (B, L, H, P); dt: (B, L, H); B, C: (B, L, G, N)."""
+    if seq_idx is not None or not _takes(x, B, dt, A, C, D, z, dt_bias, initial_state):
+        return default("ssd_scan")(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus,
+                                   dt_limit, initial_state, seq_idx)
+    return _fwd(xp_of(x), x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, initial_state)
+
+
+def ssd_step(x, dt, A, B, C, state, D=None, z=None, dt_bias=None, dt_softplus=False,
+             dt_limit=NO_LIMIT):
+    """One token. x, z: (B, H, P); dt: (B, H); B, C: (B, G, N); state: (B, H, P, N)."""
+    if not _takes(x, B, dt, A, C, state, D, z, dt_bias):
+        return default("ssd_step")(x, dt, A, B, C, state, D, z, dt_bias, dt_softplus, dt_limit)
+    y, S = _fwd(xp_of(x), x[:, None], dt[:, None], A, B[:, None], C[:, None], D,
+                None if z is None else z[:, None], dt_bias, dt_softplus, dt_limit, state)
+    return y[:, 0], S
+
+
+def ssd_scan_vjp(cotangent, x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None,
+                 dt_softplus=False, dt_limit=NO_LIMIT, initial_state=None, seq_idx=None):
+    """VJP of ssd_scan: two row-scan sweeps and elementwise glue (see the module docstring)."""
+    cot = tuple(cotangent) if isinstance(cotangent, (tuple, list)) else (None, None)
+    if seq_idx is not None or not _takes(x, B, dt, A, C, D, z, dt_bias, initial_state, *cot):
+        return default("ssd_scan_vjp")(cotangent, x, dt, A, B, C, chunk_size, D, z, dt_bias,
+                                       dt_softplus, dt_limit, initial_state, seq_idx)
+    return _vjp(xp_of(x), cotangent, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit,
+                initial_state)
+
+
+KERNELS = {"ssd_scan": ssd_scan, "ssd_step": ssd_step, "ssd_scan_vjp": ssd_scan_vjp}

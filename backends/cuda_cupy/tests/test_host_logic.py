@@ -1,0 +1,181 @@
+"""Host-side logic of the cuda_cupy backend that needs no GPU: launch configurations, the op
+table, and the Mamba-1/2/3 wrappers' glue run on NumPy through the row-scan emulation, against
+the float64 references (forward, step and the two-sweep VJPs)."""
+
+import numpy as np
+import pytest
+
+from mamba_core.ops import REGISTRY
+
+from mamba_backend_cuda_cupy._compile import disabled_ops, source
+from mamba_backend_cuda_cupy.kernels import _scan, mamba3, ssd
+from mamba_backend_cuda_cupy.kernels import selective_scan as m1
+from mamba_backend_cuda_cupy.kernels.conv1d import blocks
+from mamba_backend_cuda_cupy.kernels.norm import bwd_threads, fwd_threads
+
+TOL = 1e-12  # float64 glue on the NumPy emulation
+
+
+def rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape
+    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300)
+
+
+@pytest.mark.parametrize("P,N,item", [(64, 128, 4), (64, 128, 8), (2048, 16, 4), (3, 5, 8),
+                                      (1, 1, 4), (65, 256, 8), (7, 33, 4)])
+def test_scan_config_covers_every_row_and_state(P, N, item):
+    c = _scan.scan_config(P, N, item)
+    assert c is not None
+    assert c.lpc * c.nper >= N and c.lpc <= 32 and 32 % c.lpc == 0
+    assert c.nper in (1, 2, 4, 8)
+    assert c.tiles * c.rows_per_tile >= P > (c.tiles - 1) * c.rows_per_tile
+    assert 1 <= c.warps <= _scan.MAX_WARPS
+    assert c.smem <= _scan.SMEM_LIMIT
+
+
+def test_scan_config_refuses_what_it_cannot_hold():
+    assert _scan.scan_config(64, 257, 4) is None
+    assert not _scan.supported(64, 1000)
+
+
+def test_norm_and_conv_launch_sizes():
+    assert fwd_threads(1) == 32 and fwd_threads(2048) == 1024 and fwd_threads(100) == 128
+    assert bwd_threads(2048) == 256 and bwd_threads(8192) == 1024 and bwd_threads(8193) is None
+    assert blocks(0) == 1 and blocks(256) == 1 and blocks(257) == 2
+
+
+def test_loader_pastes_the_header():
+    text = source("scan.cu")
+    assert '#include "common.cuh"' not in text and "group_sum" in text
+
+
+def test_disable_env(monkeypatch):
+    monkeypatch.setenv("MAMBA_CUPY_DISABLE", "ssd_scan, rmsnorm")
+    assert disabled_ops() == {"ssd_scan", "rmsnorm"}
+    from mamba_backend_cuda_cupy import kernels
+
+    table = kernels.collect()
+    assert "ssd_scan" not in table and "rmsnorm" not in table
+    assert "ssd_step" in table
+
+
+def test_every_kernel_has_its_op_signature():
+    import inspect
+
+    from mamba_backend_cuda_cupy import kernels
+
+    for name, fn in kernels.collect().items():
+        ref = list(inspect.signature(REGISTRY[name].reference).parameters)
+        assert list(inspect.signature(fn).parameters) == ref, name
+
+
+def _rng():
+    return np.random.default_rng(7)
+
+
+def test_row_scan_emulation_reverse_is_the_adjoint():
+    # <Y_fwd, dy> through the forward scan equals the reverse scan's readout pairing
+    rng = _rng()
+    B, L, R, H, P, N = 2, 6, 2, 3, 2, 4
+    dA = -np.abs(rng.standard_normal((B, L, H, P)))
+    V, K, Q = rng.standard_normal((B, L, R, H, P)), rng.standard_normal((B, L, R, H, N)), rng.standard_normal((B, L, R, H, N))
+    Y, _, _ = _scan.row_scan(np, dA=dA, V=V, K=K, Q=Q)
+    dY = rng.standard_normal(Y.shape)
+    GK, _, _ = _scan.row_scan(np, dA=dA, V=dY, K=Q, Q=K, reverse=True)
+    assert abs(np.sum(Y * dY) - np.sum(GK * V)) < 1e-10 * np.abs(np.sum(Y * dY)) + 1e-12
+
+
+SSD_KW = [dict(), dict(D=True, z=True, dt_bias=True, dt_softplus=True, initial_state=True),
+          dict(D="HP", dt_limit=(0.05, 2.0), dt_softplus=True)]
+
+
+def _ssd_args(rng, B=2, L=9, H=4, P=3, G=2, N=5, opts=None):
+    o = opts or {}
+    x, dt = rng.standard_normal((B, L, H, P)), rng.standard_normal((B, L, H))
+    A, Bm, Cm = -np.exp(rng.standard_normal(H)), rng.standard_normal((B, L, G, N)), rng.standard_normal((B, L, G, N))
+    kw = {}
+    if o.get("D"):
+        kw["D"] = rng.standard_normal((H, P) if o["D"] == "HP" else H)
+    for k, shape in (("z", (B, L, H, P)), ("dt_bias", (H,)), ("initial_state", (B, H, P, N))):
+        if o.get(k):
+            kw[k] = rng.standard_normal(shape)
+    for k in ("dt_softplus", "dt_limit"):
+        if k in o:
+            kw[k] = o[k]
+    return (x, dt, A, Bm, Cm), kw
+
+
+@pytest.mark.parametrize("opts", SSD_KW)
+def test_ssd_glue(opts):
+    rng = _rng()
+    args, kw = _ssd_args(rng, opts=opts)
+    got, want = ssd._fwd(np, *args, **kw), REGISTRY["ssd_scan"].reference(*args, **kw)
+    assert rel(got[0], want[0]) < TOL and rel(got[1], want[1]) < TOL
+    cot = (rng.standard_normal(want[0].shape), rng.standard_normal(want[1].shape))
+    for c in (cot, (cot[0], None), (None, cot[1])):
+        g, w = ssd._vjp(np, c, *args, **kw), REGISTRY["ssd_scan_vjp"].reference(c, *args, **kw)
+        assert set(g) == set(w)
+        for k in w:
+            assert rel(g[k], w[k]) < 1e-10, k
+
+
+def test_ssd_glue_long_strong_decay():
+    rng = _rng()
+    args, kw = _ssd_args(rng, B=1, L=300, H=2, P=2, G=1, N=3)
+    args = (args[0], args[1] + 4.0, -np.exp(np.array([3.0, 0.5]))) + args[3:]
+    kw = dict(dt_softplus=True)
+    g = ssd._vjp(np, (rng.standard_normal((1, 300, 2, 2)), None), *args, **kw)
+    w = REGISTRY["ssd_scan_vjp"].reference((g["x"] * 0 + 1, None), *args, **kw)
+    g = ssd._vjp(np, (g["x"] * 0 + 1, None), *args, **kw)
+    for k in w:
+        assert rel(g[k], w[k]) < 1e-9, k
+
+
+@pytest.mark.parametrize("R,init,D", [(1, False, True), (3, True, True), (2, "k", False)])
+def test_mamba3_glue(R, init, D):
+    rng = _rng()
+    B, L, H, P, N = 2, 8, 3, 4, 5
+    x = rng.standard_normal((B, L, H, P))
+    dt = np.exp(rng.standard_normal((B, L, H)) * 0.5)
+    A = -np.exp(rng.standard_normal((B, L, H)))
+    trap = 1 / (1 + np.exp(-rng.standard_normal((B, L, H))))
+    Bm, Cm = rng.standard_normal((B, L, R, H, N)), rng.standard_normal((B, L, R, H, N))
+    kw = {}
+    if R > 1:
+        kw["mimo_x"] = rng.standard_normal((H, R, P))
+    if D:
+        kw["D"] = rng.standard_normal(H)
+    if init is True:
+        kw.update(initial_state=rng.standard_normal((B, H, P, N)), initial_k=rng.standard_normal((B, R, H, N)),
+                  initial_v=rng.standard_normal((B, H, P)))
+    elif init == "k":
+        kw["initial_k"] = rng.standard_normal((B, R, H, N))
+    args = (x, dt, A, trap, Bm, Cm)
+    got, want = mamba3._fwd(np, *args, **kw), REGISTRY["mamba3_scan"].reference(*args, **kw)
+    for a, b in zip(got, want):
+        assert rel(a, b) < TOL
+    cot = (rng.standard_normal(want[0].shape), rng.standard_normal(want[1].shape),
+           rng.standard_normal(want[2].shape), rng.standard_normal(want[3].shape))
+    g, w = mamba3._vjp(np, cot, *args, **kw), REGISTRY["mamba3_scan_vjp"].reference(cot, *args, **kw)
+    assert set(g) == set(w)
+    for k in w:
+        assert rel(g[k], w[k]) < 1e-10, k
+    # the step is the scan with L = 1
+    st = (rng.standard_normal((B, H, P, N)), rng.standard_normal((B, R, H, N)), rng.standard_normal((B, H, P)))
+    y, S, _, _ = mamba3._fwd(np, *(a[:, :1] for a in args), initial_state=st[0], initial_k=st[1],
+                             initial_v=st[2], **{k: v for k, v in kw.items() if k in ("D", "mimo_x")})
+    ys, Ss, _, _ = REGISTRY["mamba3_step"].reference(*(a[:, 0] for a in args), *st,
+                                                     **{k: v for k, v in kw.items() if k in ("D", "mimo_x")})
+    assert rel(y[:, 0], ys) < TOL and rel(S, Ss) < TOL
+
+
+def test_selective_scan_glue():
+    rng = _rng()
+    B, L, E, G, N = 2, 7, 6, 2, 4
+    args = (rng.standard_normal((B, L, E)), rng.standard_normal((B, L, E)), -np.exp(rng.standard_normal((E, N))),
+            rng.standard_normal((B, L, G, N)), rng.standard_normal((B, L, G, N)))
+    kw = dict(D=rng.standard_normal(E), z=rng.standard_normal((B, L, E)), delta_bias=rng.standard_normal(E),
+              delta_softplus=True, initial_state=rng.standard_normal((B, E, N)))
+    got, want = m1._fwd(np, *args, **kw), REGISTRY["selective_scan"].reference(*args, **kw)
+    assert rel(got[0], want[0]) < TOL and rel(got[1], want[1]) < TOL
