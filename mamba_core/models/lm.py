@@ -212,6 +212,19 @@ class MambaLM:
     def random(cls, cfg: LMConfig, backend=None, dtype: str = "float32", seed: int = 0) -> "MambaLM":
         return cls(cfg, init_params(cfg, np.random.default_rng(seed)), backend, dtype)
 
+    @classmethod
+    def from_pretrained(cls, path, backend=None, dtype: str = "float32", allow_pickle: bool = False) -> "MambaLM":
+        """Load a checkpoint folder (HF or mamba_ssm layout); see ``mamba_core.checkpoint``."""
+        from mamba_core.checkpoint import from_pretrained
+
+        return from_pretrained(path, backend=backend, dtype=dtype, allow_pickle=allow_pickle)
+
+    def save_pretrained(self, path, layout: str | None = None, dtype: str | None = None, max_shard_size=None) -> str:
+        """Save as a checkpoint folder, atomically; see ``mamba_core.checkpoint.save_pretrained``."""
+        from mamba_core.checkpoint import save_pretrained
+
+        return save_pretrained(self, path, layout=layout, dtype=dtype, max_shard_size=max_shard_size)
+
     def forward(self, ids, cache=None, last_only=False):
         return forward(self.backend, self.params, self.cfg, self.backend.asarray(ids), cache, last_only)
 
