@@ -5,45 +5,48 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 PIP     = $(BIN)/python -m pip install -q --disable-pip-version-check
-STAMP   = $(VENV)/.installed-stamp
-TORCH_STAMP = $(VENV)/.torch-stamp
+BASE_STAMP = $(VENV)/.base-stamp
+TEST_STAMP = $(VENV)/.test-stamp
 PKGS    = -e . -e backends/cpu_numpy -e backends/cuda_cupy -e conformance
-# The CPU build of torch: a bare "torch" would pull a multi-GB CUDA build.
+# The CPU build of torch, installed first: a bare "torch" would pull a multi-GB CUDA build.
 TORCH   = torch==2.13.0
+# What the tests use beyond the packages: transformers (real HF checkpoints), tokenizers
+# (tokenizer.json), triton (torch_triton kernels under TRITON_INTERPRET=1), array-api-compat.
+TEST_EXTRAS = "pytest>=8" "array-api-compat>=1.6" "transformers>=4.46" "tokenizers>=0.15" "triton>=3.0"
 
 .PHONY: demo test test-core test-example test-torch install clean
 
-$(STAMP): pyproject.toml backends/cpu_numpy/pyproject.toml backends/cuda_cupy/pyproject.toml conformance/pyproject.toml
+$(BASE_STAMP): pyproject.toml backends/cpu_numpy/pyproject.toml backends/cuda_cupy/pyproject.toml conformance/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) $(PKGS) "pytest>=8"
-	touch $(STAMP)
+	$(PIP) $(PKGS)
+	touch $(BASE_STAMP)
 
-$(TORCH_STAMP): $(STAMP) backends/torch_triton/pyproject.toml
-	$(PIP) $(TORCH) "array-api-compat>=1.6"
+$(TEST_STAMP): $(BASE_STAMP) backends/torch_triton/pyproject.toml examples/backend_numba/pyproject.toml
+	$(PIP) $(TORCH)
+	$(PIP) $(TEST_EXTRAS)
 	$(PIP) --no-deps -e backends/torch_triton
-	touch $(TORCH_STAMP)
+	$(PIP) -e examples/backend_numba
+	touch $(TEST_STAMP)
 
-install: $(STAMP)
+install: $(BASE_STAMP)
 
-demo: $(STAMP)
+demo: $(BASE_STAMP)
 	$(BIN)/mamba-core demo
 
-# Core and conformance tests, the cpu_numpy certificate, then the torch_triton backend's
-# certificate on the CPU (TRITON_INTERPRET=1): the same default compositions on torch tensors.
+# Every test, then the certificates: cpu_numpy, the worked numba example, and torch_triton on
+# the CPU (TRITON_INTERPRET=1: Triton kernels in the interpreter, default compositions elsewhere).
 test: test-core test-example test-torch
 
-test-core: $(STAMP)
+test-core: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
 	$(BIN)/mamba-conformance cpu_numpy --json out/cpu_numpy.certificate.json --quiet
 
-# The worked third-party example of docs/writing-a-backend.md, certified end to end.
-test-example: $(STAMP)
-	$(PIP) "numba>=0.60"
-	$(PIP) -e examples/backend_numba
+test-example: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q examples/backend_numba
 	$(BIN)/mamba-conformance example_numba --json out/example_numba.certificate.json --quiet
 
-test-torch: $(TORCH_STAMP)
+test-torch: $(TEST_STAMP)
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q backends/torch_triton/tests
 	TRITON_INTERPRET=1 $(BIN)/mamba-conformance torch_triton --json out/torch_triton.certificate.json --quiet
 
 clean:
