@@ -1,0 +1,88 @@
+"""Shared glue of the SSD and Mamba-3 Triton kernels (private).
+
+- ``can_run(x, *others)``: whether the Triton kernels take this call. They do for torch tensors
+  in float32 / bfloat16 / float16 on a CUDA device (or on the CPU under TRITON_INTERPRET=1). They
+  do NOT for float64 (fp64 tensor-core dots are slow or absent: the default composition is used),
+  nor for other devices; ``fallback(op)`` then runs the core's default composition in the
+  backend's ``xp``, which is the same math.
+- ``dot_precision(dtype)``: what ``tl.dot`` uses for float32 operands. IEEE float32 by default so
+  that float32 results meet the 2e-4 conformance tolerance on a GPU; set MAMBA_TRITON_TF32=1 to
+  use tf32 (about 1e-3 relative error, faster). bf16/fp16 operands always use the tensor cores.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton.language as tl
+
+_FAST = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def can_run(x, *others) -> bool:
+    if not isinstance(x, torch.Tensor) or x.dtype not in _FAST:
+        return False
+    if x.device.type == "cuda":
+        ok_dev = True
+    else:
+        ok_dev = x.device.type == "cpu" and interpreting()
+    if not ok_dev:
+        return False
+    for o in others:
+        if o is not None and isinstance(o, torch.Tensor) and o.is_floating_point() and o.dtype == torch.float64:
+            return False
+    return True
+
+
+def fallback(op: str):
+    """The core's default composition of ``op`` bound to array_api_compat.torch."""
+    import functools
+
+    import array_api_compat.torch as xp
+
+    from mamba_core.ops import REGISTRY
+
+    return functools.partial(REGISTRY[op].default, xp)
+
+
+def pow2(n: int, lo: int = 16) -> int:
+    p = 1
+    while p < n:
+        p *= 2
+    return max(p, lo)
+
+
+def dot_dtype(dtype):
+    """The tl dtype that tl.dot operands are cast to for inputs of ``dtype``.
+
+    Under TRITON_INTERPRET=1 always float32: the Triton 3.9 interpreter's tl.dot on bf16
+    operands returns garbage (raw 16-bit patterns multiplied), so the interpreter checks the
+    bf16 loads/stores and float32 accumulation, and the GPU check (gpu_check.py) the bf16 dots.
+    """
+    if interpreting():
+        return tl.float32
+    if dtype == torch.bfloat16:
+        return tl.bfloat16
+    if dtype == torch.float16:
+        return tl.float16
+    return tl.float32
+
+
+def dot_precision(dtype) -> str:
+    if dtype == torch.float32 and os.environ.get("MAMBA_TRITON_TF32") == "1":
+        return "tf32"
+    return "ieee"
+
+
+def c(t):
+    """Contiguous, or None."""
+    return None if t is None else t.contiguous()
+
+
+def num_warps(rows: int, width: int) -> int:
+    return 4 if rows * width <= 64 * 64 else 8

@@ -1,0 +1,446 @@
+"""Triton kernels of the Mamba-3 exponential-trapezoidal scan (SISO and MIMO): mamba3_scan,
+mamba3_scan_vjp, mamba3_step.
+
+Fallback: float64 inputs, inputs on a device other than CUDA (or the CPU under
+TRITON_INTERPRET=1), P or N above 256, or R above 16 run the core's default composition
+(``mamba_core.ops.mamba3``) in torch -- the same math, visible in ``FALLBACKS``.
+
+Design: the chunked form of mamba_core.ops.mamba3 (see its docstring), one program per
+(batch, head[, P block]). A chunk of Qk tokens is laid out as Qk*R "rows" (t, r) (row = t R + r);
+token quantities are loaded per row. The decay cumsum runs over rows with a_t placed on the r = 0
+row only, so cum(row) = sum_{k<=t} a_k for every rank r of token t, and every exponent is a
+difference of two short in-chunk sums of terms <= 0.
+    w[(t,r),(s,r')] = exp(cum_t - cum_s) (gamma_t if t = s [the same-token correction, the whole
+                      R x R block], scale_s = gamma_s + dt_{s+1}(1 - trap_{s+1}) if t > s, else 0)
+    y    = ((C B^T) o w) v + exp(cum_t) C S'^T + D v              (v = x o mimo_x[:, r])
+    S'  <- exp(cum_last) S' + (v o exp(cum_last - cum_s) scale_s)^T B
+starting from S'_{-1} = initial_state + dt_0 (1 - trap_0) sum_r v_{-1,r} k_{-1,r}^T (formed in
+torch). The backward (one program per (batch, head), chunks in reverse, entering states from
+the forward kernel run with STORE_STATES) writes per-row dv, dB, dC, dgamma, dscale and per-token
+da; torch then folds ranks (dx, dmimo_x), shifts dscale into the owed term and forms ddt, dA,
+dtrap and the initial k/v gradients (elementwise, O(B L H)).
+The step kernel: one program per (batch, head, P block), the R rank outer products unrolled.
+
+Floor (SISO, B=8, L=2048, H=32, P=64, N=128, bf16; B, C per head (B L R H N)): bytes x, y 2 x
+67.1 MB, B, C 2 x 134 MB, dt/A/trap 3 MB, final state 8.4 MB -> ~414 MB / 3 TB/s = 138 us;
+flops per (token, head) ~ C B^T Qk N 2 + y_diag Qk P 2 + 2 x (P N 2) -> 16.4k + 8.2k + 32.8k =
+57k x 524k = 30 GFLOP / 790 TFLOP/s = 38 us: memory-bound, floor ~138 us. MIMO R: rows x R,
+flops (Qk R)^2-ish per chunk: C B^T and y_diag grow by R (per token), state terms by R.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from mamba_backend_torch_triton.kernels._scan_common import (
+    c as _c, can_run, dot_dtype, dot_precision, fallback, num_warps, pow2,
+)
+
+FALLBACKS = "mamba3_scan/mamba3_scan_vjp/mamba3_step: float64 inputs, non-CUDA devices (CPU " \
+            "without TRITON_INTERPRET=1), P > 256, N > 256 or R > 16 -> the core's default composition"
+_MAX_DIM = 256
+
+
+@triton.jit
+def _rows(b, h, c, L, H, R: tl.constexpr, QK: tl.constexpr, BQR: tl.constexpr):
+    rows = tl.arange(0, BQR)
+    tk = rows // R
+    rk = rows % R
+    t = c * QK + tk
+    rv = (rows < QK * R) & (t < L)
+    return rows, tk, rk, t, rv
+
+
+@triton.jit
+def _chunk_coefs(dt_ptr, A_ptr, tr_ptr, b, h, t, rk, rv, L, H):
+    tok = (b * L + t) * H + h
+    dtv = tl.load(dt_ptr + tok, mask=rv, other=0.0).to(tl.float32)
+    Av = tl.load(A_ptr + tok, mask=rv, other=0.0).to(tl.float32)
+    trv = tl.load(tr_ptr + tok, mask=rv, other=0.0).to(tl.float32)
+    a_row = tl.where(rv & (rk == 0), Av * dtv, 0.0)
+    m1 = rv & (t + 1 < L)
+    dt1 = tl.load(dt_ptr + tok + H, mask=m1, other=0.0).to(tl.float32)
+    tr1 = tl.load(tr_ptr + tok + H, mask=m1, other=0.0).to(tl.float32)
+    gamma = trv * dtv
+    scale = gamma + (1.0 - tr1) * dt1
+    return tok, a_row, gamma, scale
+
+
+@triton.jit
+def _m3_fwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, s0_ptr,
+            y_ptr, sfin_ptr, sin_ptr,
+            L, H, P, N, nc,
+            R: tl.constexpr, QK: tl.constexpr, BQR: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+            HAS_D: tl.constexpr, HAS_MX: tl.constexpr, WRITE_Y: tl.constexpr,
+            STORE_STATES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    b = pid // H
+    h = pid % H
+    offs_p = tl.program_id(1) * BP + tl.arange(0, BP)
+    offs_n = tl.arange(0, BN)
+    pm = offs_p < P
+    nm = offs_n < N
+    pn = pm[:, None] & nm[None, :]
+    st_off = ((b * H + h) * P + offs_p[:, None]) * N + offs_n[None, :]
+    S = tl.load(s0_ptr + st_off, mask=pn, other=0.0).to(tl.float32)
+    if HAS_D:
+        Dh = tl.load(D_ptr + h).to(tl.float32)
+    for c in range(0, nc):
+        rows, tk, rk, t, rv = _rows(b, h, c, L, H, R, QK, BQR)
+        tok, a_row, gamma, scale = _chunk_coefs(dt_ptr, A_ptr, tr_ptr, b, h, t, rk, rv, L, H)
+        cum = tl.cumsum(a_row, 0)
+        cum_last = tl.sum(a_row, 0)
+        vm = rv[:, None] & pm[None, :]
+        v = tl.load(x_ptr + tok[:, None] * P + offs_p[None, :], mask=vm, other=0.0).to(tl.float32)
+        if HAS_MX:
+            v = v * tl.load(mx_ptr + (h * R + rk)[:, None] * P + offs_p[None, :], mask=vm, other=0.0).to(tl.float32)
+        bc = (((b * L + t) * R + rk) * H + h)[:, None] * N + offs_n[None, :]
+        bm = rv[:, None] & nm[None, :]
+        Bm = tl.load(B_ptr + bc, mask=bm, other=0.0).to(DT)
+        f = tl.exp(cum_last - cum)
+        if WRITE_Y:
+            Cm = tl.load(C_ptr + bc, mask=bm, other=0.0).to(DT)
+            ti = tk[:, None]
+            tj = tk[None, :]
+            low = ti >= tj
+            ex = tl.where(low, tl.exp(tl.where(low, cum[:, None] - cum[None, :], 0.0)), 0.0)
+            w = ex * tl.where(ti == tj, gamma[None, :], scale[None, :])
+            CB = tl.dot(Cm, tl.trans(Bm), input_precision=PREC)
+            y = tl.dot((CB * w).to(DT), v.to(DT), input_precision=PREC)
+            y += tl.exp(cum)[:, None] * tl.dot(Cm, tl.trans(S.to(DT)), input_precision=PREC)
+            if HAS_D:
+                y += Dh * v
+            yo = (((b * L + t) * R + rk) * H + h)[:, None] * P + offs_p[None, :]
+            tl.store(y_ptr + yo, y.to(y_ptr.dtype.element_ty), mask=vm)
+        if STORE_STATES:
+            so = (((b * nc + c) * H + h) * P + offs_p[:, None]) * N + offs_n[None, :]
+            tl.store(sin_ptr + so, S, mask=pn)
+        S = tl.exp(cum_last) * S + tl.dot(tl.trans((v * (f * scale)[:, None]).to(DT)), Bm,
+                                          input_precision=PREC)
+    tl.store(sfin_ptr + st_off, S, mask=pn)
+
+
+@triton.jit
+def _m3_bwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, sin_ptr, dy_ptr, dsl_ptr,
+            dv_ptr, dB_ptr, dC_ptr, dg_ptr, dsc_ptr, da_ptr, dD_ptr, ds0_ptr,
+            L, H, P, N, nc,
+            R: tl.constexpr, QK: tl.constexpr, BQR: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+            HAS_D: tl.constexpr, HAS_MX: tl.constexpr, HAS_DY: tl.constexpr, HAS_DSL: tl.constexpr,
+            DT: tl.constexpr, PREC: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    b = pid // H
+    h = pid % H
+    offs_p = tl.arange(0, BP)
+    offs_n = tl.arange(0, BN)
+    pm = offs_p < P
+    nm = offs_n < N
+    pn = pm[:, None] & nm[None, :]
+    st_off = ((b * H + h) * P + offs_p[:, None]) * N + offs_n[None, :]
+    if HAS_DSL:
+        dS = tl.load(dsl_ptr + st_off, mask=pn, other=0.0).to(tl.float32)
+    else:
+        dS = tl.zeros((BP, BN), dtype=tl.float32)
+    Dh = 0.0
+    if HAS_D:
+        Dh = tl.load(D_ptr + h).to(tl.float32)
+    dD_acc = tl.zeros((BQR,), dtype=tl.float32)
+    for ci in range(0, nc):
+        c = nc - 1 - ci
+        rows, tk, rk, t, rv = _rows(b, h, c, L, H, R, QK, BQR)
+        tok, a_row, gamma, scale = _chunk_coefs(dt_ptr, A_ptr, tr_ptr, b, h, t, rk, rv, L, H)
+        cum = tl.cumsum(a_row, 0)
+        cum_last = tl.sum(a_row, 0)
+        vm = rv[:, None] & pm[None, :]
+        v = tl.load(x_ptr + tok[:, None] * P + offs_p[None, :], mask=vm, other=0.0).to(tl.float32)
+        if HAS_MX:
+            v = v * tl.load(mx_ptr + (h * R + rk)[:, None] * P + offs_p[None, :], mask=vm, other=0.0).to(tl.float32)
+        row_tok = ((b * L + t) * R + rk) * H + h
+        bc = row_tok[:, None] * N + offs_n[None, :]
+        bm = rv[:, None] & nm[None, :]
+        Bm = tl.load(B_ptr + bc, mask=bm, other=0.0).to(DT)
+        Cm = tl.load(C_ptr + bc, mask=bm, other=0.0).to(DT)
+        so = (((b * nc + c) * H + h) * P + offs_p[:, None]) * N + offs_n[None, :]
+        Sin = tl.load(sin_ptr + so, mask=pn, other=0.0)
+        # masked cumulative sums (not differences of cum): the backward's sums cancel
+        seg = tl.cumsum(tl.where(rows[:, None] > rows[None, :], a_row[:, None], 0.0), 0)
+        e = tl.exp(cum)
+        f = tl.exp(tl.sum(tl.where(rows[:, None] == BQR - 1, seg, 0.0), 0))
+        total = tl.exp(cum_last)
+        to_end = f * scale
+        BG = tl.dot(Bm, tl.trans(dS.to(DT)), input_precision=PREC)  # (QR, P)
+        dv = to_end[:, None] * BG
+        dB = to_end[:, None] * tl.dot(v.to(DT), dS.to(DT), input_precision=PREC)
+        dto_end = tl.sum(v * BG, 1)
+        dscale = f * dto_end
+        dend = to_end * dto_end
+        # cum_last - cum_s = sum over rows m > s of a_m: exclusive cumsum; the total feeds all
+        da = tl.sum(tl.where(rows[:, None] > rows[None, :], dend[None, :], 0.0), 1)
+        da += total * tl.sum(tl.sum(dS * Sin, 1), 0)
+        dgam = tl.zeros((BQR,), dtype=tl.float32)
+        if HAS_DY:
+            ti = tk[:, None]
+            tj = tk[None, :]
+            low = ti >= tj
+            ex = tl.where(low, tl.exp(seg), 0.0)
+            w = ex * tl.where(ti == tj, gamma[None, :], scale[None, :])
+            CB = tl.dot(Cm, tl.trans(Bm), input_precision=PREC)
+            W = CB * w
+            yo = row_tok[:, None] * P + offs_p[None, :]
+            dy = tl.load(dy_ptr + yo, mask=vm, other=0.0).to(tl.float32)
+            dyD = dy.to(DT)
+            CS = tl.dot(Cm, tl.trans(Sin.to(DT)), input_precision=PREC)  # (QR, P)
+            dv += tl.dot(tl.trans(W.to(DT)), dyD, input_precision=PREC) + Dh * dy
+            dD_acc += tl.sum(dy * v, 1)
+            dSc = tl.dot(dyD, tl.trans(v.to(DT)), input_precision=PREC)  # (QR, QR)
+            dCB = dSc * w
+            dC = e[:, None] * tl.dot(dyD, Sin.to(DT), input_precision=PREC)
+            dC += tl.dot(dCB.to(DT), Bm, input_precision=PREC)
+            dB += tl.dot(tl.trans(dCB.to(DT)), Cm, input_precision=PREC)
+            dcoef = dSc * CB * ex
+            dgam = tl.sum(tl.where(ti == tj, dcoef, 0.0), 0)
+            dscale += tl.sum(tl.where(ti > tj, dcoef, 0.0), 0)
+            # seg(i, j) = sum over rows j < m <= i of a_m: da_m = sum_{i >= m} sum_{j < m} dseg
+            dseg = dSc * W
+            rect = tl.cumsum(dseg, 0, reverse=True)
+            da += tl.sum(tl.where(rows[:, None] > rows[None, :], rect, 0.0), 1)
+            da += tl.cumsum(e * tl.sum(dy * CS, 1), 0, reverse=True)
+            tl.store(dC_ptr + bc, dC, mask=bm)
+            dS_new = total * dS + tl.dot(tl.trans((dy * e[:, None]).to(DT)), Cm, input_precision=PREC)
+        else:
+            dS_new = total * dS
+        tl.store(dv_ptr + row_tok[:, None] * P + offs_p[None, :], dv, mask=vm)
+        tl.store(dB_ptr + bc, dB, mask=bm)
+        tl.store(dg_ptr + row_tok, dgam, mask=rv)
+        tl.store(dsc_ptr + row_tok, dscale, mask=rv)
+        tl.store(da_ptr + tok, da, mask=rv & (rk == 0))
+        dS = dS_new
+    tl.store(ds0_ptr + st_off, dS, mask=pn)
+    tl.store(dD_ptr + pid, tl.sum(dD_acc, 0))
+
+
+@triton.jit
+def _m3_step(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, s_ptr, k_ptr, v_ptr, D_ptr, mx_ptr,
+             y_ptr, snew_ptr, H, P, N,
+             R: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+             HAS_D: tl.constexpr, HAS_MX: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    b = pid // H
+    h = pid % H
+    offs_p = tl.program_id(1) * BP + tl.arange(0, BP)
+    offs_n = tl.arange(0, BN)
+    pm = offs_p < P
+    nm = offs_n < N
+    pn = pm[:, None] & nm[None, :]
+    dtv = tl.load(dt_ptr + pid).to(tl.float32)
+    Av = tl.load(A_ptr + pid).to(tl.float32)
+    trv = tl.load(tr_ptr + pid).to(tl.float32)
+    alpha = tl.exp(Av * dtv)
+    beta = (1.0 - trv) * dtv * alpha
+    gamma = trv * dtv
+    st_off = (pid * P + offs_p[:, None]) * N + offs_n[None, :]
+    S = alpha * tl.load(s_ptr + st_off, mask=pn, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + pid * P + offs_p, mask=pm, other=0.0).to(tl.float32)
+    xv = tl.load(v_ptr + pid * P + offs_p, mask=pm, other=0.0).to(tl.float32)
+    for r in tl.static_range(R):
+        mxr = 1.0
+        if HAS_MX:
+            mxr = tl.load(mx_ptr + (h * R + r) * P + offs_p, mask=pm, other=0.0).to(tl.float32)
+        rn = ((b * R + r) * H + h) * N + offs_n
+        kr = tl.load(k_ptr + rn, mask=nm, other=0.0).to(tl.float32)
+        Br = tl.load(B_ptr + rn, mask=nm, other=0.0).to(tl.float32)
+        S += beta * (xv * mxr)[:, None] * kr[None, :] + gamma * (x * mxr)[:, None] * Br[None, :]
+    for r in tl.static_range(R):
+        mxr = 1.0
+        if HAS_MX:
+            mxr = tl.load(mx_ptr + (h * R + r) * P + offs_p, mask=pm, other=0.0).to(tl.float32)
+        rn = ((b * R + r) * H + h) * N + offs_n
+        Cr = tl.load(C_ptr + rn, mask=nm, other=0.0).to(tl.float32)
+        y = tl.sum(S * Cr[None, :], 1)
+        if HAS_D:
+            y += tl.load(D_ptr + h).to(tl.float32) * x * mxr
+        tl.store(y_ptr + ((b * R + r) * H + h) * P + offs_p, y.to(y_ptr.dtype.element_ty), mask=pm)
+    tl.store(snew_ptr + st_off, S, mask=pn)
+
+
+# ---- host glue -----------------------------------------------------------------------------
+def _layout(chunk_size, R):
+    """(Qk tokens per chunk, BQR rows block): Qk a power of two, Qk R <= 128 rows (>= 16)."""
+    qk = min(pow2(int(chunk_size), 1), 64)
+    while qk > 1 and qk * R > 128:
+        qk //= 2
+    while qk * R < 16 and qk < 64:
+        qk *= 2
+    return qk, pow2(qk * R)
+
+
+def _supported(x, B, *others) -> bool:
+    return (can_run(x, B, *others) and x.shape[-1] <= _MAX_DIM and B.shape[-1] <= _MAX_DIM
+            and B.shape[-3] <= 16)
+
+
+def _up(x, mimo_x):
+    """x (B, H, P) -> v (B, R, H, P) in float32."""
+    v = x.float().unsqueeze(1)
+    return v if mimo_x is None else v * mimo_x.float().permute(1, 0, 2)
+
+
+def _s_start(x, dt, trap, initial_state, initial_k, initial_v, mimo_x, Bsz, H, P, N):
+    """S'_{-1} = initial_state + dt_0 (1 - trap_0) sum_r v0_r k0_r^T (float32), and u0."""
+    S = torch.zeros((Bsz, H, P, N), dtype=torch.float32, device=x.device) if initial_state is None \
+        else initial_state.float().clone()
+    u0 = None
+    if initial_k is not None and initial_v is not None:
+        u0 = torch.einsum("brhp,brhn->bhpn", _up(initial_v, mimo_x), initial_k.float())
+        owed0 = (1.0 - trap[:, 0].float()) * dt[:, 0].float()
+        S = S + owed0[:, :, None, None] * u0
+    return S.contiguous(), u0
+
+
+def _run_fwd(x, dt, A, trap, B, C, D, mimo_x, chunk_size, S0, write_y, store_states):
+    Bsz, L, H, P = x.shape
+    R, N = B.shape[2], B.shape[4]
+    qk, bqr = _layout(chunk_size, R)
+    nc = triton.cdiv(L, qk)
+    x, dt, A, trap, B, C, D, mimo_x = (_c(t) for t in (x, dt, A, trap, B, C, D, mimo_x))
+    BN = pow2(N)
+    BP = min(pow2(P), 64)
+    dev = x.device
+    y = torch.empty((Bsz, L, R, H, P), dtype=x.dtype, device=dev) if write_y else x
+    sfin = torch.empty((Bsz, H, P, N), dtype=torch.float32, device=dev)
+    sin = torch.empty((Bsz, nc, H, P, N), dtype=torch.float32, device=dev) if store_states else sfin
+    dummy = x
+    _m3_fwd[(Bsz * H, triton.cdiv(P, BP))](
+        x, dt, A, trap, B, C, D if D is not None else dummy, mimo_x if mimo_x is not None else dummy,
+        S0, y, sfin, sin, L, H, P, N, nc,
+        R=R, QK=qk, BQR=bqr, BP=BP, BN=BN, HAS_D=D is not None, HAS_MX=mimo_x is not None,
+        WRITE_Y=write_y, STORE_STATES=store_states, DT=dot_dtype(x.dtype),
+        PREC=dot_precision(x.dtype), num_warps=num_warps(bqr, BN),
+    )
+    return y, sfin, sin, qk, bqr, nc
+
+
+def mamba3_scan(x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_size=64, initial_state=None,
+                initial_k=None, initial_v=None):
+    """Fused chunked Mamba-3 scan (Triton). Same contract as mamba_core.ops.mamba3.mamba3_scan."""
+    if not _supported(x, B, dt, A, trap, C, D, mimo_x, initial_state, initial_k, initial_v):
+        return fallback("mamba3_scan")(x, dt, A, trap, B, C, D, mimo_x, chunk_size, initial_state,
+                                       initial_k, initial_v)
+    Bsz, L, H, P = x.shape
+    N = B.shape[4]
+    S0, _ = _s_start(x, dt, trap, initial_state, initial_k, initial_v, mimo_x, Bsz, H, P, N)
+    y, sfin, _, _, _, _ = _run_fwd(x, dt, A, trap, B, C, D, mimo_x, chunk_size, S0, True, False)
+    return y, sfin, B[:, -1], x[:, -1]
+
+
+def mamba3_scan_vjp(cotangent, x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_size=64,
+                    initial_state=None, initial_k=None, initial_v=None):
+    """Mamba-3 backward (Triton): recompute the entering states, one reverse pass per head,
+    then fold ranks and token coefficients in torch."""
+    dy, dS_L, dk_L, dv_L = cotangent
+    if not _supported(x, B, dt, A, trap, C, D, mimo_x, initial_state, initial_k, initial_v,
+                      dy, dS_L, dk_L, dv_L):
+        return fallback("mamba3_scan_vjp")(cotangent, x, dt, A, trap, B, C, D, mimo_x, chunk_size,
+                                           initial_state, initial_k, initial_v)
+    Bsz, L, H, P = x.shape
+    R, N = B.shape[2], B.shape[4]
+    S0, u0 = _s_start(x, dt, trap, initial_state, initial_k, initial_v, mimo_x, Bsz, H, P, N)
+    _, _, sin, qk, bqr, nc = _run_fwd(x, dt, A, trap, B, C, D, mimo_x, chunk_size, S0, False, True)
+    xc, dtc, Ac, trc, Bc, Cc, Dc, mxc = (_c(t) for t in (x, dt, A, trap, B, C, D, mimo_x))
+    dy, dS_L = _c(dy), _c(dS_L)
+    dev, f32 = x.device, torch.float32
+    dv = torch.empty((Bsz, L, R, H, P), dtype=f32, device=dev)
+    dBr = torch.empty((Bsz, L, R, H, N), dtype=f32, device=dev)
+    dCr = torch.zeros((Bsz, L, R, H, N), dtype=f32, device=dev) if dy is None else torch.empty_like(dBr)
+    dg = torch.empty((Bsz, L, R, H), dtype=f32, device=dev)
+    dsc = torch.empty((Bsz, L, R, H), dtype=f32, device=dev)
+    da = torch.empty((Bsz, L, H), dtype=f32, device=dev)
+    dD = torch.empty((Bsz, H), dtype=f32, device=dev)
+    dS0 = torch.empty((Bsz, H, P, N), dtype=f32, device=dev)
+    dummy = dv
+    _m3_bwd[(Bsz * H,)](
+        xc, dtc, Ac, trc, Bc, Cc, Dc if Dc is not None else dummy, mxc if mxc is not None else dummy,
+        sin, dy if dy is not None else dummy, dS_L if dS_L is not None else dummy,
+        dv, dBr, dCr, dg, dsc, da, dD, dS0, L, H, P, N, nc,
+        R=R, QK=qk, BQR=bqr, BP=pow2(P), BN=pow2(N), HAS_D=D is not None, HAS_MX=mimo_x is not None,
+        HAS_DY=dy is not None, HAS_DSL=dS_L is not None, DT=dot_dtype(x.dtype),
+        PREC=dot_precision(x.dtype), num_warps=8,
+    )
+    dtw, Aw, trw = dt.float(), A.float(), trap.float()
+    dscale = dsc.sum(2)
+    dgamma = dg.sum(2) + dscale
+    dowed = torch.cat([torch.zeros_like(dscale[:, :1]), dscale[:, :-1]], dim=1)
+    if u0 is not None:
+        dowed[:, 0] += (dS0 * u0).sum((-2, -1))
+    out = {}
+    if mimo_x is None:
+        dx = dv[:, :, 0]
+        dmx = None
+    else:
+        mxr = mimo_x.float().permute(1, 0, 2)  # (R, H, P)
+        dx = (dv * mxr).sum(2)
+        dmx = (dv * x.float().unsqueeze(2)).sum((0, 1)).permute(1, 0, 2)
+    if dv_L is not None:
+        dx = dx.clone()
+        dx[:, -1] += dv_L.float()
+    dB = dBr
+    if dk_L is not None:
+        dB[:, -1] += dk_L.float()
+    out["x"] = dx.to(x.dtype)
+    out["dt"] = (da * Aw + dgamma * trw + dowed * (1.0 - trw)).to(dt.dtype)
+    out["A"] = (da * dtw).to(A.dtype)
+    out["trap"] = ((dgamma - dowed) * dtw).to(trap.dtype)
+    out["B"] = dB.to(B.dtype)
+    out["C"] = dCr.to(C.dtype)
+    if D is not None:
+        out["D"] = dD.sum(0).to(D.dtype)
+    if mimo_x is not None:
+        pass  # filled below (initial v may add to it)
+    if initial_state is not None:
+        out["initial_state"] = dS0.to(initial_state.dtype)
+    if u0 is not None:
+        owed0 = (1.0 - trw[:, 0]) * dtw[:, 0]
+        du0 = owed0[:, :, None, None] * dS0  # (B, H, P, N)
+        k0 = initial_k.float()
+        v0 = _up(initial_v, mimo_x)  # (B, R, H, P)
+        dv0 = torch.einsum("bhpn,brhn->brhp", du0, k0)
+        out["initial_k"] = torch.einsum("bhpn,brhp->brhn", du0, v0).to(initial_k.dtype)
+        if mimo_x is None:
+            out["initial_v"] = dv0[:, 0].to(initial_v.dtype)
+        else:
+            out["initial_v"] = (dv0 * mimo_x.float().permute(1, 0, 2)).sum(1).to(initial_v.dtype)
+            dmx = dmx + (dv0 * initial_v.float().unsqueeze(1)).sum(0).permute(1, 0, 2)
+    else:
+        if initial_k is not None:
+            out["initial_k"] = torch.zeros_like(initial_k)
+        if initial_v is not None:
+            out["initial_v"] = torch.zeros_like(initial_v)
+    if mimo_x is not None:
+        out["mimo_x"] = dmx.to(mimo_x.dtype)
+    order = ("x", "dt", "A", "trap", "B", "C", "D", "mimo_x", "initial_state", "initial_k", "initial_v")
+    return {k: out[k] for k in order if k in out}
+
+
+def mamba3_step(x, dt, A, trap, B, C, state, k_state, v_state, D=None, mimo_x=None):
+    """One token of the Mamba-3 recurrence (Triton). Same contract as mamba_core's mamba3_step."""
+    if not _supported(x, B, dt, A, trap, C, state, k_state, v_state, D, mimo_x):
+        return fallback("mamba3_step")(x, dt, A, trap, B, C, state, k_state, v_state, D, mimo_x)
+    Bsz, H, P = x.shape
+    R, N = B.shape[1], B.shape[3]
+    xc, dtc, Ac, trc, Bc, Cc, sc, kc, vc, Dc, mxc = (
+        _c(t) for t in (x, dt, A, trap, B, C, state, k_state, v_state, D, mimo_x))
+    y = torch.empty((Bsz, R, H, P), dtype=x.dtype, device=x.device)
+    snew = torch.empty((Bsz, H, P, N), dtype=torch.float32, device=x.device)
+    BN = pow2(N, 1)
+    BP = min(pow2(P, 1), max(1, 4096 // BN))
+    dummy = xc
+    _m3_step[(Bsz * H, triton.cdiv(P, BP))](
+        xc, dtc, Ac, trc, Bc, Cc, sc, kc, vc, Dc if Dc is not None else dummy,
+        mxc if mxc is not None else dummy, y, snew, H, P, N,
+        R=R, BP=BP, BN=BN, HAS_D=D is not None, HAS_MX=mimo_x is not None, num_warps=4,
+    )
+    return y, snew, B, x
+
+
+KERNELS = {"mamba3_scan": mamba3_scan, "mamba3_scan_vjp": mamba3_scan_vjp, "mamba3_step": mamba3_step}
