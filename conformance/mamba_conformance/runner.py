@@ -14,7 +14,10 @@ For each check, case and dtype the runner
 Verdicts: PASS (error <= tolerance for every output), FAIL (an output is off, has the wrong
 shape, is missing, or holds NaN/inf where the truth is finite), ERROR (the backend raised, or the
 check's own inputs/reference could not be built), SKIP (a mode the check has no form for).
-Tolerances are ``TOLERANCES[dtype]``, the same for every backend.
+Tolerances are ``TOLERANCES[dtype]``, the same for every backend, except for a case whose dims
+hold ``"exact": True`` (a bit-identity property such as batch invariance: tolerance 0). A case
+whose dims hold ``"requires": "<capability>"`` is SKIP on a backend whose ``capabilities`` do
+not claim it.
 """
 
 from __future__ import annotations
@@ -305,6 +308,13 @@ def run_entry(be, check: Check, case: Case, mode: str, dtype: str, *, seed: int 
         entry.where = case.get("where", [])
         entry.repro = f"python -c 'import {case['module']}'"
         return entry
+    needs = case.get("requires")  # a capability the backend must claim, else SKIP
+    if needs and not getattr(getattr(be, "capabilities", None), needs, False):
+        entry.verdict, entry.note = SKIP, f"{be.name} does not claim capabilities.{needs}"
+        return entry
+    exact = bool(case.get("exact"))  # a bit-identity property: every output's truth is 0
+    if exact:
+        entry.tolerance = tol = 0.0
     fn = {"forward": check.forward, "step": check.step, "grad": grad_function(check)}[mode]
     if fn is None:
         why = "has no VJP op" if mode == "grad" else f"has no {mode} form"
@@ -312,7 +322,7 @@ def run_entry(be, check: Check, case: Case, mode: str, dtype: str, *, seed: int 
         return entry
     t0 = time.perf_counter()
     try:
-        want = truths.truth(check, case, dtype, mode)
+        want = None if exact else truths.truth(check, case, dtype, mode)
     except Exception as exc:  # noqa: BLE001 - the check itself is broken
         entry.verdict = ERROR
         entry.note = f"the check's inputs or reference failed (a bug in the case, not the backend): {_exc_text(exc)}"
@@ -322,6 +332,8 @@ def run_entry(be, check: Check, case: Case, mode: str, dtype: str, *, seed: int 
     try:
         inputs = cast_inputs(be, truths.inputs(check, case), dtype)
         outs = fn(be, inputs)
+        if exact:
+            want = {k: np.zeros(np.shape(to_float64(be, v))) for k, v in outs.items()}
         got = {}
         got_dtype = {}
         for k in want:

@@ -1,4 +1,11 @@
-"""The cpu_numpy backend object."""
+"""The cpu_numpy backend objects.
+
+``cpu_numpy`` is the fast one: numba kernels for the scans and conv, NumPy's BLAS for the
+projections. ``cpu_numpy_invariant`` promises batch invariance (a prompt's logits are
+bit-identical whatever else is in the batch) by replacing BLAS with a fixed-order ``linear``
+kernel, which costs about 4x on the projections; pick it when reproducibility across batch
+compositions matters more than speed.
+"""
 
 from __future__ import annotations
 
@@ -22,3 +29,11 @@ class CpuNumpyBackend(Backend):
     @property
     def xp(self):
         return np
+
+
+class CpuNumpyInvariantBackend(CpuNumpyBackend):
+    name = "cpu_numpy_invariant"
+    priority = 5
+    description = "cpu_numpy with a fixed-order linear: batch-invariant results (slower projections)"
+    capabilities = Capabilities(cuda_graphs=False, batch_invariant=True, deterministic=True)
+    kernels = kernels.INVARIANT_KERNELS

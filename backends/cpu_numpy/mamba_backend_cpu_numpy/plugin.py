@@ -5,6 +5,6 @@ from mamba_core.hookspecs import hookimpl
 
 @hookimpl
 def mamba_core_backends():
-    from mamba_backend_cpu_numpy.backend import CpuNumpyBackend
+    from mamba_backend_cpu_numpy.backend import CpuNumpyBackend, CpuNumpyInvariantBackend
 
-    return [CpuNumpyBackend()]
+    return [CpuNumpyBackend(), CpuNumpyInvariantBackend()]
