@@ -21,8 +21,15 @@ class TorchTritonBackend(Backend):
     name = "torch_triton"
     priority = 30
     description = "torch tensors on CUDA (CPU under TRITON_INTERPRET=1); Triton kernels, default compositions elsewhere"
-    dtypes = ("float32", "float64")
-    capabilities = Capabilities(cuda_graphs=False, batch_invariant=False, deterministic=True)
+    #: bfloat16: the Triton kernels take bf16 inputs (float32 accumulation and states, outputs in
+    #: bf16); float64 always runs the default compositions (see kernels/_glue.py).
+    dtypes = ("float32", "float64", "bfloat16")
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """cuda_graphs only on a CUDA device (graphs.CudaGraphDecoder captures lm.step)."""
+        return Capabilities(cuda_graphs=self.device.type == "cuda", batch_invariant=False,
+                            deterministic=True)
 
     @property
     def kernels(self):
@@ -79,4 +86,9 @@ class TorchTritonBackend(Backend):
         return t
 
     def to_numpy(self, a) -> np.ndarray:
-        return a.detach().to("cpu").numpy()
+        import torch
+
+        a = a.detach().to("cpu")
+        if a.dtype == torch.bfloat16:  # NumPy has no bfloat16: widen (exactly) to float32
+            a = a.to(torch.float32)
+        return a.numpy()

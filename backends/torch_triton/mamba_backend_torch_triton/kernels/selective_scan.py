@@ -1,0 +1,446 @@
+"""Triton kernels of the Mamba-1 selective scan: forward, VJP and the decode step.
+
+Ops (signatures and math: mamba_core/ops/selective_scan.py):
+    selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state) -> (y, h_L)
+    selective_scan_step(u, delta, A, B, C, state, D, z, delta_bias, delta_softplus)   -> (y, h)
+    selective_scan_vjp((dy, dh_L), u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                       initial_state) -> {"u", "delta", "A", "B", "C", "D", "z", "delta_bias",
+                                          "initial_state"} (the optional ones when given)
+
+Design (B=8, L=2048, E=2048, N=16 on an H100): one program per (batch row b, block of BE
+channels), all N states of its channels in registers (N padded to a power of two NP), walking
+L in chunks of T tokens. Per chunk it loads (T, BE) tiles of u, delta, z and (T, NP) tiles of
+B and C (BE divides E/G, so a block reads one group), forms the affine maps
+h -> a h + b with a = exp(dt A) in (0, 1] and b = dt B u as (T, BE, NP) tiles, composes them with
+``tl.associative_scan`` along T (log2 T rounds) and applies the carried state: the chunk's
+loads do not depend on the carry, so they overlap the previous chunk's math. Only products of
+decays in (0, 1] appear: strong decay underflows to exact zeros, nothing overflows.
+The (T, BE, NP) exps are the floor (B*L*E*N of them); the scan adds ~3 log2(T) flops each.
+
+VJP (recompute): the forward kernel runs again keeping only the state entering each chunk
+((B, L/T, E, NP) float32); the backward kernel walks the chunks in reverse: recomputes the
+chunk's states from the saved one, runs the adjoint g_t = C_t dy'_t + a_{t+1} g_{t+1} as a
+reverse associative scan (a_{t+1} from a shifted load of delta), uses a_t h_{t-1} = h_t - b_t,
+and carries a_s g_s into the previous chunk. dA, dD, d(delta_bias) accumulate in registers per
+program; dB and dC (which sum over the channels of a group) are written per channel block and
+summed by torch: deterministic, no atomics.
+
+Precision: float32 registers and states whatever the input dtype (bf16/fp16 inputs welcome);
+y and the input gradients in their argument's dtype; states float32. float64 inputs run the
+core's default composition (documented fallback). softplus follows torch (threshold 20) with an
+accurate log1p.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from mamba_backend_torch_triton.kernels._glue import default, last_contig, pow2, runs_here
+
+#: launch shapes: chunk T, channels per program BE (capped; BE always divides E/G), warps.
+#: fwd/bwd: the best of a sweep on an H100 at B=8, L=2048, E=2048, N=16, fp32 (gpu_check_m1):
+#: fwd 0.73 ms, VJP 5.2 ms (T=16,BE=32,8 warps: 0.85 / 7.0; T=32: slower).
+CONFIG = {
+    "fwd": {"T": 8, "BE": 32, "num_warps": 4},
+    "bwd": {"T": 8, "BE": 32, "num_warps": 4},
+    "step": {"BE": 32, "num_warps": 4},
+    "interpret": {"T": 64, "BE": 8, "num_warps": 1},  # T capped by pow2(L)
+}
+
+
+@triton.jit
+def _affine(a1, b1, a2, b2):
+    # compose h -> a1 h + b1 then h -> a2 h + b2 (element 1 earlier in scan order; the same
+    # function composes the reverse scan, whose order is reversed)
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _softplus(x):
+    y = tl.exp(tl.minimum(x, 20.0))
+    u = 1.0 + y
+    lp = tl.where(u == 1.0, y, tl.log(u) * y / (u - 1.0))  # log1p(y), accurate for small y
+    return tl.where(x > 20.0, x, lp)
+
+
+@triton.jit
+def _dt_tile(DL, DB, b, t, e, tm, sdb, sdl, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    raw = tl.load(DL + b * sdb + t[:, None] * sdl + e[None, :], mask=tm[:, None], other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        raw += tl.load(DB + e).to(tl.float32)[None, :]
+    dt = raw
+    if SOFTPLUS:
+        dt = _softplus(raw)
+    dt = tl.where(tm[:, None], dt, 0.0)  # padded rows: the identity map
+    return raw, dt
+
+
+@triton.jit
+def _ss_fwd_kernel(
+    U, DL, A, BM, CM, DV, Z, DB, H0, Y, HF, HS,
+    L, N, Eg, nchunks,
+    sub, sul, sdb, sdl, sbb, sbl, sbg, scb, scl, scg, szb, szl, syb, syl,
+    T: tl.constexpr, BE: tl.constexpr, NP: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr, SAVE: tl.constexpr, WRITE_Y: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    pe = tl.program_id(1)
+    E = tl.num_programs(1) * BE
+    e = pe * BE + tl.arange(0, BE)
+    n = tl.arange(0, NP)
+    nm = n < N
+    g = (pe * BE) // Eg
+    rows = tl.arange(0, T)
+    Aw = tl.load(A + e[:, None] * N + n[None, :], mask=nm[None, :], other=0.0).to(tl.float32)
+    st_off = (b * E + e[:, None]) * N + n[None, :]
+    if HAS_H0:
+        h = tl.load(H0 + st_off, mask=nm[None, :], other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros([BE, NP], dtype=tl.float32)
+    if HAS_D:
+        Dw = tl.load(DV + e).to(tl.float32)
+    for ci in range(0, nchunks):
+        t = ci * T + rows
+        tm = t < L
+        u = tl.load(U + b * sub + t[:, None] * sul + e[None, :], mask=tm[:, None], other=0.0).to(tl.float32)
+        raw, dt = _dt_tile(DL, DB, b, t, e, tm, sdb, sdl, HAS_BIAS, SOFTPLUS)
+        bn_mask = tm[:, None] & nm[None, :]
+        Bt = tl.load(BM + b * sbb + t[:, None] * sbl + g * sbg + n[None, :], mask=bn_mask, other=0.0).to(tl.float32)
+        a = tl.exp(dt[:, :, None] * Aw[None, :, :])
+        bb = (dt * u)[:, :, None] * Bt[:, None, :]
+        if SAVE:
+            tl.store(HS + ((b * nchunks + ci) * E + e[:, None]) * NP + n[None, :], h)
+        acc_a, acc_b = tl.associative_scan((a, bb), 0, _affine)
+        hs = acc_a * h[None, :, :] + acc_b
+        if WRITE_Y:
+            Ct = tl.load(CM + b * scb + t[:, None] * scl + g * scg + n[None, :], mask=bn_mask, other=0.0).to(tl.float32)
+            y = tl.sum(hs * Ct[:, None, :], axis=2)
+            if HAS_D:
+                y += Dw[None, :] * u
+            if HAS_Z:
+                z = tl.load(Z + b * szb + t[:, None] * szl + e[None, :], mask=tm[:, None], other=0.0).to(tl.float32)
+                y = y * z / (1.0 + tl.exp(-z))
+            tl.store(Y + b * syb + t[:, None] * syl + e[None, :], y.to(Y.dtype.element_ty), mask=tm[:, None])
+        h = tl.sum(tl.where((rows == T - 1)[:, None, None], hs, 0.0), axis=0)
+    if WRITE_Y:
+        tl.store(HF + st_off, h, mask=nm[None, :])
+
+
+@triton.jit
+def _ss_bwd_kernel(
+    U, DL, A, BM, CM, DV, Z, DB, HS, DY, DHF,
+    DU, DDL, DZ, DAP, DBP, DCP, DDP, DBIASP, DH0,
+    L, N, Eg, nchunks,
+    sub, sul, sdb, sdl, sbb, sbl, sbg, scb, scl, scg, szb, szl, sdyb, sdyl,
+    T: tl.constexpr, BE: tl.constexpr, NP: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_DHF: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    pe = tl.program_id(1)
+    nEb = tl.num_programs(1)
+    E = nEb * BE
+    e = pe * BE + tl.arange(0, BE)
+    n = tl.arange(0, NP)
+    nm = n < N
+    g = (pe * BE) // Eg
+    rows = tl.arange(0, T)
+    Aw = tl.load(A + e[:, None] * N + n[None, :], mask=nm[None, :], other=0.0).to(tl.float32)
+    st_off = (b * E + e[:, None]) * N + n[None, :]
+    if HAS_DHF:
+        carry = tl.load(DHF + st_off, mask=nm[None, :], other=0.0).to(tl.float32)
+    else:
+        carry = tl.zeros([BE, NP], dtype=tl.float32)
+    if HAS_D:
+        Dw = tl.load(DV + e).to(tl.float32)
+    dA_acc = tl.zeros([BE, NP], dtype=tl.float32)
+    dD_acc = tl.zeros([BE], dtype=tl.float32)
+    dbias_acc = tl.zeros([BE], dtype=tl.float32)
+    for i in range(0, nchunks):
+        ci = nchunks - 1 - i
+        t = ci * T + rows
+        tm = t < L
+        h0 = tl.load(HS + ((b * nchunks + ci) * E + e[:, None]) * NP + n[None, :])
+        u = tl.load(U + b * sub + t[:, None] * sul + e[None, :], mask=tm[:, None], other=0.0).to(tl.float32)
+        raw, dt = _dt_tile(DL, DB, b, t, e, tm, sdb, sdl, HAS_BIAS, SOFTPLUS)
+        bn_mask = tm[:, None] & nm[None, :]
+        Bt = tl.load(BM + b * sbb + t[:, None] * sbl + g * sbg + n[None, :], mask=bn_mask, other=0.0).to(tl.float32)
+        Ct = tl.load(CM + b * scb + t[:, None] * scl + g * scg + n[None, :], mask=bn_mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + b * sdyb + t[:, None] * sdyl + e[None, :], mask=tm[:, None], other=0.0).to(tl.float32)
+        # states of the chunk, recomputed from the saved entering state
+        a = tl.exp(dt[:, :, None] * Aw[None, :, :])
+        dtu = dt * u
+        bb = dtu[:, :, None] * Bt[:, None, :]
+        acc_a, acc_b = tl.associative_scan((a, bb), 0, _affine)
+        hs = acc_a * h0[None, :, :] + acc_b
+        # skip connection and gate
+        if HAS_Z:
+            z = tl.load(Z + b * szb + t[:, None] * szl + e[None, :], mask=tm[:, None], other=0.0).to(tl.float32)
+            sg = 1.0 / (1.0 + tl.exp(-z))
+            p = tl.sum(hs * Ct[:, None, :], axis=2)
+            if HAS_D:
+                p += Dw[None, :] * u
+            dz = dy * p * sg * (1.0 + z * (1.0 - sg))
+            tl.store(DZ + (b * L + t[:, None]) * E + e[None, :], dz.to(DZ.dtype.element_ty), mask=tm[:, None])
+            dyp = dy * z * sg
+        else:
+            dyp = dy
+        # adjoint: g_t = C_t dy'_t + a_{t+1} g_{t+1}; a_{t+1} = 1 past the chunk (the carry holds it)
+        tn = t + 1
+        mn = (rows < T - 1) & (tn < L)
+        _, dtn = _dt_tile(DL, DB, b, tn, e, mn, sdb, sdl, HAS_BIAS, SOFTPLUS)
+        an = tl.exp(dtn[:, :, None] * Aw[None, :, :])
+        cc = Ct[:, None, :] * dyp[:, :, None]
+        P, S = tl.associative_scan((an, cc), 0, _affine, reverse=True)
+        gg = S + P * carry[None, :, :]
+        gah = gg * (hs - bb)  # g_t a_t h_{t-1}
+        gB = tl.sum(gg * Bt[:, None, :], axis=2)
+        ddt = tl.sum(gah * Aw[None, :, :], axis=2) + gB * u
+        du = gB * dt
+        if HAS_D:
+            du += Dw[None, :] * dyp
+            dD_acc += tl.sum(dyp * u, axis=0)
+        dA_acc += tl.sum(gah * dt[:, :, None], axis=0)
+        dBp = tl.sum(gg * dtu[:, :, None], axis=1)  # (T, NP): this block's share of dB_t
+        dCp = tl.sum(hs * dyp[:, :, None], axis=1)
+        part = ((b * L + t[:, None]) * nEb + pe) * NP + n[None, :]
+        tl.store(DBP + part, dBp, mask=tm[:, None])
+        tl.store(DCP + part, dCp, mask=tm[:, None])
+        if SOFTPLUS:
+            ddt = ddt * tl.where(raw > 20.0, 1.0, 1.0 / (1.0 + tl.exp(-raw)))
+        ddt = tl.where(tm[:, None], ddt, 0.0)
+        dbias_acc += tl.sum(ddt, axis=0)
+        out = (b * L + t[:, None]) * E + e[None, :]
+        tl.store(DU + out, du.to(DU.dtype.element_ty), mask=tm[:, None])
+        tl.store(DDL + out, ddt.to(DDL.dtype.element_ty), mask=tm[:, None])
+        # into the previous chunk: dL/dh_{s-1} = a_s g_s
+        g0 = tl.sum(tl.where((rows == 0)[:, None, None], gg, 0.0), axis=0)
+        dt0 = tl.sum(tl.where((rows == 0)[:, None], dt, 0.0), axis=0)
+        carry = tl.exp(dt0[:, None] * Aw) * g0
+    tl.store(DH0 + st_off, carry, mask=nm[None, :])
+    tl.store(DAP + st_off, dA_acc, mask=nm[None, :])
+    tl.store(DDP + b * E + e, dD_acc)
+    tl.store(DBIASP + b * E + e, dbias_acc)
+
+
+@triton.jit
+def _ss_step_kernel(
+    U, DL, A, BM, CM, S, DV, Z, DB, Y, NS,
+    N, Eg,
+    sub, sdb, sbb, sbg, scb, scg, ssb, sse, szb,
+    BE: tl.constexpr, NP: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    pe = tl.program_id(1)
+    E = tl.num_programs(1) * BE
+    e = pe * BE + tl.arange(0, BE)
+    n = tl.arange(0, NP)
+    nm = n < N
+    g = (pe * BE) // Eg
+    Aw = tl.load(A + e[:, None] * N + n[None, :], mask=nm[None, :], other=0.0).to(tl.float32)
+    h = tl.load(S + b * ssb + e[:, None] * sse + n[None, :], mask=nm[None, :], other=0.0).to(tl.float32)
+    u = tl.load(U + b * sub + e).to(tl.float32)
+    dt = tl.load(DL + b * sdb + e).to(tl.float32)
+    if HAS_BIAS:
+        dt += tl.load(DB + e).to(tl.float32)
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    Bv = tl.load(BM + b * sbb + g * sbg + n, mask=nm, other=0.0).to(tl.float32)
+    Cv = tl.load(CM + b * scb + g * scg + n, mask=nm, other=0.0).to(tl.float32)
+    h = tl.exp(dt[:, None] * Aw) * h + (dt * u)[:, None] * Bv[None, :]
+    tl.store(NS + (b * E + e[:, None]) * N + n[None, :], h, mask=nm[None, :])
+    y = tl.sum(h * Cv[None, :], axis=1)
+    if HAS_D:
+        y += tl.load(DV + e).to(tl.float32) * u
+    if HAS_Z:
+        z = tl.load(Z + b * szb + e).to(tl.float32)
+        y = y * z / (1.0 + tl.exp(-z))
+    tl.store(Y + b * E + e, y.to(Y.dtype.element_ty))
+
+
+# ---- torch glue ----------------------------------------------------------------------------
+def _cfg(kind: str, dev, L: int = 1) -> dict:
+    cfg = dict(CONFIG["interpret"] if dev.type == "cpu" else CONFIG[kind])
+    if dev.type == "cpu":  # the interpreter scans element by element: no padded rows
+        cfg["T"] = min(cfg["T"], pow2(L, 2))
+    return cfg
+
+
+def _block_e(Eg: int, cap: int) -> int:
+    """The largest power of two <= cap dividing Eg (channels per program, inside one group)."""
+    be = 1
+    while be * 2 <= cap and Eg % (be * 2) == 0:
+        be *= 2
+    return be
+
+
+def _scan_launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                 y, hf, hs, T, BE, num_warps):
+    Bsz, L, E = u.shape
+    G, N = B.shape[2], B.shape[3]
+    nchunks = triton.cdiv(L, T)
+    dummy = u
+    _ss_fwd_kernel[(Bsz, E // BE)](
+        u, delta, A, B, C, dummy if D is None else D, dummy if z is None else z,
+        dummy if delta_bias is None else delta_bias,
+        dummy if initial_state is None else initial_state,
+        dummy if y is None else y, dummy if hf is None else hf, dummy if hs is None else hs,
+        L, N, E // G, nchunks,
+        u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
+        B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
+        0 if z is None else z.stride(0), 0 if z is None else z.stride(1),
+        0 if y is None else y.stride(0), 0 if y is None else y.stride(1),
+        T=T, BE=BE, NP=pow2(N), HAS_D=D is not None, HAS_Z=z is not None,
+        HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+        HAS_H0=initial_state is not None, SAVE=hs is not None, WRITE_Y=y is not None,
+        num_warps=num_warps,
+    )
+
+
+def _prep(u, delta, A, B, C, D, z, delta_bias, state):
+    """Unit last strides; A, D, delta_bias, states contiguous float32-or-narrower views."""
+    c = lambda t: None if t is None else t.contiguous()  # noqa: E731
+    return (last_contig(u), last_contig(delta), A.contiguous(), last_contig(B), last_contig(C),
+            c(D), last_contig(z), c(delta_bias), c(state))
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   initial_state=None):
+    """Selective scan. u, delta, z: (B, L, E); A: (E, N); B, C: (B, L, G, N) -> (y, h_L)."""
+    if not runs_here(u, delta, A, B, C, D, z, delta_bias, initial_state):
+        return default("selective_scan")(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                         initial_state)
+    u, delta, A, B, C, D, z, delta_bias, initial_state = _prep(
+        u, delta, A, B, C, D, z, delta_bias, initial_state)
+    Bsz, L, E = u.shape
+    G, N = B.shape[2], B.shape[3]
+    cfg = _cfg("fwd", u.device, L)
+    BE = _block_e(E // G, cfg["BE"])
+    y = torch.empty((Bsz, L, E), dtype=u.dtype, device=u.device)
+    hf = torch.empty((Bsz, E, N), dtype=torch.float32, device=u.device)
+    if L == 0:
+        hf.copy_(torch.zeros_like(hf) if initial_state is None else initial_state)
+        return y, hf
+    _scan_launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                 y, hf, None, cfg["T"], BE, cfg["num_warps"])
+    return y, hf
+
+
+def selective_scan_step(u, delta, A, B, C, state, D=None, z=None, delta_bias=None,
+                        delta_softplus=False):
+    """One token. u, delta, z: (B, E); B, C: (B, G, N); state: (B, E, N) -> (y, new_state)."""
+    if not runs_here(u, delta, A, B, C, state, D, z, delta_bias):
+        return default("selective_scan_step")(u, delta, A, B, C, state, D, z, delta_bias,
+                                              delta_softplus)
+    u, delta, A, B, C, D, z, delta_bias, _ = _prep(u, delta, A, B, C, D, z, delta_bias, None)
+    state = last_contig(state)
+    Bsz, E = u.shape
+    G, N = B.shape[1], B.shape[2]
+    cfg = _cfg("step", u.device)
+    BE = _block_e(E // G, cfg["BE"])
+    y = torch.empty((Bsz, E), dtype=u.dtype, device=u.device)
+    ns = torch.empty((Bsz, E, N), dtype=torch.float32, device=u.device)
+    dummy = u
+    _ss_step_kernel[(Bsz, E // BE)](
+        u, delta, A, B, C, state, dummy if D is None else D, dummy if z is None else z,
+        dummy if delta_bias is None else delta_bias, y, ns,
+        N, E // G,
+        u.stride(0), delta.stride(0), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
+        state.stride(0), state.stride(1), 0 if z is None else z.stride(0),
+        BE=BE, NP=pow2(N), HAS_D=D is not None, HAS_Z=z is not None,
+        HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+        num_warps=cfg["num_warps"],
+    )
+    return y, ns
+
+
+def selective_scan_vjp(cotangent, u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                       delta_softplus=False, initial_state=None):
+    """Selective scan VJP. cotangent = (dy (B, L, E) | None, dh_L (B, E, N) | None) -> dict.
+
+    Extra memory: the chunk-entry states (B, ceil(L/T), E, NP) float32 and the per-block dB, dC
+    partials (B, L, E/BE, NP) float32 (BE channels per program), besides the gradients.
+    """
+    from mamba_core.ops.selective_scan import _split_cotangent
+
+    dy, dhL = _split_cotangent(cotangent)
+    if not runs_here(dy, dhL, u, delta, A, B, C, D, z, delta_bias, initial_state):
+        return default("selective_scan_vjp")(cotangent, u, delta, A, B, C, D, z, delta_bias,
+                                             delta_softplus, initial_state)
+    args = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
+                initial_state=initial_state)
+    u, delta, A, B, C, D, z, delta_bias, initial_state = _prep(
+        u, delta, A, B, C, D, z, delta_bias, initial_state)
+    Bsz, L, E = u.shape
+    G, N = B.shape[2], B.shape[3]
+    dev = u.device
+    cfg = _cfg("bwd", dev, L)
+    T = cfg["T"]
+    BE = _block_e(E // G, cfg["BE"])
+    NP = pow2(N)
+    nchunks = triton.cdiv(L, T)
+    nEb = E // BE
+    f32 = dict(dtype=torch.float32, device=dev)
+    dy = torch.zeros((Bsz, L, E), **f32) if dy is None else last_contig(dy)
+    dhL = None if dhL is None else dhL.contiguous()
+    hs = torch.empty((Bsz, nchunks, E, NP), **f32)
+    if L > 0:
+        _scan_launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                     None, None, hs, T, BE, cfg["num_warps"])
+    du = torch.empty((Bsz, L, E), dtype=u.dtype, device=dev)
+    ddl = torch.empty((Bsz, L, E), dtype=delta.dtype, device=dev)
+    dz = None if z is None else torch.empty((Bsz, L, E), dtype=z.dtype, device=dev)
+    dap = torch.empty((Bsz, E, N), **f32)
+    dbp = torch.empty((Bsz, L, nEb, NP), **f32)
+    dcp = torch.empty((Bsz, L, nEb, NP), **f32)
+    ddp = torch.empty((Bsz, E), **f32)
+    dbiasp = torch.empty((Bsz, E), **f32)
+    dh0 = torch.empty((Bsz, E, N), **f32)
+    dummy = u
+    if L > 0:
+        _ss_bwd_kernel[(Bsz, nEb)](
+            u, delta, A, B, C, dummy if D is None else D, dummy if z is None else z,
+            dummy if delta_bias is None else delta_bias, hs, dy, dummy if dhL is None else dhL,
+            du, ddl, dummy if dz is None else dz, dap, dbp, dcp, ddp, dbiasp, dh0,
+            L, N, E // G, nchunks,
+            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
+            B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
+            0 if z is None else z.stride(0), 0 if z is None else z.stride(1),
+            dy.stride(0), dy.stride(1),
+            T=T, BE=BE, NP=NP, HAS_D=D is not None, HAS_Z=z is not None,
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+            HAS_DHF=dhL is not None, num_warps=cfg["num_warps"],
+        )
+    else:
+        dap.zero_(), ddp.zero_(), dbiasp.zero_()
+        dh0.copy_(torch.zeros_like(dh0) if dhL is None else dhL)
+    per_group = nEb // G
+    grads = {
+        "u": du,
+        "delta": ddl,
+        "A": dap.sum(0),
+        "B": dbp.view(Bsz, L, G, per_group, NP).sum(3)[..., :N],
+        "C": dcp.view(Bsz, L, G, per_group, NP).sum(3)[..., :N],
+    }
+    if D is not None:
+        grads["D"] = ddp.sum(0)
+    if z is not None:
+        grads["z"] = dz
+    if delta_bias is not None:
+        grads["delta_bias"] = dbiasp.sum(0)
+    if initial_state is not None:
+        grads["initial_state"] = dh0
+    return {k: v.to(args[k].dtype) for k, v in grads.items()}
+
+
+KERNELS = {
+    "selective_scan": selective_scan,
+    "selective_scan_step": selective_scan_step,
+    "selective_scan_vjp": selective_scan_vjp,
+}
