@@ -69,7 +69,13 @@ class TorchTritonBackend(Backend):
     def xp(self):
         import array_api_compat.torch as xp
 
-        return xp
+        from mamba_backend_torch_triton.namespace import DeviceNamespace
+
+        dev = self.device
+        cached = getattr(self, "_xp_cache", None)
+        if cached is None or cached[0] != dev:
+            self._xp_cache = (dev, DeviceNamespace(xp, dev))
+        return self._xp_cache[1]
 
     def asarray(self, a, dtype=None):
         import torch

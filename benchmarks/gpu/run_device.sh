@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# One device session's work, in parts that each fit one 10-minute call:
+#   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate on the GPU + yardstick
+#   bash benchmarks/gpu/run_device.sh cupy        cuda_cupy gpu_check (compile, kernels, certificate,
+#                                                 bench, decode) + torch_triton SSD/Mamba-3 timings
+# Needs: .whl/ with array_api_compat (not in the device image); for the official yardstick, a
+# mamba_ssm source tree in .official/ (not part of this repository) whose Mamba-1 CUDA scan is
+# built into /tmp/ss_build by .official/build_ss.py when that script is present.
+set -u
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv | tee "$OUT/device.txt"
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD/.official:/tmp/ss_build
+python3 -m pip install -q --no-deps --no-build-isolation -e . -e backends/cpu_numpy -e backends/torch_triton \
+    -e backends/cuda_cupy -e conformance > "$OUT/pip.log" 2>&1 || tail -5 "$OUT/pip.log"
+python3 - <<'PY' | tee -a "$OUT/device.txt"
+import torch, triton, numpy, sys
+print("python", sys.version.split()[0], "torch", torch.__version__, "triton", triton.__version__, "numpy", numpy.__version__)
+try:
+    import cupy; print("cupy", cupy.__version__)
+except Exception as e: print("cupy missing", e)
+PY
+mamba-core backends | tee "$OUT/backends.txt"
+case "${1:-certify}" in
+certify-only)
+    timeout 150 mamba-conformance torch_triton --dtype float32 --only 'op:*' \
+        --json "$OUT/torch_triton.gpu.ops.float32.certificate.json" > "$OUT/conformance_ops.log" 2>&1
+    echo "ops conformance rc=$?"; tail -1 "$OUT/conformance_ops.log"
+    timeout 150 mamba-conformance torch_triton --dtype float32 --only 'mixer:*' --only 'lm:*' \
+        --json "$OUT/torch_triton.gpu.models.float32.certificate.json" > "$OUT/conformance_models.log" 2>&1
+    echo "model conformance rc=$?"; tail -1 "$OUT/conformance_models.log"
+    ;;
+certify32)
+    if [ -f .official/build_ss.py ]; then (timeout 280 python3 .official/build_ss.py > "$OUT/ss_build.log" 2>&1 &); fi
+    timeout 130 mamba-conformance torch_triton --dtype float32 --only 'op:*' \
+        --json "$OUT/torch_triton.gpu.ops.float32.certificate.json" > "$OUT/conformance_ops.log" 2>&1
+    echo "ops conformance rc=$?"; tail -1 "$OUT/conformance_ops.log"
+    timeout 120 mamba-conformance torch_triton --dtype float32 --only 'mixer:*' --only 'lm:*' \
+        --json "$OUT/torch_triton.gpu.models.float32.certificate.json" > "$OUT/conformance_models.log" 2>&1
+    echo "model conformance rc=$?"; tail -1 "$OUT/conformance_models.log"
+    for i in $(seq 1 40); do ls /tmp/ss_build/selective_scan_cuda*.so > /dev/null 2>&1 && break; sleep 3; done
+    YARDSTICK_PARTS=${YARDSTICK_PARTS:-mamba1,mamba3,decode} timeout 230 python3 benchmarks/gpu/yardstick.py "$OUT" \
+        > "$OUT/yardstick.log" 2>&1; echo "yardstick rc=$?"; grep -E "ratio|FAILED|\] " "$OUT/yardstick.log"
+    ;;
+certify)
+    if [ -f .official/build_ss.py ]; then (python3 .official/build_ss.py > "$OUT/ss_build.log" 2>&1 &); fi
+    timeout 270 mamba-conformance torch_triton --json "$OUT/torch_triton.gpu.certificate.json" --quiet \
+        2>&1 | tail -5
+    for i in $(seq 1 60); do ls /tmp/ss_build/selective_scan_cuda*.so > /dev/null 2>&1 && break; sleep 3; done
+    tail -2 "$OUT/ss_build.log" 2>/dev/null
+    timeout 250 python3 benchmarks/gpu/yardstick.py "$OUT" 2>&1 | grep -v Warning | tail -40
+    ;;
+cupy)
+    timeout 330 python3 backends/cuda_cupy/gpu_check.py "$OUT" 2>&1 | tail -40
+    timeout 200 python3 backends/torch_triton/gpu_check.py "$OUT" 2>&1 | tail -25
+    ;;
+esac

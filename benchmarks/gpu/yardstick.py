@@ -1,0 +1,240 @@
+"""Our torch_triton kernels against the official mamba_ssm kernels, in one process on one GPU.
+
+    PYTHONPATH=<mamba_ssm source> python benchmarks/gpu/yardstick.py OUT_DIR
+
+Shapes of the torch_triton issue: B=8, L=2048, d_inner 2048 (Mamba-1: N=16; Mamba-2/3: H=32,
+P=64, N=128), bf16 activations, forward and forward+backward; batch-1 and batch-16 decode of a
+~370M random-weight Mamba-2 LM in bf16 with CUDA graphs. Medians of triton.testing.do_bench.
+Each figure is printed as ours / official (below 1 means we are faster). Every part runs in its
+own try/except so one failure does not hide the rest. Writes OUT_DIR/yardstick.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+
+import torch
+import triton
+
+B, L, E, H, P, N1, N = 8, 2048, 2048, 32, 64, 16, 128
+RESULTS: dict = {"device": None, "rows": [], "errors": {}}
+
+
+def bench(fn):
+    return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+
+
+def row(name, ours_ms, official_ms, note=""):
+    ratio = ours_ms / official_ms if official_ms else float("nan")
+    RESULTS["rows"].append({"name": name, "ours_ms": ours_ms, "official_ms": official_ms,
+                            "ratio": ratio, "note": note})
+    print(f"{name:<44} ours {ours_ms:8.3f} ms   official {official_ms if official_ms else float('nan'):8.3f} ms"
+          f"   ratio {ratio:6.2f}  {note}", flush=True)
+
+
+def part(name, fn):
+    t0 = time.time()
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001
+        RESULTS["errors"][name] = f"{type(exc).__name__}: {exc}"
+        print(f"[{name}] FAILED: {exc}", flush=True)
+        traceback.print_exc()
+    print(f"[{name}] {time.time() - t0:.0f} s", flush=True)
+
+
+def backend():
+    from mamba_core.registry import get_backend
+
+    return get_backend("torch_triton")
+
+
+def mamba1():
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+    be = backend()
+    dev, bf = "cuda", torch.bfloat16
+    g = torch.Generator(device=dev).manual_seed(0)
+    u = torch.randn(B, L, E, device=dev, dtype=bf, generator=g)
+    delta = (torch.rand(B, L, E, device=dev, generator=g) * 2 - 4).to(bf)
+    A = -torch.exp(torch.randn(E, N1, device=dev, generator=g) * 0.5)
+    Bm = torch.randn(B, L, 1, N1, device=dev, dtype=bf, generator=g)
+    Cm = torch.randn(B, L, 1, N1, device=dev, dtype=bf, generator=g)
+    D = torch.ones(E, device=dev)
+    z = torch.randn(B, L, E, device=dev, dtype=bf, generator=g)
+    db = torch.rand(E, device=dev, generator=g) - 4
+    dy = torch.randn(B, L, E, device=dev, dtype=bf, generator=g)
+    args = (u, delta, A, Bm, Cm, D, z, db, True)
+    ours_f = bench(lambda: be.ops.selective_scan(*args))
+    ours_fb = bench(lambda: (be.ops.selective_scan(*args), be.ops.selective_scan_vjp((dy, None), *args)))
+    # official: channels-first layout, timed in its own layout
+    ut, dt_, zt = (t.transpose(1, 2).contiguous() for t in (u, delta, z))
+    Bt, Ct = (t[:, :, 0].transpose(1, 2).contiguous() for t in (Bm, Cm))
+    dyt = dy.transpose(1, 2).contiguous()
+    off_f = bench(lambda: selective_scan_fn(ut, dt_, A, Bt, Ct, D, zt, db, True))
+    leaves = [t.detach().requires_grad_() for t in (ut, dt_, A, Bt, Ct, D, zt, db)]
+
+    def off_fb():
+        y = selective_scan_fn(*leaves, True)
+        y.backward(dyt)
+
+    off_fbt = bench(off_fb)
+    row("Mamba-1 selective scan fwd", ours_f, off_f)
+    row("Mamba-1 selective scan fwd+bwd", ours_fb, off_fbt)
+
+
+def mamba2():
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+    be = backend()
+    dev, bf = "cuda", torch.bfloat16
+    g = torch.Generator(device=dev).manual_seed(1)
+    x = torch.randn(B, L, H, P, device=dev, dtype=bf, generator=g)
+    dt = (torch.rand(B, L, H, device=dev, generator=g) * 2 - 4).to(bf)
+    A = -torch.rand(H, device=dev, generator=g) * 15 - 1
+    Bm = torch.randn(B, L, 1, N, device=dev, dtype=bf, generator=g)
+    Cm = torch.randn(B, L, 1, N, device=dev, dtype=bf, generator=g)
+    D = torch.ones(H, device=dev)
+    db = torch.rand(H, device=dev, generator=g) - 3
+    dy = torch.randn(B, L, H, P, device=dev, dtype=bf, generator=g)
+    for Q in (64,):  # chunk 256 needs 262 KB of shared memory in our forward: known limit
+        args = (x, dt, A, Bm, Cm, Q, D, None, db, True)
+        ours_f = bench(lambda: be.ops.ssd_scan(*args))
+        ours_fb = bench(lambda: (be.ops.ssd_scan(*args), be.ops.ssd_scan_vjp((dy, None), *args)))
+        off_f = bench(lambda: mamba_chunk_scan_combined(x, dt, A, Bm, Cm, Q, D=D, dt_bias=db, dt_softplus=True))
+        leaves = [t.detach().requires_grad_() for t in (x, dt, A, Bm, Cm, D, db)]
+
+        def off_fb():
+            xx, dd, AA, BB, CC, DD, bb = leaves
+            y = mamba_chunk_scan_combined(xx, dd, AA, BB, CC, Q, D=DD, dt_bias=bb, dt_softplus=True)
+            y.backward(dy)
+
+        row(f"Mamba-2 SSD fwd (chunk {Q})", ours_f, off_f)
+        row(f"Mamba-2 SSD fwd+bwd (chunk {Q})", ours_fb, bench(off_fb))
+
+
+def mamba3():
+    import math
+
+    from mamba_ssm.ops.triton.mamba3.mamba3_siso_combined import mamba3_siso_combined
+
+    be = backend()
+    dev, bf = "cuda", torch.bfloat16
+    g = torch.Generator(device=dev).manual_seed(2)
+    S = N // 4
+    q = torch.randn(B, L, 1, N, device=dev, dtype=bf, generator=g)
+    k = torch.randn(B, L, 1, N, device=dev, dtype=bf, generator=g)
+    v = torch.randn(B, L, H, P, device=dev, dtype=bf, generator=g)
+    dtv = torch.nn.functional.softplus(torch.rand(B, L, H, device=dev, generator=g) * 2 - 4)
+    Av = -(torch.rand(B, L, H, device=dev, generator=g) + 0.5)
+    trap = torch.rand(B, L, H, device=dev, generator=g)
+    qb = torch.ones(H, N, device=dev)
+    kb = torch.ones(H, N, device=dev)
+    ang = torch.randn(B, L, S, device=dev, generator=g)
+    D = torch.ones(H, device=dev)
+    z = torch.randn(B, L, H, P, device=dev, dtype=bf, generator=g)
+    dy = torch.randn(B, L, 1, H, P, device=dev, dtype=bf, generator=g)
+    # ours: the same work as the official entry point = angles, bias, rope on B and C, scan, gate
+    def ours_full():
+        phi, _ = be.ops.mamba3_angles(ang, dtv)
+        Bh = be.ops.apply_rope((k + kb.to(bf)).unsqueeze(2), phi.unsqueeze(2))
+        Ch = be.ops.apply_rope((q + qb.to(bf)).unsqueeze(2), phi.unsqueeze(2))
+        y = be.ops.mamba3_scan(v, dtv, Av, trap, Bh, Ch, D, None, 64)[0]
+        return y[:, :, 0] * torch.nn.functional.silu(z)
+
+    phi, _ = be.ops.mamba3_angles(ang, dtv)
+    Bh = be.ops.apply_rope((k + kb.to(bf)).unsqueeze(2), phi.unsqueeze(2)).contiguous()
+    Ch = be.ops.apply_rope((q + qb.to(bf)).unsqueeze(2), phi.unsqueeze(2)).contiguous()
+    scan_args = (v, dtv, Av, trap, Bh, Ch, D, None, 64)
+    ours_scan = bench(lambda: be.ops.mamba3_scan(*scan_args))
+    ours_scan_fb = bench(lambda: (be.ops.mamba3_scan(*scan_args), be.ops.mamba3_scan_vjp((dy, None, None, None), *scan_args)))
+    ours_f = bench(ours_full)
+    # official layouts: ADT, DT, Trap as (B, H, L); angles per head (B, L, H, S) raw
+    ADT = (Av * dtv).transpose(1, 2).contiguous()
+    DT = dtv.transpose(1, 2).contiguous()
+    TR = torch.logit(trap.clamp(1e-4, 1 - 1e-4)).transpose(1, 2).contiguous()  # the kernel applies sigmoid
+    angh = (torch.tanh(ang) * math.pi).unsqueeze(2).expand(B, L, H, S).contiguous()
+    off_args = (q[:, :, 0:1].squeeze(2).unsqueeze(2), k[:, :, 0:1].squeeze(2).unsqueeze(2), v, ADT, DT, TR, qb, kb, angh)
+    off_f = bench(lambda: mamba3_siso_combined(*off_args, D=D, Z=z, chunk_size=64))
+    leaves = [t.detach().requires_grad_() if t.is_floating_point() else t for t in off_args]
+
+    def off_fb():
+        y = mamba3_siso_combined(*leaves, D=D, Z=z, chunk_size=64)
+        y.backward(dy[:, :, 0])
+
+    off_fbt = bench(off_fb)
+    row("Mamba-3 SISO fwd (angles+rope+scan+gate)", ours_f, off_f, "ours: separate ops")
+    row("Mamba-3 SISO scan only fwd", ours_scan, off_f, "official includes rope+gate")
+    row("Mamba-3 SISO scan only fwd+bwd", ours_scan_fb, off_fbt, "official includes rope+gate")
+
+
+def decode():
+    from mamba_core.models import lm
+    from mamba_core.models.config import LMConfig
+    import numpy as np
+
+    from mamba_backend_torch_triton.graphs import CudaGraphDecoder
+
+    be = backend()
+    cfg = LMConfig(d_model=1024, n_layer=48, vocab_size=50280,
+                   ssm_cfg={"layer": "Mamba2", "d_state": 128, "headdim": 64})
+    params = lm.to_backend(be, lm.init_params(cfg, np.random.default_rng(0)), "bfloat16")
+    off_model = None
+    try:
+        from mamba_ssm.models.config_mamba import MambaConfig
+        from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
+
+        off_model = MambaLMHeadModel(MambaConfig(d_model=1024, n_layer=48, vocab_size=50280,
+                                                 ssm_cfg={"layer": "Mamba2"}),
+                                     device="cuda", dtype=torch.bfloat16).eval()
+    except Exception as exc:  # noqa: BLE001
+        RESULTS["errors"]["official_model"] = f"{type(exc).__name__}: {exc}"
+        print("official model unavailable:", exc, flush=True)
+    for batch in (1, 16):
+        dec = CudaGraphDecoder(be, params, cfg, "bfloat16")
+        ids = torch.zeros(batch, dtype=torch.long, device="cuda")
+        for _ in range(3):
+            dec.step(ids)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        n = 100
+        for _ in range(n):
+            dec.step(ids)
+        torch.cuda.synchronize()
+        ours_ms = (time.perf_counter() - t0) / n * 1e3
+        off_ms = None
+        if off_model is not None:
+            try:
+                prompt = torch.zeros(batch, 1, dtype=torch.long, device="cuda")
+                with torch.no_grad():
+                    off_model.generate(prompt, max_length=1 + 16, cg=True, top_k=1)  # capture + warm up
+                    torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    off_model.generate(prompt, max_length=1 + n, cg=True, top_k=1)
+                    torch.cuda.synchronize()
+                off_ms = (time.perf_counter() - t0) / n * 1e3
+            except Exception as exc:  # noqa: BLE001
+                RESULTS["errors"][f"official_decode_b{batch}"] = f"{type(exc).__name__}: {exc}"
+                print("official decode failed:", exc, flush=True)
+        row(f"Mamba-2 370M decode batch {batch} (ms/token)", ours_ms, off_ms,
+            f"ours {batch * 1e3 / ours_ms:.0f} tok/s" + (f", official {batch * 1e3 / off_ms:.0f} tok/s" if off_ms else ""))
+
+
+def main(out_dir):
+    os.makedirs(out_dir, exist_ok=True)
+    RESULTS["device"] = torch.cuda.get_device_name()
+    RESULTS["versions"] = {"torch": torch.__version__, "triton": triton.__version__}
+    only = os.environ.get("YARDSTICK_PARTS", "mamba1,mamba2,mamba3,decode").split(",")
+    for name in only:
+        part(name, globals()[name])
+        with open(os.path.join(out_dir, "yardstick.json"), "w") as f:  # after every part
+            json.dump(RESULTS, f, indent=1)
+    print("\n" + "\n".join(f"{r['name']:<44} {r['ratio']:6.2f}" for r in RESULTS["rows"]))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "out")
