@@ -12,7 +12,7 @@ PKGS    = -e . -e backends/cpu_numpy -e backends/cuda_cupy -e conformance
 TORCH   = torch==2.13.0
 # What the tests use beyond the packages: transformers (real HF checkpoints), tokenizers
 # (tokenizer.json), triton (torch_triton kernels under TRITON_INTERPRET=1), array-api-compat.
-TEST_EXTRAS = "pytest>=8" "array-api-compat>=1.6" "transformers>=4.46" "tokenizers>=0.15" "triton>=3.0"
+TEST_EXTRAS = "pytest>=8" "array-api-compat>=1.6" "transformers>=4.46" "tokenizers>=0.15" "triton>=3.0" "matplotlib>=3.7"
 
 .PHONY: demo test test-core test-example test-torch install clean
 
@@ -40,6 +40,8 @@ test: test-core test-example test-torch
 test-core: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
 	$(BIN)/mamba-conformance cpu_numpy --json out/cpu_numpy.certificate.json --quiet
+	$(BIN)/mamba-conformance cpu_numpy_invariant --json out/cpu_numpy_invariant.certificate.json --quiet
+	$(BIN)/mamba-core bench --quick --backends cpu_numpy --out out/bench --no-progress
 
 test-example: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q examples/backend_numba
@@ -47,7 +49,7 @@ test-example: $(TEST_STAMP)
 
 test-torch: $(TEST_STAMP)
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q backends/torch_triton/tests
-	TRITON_INTERPRET=1 $(BIN)/mamba-conformance torch_triton --json out/torch_triton.certificate.json --quiet
+	TRITON_INTERPRET=1 $(BIN)/mamba-conformance torch_triton --dtype float32 --json out/torch_triton.certificate.json --quiet
 
 clean:
 	rm -rf $(VENV) out

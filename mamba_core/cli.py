@@ -7,6 +7,7 @@
     mamba-core train ...                train a Mamba-1/2/3 byte-level LM (see mamba-core train -h)
     mamba-core generate --model PATH --prompt TEXT   sample from a checkpoint folder
     mamba-core convert SRC DST --to hf|mamba_ssm     convert a checkpoint between layouts
+    mamba-core bench [--quick] [--backends a,b]      compare backends against their physical floors
     mamba-core new-backend NAME         scaffold a separately packaged backend
     mamba-core ops [--markdown]         the ops a backend may implement, with signatures
 """
@@ -146,7 +147,8 @@ def _cmd_ops(args) -> int:
 
 
 #: modules that each register one subcommand through ``add_parser(subparsers)``
-SUBCOMMAND_MODULES = ("mamba_core.training.cli", "mamba_core.generation_cli", "mamba_core.checkpoint.cli")
+SUBCOMMAND_MODULES = ("mamba_core.training.cli", "mamba_core.generation_cli", "mamba_core.checkpoint.cli",
+                      "mamba_core.bench.cli")
 
 
 def _unavailable(exc) -> int:
