@@ -50,6 +50,8 @@ test-example: $(TEST_STAMP)
 test-torch: $(TEST_STAMP)
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q backends/torch_triton/tests
 	TRITON_INTERPRET=1 $(BIN)/mamba-conformance torch_triton --dtype float32 --json out/torch_triton.certificate.json --quiet
+	TRITON_INTERPRET=1 $(BIN)/mamba-core bench --quick --backends torch_triton --level ops --families mamba2 \
+	    --no-external --out out/bench --no-progress
 
 clean:
 	rm -rf $(VENV) out
