@@ -178,3 +178,29 @@ def _validated(validate: Callable[..., None], kernel: Callable[..., Any]) -> Cal
 
     call.__wrapped__ = kernel  # type: ignore[attr-defined]
     return call
+
+
+def collect_kernels(package, backend_name: str, import_errors: dict | None = None) -> dict:
+    """Merge the ``KERNELS`` tables of every public module of ``package`` (a kernels/ package).
+
+    A module whose import fails with ImportError (its GPU library is missing) contributes
+    nothing and is recorded in ``import_errors``; two modules claiming one op is an error.
+    """
+    import importlib
+    import pkgutil
+
+    table: dict = {}
+    for m in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        if m.name.startswith("_"):
+            continue
+        try:
+            mod = importlib.import_module(f"{package.__name__}.{m.name}")
+        except ImportError as exc:
+            if import_errors is not None:
+                import_errors[m.name] = f"{type(exc).__name__}: {exc}"
+            continue
+        for name, fn in getattr(mod, "KERNELS", {}).items():
+            if name in table:
+                raise RuntimeError(f"{backend_name}: op {name!r} has kernels in two modules")
+            table[name] = fn
+    return table

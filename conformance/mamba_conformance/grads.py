@@ -15,7 +15,6 @@ A check may also pass its own ``grad`` function; it wins over these rules.
 
 from __future__ import annotations
 
-import sys
 import zlib
 
 import numpy as np
@@ -88,10 +87,9 @@ def op_grad(op: str, forward):
 
 def mixer_grad(be, inputs) -> dict:
     """Gradients of a mixer check: every parameter, the input u, and the initial cache."""
-    cfg = inputs["cfg"]
-    mod = sys.modules[type(cfg).__module__]
-    params = unpack(inputs, "param:")
-    cache = unpack(inputs, "cache:") or None
+    from mamba_conformance.mixers import split_inputs
+
+    cfg, mod, params, cache = split_inputs(inputs)
     y, new_cache, saved = mod.forward_train(be, params, cfg, inputs["u"], cache)
     dy = cotangent(be, "y", y)
     dcache = {k: cotangent(be, f"cache.{k}", v) for k, v in new_cache.items()}

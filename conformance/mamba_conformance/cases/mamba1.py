@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mamba_conformance.mixers import mixer_forward, mixer_step
 from mamba_conformance.check import Case, Check
 from mamba_core.models import mamba1
 
@@ -140,30 +141,6 @@ def _mixer_inputs(case: Case, rng: np.random.Generator) -> dict:
     return inputs
 
 
-def _unpack(inputs):
-    params = {k[6:]: v for k, v in inputs.items() if k.startswith("param:")}
-    cache = {k[6:]: v for k, v in inputs.items() if k.startswith("cache:")} or None
-    return inputs["cfg"], params, cache
-
-
-def _mixer_forward(be, inputs) -> dict:
-    cfg, params, cache = _unpack(inputs)
-    y, cache = mamba1.forward(be, params, cfg, inputs["u"], cache)
-    return {"y": y, **cache}
-
-
-def _mixer_step(be, inputs) -> dict:
-    cfg, params, cache = _unpack(inputs)
-    u = inputs["u"]
-    if cache is None:
-        cache = mamba1.init_cache(be, cfg, u.shape[0], str(u.dtype).replace("torch.", ""))
-    ys = []
-    for t in range(u.shape[1]):
-        y, cache = mamba1.step(be, params, cfg, u[:, t], cache)
-        ys.append(y)
-    return {"y": be.xp.stack(ys, axis=1), **cache}
-
-
 CHECKS = [
     Check(
         name="op:selective_scan",
@@ -180,8 +157,8 @@ CHECKS = [
         kind="model",
         cases=_MIXER_CASES,
         make_inputs=_mixer_inputs,
-        forward=_mixer_forward,
-        step=_mixer_step,
+        forward=mixer_forward,
+        step=mixer_step,
         ops=("linear", "causal_conv1d", "causal_conv1d_step", "selective_scan", "selective_scan_step"),
         doc="Mamba-1 mixer: output and final cache (conv_state, ssm_state), from zeros or a cache",
     ),

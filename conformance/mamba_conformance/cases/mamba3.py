@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mamba_conformance.mixers import mixer_forward, mixer_step
 from mamba_conformance.check import Case, Check
 from mamba_core.models import mamba3
 
@@ -79,30 +80,6 @@ def _inputs_for(case: Case, rng: np.random.Generator) -> dict:
     return inputs
 
 
-def _unpack(inputs):
-    params = {k[6:]: v for k, v in inputs.items() if k.startswith("param:")}
-    cache = {k[6:]: v for k, v in inputs.items() if k.startswith("cache:")} or None
-    return inputs["cfg"], params, cache
-
-
-def _mixer_forward(be, inputs) -> dict:
-    cfg, params, cache = _unpack(inputs)
-    y, cache = mamba3.forward(be, params, cfg, inputs["u"], cache)
-    return {"y": y, **cache}
-
-
-def _mixer_step(be, inputs) -> dict:
-    cfg, params, cache = _unpack(inputs)
-    u = inputs["u"]
-    if cache is None:
-        cache = mamba3.init_cache(be, cfg, u.shape[0], str(u.dtype).replace("torch.", ""))
-    ys = []
-    for t in range(u.shape[1]):
-        y, cache = mamba3.step(be, params, cfg, u[:, t], cache)
-        ys.append(y)
-    return {"y": be.xp.stack(ys, axis=1), **cache}
-
-
 _OPS = ("linear", "rmsnorm", "silu", "softplus", "sigmoid", "mamba3_angles", "apply_rope",
         "mamba3_scan", "mamba3_step")
 
@@ -112,8 +89,8 @@ CHECKS = [
         kind="model",
         cases=_SISO_CASES,
         make_inputs=_inputs_for,
-        forward=_mixer_forward,
-        step=_mixer_step,
+        forward=mixer_forward,
+        step=mixer_step,
         ops=_OPS,
         doc="Mamba-3 SISO mixer: output and final cache (angle_state, ssm_state, k_state, v_state), "
             "from zeros or a cache",
@@ -123,8 +100,8 @@ CHECKS = [
         kind="model",
         cases=_MIMO_CASES,
         make_inputs=_inputs_for,
-        forward=_mixer_forward,
-        step=_mixer_step,
+        forward=mixer_forward,
+        step=mixer_step,
         ops=_OPS,
         doc="Mamba-3 MIMO mixer (R = 2, 3; halves rotation; per-rank gate and mimo_o mix): output "
             "and final cache, from zeros or a cache",

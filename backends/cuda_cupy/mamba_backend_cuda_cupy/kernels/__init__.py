@@ -11,26 +11,15 @@ run the default composition: a switch to certify the rest if one kernel misbehav
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
+import sys
+
+from mamba_core.backend import collect_kernels
 
 IMPORT_ERRORS: dict[str, str] = {}
 
 
 def collect() -> dict:
-    table: dict = {}
-    for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if m.name.startswith("_"):
-            continue
-        try:
-            mod = importlib.import_module(f"{__name__}.{m.name}")
-        except ImportError as exc:  # cupy missing: fall back to default compositions
-            IMPORT_ERRORS[m.name] = f"{type(exc).__name__}: {exc}"
-            continue
-        for name, fn in getattr(mod, "KERNELS", {}).items():
-            if name in table:
-                raise RuntimeError(f"cuda_cupy: op {name!r} has kernels in two modules")
-            table[name] = fn
+    table = collect_kernels(sys.modules[__name__], "cuda_cupy", IMPORT_ERRORS)
     from mamba_backend_cuda_cupy._compile import disabled_ops
 
     for name in disabled_ops():

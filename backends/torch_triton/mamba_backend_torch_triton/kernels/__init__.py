@@ -8,24 +8,13 @@ backend running the default compositions for those ops.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
+import sys
+
+from mamba_core.backend import collect_kernels
 
 IMPORT_ERRORS: dict[str, str] = {}
 
 
 def collect() -> dict:
-    table: dict = {}
-    for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if m.name.startswith("_"):
-            continue
-        try:
-            mod = importlib.import_module(f"{__name__}.{m.name}")
-        except ImportError as exc:  # triton missing: fall back to default compositions
-            IMPORT_ERRORS[m.name] = f"{type(exc).__name__}: {exc}"
-            continue
-        for name, fn in getattr(mod, "KERNELS", {}).items():
-            if name in table:
-                raise RuntimeError(f"torch_triton: op {name!r} has kernels in two modules")
-            table[name] = fn
+    table = collect_kernels(sys.modules[__name__], "torch_triton", IMPORT_ERRORS)
     return table
