@@ -35,7 +35,8 @@ import numbers
 import numpy as np
 
 from mamba_core.models import init
-from mamba_core.models.mixer import known_fields, require
+from mamba_core.models.mixer import known_fields, require, zero_cache
+from mamba_core.ops._dtypes import wide as _wide
 
 LAYER = "Mamba1"
 
@@ -170,19 +171,12 @@ def cache_shapes(cfg: Config, batch: int) -> dict:
     }
 
 
-def _state_dtype_name(dtype: str) -> str:
-    return "float64" if dtype == "float64" else "float32"
-
-
 def init_cache(be, cfg: Config, batch: int, dtype: str = "float32") -> dict:
     """Zero states (float32, or float64 when dtype is float64) as backend arrays."""
-    np_dtype = np.dtype(_state_dtype_name(str(dtype).replace("torch.", "")))
-    return {k: be.asarray(np.zeros(s, np_dtype)) for k, s in cache_shapes(cfg, batch).items()}
+    return zero_cache(be, cache_shapes(cfg, batch), dtype)
 
 
 # ---- forward and step ---------------------------------------------------------------------
-def _wide(xp, dtype):
-    return xp.float64 if dtype == xp.float64 else xp.float32
 
 
 def _pieces(be, params, cfg):

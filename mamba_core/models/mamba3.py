@@ -53,7 +53,8 @@ import numbers
 import numpy as np
 
 from mamba_core.models import init
-from mamba_core.models.mixer import known_fields, require
+from mamba_core.models.mixer import known_fields, require, zero_cache
+from mamba_core.ops._dtypes import wide as _wide
 
 LAYER = "Mamba3"
 
@@ -237,26 +238,17 @@ def cache_shapes(cfg: Config, batch: int) -> dict:
     }
 
 
-def _state_dtype_name(dtype: str) -> str:
-    return "float64" if dtype == "float64" else "float32"
-
-
 def init_cache(be, cfg: Config, batch: int, dtype: str = "float32") -> dict:
     """Zeros as backend arrays: angle and SSM states in float32 (float64 for float64), the K and
     V states (last Bhat, last x) in ``dtype``, as the official module keeps them."""
     dtype = str(dtype).replace("torch.", "")
-    out = {}
-    for k, s in cache_shapes(cfg, batch).items():
-        name = _state_dtype_name(dtype) if k in ("angle_state", "ssm_state") else dtype
-        out[k] = be.asarray(np.zeros(s, np.float32), name)
-    return out
+    shapes = cache_shapes(cfg, batch)
+    out = zero_cache(be, {k: shapes[k] for k in ("angle_state", "ssm_state")}, dtype)
+    out.update({k: be.asarray(np.zeros(shapes[k], np.float32), dtype) for k in ("k_state", "v_state")})
+    return {k: out[k] for k in shapes}
 
 
 # ---- shared pieces ------------------------------------------------------------------------
-def _wide(xp, dtype):
-    return xp.float64 if dtype == xp.float64 else xp.float32
-
-
 def heavy_tail(xp, v):
     """1 + v for v >= 0, 1 / (1 - v) for v < 0, written without overflow:
     max(v, 0) + 1 / (1 - min(v, 0)). Positive, continuous, slope 1 at 0."""

@@ -64,3 +64,12 @@ def known_fields(cls, kwargs: dict, where: str) -> dict:
             f"{where}: unknown field(s) {unknown}; known fields are {sorted(names - {'d_model'})}"
         )
     return kwargs
+
+
+def zero_cache(be, shapes: dict, dtype: str = "float32") -> dict:
+    """Zero states as backend arrays: float64 for float64 models, else float32 (never narrower)."""
+    import numpy as np
+
+    name = str(dtype).replace("torch.", "")
+    np_dtype = np.float64 if name == "float64" else np.float32
+    return {k: be.asarray(np.zeros(s, np_dtype)) for k, s in shapes.items()}

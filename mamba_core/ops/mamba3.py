@@ -74,6 +74,7 @@ import numpy as np
 from mamba_core.errors import ShapeError
 from mamba_core.ops._checks import Dims, check_floating
 from mamba_core.ops.spec import OpSpec, register
+from mamba_core.ops._dtypes import wide as _wide
 
 #: 2 pi split in two: a float32-exact high part and the small remainder (Cody-Waite reduction).
 TWO_PI = 2.0 * math.pi
@@ -278,9 +279,6 @@ def mamba3_angles_vjp_ref(cotangent, angles, dt, initial_angle=None):
 
 
 # ---- default compositions -----------------------------------------------------------------
-def _wide(xp, *dtypes):
-    """float64 when any argument is float64; everything narrower computes in float32."""
-    return xp.float64 if any(d == xp.float64 for d in dtypes) else xp.float32
 
 
 def _up(xp, x, mimo_x, wide):

@@ -29,6 +29,7 @@ from mamba_core.errors import ShapeError
 from mamba_core.ops._checks import Dims, check_divides
 from mamba_core.ops.activations import silu, silu_grad, silu_grad_ref, silu_ref
 from mamba_core.ops.spec import OpSpec, register
+from mamba_core.ops._dtypes import wide as _wide
 
 
 # ---- references ---------------------------------------------------------------------------
@@ -94,9 +95,6 @@ def add_rmsnorm(xp, x, residual, weight, eps=1e-5, residual_in_fp32=True):
     return xp.astype(y, x.dtype), res
 
 
-def _wide(xp, dtype):
-    """float64 stays float64; everything narrower computes in float32."""
-    return xp.float64 if dtype == xp.float64 else xp.float32
 
 
 # ---- VJP references ----------------------------------------------------------------------

@@ -52,6 +52,7 @@ from mamba_core.ops.activations import (
     softplus_ref,
 )
 from mamba_core.ops.spec import OpSpec, register
+from mamba_core.ops._dtypes import wide as _wide
 
 #: tokens per chunk of the default composition (memory ~ B * CHUNK * E * N per temporary)
 CHUNK = 16
@@ -103,9 +104,6 @@ def selective_scan_step_ref(u, delta, A, B, C, state, D=None, z=None, delta_bias
 
 
 # ---- default compositions -----------------------------------------------------------------
-def _wide(xp, dtype):
-    """float64 stays float64; everything narrower computes in float32."""
-    return xp.float64 if dtype == xp.float64 else xp.float32
 
 
 def _dt(xp, delta, delta_bias, delta_softplus, wide):

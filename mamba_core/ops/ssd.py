@@ -54,6 +54,7 @@ from mamba_core.ops.activations import (
     SOFTPLUS_THRESHOLD, sigmoid, sigmoid_ref, silu, silu_ref, softplus, softplus_ref,
 )
 from mamba_core.ops.spec import OpSpec, register
+from mamba_core.ops._dtypes import wide as _wide
 
 NO_LIMIT = (0.0, float("inf"))
 
@@ -242,9 +243,6 @@ def ssd_scan_vjp_ref(cotangent, x, dt, A, B, C, chunk_size=256, D=None, z=None, 
 
 
 # ---- default compositions -----------------------------------------------------------------
-def _wide(xp, dtype):
-    """float64 stays float64; everything narrower computes in float32."""
-    return xp.float64 if dtype == xp.float64 else xp.float32
 
 
 def _dt(xp, dt, dt_bias, dt_softplus, dt_limit, wide):
