@@ -3,20 +3,14 @@ central finite differences of forward (float64, reference and cpu_numpy backends
 parameter, the input u and the initial cache, with and without gradients of the final cache;
 cpu_numpy float32 backward against the reference float64 backward."""
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mamba_core.models import mamba1
 from mamba_core.registry import get_backend
+from _support import TOLERANCES, rel
 
-try:
-    from mamba_conformance.check import TOLERANCES
-except ImportError:  # conformance not installed: the table lives in this checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "conformance"))
-    from mamba_conformance.check import TOLERANCES
 
 CPU = get_backend("cpu_numpy")
 REF = get_backend("reference")
@@ -41,11 +35,6 @@ CASES = [
 FD_EPS = 1e-6
 FD_TOL = 1e-5
 N_PROBES = 6  # finite differences on this many random elements of each tensor
-
-
-def rel(got, want):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return np.abs(got - want).max() / max(np.abs(want).max(), 1e-300)
 
 
 def perturbed(cfg, seed=0):

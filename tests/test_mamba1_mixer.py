@@ -2,8 +2,6 @@
 forward vs step, forward continued from a cache, configuration errors."""
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,12 +9,8 @@ import pytest
 from mamba_core.errors import ConfigError
 from mamba_core.models import mamba1, mixer_module
 from mamba_core.registry import get_backend
+from _support import TOLERANCES, rel
 
-try:
-    from mamba_conformance.check import TOLERANCES
-except ImportError:  # conformance not installed: the table lives in this checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "conformance"))
-    from mamba_conformance.check import TOLERANCES
 
 CPU = get_backend("cpu_numpy")
 REF = get_backend("reference")
@@ -26,11 +20,6 @@ CONFIGS = {
     "bias,K=3,R=3,expand=1.5": dict(d_model=12, d_state=3, d_conv=3, expand=1.5, dt_rank=3,
                                      bias=True, conv_bias=False),
 }
-
-
-def rel(got, want):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return np.abs(got - want).max() / max(np.abs(want).max(), 1e-300)
 
 
 def perturbed(cfg, seed=0):

@@ -7,20 +7,14 @@ Then cpu_numpy's float32 backward against the reference's float64 one.
 """
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mamba_core.models import mamba2
 from mamba_core.registry import get_backend
+from _support import TOLERANCES, rel
 
-try:
-    from mamba_conformance.check import TOLERANCES
-except ImportError:  # conformance not installed: the table lives in this checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "conformance"))
-    from mamba_conformance.check import TOLERANCES
 
 CPU = get_backend("cpu_numpy")
 REF = get_backend("reference")
@@ -47,11 +41,6 @@ CASES = {
     "L=1,cache,dcache": (1, True, True),
     "L=5,no cache,dcache": (5, False, True),
 }
-
-
-def rel(got, want):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return np.abs(got - want).max() / max(np.abs(want).max(), 1e-300)
 
 
 def perturbed(cfg, seed=0):

@@ -2,8 +2,6 @@
 forward vs step, forward continued from a cache, configuration errors."""
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,12 +9,8 @@ import pytest
 from mamba_core.errors import ConfigError
 from mamba_core.models import mamba2, mixer_module
 from mamba_core.registry import get_backend
+from _support import TOLERANCES, rel
 
-try:
-    from mamba_conformance.check import TOLERANCES
-except ImportError:  # conformance not installed: the table lives in this checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "conformance"))
-    from mamba_conformance.check import TOLERANCES
 
 CPU = get_backend("cpu_numpy")
 REF = get_backend("reference")
@@ -28,11 +22,6 @@ CONFIGS = {
     "no rmsnorm,bias,K=3,no conv bias": dict(SMALL, d_conv=3, rmsnorm=False, bias=True, conv_bias=False),
     "d_ssm<d_inner,dt_limit,G=2": dict(SMALL, d_model=6, d_ssm=8, ngroups=2, dt_limit=(0.02, 0.5)),
 }
-
-
-def rel(got, want):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return np.abs(got - want).max() / max(np.abs(want).max(), 1e-300)
 
 
 def perturbed(cfg, seed=0):

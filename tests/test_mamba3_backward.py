@@ -8,8 +8,6 @@ with the angle state entering as cos/sin of it (its stored value jumps at the mo
 outputs, which use only cos/sin of the angle, do not).
 """
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,11 +15,7 @@ import pytest
 from mamba_core.models import mamba3
 from mamba_core.registry import get_backend
 
-try:
-    from mamba_conformance.check import TOLERANCES
-except ImportError:  # conformance not installed: the table lives in this checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "conformance"))
-    from mamba_conformance.check import TOLERANCES
+from _support import TOLERANCES, rel
 
 CPU = get_backend("cpu_numpy")
 REF = get_backend("reference")
@@ -44,11 +38,6 @@ CASES = {
 }
 EPS = 1e-6
 N_IDX = 6  # finite differences on this many random elements per tensor
-
-
-def rel(got, want):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return np.abs(got - want).max() / max(np.abs(want).max(), 1e-300)
 
 
 def perturbed(cfg, seed=0):

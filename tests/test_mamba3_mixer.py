@@ -3,8 +3,6 @@ from-the-notes float64 loop, forward vs step, forward continued from a cache, co
 errors."""
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,11 +11,7 @@ from mamba_core.errors import ConfigError
 from mamba_core.models import mamba3, mixer_module
 from mamba_core.registry import get_backend
 
-try:
-    from mamba_conformance.check import TOLERANCES
-except ImportError:  # conformance not installed: the table lives in this checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "conformance"))
-    from mamba_conformance.check import TOLERANCES
+from _support import TOLERANCES, rel
 
 CPU = get_backend("cpu_numpy")
 REF = get_backend("reference")
@@ -32,11 +26,6 @@ CONFIGS = {
                                       is_outproj_norm=True, chunk_size=4),
     "mimo,R=3,G=2": dict(_SMALL, is_mimo=True, mimo_rank=3, ngroups=2, chunk_size=3),
 }
-
-
-def rel(got, want):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return np.abs(got - want).max() / max(np.abs(want).max(), 1e-300)
 
 
 def angle_err(got, want):

@@ -2,8 +2,6 @@
 composition and the step form against the reference; continuing from a final (state, k, v);
 MIMO against SISO; the rotary pairings; the angle recurrence over long sequences; validation."""
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,20 +11,11 @@ from mamba_core.ops import mamba3 as m3
 from mamba_core.ops import rope, ssd
 from mamba_core.registry import get_backend
 
-try:
-    from mamba_conformance.check import TOLERANCES
-except ImportError:  # conformance not installed: the table lives in this checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "conformance"))
-    from mamba_conformance.check import TOLERANCES
+from _support import TOLERANCES, rel
 
 CPU = get_backend("cpu_numpy")
 REF = get_backend("reference")
 TWO_PI = 2.0 * np.pi
-
-
-def rel(got, want):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return np.abs(got - want).max() / max(np.abs(want).max(), 1e-300)
 
 
 def circ(a, b):

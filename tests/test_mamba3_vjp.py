@@ -3,8 +3,6 @@ forward reference for every argument (float64); each default VJP (cpu_numpy) aga
 reference VJP in float64 and float32, including long sequences with strong decay; registration
 and validation of the *_vjp ops."""
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,22 +13,13 @@ from mamba_core.ops import mamba3 as m3
 from mamba_core.ops import rope
 from mamba_core.registry import get_backend
 
-try:
-    from mamba_conformance.check import TOLERANCES
-except ImportError:  # conformance not installed: the table lives in this checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "conformance"))
-    from mamba_conformance.check import TOLERANCES
+from _support import TOLERANCES, rel
 
 CPU = get_backend("cpu_numpy")
 TWO_PI = 2.0 * np.pi
 FD_EPS = 1e-6
 FD_TOL = 1e-6
 DEFAULT_TOL = {"float64": 1e-10, "float32": TOLERANCES["float32"]}
-
-
-def rel(got, want):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return np.abs(got - want).max() / max(np.abs(want).max(), 1e-300)
 
 
 def fd_rel(got, fd):

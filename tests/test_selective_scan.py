@@ -1,8 +1,6 @@
 """The selective scan: reference against hand-derived closed forms; the default composition and
 the step form against the reference; validation errors."""
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,19 +9,10 @@ from mamba_core.errors import ShapeError
 from mamba_core.ops import selective_scan as ss
 from mamba_core.registry import get_backend
 
-try:
-    from mamba_conformance.check import TOLERANCES
-except ImportError:  # conformance not installed: the table lives in this checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "conformance"))
-    from mamba_conformance.check import TOLERANCES
+from _support import TOLERANCES, rel
 
 CPU = get_backend("cpu_numpy")
 REF = get_backend("reference")
-
-
-def rel(got, want):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return np.abs(got - want).max() / max(np.abs(want).max(), 1e-300)
 
 
 def sigmoid(x):

@@ -2,9 +2,7 @@
 forward (every argument, float64); the default composition against the reference (float64 and
 float32, strong decay over long sequences, every chunk size); keys, shapes, dtypes, validation."""
 
-import sys
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,11 +12,7 @@ from mamba_core.ops import REGISTRY
 from mamba_core.ops import selective_scan as ss
 from mamba_core.registry import get_backend
 
-try:
-    from mamba_conformance.check import TOLERANCES
-except ImportError:  # conformance not installed: the table lives in this checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "conformance"))
-    from mamba_conformance.check import TOLERANCES
+from _support import TOLERANCES
 
 CPU = get_backend("cpu_numpy")
 REF = get_backend("reference")

@@ -1,8 +1,6 @@
 """The SSD scan (Mamba-2): reference against hand-derived closed forms; the chunked default
 composition and the step form against the reference; packed sequences; validation errors."""
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,20 +9,11 @@ from mamba_core.errors import ShapeError
 from mamba_core.ops import ssd
 from mamba_core.registry import get_backend
 
-try:
-    from mamba_conformance.check import TOLERANCES
-except ImportError:  # conformance not installed: the table lives in this checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "conformance"))
-    from mamba_conformance.check import TOLERANCES
+from _support import TOLERANCES, rel
 
 CPU = get_backend("cpu_numpy")
 REF = get_backend("reference")
 INF = float("inf")
-
-
-def rel(got, want):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return np.abs(got - want).max() / max(np.abs(want).max(), 1e-300)
 
 
 def silu(x):

@@ -1,9 +1,7 @@
 """The gradient of the SSD scan: the reference VJP against central finite differences of
 ssd_scan_ref for every argument; the chunked default VJP against the reference VJP."""
 
-import sys
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,22 +11,13 @@ from mamba_core.ops import REGISTRY, ssd
 from mamba_core.ops.activations import inverse_softplus_ref, softplus_ref
 from mamba_core.registry import get_backend
 
-try:
-    from mamba_conformance.check import TOLERANCES
-except ImportError:  # conformance not installed: the table lives in this checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "conformance"))
-    from mamba_conformance.check import TOLERANCES
+from _support import TOLERANCES, rel
 
 CPU = get_backend("cpu_numpy")
 INF = float("inf")
 FD_EPS = 1e-6
 FD_TOL = 1e-6
 DEFAULT_TOL = {"float64": 1e-10, "float32": TOLERANCES["float32"]}
-
-
-def rel(got, want):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return np.abs(got - want).max() / max(np.abs(want).max(), 1e-300)
 
 
 def make(rng, Bsz, L, H, P, G, N, *, z=True, D="H", bias=True, softplus=True, h0=True, nseq=None):
