@@ -1,33 +1,20 @@
-"""A small sampler for trained byte-level models: prefill with ``lm.forward``, then ``lm.step``.
+"""A sample from a freshly trained byte-level model, through ``mamba_core.generation``.
 
-(A fuller generation module with top-k/top-p/penalties is separate; this one is enough to show
-what a freshly trained model writes.)
+Training holds (backend, params, cfg) rather than a ``MambaLM``; this wraps them and asks the
+one sampler the project has for ``n_new`` bytes (temperature 0 = greedy, no stop tokens).
 """
 
 from __future__ import annotations
 
-import numpy as np
-
-from mamba_core.models import lm
+from mamba_core.generation import generate as _generate
+from mamba_core.models.lm import MambaLM
 
 
 def generate(be, params: dict, cfg, prompt: bytes, n_new: int, temperature: float = 0.8,
              seed: int = 0) -> bytes:
-    """``n_new`` bytes after ``prompt`` (temperature 0 = greedy). Only ids < vocab_size are drawn."""
-    if not prompt:
-        prompt = b"\n"
-    rng = np.random.default_rng(seed)
-    ids = be.asarray(np.frombuffer(prompt, np.uint8).astype(np.int64)[None])
-    logits, cache = lm.forward(be, params, cfg, ids, last_only=True)
-    out = bytearray()
-    for _ in range(n_new):
-        z = be.to_numpy(logits).astype(np.float64)[0, : cfg.vocab_size]
-        if temperature <= 0:
-            nxt = int(np.argmax(z))
-        else:
-            z = z / temperature
-            p = np.exp(z - z.max())
-            nxt = int(rng.choice(z.shape[0], p=p / p.sum()))
-        out.append(nxt)
-        logits, cache = lm.step(be, params, cfg, be.asarray(np.array([nxt], np.int64)), cache)
-    return bytes(out)
+    """``n_new`` bytes after ``prompt``. Only ids < vocab_size are ever drawn."""
+    dtype = str(next(iter(params.values())).dtype).replace("torch.", "")
+    model = MambaLM(cfg, params, be, dtype)
+    ids = _generate(model, [list(prompt or b"\n")], max_new_tokens=n_new,
+                    temperature=temperature, seed=seed, stop_tokens=())[0]
+    return bytes(ids)  # byte-level presets: vocab_size 256, and generation never draws beyond it
