@@ -10,7 +10,11 @@ compute some ops faster than the core's default compositions:
   DLPack/``__array__``);
 - ``dtypes``: the floating dtypes it computes in (``"float32"``, ``"float64"``, ``"bfloat16"``...);
 - ``capabilities``: flags such as CUDA graphs, batch invariance and determinism;
-- ``kernels``: a table ``op name -> callable`` of native implementations.
+- ``kernels``: a table ``op name -> callable`` of native implementations;
+- ``mixer_steps`` (optional): a table ``family -> callable`` of fused one-token decode steps
+  (``"mamba1"``, ``"mamba2"``, ``"mamba3"``), each with the signature of that family's
+  ``mamba_core.models.<family>.step`` and the same results; conformance's mixer and LM step
+  checks run through it. ``MAMBA_NO_FUSED_STEP=1`` turns every one off (for A/B timing).
 
 Every op a backend does not implement falls back to the default composition that
 ``mamba_core.ops`` writes in array-API terms, so a new backend can start with nothing but
@@ -71,6 +75,8 @@ class Backend:
     capabilities: Capabilities = Capabilities()
     #: op name -> callable with the op's public signature (see ``mamba_core.ops``).
     kernels: Mapping[str, Callable[..., Any]] = {}
+    #: mixer family -> fused step(be, params, cfg, u, cache) -> (out, new_cache) (optional).
+    mixer_steps: Mapping[str, Callable[..., Any]] = {}
 
     # ---- availability and arrays -------------------------------------------------------
     def available(self) -> Availability:

@@ -92,10 +92,11 @@ def test_logits_match_transformers(saved, case, backend):
     assert err < TOL
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", ["mamba-untied", "mamba2-groups2"])
-def test_greedy_decode_matches_transformers_generate(saved, case):
+def test_greedy_decode_matches_transformers_generate(saved, case, backend):
     d, hf = saved[case]
-    ours = from_pretrained(d, backend="cpu_numpy")
+    ours = from_pretrained(d, backend=backend, dtype=DTYPE.get(backend, "float32"))
     prompt = IDS[:, :7]
     with torch.no_grad():  # no eos: min_new_tokens would forbid it, eos would stop a row
         want = hf.generate(torch.tensor(prompt), attention_mask=torch.ones(prompt.shape, dtype=torch.long),
@@ -103,10 +104,12 @@ def test_greedy_decode_matches_transformers_generate(saved, case):
     logits, cache = ours.forward(prompt, last_only=True)
     toks = []
     for _ in range(10):
-        t = np.argmax(np.asarray(logits), axis=-1)
+        t = np.argmax(ours.backend.to_numpy(logits), axis=-1)
         toks.append(t)
         logits, cache = ours.step(t, cache)
-    assert np.array_equal(np.stack(toks, 1), want)
+    got = np.stack(toks, 1)
+    print(f"{case} on {backend}: greedy tokens {got.tolist()}")
+    assert np.array_equal(got, want)
 
 
 def test_sharded_transformers_checkpoint(tmp_path):

@@ -53,7 +53,7 @@ import numbers
 import numpy as np
 
 from mamba_core.models import init
-from mamba_core.models.mixer import known_fields, require, zero_cache
+from mamba_core.models.mixer import fused_step, known_fields, require, zero_cache
 from mamba_core.ops._dtypes import wide as _wide
 
 LAYER = "Mamba3"
@@ -417,6 +417,9 @@ def forward_train(be, params: dict, cfg: Config, u, cache: dict | None = None):
 
 def step(be, params: dict, cfg: Config, u, cache: dict):
     """u: (B, D), one token -> (out (B, D), new cache). ``cache`` is not modified."""
+    fused = fused_step(be, "mamba3")
+    if fused is not None:
+        return fused(be, params, cfg, u, cache)
     xp = be.xp
     Bsz = u.shape[0]
     z, x, Bb, Cb, dt, A, trap, angles = _prep(be, params, cfg, u, (Bsz,))

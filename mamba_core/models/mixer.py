@@ -38,7 +38,21 @@ from that cache, in outputs and in the final cache. Conformance checks exactly t
 
 from __future__ import annotations
 
+import os
+
 from mamba_core.errors import ConfigError
+
+
+def fused_step(be, family: str):
+    """The backend's fused one-token step for ``family``, or None (then the op composition runs).
+
+    ``MAMBA_NO_FUSED_STEP=1`` in the environment returns None always, to time or debug against
+    the composition.
+    """
+    fn = getattr(be, "mixer_steps", {}).get(family)
+    if fn is None or os.environ.get("MAMBA_NO_FUSED_STEP", "") not in ("", "0"):
+        return None
+    return fn
 
 
 def scope(params: dict, prefix: str) -> dict:
