@@ -167,7 +167,7 @@ def part_conformance(out_dir):
     (Path(out_dir) / "cuda_cupy.certificate.json").write_text(json.dumps(d, indent=1, default=str))
     _log(cert.summary())
     return {"ok": bool(cert.ok), "counts": cert.counts(), "summary": cert.summary(),
-            "failures": [str(getattr(e, "title", e)) for e in cert.failures()][:200]}
+            "failures": [e.message().splitlines()[0] for e in cert.failures][:200]}
 
 
 # ---- op benchmarks -----------------------------------------------------------------------------

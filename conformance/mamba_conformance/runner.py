@@ -180,8 +180,21 @@ def _fmt_idx(idx) -> str:
     return "(" + ", ".join(str(int(i)) for i in idx) + ")"
 
 
+#: outputs that hold angles reduced mod 2 pi (matched on the name's last dotted part): their error is
+#: the circular distance, since 6.2831 and 0.0001 are the same angle (a reduction on either side
+#: of the cut is not an error).
+PERIODIC = {"angle_state": 2 * np.pi}
+
+
+def _period(name: str):
+    return PERIODIC.get(name.rsplit(".", 1)[-1])
+
+
 def compare(name: str, got: np.ndarray, want: np.ndarray, tol: float, got_dtype: str = "") -> OutputError:
-    """Relative max error of one output and, when it is off, where it first differs."""
+    """Relative max error of one output and, when it is off, where it first differs.
+
+    Outputs named in ``PERIODIC`` (angles) are compared by circular distance.
+    """
     out = OutputError(name=name, shape=list(got.shape), want_shape=list(want.shape), dtype=got_dtype)
     if got.shape != want.shape:
         out.error = float("inf")
@@ -198,6 +211,10 @@ def compare(name: str, got: np.ndarray, want: np.ndarray, tol: float, got_dtype:
     bad_special = ~finite_want & ~same_special
     nonfinite = finite_want & ~np.isfinite(got)
     diff = np.where(finite_want & np.isfinite(got), np.abs(got - want), 0.0)
+    period = _period(name)
+    if period is not None:
+        diff = np.mod(diff, period)
+        diff = np.minimum(diff, period - diff)
     out.error = float(np.max(diff)) / denom
     if nonfinite.any() or bad_special.any():
         mask = nonfinite | bad_special

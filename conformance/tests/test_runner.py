@@ -87,6 +87,16 @@ def _toy_check(fwd):
                  forward=fwd, ops=("silu",))
 
 
+def test_angles_compare_by_circular_distance():
+    want = np.array([6.2831, 1.0, 3.0])
+    got = np.array([0.0001, 1.0, 3.0])  # the same angles: one reduced on the other side of the cut
+    o = compare("cache.1.angle_state", got, want, 1e-3)
+    assert o.error < 1e-4, o.error
+    assert compare("ssm_state", got, want, 1e-3).error > 0.9  # not an angle: plain distance
+    off = compare("angle_state", np.array([0.5, 1.0, 3.0]), want, 1e-3)
+    assert abs(off.error - (0.5 + 2 * np.pi - 6.2831) / 6.2831) < 1e-12
+
+
 def test_backend_exception_is_error_with_text():
     def fwd(be, inputs):
         if be.name != "reference":

@@ -18,6 +18,8 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
+
 CUDA_DIR = Path(__file__).resolve().parent / "cuda"
 NVRTC_OPTIONS = ("-std=c++17",)
 _INCLUDE = re.compile(r'^\s*#include\s+"([A-Za-z0-9_.]+)"\s*$', re.M)
@@ -40,7 +42,10 @@ def source(file: str) -> str:
 
 def ctype(dtype) -> str:
     """The C type of a NumPy/CuPy dtype the kernels take."""
-    name = getattr(dtype, "name", str(dtype))
+    try:  # a dtype, a scalar type (numpy.float32, as result_type-like helpers return) or a name
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = str(dtype)
     if name == "float32":
         return "float"
     if name == "float64":

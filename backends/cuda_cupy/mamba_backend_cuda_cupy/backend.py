@@ -45,13 +45,18 @@ class CudaCupyBackend(Backend):
             return Availability.no(f"no CUDA device visible ({type(exc).__name__}: {exc})")
         if n == 0:
             return Availability.no("no CUDA device visible")
+        if importlib.util.find_spec("array_api_compat") is None:
+            return Availability.no("array-api-compat is not installed: pip install array-api-compat")
         return Availability.yes()
 
     @property
     def xp(self):
-        import cupy
+        # CuPy's own namespace is NumPy-1-like (clip(a, a_min, a_max), no astype function...);
+        # the default compositions are written against the array API, which array_api_compat's
+        # wrapper provides over the same cupy.ndarray objects.
+        import array_api_compat.cupy
 
-        return cupy
+        return array_api_compat.cupy
 
     def asarray(self, a, dtype=None):
         if isinstance(a, np.ndarray) and a.dtype.name == "bfloat16":
