@@ -37,6 +37,23 @@ CASES = {
 }
 
 
+#: Before 5.23, transformers' Mamba2 gated RMSNorm normalised over all of d_inner at once instead of
+#: per group (mamba_ssm's definition, which its checkpoints were trained with and we follow); its own
+#: forward therefore differs from the checkpoint's meaning when n_groups > 1.
+GROUPED_NORM_SINCE = (5, 23)
+
+
+def _version(v: str) -> tuple:
+    return tuple(int(p) for p in v.split(".")[:2] if p.isdigit())
+
+
+def needs_grouped_hf(case: str) -> None:
+    kind, fields = CASES[case]
+    if kind == "mamba2" and fields.get("n_groups", 1) > 1 and _version(transformers.__version__) < GROUPED_NORM_SINCE:
+        pytest.skip(f"transformers {transformers.__version__} normalises Mamba2's gated norm across groups "
+                    f"(fixed in 5.23); comparing n_groups>1 logits needs transformers>=5.23")
+
+
 def rel_err(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
@@ -82,12 +99,14 @@ IDS = np.random.default_rng(0).integers(0, 100, (2, 37))  # 37: not a multiple o
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", list(CASES))
 def test_logits_match_transformers(saved, case, backend):
+    needs_grouped_hf(case)
     d, hf = saved[case]
     ours = from_pretrained(d, backend=backend, dtype=DTYPE.get(backend, "float32"))
     got, _ = ours.forward(IDS)
+    got = ours.backend.to_numpy(got)
     ref = hf_logits(hf, IDS)
-    assert np.asarray(got).shape == ref.shape
-    err = rel_err(ours.backend.to_numpy(got), ref)
+    assert got.shape == ref.shape
+    err = rel_err(got, ref)
     print(f"{case} on {backend}: logits relative error {err:.2e}")
     assert err < TOL
 
@@ -95,6 +114,7 @@ def test_logits_match_transformers(saved, case, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", ["mamba-untied", "mamba2-groups2"])
 def test_greedy_decode_matches_transformers_generate(saved, case, backend):
+    needs_grouped_hf(case)
     d, hf = saved[case]
     ours = from_pretrained(d, backend=backend, dtype=DTYPE.get(backend, "float32"))
     prompt = IDS[:, :7]
@@ -183,6 +203,7 @@ def test_legacy_and_unknown_hf_fields_are_ignored_with_notes(saved, tmp_path):
     import json
     import shutil
 
+    needs_grouped_hf("mamba2-groups2")
     d, hf = saved["mamba2-groups2"]
     shutil.copytree(d, tmp_path / "x")
     c = json.loads((tmp_path / "x" / "config.json").read_text())

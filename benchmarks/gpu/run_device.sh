@@ -40,7 +40,9 @@ check|round2)
     (GPU_CHECK_PARTS=compile,kernels,conformance timeout 300 python3 backends/cuda_cupy/gpu_check.py "$R" \
         > "$R/cupy_gpu_check.log" 2>&1; echo "cupy gpu_check rc=$?" >> "$R/rc.txt") &
     # transformers would pick up .official's mamba_ssm (and ask for its CUDA build): keep it off the path
-    (PYTHONPATH=/tmp/site timeout 300 python3 -m pytest -q -s -p no:cacheprovider tests/test_checkpoint_hf.py \
+    # and use the transformers CI gets (.whl_hf/, if carried): before 5.23 its Mamba2 norm was not grouped
+    [ -d .whl_hf ] && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site_hf .whl_hf/*.whl
+    (PYTHONPATH=/tmp/site_hf:/tmp/site timeout 300 python3 -m pytest -q -s -p no:cacheprovider tests/test_checkpoint_hf.py \
         -k "logits or greedy" > "$R/hf_gpu.log" 2>&1; echo "hf pytest rc=$?" >> "$R/rc.txt") &
     if [ "$1" = check ]; then
         (timeout 300 mamba-conformance torch_triton --dtype bfloat16 --only 'mixer:*' --only 'lm:*' -q \

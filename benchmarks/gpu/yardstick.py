@@ -211,7 +211,9 @@ def decode():
             try:
                 prompt = torch.zeros(batch, 1, dtype=torch.long, device="cuda")
                 with torch.no_grad():
-                    off_model.generate(prompt, max_length=1 + 16, cg=True, top_k=1)  # capture + warm up
+                    # capture + warm up with the same max_length: mamba_ssm keys its graph cache on
+                    # (batch, max_length), so a different length would re-capture inside the timing
+                    off_model.generate(prompt, max_length=1 + n, cg=True, top_k=1)
                     torch.cuda.synchronize()
                     t0 = time.perf_counter()
                     off_model.generate(prompt, max_length=1 + n, cg=True, top_k=1)
