@@ -63,6 +63,34 @@ check|round2)
     [ -f "$OUT/ss_build.tgz" ] && split -b 15m "$OUT/ss_build.tgz" "$OUT/ss_build.tgz.part" && rm "$OUT/ss_build.tgz"
     ls -la "$OUT"
     ;;
+round3)
+    # Everything of one session's last call: correctness jobs in parallel (nothing timed), then the
+    # timings one at a time on the idle GPU. Each job has its own timeout; results in results.tgz.
+    R="$OUT/r"; mkdir -p "$R"; mv "$OUT/device.txt" "$OUT/backends.txt" "$R/"; rm -f "$OUT/pip.log"
+    [ -d .whl_hf ] && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site_hf .whl_hf/*.whl
+    if [ -f .official/build_ss.py ]; then (timeout 280 python3 .official/build_ss.py > "$R/ss_build.log" 2>&1 &); fi
+    job() { local name=$1 t=$2; shift 2; (timeout "$t" "$@" > "$R/$name.log" 2>&1; echo "$name rc=$?" >> "$R/rc.txt") & }
+    job cupy_check 200 env GPU_CHECK_PARTS=compile,kernels,conformance python3 backends/cuda_cupy/gpu_check.py "$R"
+    job hf_gpu 200 env PYTHONPATH=/tmp/site_hf:/tmp/site python3 -m pytest -q -s -p no:cacheprovider \
+        tests/test_checkpoint_hf.py -k "logits or greedy"
+    job tt_f32_models 200 mamba-conformance torch_triton --dtype float32 --only 'mixer:*' --only 'lm:*' -q \
+        --json "$R/torch_triton.gpu.models.float32.certificate.json"
+    job tt_f32_ops 200 mamba-conformance torch_triton --dtype float32 --only 'op:*' -q \
+        --json "$R/torch_triton.gpu.ops.float32.certificate.json"
+    job tt_bf16_ops 200 mamba-conformance torch_triton --dtype bfloat16 --only 'op:*' -q \
+        --json "$R/torch_triton.gpu.ops.bfloat16.certificate.json"
+    job tt_bf16_models 200 mamba-conformance torch_triton --dtype bfloat16 --only 'mixer:*' --only 'lm:*' -q \
+        --json "$R/torch_triton.gpu.models.bfloat16.certificate.json"
+    wait
+    cat "$R/rc.txt"; for f in "$R"/*.log; do echo "== $f"; tail -n 2 "$f"; done
+    for i in $(seq 1 30); do ls /tmp/ss_build/selective_scan_cuda*.so > /dev/null 2>&1 && break; sleep 2; done
+    [ -f benchmarks/gpu/sweep_tt.py ] && { timeout 150 python3 benchmarks/gpu/sweep_tt.py "$R/sweep" > "$R/sweep_tt.log" 2>&1; echo "sweep rc=$?"; tail -n 25 "$R/sweep_tt.log"; }
+    YARDSTICK_PARTS=mamba1,mamba2,decode timeout 120 python3 benchmarks/gpu/yardstick.py "$R/yd" > "$R/yardstick.log" 2>&1
+    echo "yardstick rc=$?"; grep -E "ratio|FAILED" "$R/yardstick.log"
+    GPU_CHECK_PARTS=bench,decode timeout 90 python3 backends/cuda_cupy/gpu_check.py "$R/cupy_bench" > "$R/cupy_bench.log" 2>&1
+    echo "cupy bench rc=$?"; tail -n 30 "$R/cupy_bench.log"
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"; ls -la "$OUT"
+    ;;
 certify-only)
     timeout 150 mamba-conformance torch_triton --dtype float32 --only 'op:*' \
         --json "$OUT/torch_triton.gpu.ops.float32.certificate.json" > "$OUT/conformance_ops.log" 2>&1

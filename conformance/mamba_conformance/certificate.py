@@ -36,8 +36,12 @@ class OutputError:
     worst_index: Optional[list] = None
     n_over: int = 0
     note: str = ""
+    #: 16-bit dtypes: how far the reference itself moves (relative to scale) when its inputs move by
+    #: one unit of the dtype's rounding; the output's tolerance is the dtype's plus this allowance.
+    conditioning: float = 0.0
 
     def describe(self, tol: float) -> str:
+        tol = tol + self.conditioning
         shape = "(" + ", ".join(str(s) for s in self.shape) + ")"
         head = f"output {self.name!r}: shape {shape} {self.dtype}".rstrip()
         if self.note:
@@ -45,6 +49,8 @@ class OutputError:
         else:
             rel = "<=" if self.error <= tol else ">"
             head += f", rel error {_e(self.error)} {rel} tolerance {_e(tol)}"
+            if self.conditioning:
+                head += f" (incl. conditioning {_e(self.conditioning)})"
         if self.first_index is not None:
             idx = "(" + ", ".join(str(i) for i in self.first_index) + ")"
             head += f"; first differing index {idx}: got {self.got_value:.6g}, want {self.want_value:.6g}"
