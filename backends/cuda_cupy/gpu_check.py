@@ -54,9 +54,12 @@ def _backend():
 # ---- compile every kernel instance NVRTC may be asked for ------------------------------------
 def part_compile():
     from mamba_backend_cuda_cupy._compile import function
+    from mamba_backend_cuda_cupy.kernels._scan import DECAY_CHUNK
 
     names = {"scan.cu": [f"row_scan<{t}, {n}, {a}>" for t in ("float", "double")
                          for n in (1, 2, 4, 8) for a in ("true", "false")],
+             "scan_bwd.cu": [f"decay_grad<{t}, {n}, {a}, {DECAY_CHUNK}>" for t in ("float", "double")
+                             for n in (1, 2, 4, 8) for a in ("true", "false")],
              "norm.cu": [f"rmsnorm_{d}<{t}>" for t in ("float", "double") for d in ("fwd", "bwd")],
              "conv1d.cu": [f"conv1d_{k}<{t}>" for t in ("float", "double")
                            for k in ("fwd", "step", "bwd_du", "bwd_dx", "bwd_dw")]}

@@ -10,7 +10,7 @@ from mamba_core.ops import REGISTRY
 from mamba_backend_cuda_cupy._compile import disabled_ops, source
 from mamba_backend_cuda_cupy.kernels import _scan, mamba3, ssd
 from mamba_backend_cuda_cupy.kernels import selective_scan as m1
-from mamba_backend_cuda_cupy.kernels.conv1d import blocks
+from mamba_backend_cuda_cupy.kernels.conv1d import blocks, dw_row_blocks
 from mamba_backend_cuda_cupy.kernels.norm import bwd_threads, fwd_threads
 
 TOL = 1e-12  # float64 glue on the NumPy emulation
@@ -43,6 +43,15 @@ def test_norm_and_conv_launch_sizes():
     assert fwd_threads(1) == 32 and fwd_threads(2048) == 1024 and fwd_threads(100) == 128
     assert bwd_threads(2048) == 256 and bwd_threads(8192) == 1024 and bwd_threads(8193) is None
     assert blocks(0) == 1 and blocks(256) == 1 and blocks(257) == 2
+    assert dw_row_blocks(0) == 1 and dw_row_blocks(512) == 1 and dw_row_blocks(513) == 2
+    assert dw_row_blocks(8 * 2048) == 32 and dw_row_blocks(10**7) == 64
+
+
+def test_decay_grad_instances_match_the_chunk():
+    text = source("scan_bwd.cu")
+    for t in ("float", "double"):
+        for n in (1, 2, 4, 8):
+            assert f"DECAY_GRAD_INST({t}, {n}, {_scan.DECAY_CHUNK})" in text
 
 
 def test_loader_pastes_the_header():
@@ -179,3 +188,100 @@ def test_selective_scan_glue():
               delta_softplus=True, initial_state=rng.standard_normal((B, E, N)))
     got, want = m1._fwd(np, *args, **kw), REGISTRY["selective_scan"].reference(*args, **kw)
     assert rel(got[0], want[0]) < TOL and rel(got[1], want[1]) < TOL
+
+
+def _m1_args(rng, B=2, L=7, E=6, G=2, N=4, strong=False):
+    u, delta = rng.standard_normal((B, L, E)), rng.standard_normal((B, L, E))
+    A = -np.exp(rng.standard_normal((E, N)))
+    if strong:  # summed log-decay over L of several hundred
+        delta, A = rng.uniform(0.5, 2.0, (B, L, E)), -rng.uniform(2.0, 8.0, (E, N))
+    args = (u, delta, A, rng.standard_normal((B, L, G, N)), rng.standard_normal((B, L, G, N)))
+    kw = dict(D=rng.standard_normal(E), z=rng.standard_normal((B, L, E)), delta_bias=rng.standard_normal(E),
+              delta_softplus=True, initial_state=rng.standard_normal((B, E, N)))
+    return args, kw
+
+
+@pytest.mark.parametrize("L,strong", [(7, False), (70, False), (300, True)])
+def test_selective_scan_vjp_glue(L, strong):
+    # L = 70 and 300 cross several decay_grad checkpoint chunks (DECAY_CHUNK tokens each)
+    rng = _rng()
+    args, kw = _m1_args(rng, L=L, strong=strong)
+    B, E, N = 2, 6, 4
+    cot = (rng.standard_normal((B, L, E)), rng.standard_normal((B, E, N)))
+    bare = {k: kw[k] for k in ("delta_softplus",)}
+    for c, k in ((cot, kw), ((cot[0], None), kw), ((None, cot[1]), kw), (cot, bare)):
+        g, w = m1._vjp(np, c, *args, **k), REGISTRY["selective_scan_vjp"].reference(c, *args, **k)
+        assert set(g) == set(w)
+        for name in w:
+            assert rel(g[name], w[name]) < 1e-10, name
+
+
+def test_decay_grad_emulation_is_the_pairing_of_states_and_adjoints():
+    # qa and dAm against a direct loop over kept states (no checkpoints), L across 3 chunks
+    rng = _rng()
+    B, L, R, H, P, N = 2, 2 * _scan.DECAY_CHUNK + 5, 2, 3, 2, 4
+    dA = rng.uniform(0.1, 1.0, (B, L, H, P))
+    Am = -np.exp(rng.standard_normal((H, P, N)))
+    coef = rng.standard_normal((B, L, H, P))
+    V, K = rng.standard_normal((B, L, R, H, P)), rng.standard_normal((B, L, R, H, N))
+    Vr, Kr = rng.standard_normal((B, L, R, H, P)), rng.standard_normal((B, L, R, H, N))
+    init, dfin = rng.standard_normal((B, H, P, N)), rng.standard_normal((B, H, P, N))
+    qa, dAm = _scan.decay_grad(np, dA=dA, V=V, K=K, Vr=Vr, Kr=Kr, Am=Am, coef=coef, init=init,
+                               dfin=dfin, want_dAm=True)
+    dec = np.exp(dA[..., None] * Am)  # (B, L, H, P, N)
+    S, prev = init, []
+    for t in range(L):
+        prev.append(S)
+        S = dec[:, t] * S + coef[:, t, :, :, None] * np.einsum("brhp,brhn->bhpn", V[:, t], K[:, t])
+    G, want_qa, want_dAm = dfin, np.zeros_like(qa), np.zeros_like(dAm)
+    for t in reversed(range(L)):
+        G = G + np.einsum("brhp,brhn->bhpn", Vr[:, t], Kr[:, t])
+        q = dec[:, t] * G * prev[t]
+        want_qa[:, t] = np.sum(Am * q, axis=-1)
+        want_dAm += dA[:, t, :, :, None] * q
+        G = dec[:, t] * G
+    assert rel(qa, want_qa) < TOL and rel(dAm, want_dAm) < TOL
+
+
+def test_ssd_vjp_float32_strong_decay_keeps_dA():
+    # the conformance case that failed on the GPU (strong-decay, L=256): the kernels' arithmetic
+    # emulated in float32 must keep dA to float32 rounding; the cumulative-sum identity it
+    # replaced lost ~3 digits here (rel err 3e-2 in this emulation, 5e-4 on the H100)
+    rng = np.random.default_rng(0)
+    B, L, H, P, G, N = 2, 256, 2, 2, 1, 3
+    A, dt, bias = -rng.uniform(2.0, 8.0, H), rng.uniform(0.5, 2.0, (B, L, H)), rng.uniform(0.0, 0.5, H)
+    args = (rng.standard_normal((B, L, H, P)), dt, A, rng.standard_normal((B, L, G, N)),
+            rng.standard_normal((B, L, G, N)))
+    kw = dict(D=rng.standard_normal(H), z=rng.standard_normal((B, L, H, P)), dt_bias=bias,
+              dt_softplus=True, initial_state=2 * rng.standard_normal((B, H, P, N)))
+    cot = (rng.standard_normal((B, L, H, P)), rng.standard_normal((B, H, P, N)))
+    want = REGISTRY["ssd_scan_vjp"].reference(cot, *args, **kw)
+
+    def f32(a):
+        return a.astype(np.float32) if isinstance(a, np.ndarray) else a
+
+    got = ssd._vjp(np, tuple(map(f32, cot)), *map(f32, args), **{k: f32(v) for k, v in kw.items()})
+    for k in want:
+        assert got[k].dtype == np.float32
+        assert rel(got[k], want[k]) < 2e-6, k
+
+
+def test_selective_scan_vjp_float32_strong_decay_keeps_dA():
+    rng = _rng()
+    args, kw = _m1_args(rng, L=256, strong=True)
+    cot = (rng.standard_normal((2, 256, 6)), rng.standard_normal((2, 6, 4)))
+    want = REGISTRY["selective_scan_vjp"].reference(cot, *args, **kw)
+
+    def f32(a):
+        return a.astype(np.float32) if isinstance(a, np.ndarray) else a
+
+    got = m1._vjp(np, tuple(map(f32, cot)), *map(f32, args), **{k: f32(v) for k, v in kw.items()})
+    for k in want:
+        assert rel(got[k], want[k]) < 2e-6, k
+
+
+def test_launch_bounds_cover_the_launches():
+    # the kernels cap registers for these block sizes; a larger launch would fail on the device
+    assert f"#define MAX_THREADS {_scan.MAX_WARPS * 32}" in source("scan.cu")
+    assert f"#define DECAY_MAX_THREADS {_scan.MAX_WARPS * 32}" in source("scan_bwd.cu")
+    assert source("norm.cu").count("void __launch_bounds__(1024)") == 2 and fwd_threads(10**6) == 1024

@@ -91,19 +91,24 @@ __global__ void conv1d_bwd_dx(const T* __restrict__ DU, const T* __restrict__ Wt
   DF[idx] = acc;
 }
 
-// dw[c, k] = sum_{b,t} du[b,t,c] in(t-K+1+k);  db[c] = sum du. Block (32 channels, 8 row lanes).
+// dw[c, k] = sum_{b,t} du[b,t,c] in(t-K+1+k);  db[c] = sum du. Block (32 channels, 8 row lanes);
+// block row blockIdx.y takes rows (b, t) = blockIdx.y * 8 + threadIdx.y + i * 8 * gridDim.y and
+// writes its partial sums to DWP (gridDim.y, C, K + 1) (column K: db); the host sums over the
+// first axis (fixed order: deterministic, no atomics).
 #define CONV_KMAX 8
 template <typename T>
 __global__ void conv1d_bwd_dw(const T* __restrict__ X, const T* __restrict__ I,
-                              const T* __restrict__ DU, T* __restrict__ DW, T* __restrict__ DB,
-                              const int Bsz, const int L, const int C, const int K) {
+                              const T* __restrict__ DU, T* __restrict__ DWP, const int Bsz,
+                              const int L, const int C, const int K) {
   __shared__ T sw[8][32][CONV_KMAX + 1];
   const int c = blockIdx.x * 32 + threadIdx.x;
   T acc[CONV_KMAX + 1];
 #pragma unroll
   for (int k = 0; k <= CONV_KMAX; ++k) acc[k] = T(0);
   if (c < C) {
-    for (long long rt = threadIdx.y; rt < (long long)Bsz * L; rt += 8) {
+    const long long step = 8LL * gridDim.y;
+    for (long long rt = (long long)blockIdx.y * 8 + threadIdx.y; rt < (long long)Bsz * L;
+         rt += step) {
       const int b = rt / L, t = rt % L;
       const T du = DU[rt * C + c];
 #pragma unroll
@@ -117,11 +122,12 @@ __global__ void conv1d_bwd_dw(const T* __restrict__ X, const T* __restrict__ I,
   for (int k = 0; k <= CONV_KMAX; ++k) sw[threadIdx.y][threadIdx.x][k] = acc[k];
   __syncthreads();
   if (threadIdx.y == 0 && c < C) {
+    T* out = DWP + ((long long)blockIdx.y * C + c) * (K + 1);
     for (int k = 0; k <= CONV_KMAX; ++k) {
       T s = T(0);
       for (int y = 0; y < 8; ++y) s += sw[y][threadIdx.x][k];
-      if (k < K) DW[c * K + k] = s;
-      if (k == CONV_KMAX && DB != nullptr) DB[c] = s;
+      if (k < K) out[k] = s;
+      if (k == CONV_KMAX) out[K] = s;
     }
   }
 }
@@ -135,8 +141,7 @@ __global__ void conv1d_bwd_dw(const T* __restrict__ X, const T* __restrict__ I,
   template __global__ void conv1d_bwd_du<T>(const T*, const T*, const T*, const T*, const T*, T*, \
                                             int, int, int, int, int);                             \
   template __global__ void conv1d_bwd_dx<T>(const T*, const T*, const T*, T*, int, int, int, int); \
-  template __global__ void conv1d_bwd_dw<T>(const T*, const T*, const T*, T*, T*, int, int, int,  \
-                                            int);
+  template __global__ void conv1d_bwd_dw<T>(const T*, const T*, const T*, T*, int, int, int, int);
 CONV_INST(float)
 CONV_INST(double)
 #endif

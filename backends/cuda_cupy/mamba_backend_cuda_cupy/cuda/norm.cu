@@ -13,7 +13,7 @@
 #include "common.cuh"
 
 template <typename T>
-__global__ void rmsnorm_fwd(const T* __restrict__ X, const T* __restrict__ R,
+__global__ void __launch_bounds__(1024) rmsnorm_fwd(const T* __restrict__ X, const T* __restrict__ R,
                             const T* __restrict__ Z, const T* __restrict__ Wt, T* __restrict__ Y,
                             T* __restrict__ RO, const int E, const int GS, const T eps,
                             const int nbg) {
@@ -45,8 +45,11 @@ __global__ void rmsnorm_fwd(const T* __restrict__ X, const T* __restrict__ R,
 
 #define NORM_CPT 8
 
+// Both kernels launch with up to 1024 threads (kernels/norm.py): __launch_bounds__(1024) caps
+// registers at 64 per thread (the double backward needed 82 and would not launch above 512).
+
 template <typename T>
-__global__ void rmsnorm_bwd(const T* __restrict__ X, const T* __restrict__ Z,
+__global__ void __launch_bounds__(1024) rmsnorm_bwd(const T* __restrict__ X, const T* __restrict__ Z,
                             const T* __restrict__ Wt, const T* __restrict__ DY,
                             T* __restrict__ DX, T* __restrict__ DZ, T* __restrict__ DWP,
                             const long long M, const int E, const int GS, const T eps,

@@ -20,8 +20,12 @@
 // unit-stride; Y and Red are contiguous in the shapes above.
 #include "common.cuh"
 
+// at most 16 warps per block (_scan.MAX_WARPS): caps registers at 128 per thread, so the
+// NPER = 8 instances (N > 128) still launch with 512 threads (they spill a little instead)
+#define MAX_THREADS 512
+
 template <typename T, int NPER, bool AVEC>
-__global__ void row_scan(
+__global__ void __launch_bounds__(MAX_THREADS) row_scan(
     const int L, const int NH, const int P, const int N, const int R, const int LPC,
     const int reverse,
     const T* __restrict__ dA, const i64 sDb, const i64 sDt, const i64 sDh, const i64 sDp,

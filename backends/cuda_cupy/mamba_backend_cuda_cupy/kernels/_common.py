@@ -55,10 +55,15 @@ def default(op: str):
     return functools.partial(REGISTRY[op].default, cupy)
 
 
-def rev_cumsum(xp, v, axis=1):
-    """out[k] = sum_{i >= k} v[i] along ``axis``, accumulated in float64."""
-    f = xp.flip(v.astype(xp.float64), axis=axis)
-    return xp.flip(xp.cumsum(f, axis=axis), axis=axis).astype(v.dtype)
+def api(xp):
+    """The array-API namespace over xp's arrays, for the core's private helpers (ops._dt and the
+    like), which are written against the array API (astype(x, dtype), clip(x, min=, max=)):
+    array_api_compat's wrapper of numpy or cupy. The wrappers here use plain xp otherwise."""
+    if xp is np:
+        import array_api_compat.numpy as m
+    else:
+        import array_api_compat.cupy as m
+    return m
 
 
 def sigmoid(xp, x):

@@ -7,7 +7,8 @@ Ops (signatures and math: mamba_core/ops/conv1d.py):
 
 One thread per output element; the backward runs three kernels: du = dy act'(pre) (recomputed),
 the gradient of every input position (x and the initial state, with dfinal added), and
-dw/db reduced per channel by blocks of 32 channels x 8 row lanes (fixed order: deterministic).
+dw/db reduced per channel by blocks of 32 channels x 8 row lanes, the rows split over up to 64
+block rows whose partials CuPy sums (fixed order: deterministic).
 K <= 8 (the dw kernel's register array); wider kernels run the default composition.
 """
 
@@ -20,10 +21,17 @@ from mamba_backend_cuda_cupy.kernels._common import default, runs_here, wide
 
 KMAX = 8
 THREADS = 256
+DW_ROWS_PER_LANE = 64
+DW_MAX_ROW_BLOCKS = 64
 
 
 def blocks(n: int, threads: int = THREADS) -> int:
     return max(1, -(-n // threads))
+
+
+def dw_row_blocks(rows: int) -> int:
+    """Row blocks of the dw/db reduction: ~DW_ROWS_PER_LANE rows per lane of 8, at most 64."""
+    return max(1, min(DW_MAX_ROW_BLOCKS, -(-rows // (8 * DW_ROWS_PER_LANE))))
 
 
 def _ptr(a):
@@ -126,15 +134,17 @@ def causal_conv1d_vjp(cotangent, x, weight, bias=None, initial_state=None, activ
         function("conv1d.cu", f"conv1d_bwd_dx<{T}>")(
             (blocks(n2),), (THREADS,),
             (DU, W, _ptr(DF_in), DFULL, np.int32(Bsz), np.int32(L), np.int32(C), np.int32(K)))
-    DW = cp.zeros((C, K), wd)
-    DB = cp.zeros((C,), wd)
+    rb = dw_row_blocks(Bsz * L)
+    DWP = cp.zeros((rb, C, K + 1), wd)
     if C:
         function("conv1d.cu", f"conv1d_bwd_dw<{T}>")(
-            (blocks(C, 32),), (32, 8),
-            (X, _ptr(I), DU, DW, DB, np.int32(Bsz), np.int32(L), np.int32(C), np.int32(K)))
-    grads = {"x": DFULL[:, K:].astype(x.dtype), "weight": DW.astype(weight.dtype, copy=False)}
+            (blocks(C, 32), rb), (32, 8),
+            (X, _ptr(I), DU, DWP, np.int32(Bsz), np.int32(L), np.int32(C), np.int32(K)))
+    DWB = cp.sum(DWP, axis=0)
+    DW, DB = DWB[:, :K], DWB[:, K]
+    grads = {"x": DFULL[:, K:].astype(x.dtype), "weight": DW.astype(weight.dtype)}
     if bias is not None:
-        grads["bias"] = DB.astype(bias.dtype, copy=False)
+        grads["bias"] = DB.astype(bias.dtype)
     if initial_state is not None:
         grads["initial_state"] = cp.ascontiguousarray(
             cp.transpose(DFULL[:, :K], (0, 2, 1))).astype(initial_state.dtype, copy=False)

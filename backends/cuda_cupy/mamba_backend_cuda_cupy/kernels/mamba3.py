@@ -1,4 +1,4 @@
-"""Mamba-3 SISO and MIMO scan on the row-scan kernel (cuda/scan.cu): forward, step and VJP.
+"""Mamba-3 SISO and MIMO scan on the row-scan kernels (cuda/scan.cu, scan_bwd.cu): forward, step, VJP.
 
 Ops (signatures and math: mamba_core/ops/mamba3.py):
     mamba3_scan(x, dt, A, trap, B, C, D, mimo_x, chunk_size, initial_state, initial_k, initial_v)
@@ -12,17 +12,18 @@ sg_t = dt_{t+1} (1 - trap_{t+1}) (0 at the last token), scale_t = trap_t dt_t + 
     y_{R,t} = S'_t C_{R,t} - sg_t sum_r <C_{R,t}, B_{r,t}> v_{r,t} + D v_{R,t}
 (the same-token correction is an R x R block per token, done with matmuls). S'_{L-1} = S_{L-1}.
 Backward: a forward sweep (y' = S' C and dC = sum_p dy_R S'), a reverse sweep of the adjoint
-(readout G B_r -> dv, reduction sum_p v_r G -> dB, final = dS'_{-1}), and the decay gradient by
-the cumulative-sum identity, as in ssd.py: dL/dc_k = sum_R <dy_R, y'_R> + [k = L-1] <dS_L, S_L>
-- scale_k <G_k, u_k>, dL/d(A dt)_t = sum_{k >= t} dL/dc_k. chunk_size does not change the result.
+(readout G B_r -> dv, reduction sum_p v_r G -> dB, final = dS'_{-1}), and the decay gradient
+dL/d(A dt)_t = exp(A_t dt_t) <G_t, S'_{t-1}> entry by entry by the decay_grad kernel
+(cuda/scan_bwd.cu), as in ssd.py (not the cumulative-sum identity, which cancels catastrophically
+in float32 under strong decay). chunk_size does not change the result.
 """
 
 from __future__ import annotations
 
 from mamba_core.ops import mamba3 as _ops
 
-from mamba_backend_cuda_cupy.kernels._common import default, rev_cumsum, runs_here, wide, xp_of
-from mamba_backend_cuda_cupy.kernels._scan import row_scan, supported
+from mamba_backend_cuda_cupy.kernels._common import default, runs_here, wide, xp_of
+from mamba_backend_cuda_cupy.kernels._scan import decay_grad, row_scan, supported
 
 
 def _coeffs(xp, x, dt, A, trap, B, C, mimo_x, wd):
@@ -87,7 +88,8 @@ def _vjp(xp, cotangent, x, dt, A, trap, B, C, D=None, mimo_x=None, initial_state
     dyw = xp.zeros((Bsz, L, R, H, P), wd) if dy is None else dy.astype(wd)
     la4 = _b4(xp, Aw * dtw, P)
     # forward sweep: y' = S' C, dC = sum_p dy S', S_L
-    Yp, dC, SL = row_scan(xp, dA=la4, V=v, K=Bw, coef=_b4(xp, scale, P), Q=Cw, W=dyw, init=S0)
+    Yp, dC, _ = row_scan(xp, dA=la4, V=v, K=Bw, coef=_b4(xp, scale, P), Q=Cw, W=dyw, init=S0,
+                         want_fin=False)
     # reverse sweep: the adjoint G of S'
     dSLw = None if dSL is None else dSL.astype(wd)
     GB, vG, Gm1 = row_scan(xp, dA=la4, V=dyw, K=Cw, Q=Bw, W=v, init=dSLw, reverse=True)
@@ -108,11 +110,10 @@ def _vjp(xp, cotangent, x, dt, A, trap, B, C, D=None, mimo_x=None, initial_state
     if D is not None:
         dv = dv + D.astype(wd)[:, None] * dyw
         grads["D"] = xp.sum(dyw * v, axis=(0, 1, 2, 4))
-    # decay: the cumulative-sum identity
-    dLdc = xp.sum(dyw * Yp, axis=(2, 4)) - scale * dscale
-    if dSLw is not None:
-        dLdc[:, -1] += xp.sum(dSLw * SL, axis=(2, 3))
-    dla = rev_cumsum(xp, dLdc, axis=1)
+    # decay: dL/d(A dt)_t = exp(A_t dt_t) <G_t, S'_{t-1}>, entry by entry (decay_grad)
+    qa, _ = decay_grad(xp, dA=la4, V=v, K=Bw, coef=_b4(xp, scale, P), Vr=dyw, Kr=Cw, init=S0,
+                       dfin=dSLw)
+    dla = xp.sum(qa, axis=-1)  # (B, L, H)
     dA = dtw * dla
     ddt = Aw * dla
     # scale = trap dt + sg

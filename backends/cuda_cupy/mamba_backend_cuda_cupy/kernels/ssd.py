@@ -1,4 +1,4 @@
-"""Mamba-2 SSD scan on the row-scan kernel (cuda/scan.cu): forward, step and VJP.
+"""Mamba-2 SSD scan on the row-scan kernels (cuda/scan.cu, scan_bwd.cu): forward, step and VJP.
 
 Ops (signatures and math: mamba_core/ops/ssd.py):
     ssd_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, initial_state, seq_idx)
@@ -7,13 +7,15 @@ Ops (signatures and math: mamba_core/ops/ssd.py):
 
 Rows are (b, h, p): each holds S[p, :] (N entries) in registers; decay exp(dt_t A_h) per row.
 Forward: one row scan (readout Y = S_t C_t), then skip and gate elementwise.
-Backward, without saving or recomputing any state:
+Backward, without saving any state (decay_grad recomputes S from checkpoints of its own):
   1. forward sweep: y0_t = S_t C_t, dC_t = sum_{p, heads of the group} dy0_t[p] S_t[p, :], S_L;
   2. reverse sweep of the adjoint G_t = exp(a_{t+1}) G_{t+1} + dy0_t C_t^T (from dfinal_state):
      readout G_t B_t (-> dx = dt G B + D dy0), reduction sum_p dt x G (-> dB), dinitial = e^{a_0} G_0;
-  3. the decay gradient by the cumulative-sum identity (c_t = sum_{k<=t} a_k):
-     dL/dc_k = <dy0_k, y0_k> + [k = L-1] <dS_L, S_L> - dt_k x_k^T G_k B_k,
-     dL/da_t = sum_{k >= t} dL/dc_k   (reverse cumulative sum of (B, L, H) values, in float64).
+  3. the decay gradient dL/da_t = exp(a_t) <G_t, S_{t-1}> (a_t = dt_t A), entry by entry, by
+     the decay_grad kernel (cuda/scan_bwd.cu: checkpointed recompute of S, adjoint run back
+     through each chunk). Not the cumulative-sum identity sum_{k >= t} (<dy0_k, y0_k> -
+     dt_k x_k^T G_k B_k): under strong decay its terms are far larger than their sum, and in
+     float32 the cancellation lost ~3 digits of dA (conformance, strong-decay L=256).
 seq_idx and chunk_size: the kernels do not take seq_idx (that call runs the default composition);
 chunk_size does not change the result.
 """
@@ -25,9 +27,9 @@ import math
 from mamba_core.ops import ssd as _ops
 
 from mamba_backend_cuda_cupy.kernels._common import (
-    default, dsilu, rev_cumsum, runs_here, silu, wide, xp_of,
+    api, default, dsilu, runs_here, silu, wide, xp_of,
 )
-from mamba_backend_cuda_cupy.kernels._scan import row_scan, supported
+from mamba_backend_cuda_cupy.kernels._scan import decay_grad, row_scan, supported
 
 NO_LIMIT = (0.0, math.inf)
 
@@ -35,7 +37,7 @@ NO_LIMIT = (0.0, math.inf)
 def _prep(xp, x, dt, A, B, C, dt_bias, dt_softplus, dt_limit, wd):
     Bsz, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
-    dtv = _ops._dt(xp, dt, dt_bias, dt_softplus, dt_limit, wd)  # (B, L, H)
+    dtv = _ops._dt(api(xp), dt, dt_bias, dt_softplus, dt_limit, wd)  # (B, L, H)
     d4 = xp.broadcast_to(dtv[..., None], (Bsz, L, H, P))
     Am = xp.broadcast_to(A.astype(wd)[:, None, None], (H, P, N))
     return dtv, d4, Am, H // G
@@ -50,7 +52,7 @@ def _fwd(xp, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, dt
         coef=d4, Q=C.astype(wd)[:, :, None],
         init=None if initial_state is None else initial_state.astype(wd),
     )
-    y = _ops._skip_gate(xp, Y[:, :, 0], x, D, z, wd)
+    y = _ops._skip_gate(api(xp), Y[:, :, 0], x, D, z, wd)
     return y.astype(x.dtype), fin
 
 
@@ -69,9 +71,9 @@ def _vjp(xp, cotangent, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplu
     else:
         dy0 = dyw
     init = None if initial_state is None else initial_state.astype(wd)
-    # 1. forward sweep: y0, dC per head, S_L
-    Y, dCh, SL = row_scan(xp, dA=d4, V=xw[:, :, None], K=Bw[:, :, None], hpk=hpk, Am=Am, coef=d4,
-                          Q=Cw[:, :, None], W=dy0[:, :, None], init=init)
+    # 1. forward sweep: y0, dC per head
+    Y, dCh, _ = row_scan(xp, dA=d4, V=xw[:, :, None], K=Bw[:, :, None], hpk=hpk, Am=Am, coef=d4,
+                         Q=Cw[:, :, None], W=dy0[:, :, None], init=init, want_fin=False)
     y0 = Y[:, :, 0]
     # 2. reverse sweep of the adjoint
     dSLw = None if dSL is None else dSL.astype(wd)
@@ -80,12 +82,12 @@ def _vjp(xp, cotangent, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplu
     GB = GB[:, :, 0]
     dx = d4 * GB
     xGB = xp.sum(xw * GB, axis=-1)  # (B, L, H)
-    # 3. decay
-    dLdc = xp.sum(dy0 * y0, axis=-1) - dtv * xGB
-    if dSLw is not None:
-        dLdc[:, -1] += xp.sum(dSLw * SL, axis=(2, 3))
-    dla = rev_cumsum(xp, dLdc, axis=1)
+    # 3. decay: dL/da_t = exp(a_t) <G_t, S_{t-1}> per row, summed over the rows of the head
     Aw = A.astype(wd)
+    la = xp.broadcast_to((dtv * Aw)[..., None], (Bsz, L, H, P))
+    qa, _ = decay_grad(xp, dA=la, V=xw[:, :, None], K=Bw[:, :, None], hpk=hpk, coef=d4,
+                       Vr=dy0[:, :, None], Kr=Cw[:, :, None], init=init, dfin=dSLw)
+    dla = xp.sum(qa, axis=-1)  # (B, L, H)
     ddt = xGB + Aw * dla
     grads = {"A": xp.sum(dtv * dla, axis=(0, 1))}
     # skip and gate
@@ -101,7 +103,7 @@ def _vjp(xp, cotangent, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplu
     # heads -> groups
     dB = xp.sum(dBh[:, :, 0].reshape(Bsz, L, G, hpk, N), axis=3)
     dC = xp.sum(dCh[:, :, 0].reshape(Bsz, L, G, hpk, N), axis=3)
-    ddt = _ops._dt_vjp(xp, ddt, dt, dt_bias, dt_softplus, dt_limit, wd)
+    ddt = _ops._dt_vjp(api(xp), ddt, dt, dt_bias, dt_softplus, dt_limit, wd)
     grads.update(x=dx, dt=ddt, B=dB, C=dC)
     if dt_bias is not None:
         grads["dt_bias"] = xp.sum(ddt, axis=(0, 1))
