@@ -58,10 +58,13 @@ def silu(xp, x):
 
 
 def softplus(xp, x):
-    """softplus(x) with torch's threshold of 20. x: any shape."""
-    return xp.where(
-        x > SOFTPLUS_THRESHOLD, x, xp.log1p(xp.exp(xp.minimum(x, xp.asarray(SOFTPLUS_THRESHOLD, dtype=x.dtype))))
-    )
+    """softplus(x) with torch's threshold of 20. x: any shape.
+
+    Below the threshold as max(x, 0) + log1p(exp(-|x|)), which never overflows and creates no
+    scalar array (a host-to-device copy, which a CUDA-graph capture must not contain).
+    """
+    a = xp.abs(x)
+    return xp.where(x > SOFTPLUS_THRESHOLD, x, (x + a) / 2 + xp.log1p(xp.exp(-a)))
 
 
 # ---- derivatives and VJPs: references (float64 NumPy) --------------------------------------
