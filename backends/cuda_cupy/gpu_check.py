@@ -55,6 +55,7 @@ def _backend():
 def part_compile():
     from mamba_backend_cuda_cupy._compile import function
     from mamba_backend_cuda_cupy.kernels._scan import DECAY_CHUNK
+    from mamba_backend_cuda_cupy.kernels.linear import TILES, rows_per_warp
 
     names = {"scan.cu": [f"row_scan<{t}, {n}, {a}>" for t in ("float", "double")
                          for n in (1, 2, 4, 8) for a in ("true", "false")],
@@ -62,7 +63,10 @@ def part_compile():
                              for n in (1, 2, 4, 8) for a in ("true", "false")],
              "norm.cu": [f"rmsnorm_{d}<{t}>" for t in ("float", "double") for d in ("fwd", "bwd")],
              "conv1d.cu": [f"conv1d_{k}<{t}>" for t in ("float", "double")
-                           for k in ("fwd", "step", "bwd_du", "bwd_dx", "bwd_dw")]}
+                           for k in ("fwd", "step", "bwd_du", "bwd_dx", "bwd_dw")],
+             "linear.cu": [f"linear_gemv<{t}, {v}, {mr}, {rows_per_warp(mr, it)}>"
+                           for t, it in (("float", 4), ("double", 8)) for v in (1, 16 // it)
+                           for mr in TILES]}
     out = {}
     for f, exprs in names.items():
         for e in exprs:
@@ -103,6 +107,7 @@ def _small_inputs(rng):
         "add_rmsnorm": ((n(B, L, E), n(B, L, E), 1 + 0.1 * n(E)), dict(eps=1e-5)),
         "causal_conv1d": ((n(B, L, E), n(E, K), n(E), n(B, E, K)), dict(activation="silu")),
         "causal_conv1d_step": ((n(B, E), n(B, E, K), n(E, K), n(E)), dict(activation="silu")),
+        "linear": ((n(B, 3, E), n(3 * E + 1, E)), dict(bias=n(3 * E + 1))),  # 6 rows: the GEMV kernel
     }
 
 

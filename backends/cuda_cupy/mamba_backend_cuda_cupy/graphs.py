@@ -11,6 +11,10 @@ with it, so the graph's intermediates are never handed to other code (a pool sha
 rest of the process would give away blocks freed after capture while replays still write them).
 A warm-up step under the same pool runs first, outside the capture: it compiles every NVRTC
 module and fills the pool, so the capture itself needs no cudaMalloc and no host sync.
+Nothing captured may call cuBLAS or wait on the host: linear runs the GEMV kernel
+(kernels/linear.py, forced by ``gemv_only`` in warm-up and capture alike) and the SSD step's dt
+(bias, softplus, dt_limit) is one elementwise kernel (kernels/_common.py ``dt_transform``), not
+the array-API clip, whose masked assignment reads a count back to the host.
 
 The returned logits array is the static buffer: copy it if you keep it across steps.
 """
@@ -18,6 +22,8 @@ The returned logits array is the static buffer: copy it if you keep it across st
 from __future__ import annotations
 
 from mamba_core.models import lm
+
+from mamba_backend_cuda_cupy.kernels.linear import gemv_only
 
 
 def _leaves(cache):
@@ -38,14 +44,16 @@ class GraphDecoder:
             self.cache = lm.init_cache(be, cfg, batch, dtype) if cache is None else [
                 {k: v.copy() for k, v in layer.items()} for layer in cache]
             saved = [{k: v.copy() for k, v in layer.items()} for layer in self.cache]
-            # warm-up outside the capture (NVRTC compiles, cuBLAS handles, pool blocks)
-            self._run()
-            self.stream.synchronize()
-            self.stream.begin_capture()
-            try:
-                self.logits = self._run()
-            finally:
-                self.graph = self.stream.end_capture()
+            # warm-up outside the capture (NVRTC compiles, pool blocks); linear runs its GEMV
+            # kernel in both (gemv_only), since cuBLAS cannot be called while capturing
+            with gemv_only():
+                self._run()
+                self.stream.synchronize()
+                self.stream.begin_capture()
+                try:
+                    self.logits = self._run()
+                finally:
+                    self.graph = self.stream.end_capture()
             self.load_cache(saved)  # undo the warm-up's token
         self.stream.synchronize()
 

@@ -19,7 +19,7 @@ def _backend_or_skip():
 
 
 OPS = ["selective_scan", "selective_scan_step", "ssd_scan", "ssd_step", "mamba3_scan",
-       "mamba3_step", "rmsnorm", "add_rmsnorm", "causal_conv1d", "causal_conv1d_step"]
+       "mamba3_step", "rmsnorm", "add_rmsnorm", "causal_conv1d", "causal_conv1d_step", "linear"]
 
 
 @pytest.mark.parametrize("dtype,tol", [("float32", 2e-4), ("float64", 1e-9)])
@@ -90,3 +90,98 @@ def test_graph_decoder_matches_eager():
         got = dec.step(ids)
         dec.synchronize()
         np.testing.assert_allclose(cp.asnumpy(got), cp.asnumpy(want), rtol=1e-4, atol=1e-5)
+
+
+# (x shape, K_out, bias, weight layout): vector and scalar loads (K_in % 4), 1..16 rows (one
+# launch), 17 and 40 rows (cuBLAS outside a capture; several launches when forced), a transposed
+# (copied) and a row-strided (in place) weight, a float32 x with a float64 weight
+LINEAR_CASES = [((1, 64), 96, True, "c"), ((3, 13), 7, False, "c"), ((2, 8, 32), 33, True, "c"),
+                ((16, 100), 50, True, "T"), ((17, 64), 40, True, "c"), ((40, 36), 70, False, "rows"),
+                ((5,), 9, True, "c")]
+
+
+@pytest.mark.parametrize("dtype,tol", [("float32", 2e-4), ("float64", 1e-9)])
+@pytest.mark.parametrize("force", [False, True])
+@pytest.mark.parametrize("xs,N,has_b,layout", LINEAR_CASES)
+def test_linear_kernel_against_numpy(xs, N, has_b, layout, force, dtype, tol):
+    be = _backend_or_skip()
+    import cupy as cp
+
+    from mamba_backend_cuda_cupy.kernels import linear as lin
+
+    rng = np.random.default_rng(5)
+    K = xs[-1]
+    x = rng.standard_normal(xs)
+    w_full = rng.standard_normal((N, 2 * K) if layout == "rows" else (K, N) if layout == "T" else (N, K))
+    w = w_full[:, :K] if layout == "rows" else w_full.T if layout == "T" else w_full
+    b = rng.standard_normal(N) if has_b else None
+    want = REGISTRY["linear"].reference(x, w, b)
+    cw = cp.asarray(w_full, dtype)
+    cw = cw[:, :K] if layout == "rows" else cw.T if layout == "T" else cw
+    args = (cp.asarray(x, dtype), cw, None if b is None else cp.asarray(b, dtype))
+    if force:
+        with lin.gemv_only():
+            got = lin.linear(*args)
+    else:
+        got = be.ops.linear(*args)
+    assert got.shape == want.shape and got.dtype == np.dtype(dtype)
+    err = np.max(np.abs(cp.asnumpy(got) - want)) / max(np.max(np.abs(want)), 1e-300)
+    assert err < tol, (xs, N, layout, err)
+
+
+def test_linear_is_captured_without_cublas():
+    # 40 rows > GEMV_ROWS: outside a capture this is cuBLAS; inside, the kernel must take it
+    _backend_or_skip()
+    import cupy as cp
+
+    from mamba_backend_cuda_cupy.kernels import linear as lin
+
+    rng = np.random.default_rng(6)
+    x, w, b = (cp.asarray(rng.standard_normal(s), cp.float32) for s in ((40, 64), (48, 64), (48,)))
+    want = REGISTRY["linear"].reference(cp.asnumpy(x), cp.asnumpy(w), cp.asnumpy(b))
+    s = cp.cuda.Stream(non_blocking=True)
+    with s:
+        lin.linear(x, w, b)  # compile outside the capture
+        with lin.gemv_only():
+            lin.linear(x, w, b)
+        s.synchronize()
+        s.begin_capture()
+        try:
+            assert lin.capturing()
+            y = lin.linear(x, w, b)
+        finally:
+            g = s.end_capture()
+        g.launch(s)
+        s.synchronize()
+    assert not lin.capturing()
+    err = np.max(np.abs(cp.asnumpy(y) - want)) / np.max(np.abs(want))
+    assert err < 2e-4
+
+
+def test_ssd_step_dt_limit_is_captured():
+    # the SSD step's dt (bias, softplus, dt_limit) must not read back to the host in a capture
+    be = _backend_or_skip()
+    import cupy as cp
+
+    rng = np.random.default_rng(8)
+    B, H, P, G, N = 2, 4, 8, 1, 16
+    args = [rng.standard_normal(s) for s in ((B, H, P), (B, H), (H,), (B, G, N), (B, G, N), (B, H, P, N))]
+    args[2] = -np.exp(args[2])
+    kw = dict(D=rng.standard_normal(H), dt_bias=rng.standard_normal(H), dt_softplus=True,
+              dt_limit=(0.1, 1.5))
+    want = REGISTRY["ssd_step"].reference(*args, **kw)
+    cargs = [cp.asarray(a, cp.float64) for a in args]
+    ckw = {k: cp.asarray(v, cp.float64) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
+    s = cp.cuda.Stream(non_blocking=True)
+    with s:
+        be.ops.ssd_step(*cargs, **ckw)
+        s.synchronize()
+        s.begin_capture()
+        try:
+            got = be.ops.ssd_step(*cargs, **ckw)
+        finally:
+            g = s.end_capture()
+        g.launch(s)
+        s.synchronize()
+    for a, b in zip(got, want):
+        assert np.max(np.abs(cp.asnumpy(a) - b)) <= 1e-9 * max(np.max(np.abs(b)), 1.0)

@@ -263,7 +263,7 @@ def test_ssd_vjp_float32_strong_decay_keeps_dA():
     got = ssd._vjp(np, tuple(map(f32, cot)), *map(f32, args), **{k: f32(v) for k, v in kw.items()})
     for k in want:
         assert got[k].dtype == np.float32
-        assert rel(got[k], want[k]) < 2e-6, k
+        assert rel(got[k], want[k]) < 1e-5, k  # float32 rounding over 256 steps; the old identity: 3e-2
 
 
 def test_selective_scan_vjp_float32_strong_decay_keeps_dA():
@@ -285,3 +285,104 @@ def test_launch_bounds_cover_the_launches():
     assert f"#define MAX_THREADS {_scan.MAX_WARPS * 32}" in source("scan.cu")
     assert f"#define DECAY_MAX_THREADS {_scan.MAX_WARPS * 32}" in source("scan_bwd.cu")
     assert source("norm.cu").count("void __launch_bounds__(1024)") == 2 and fwd_threads(10**6) == 1024
+
+
+# ---- linear (cuda/linear.cu): dispatch rule, launch plan, index math ---------------------------
+from mamba_backend_cuda_cupy.kernels import linear as lin  # noqa: E402
+
+
+def test_linear_dispatch_rule():
+    # decode-sized inputs always take the kernel; larger ones only inside a capture or gemv_only
+    assert lin.use_kernel(1, False) and lin.use_kernel(lin.GEMV_ROWS, False)
+    assert not lin.use_kernel(lin.GEMV_ROWS + 1, False)
+    assert lin.use_kernel(10**6, True) and lin.use_kernel(10**6, False, forced=True)
+    assert not lin.forced()
+    with lin.gemv_only():
+        assert lin.forced()
+        with lin.gemv_only():
+            assert lin.forced()
+        assert lin.forced()
+    assert not lin.forced()
+
+
+class _Stream:
+    def __init__(self, answer):
+        self.answer, self.ptr = answer, 123
+
+    def is_capturing(self):
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+class _Runtime:
+    def __init__(self, answer):
+        self.answer = answer
+
+    def streamIsCapturing(self, ptr):
+        assert ptr == 123
+        return self.answer
+
+
+def test_linear_capture_query():
+    rt = _Runtime(False)
+    assert lin.capturing(_Stream(True), rt) is True
+    assert lin.capturing(_Stream(False), rt) is False
+    # a refused query (legacy stream while another captures) counts as capturing: no cuBLAS
+    assert lin.capturing(_Stream(RuntimeError("cudaErrorStreamCaptureImplicit")), rt) is True
+    bare = type("Bare", (), {"ptr": 123})()  # a Stream without is_capturing: the runtime call
+    assert lin.capturing(bare, _Runtime(1)) is True and lin.capturing(bare, _Runtime(0)) is False
+
+
+@pytest.mark.parametrize("M", [1, 2, 3, 5, 16, 17, 33, 100])
+@pytest.mark.parametrize("itemsize", [4, 8])
+def test_linear_plan_covers_every_row_and_output(M, itemsize):
+    N = 37
+    seen = np.zeros(M, int)
+    for m0, m, mr, nr, blocks in lin.plan(M, N, itemsize):
+        assert 1 <= m <= mr <= lin.MAX_TILE and mr in lin.TILES and m > mr // 2
+        assert nr == lin.rows_per_warp(mr, itemsize)
+        assert blocks * lin.LINEAR_WARPS * nr >= N > (blocks - 1) * lin.LINEAR_WARPS * nr
+        seen[m0:m0 + m] += 1
+    assert np.all(seen == 1)
+    assert lin.plan(0, N, itemsize) == []
+
+
+def test_linear_vec_width():
+    assert lin.vec_width(4, 64, (64, 128), (0, 512)) == 4
+    assert lin.vec_width(8, 64, (64,), (1024,)) == 2
+    assert lin.vec_width(4, 13, (13,), (0,)) == 1          # K not a multiple of 4
+    assert lin.vec_width(4, 64, (66,), (0,)) == 1          # row stride
+    assert lin.vec_width(4, 64, (64,), (8,)) == 1          # pointer not 16-byte aligned
+
+
+@pytest.mark.parametrize("M,N,K,vec,bias", [(1, 5, 64, 4, True), (3, 70, 13, 1, False),
+                                            (16, 9, 256, 2, True), (40, 33, 8, 4, True)])
+def test_linear_emulation_matches_reference(M, N, K, vec, bias):
+    rng = _rng()
+    X, W = rng.standard_normal((M, K)), rng.standard_normal((N, K))
+    b = rng.standard_normal(N) if bias else None
+    got = lin.emulate(X, W, b, vec, itemsize=8)
+    assert not np.any(np.isnan(got))  # every output written
+    assert rel(got, REGISTRY["linear"].reference(X, W, b)) < TOL
+
+
+def test_linear_instances_match_the_plan():
+    text = source("linear.cu")
+    assert f"#define LINEAR_WARPS {lin.LINEAR_WARPS}" in text
+    assert "LINEAR_INST_T(float, 1, 4)" in text and "LINEAR_INST_T(double, 2, 2)" in text
+    for it, nr8 in ((4, 4), (8, 2)):
+        assert [lin.rows_per_warp(mr, it) for mr in lin.TILES] == [1, 1, 2, nr8, nr8]
+    assert lin.TILES[-1] == lin.MAX_TILE and lin.GEMV_ROWS <= lin.MAX_TILE
+
+
+@pytest.mark.parametrize("limit", [(0.0, np.inf), (0.05, 2.0)])
+def test_dt_transform_numpy_is_the_core_formula(limit):
+    from mamba_backend_cuda_cupy.kernels._common import dt_transform
+    from mamba_core.ops import ssd as ssd_ops
+
+    rng = _rng()
+    dt, bias = rng.standard_normal((2, 3, 4)) * 15, rng.standard_normal(4)
+    got = dt_transform(np, dt, bias, True, limit, np.float64)
+    want = ssd_ops._dt_ref(dt, bias, True, limit)
+    assert rel(got, want) < TOL

@@ -77,3 +77,33 @@ def silu(xp, x):
 def dsilu(xp, x):
     s = sigmoid(xp, x)
     return s * (1.0 + x * (1.0 - s))
+
+
+_DT_KERNEL = None
+
+
+def dt_transform(xp, dt, dt_bias, dt_softplus, dt_limit, wd):
+    """The scans' dt = clip(softplus(dt + dt_bias), *dt_limit) in wd (mamba_core/ops/ssd.py _dt).
+
+    NumPy: the core's composition itself. CuPy: one elementwise kernel of the same formula
+    (softplus with torch's threshold 20; clip only when dt_limit is not (0, inf), NaN kept). The
+    array-API clip assigns through a boolean mask, which reads the mask's count back to the host:
+    not allowed while a CUDA graph is being captured (graphs.GraphDecoder)."""
+    from mamba_core.ops import ssd as _ops
+
+    if xp is np:
+        return _ops._dt(api(xp), dt, dt_bias, dt_softplus, dt_limit, wd)
+    global _DT_KERNEL
+    if _DT_KERNEL is None:
+        _DT_KERNEL = xp.ElementwiseKernel(
+            "T d, T b, int32 sp, int32 lim, T lo, T hi", "T y",
+            "T v = d + b;"
+            " if (sp) v = v > (T)20 ? v : log1p(exp(v));"
+            " if (lim) { if (v < lo) v = lo; if (v > hi) v = hi; }"
+            " y = v;",
+            "mamba_cupy_dt_transform")
+    d = dt.astype(wd, copy=False)
+    b = dt_bias.astype(wd, copy=False) if dt_bias is not None else wd(0)
+    lo, hi = (float(v) for v in dt_limit)
+    lim = _ops._limited(dt_limit)
+    return _DT_KERNEL(d, b, np.int32(bool(dt_softplus)), np.int32(lim), wd(lo), wd(hi))

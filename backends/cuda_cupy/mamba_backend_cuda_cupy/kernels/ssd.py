@@ -27,7 +27,7 @@ import math
 from mamba_core.ops import ssd as _ops
 
 from mamba_backend_cuda_cupy.kernels._common import (
-    api, default, dsilu, runs_here, silu, wide, xp_of,
+    api, default, dsilu, dt_transform, runs_here, silu, wide, xp_of,
 )
 from mamba_backend_cuda_cupy.kernels._scan import decay_grad, row_scan, supported
 
@@ -37,7 +37,7 @@ NO_LIMIT = (0.0, math.inf)
 def _prep(xp, x, dt, A, B, C, dt_bias, dt_softplus, dt_limit, wd):
     Bsz, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
-    dtv = _ops._dt(api(xp), dt, dt_bias, dt_softplus, dt_limit, wd)  # (B, L, H)
+    dtv = dt_transform(xp, dt, dt_bias, dt_softplus, dt_limit, wd)  # (B, L, H)
     d4 = xp.broadcast_to(dtv[..., None], (Bsz, L, H, P))
     Am = xp.broadcast_to(A.astype(wd)[:, None, None], (H, P, N))
     return dtv, d4, Am, H // G

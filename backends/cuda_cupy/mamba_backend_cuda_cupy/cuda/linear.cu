@@ -1,0 +1,95 @@
+// Linear layer for few rows (decode): Y = X W^T + b, a memory-bound GEMV that needs no cuBLAS
+// (so it can be captured in a CUDA graph) and reads each weight row once for all batch rows.
+//
+// X: M rows of K (row stride ldx), W: N rows of K (row stride ldw), bias: N or null,
+// Y: M rows of N (row stride ldy); every inner stride is 1. M <= MR (the host splits larger M).
+// Each warp owns NR weight rows n0 .. n0 + NR - 1 (n0 = (block * LINEAR_WARPS + warp) * NR,
+// then strided by the grid); lane l reads vectors l, l + 32, ... of VEC entries of those rows
+// (coalesced, 16-byte loads when VEC > 1; the host checks K, the row strides and the pointers
+// are multiples of VEC) and of the M rows of X, keeping MR x NR partial sums in T (float for
+// float, double for double). A butterfly shuffle sums them over the warp (fixed order:
+// deterministic), and lane (j * MR + m) % 32 writes Y[m, n0 + j] = sum + bias[n0 + j].
+#include "common.cuh"
+
+#define LINEAR_WARPS 4
+
+template <typename T, int VEC>
+__device__ __forceinline__ void load_vec(const T* __restrict__ p, T (&out)[VEC]) {
+  if constexpr (VEC == 1) {
+    out[0] = __ldg(p);
+  } else if constexpr (sizeof(T) == 4 && VEC == 4) {
+    const float4 v = __ldg(reinterpret_cast<const float4*>(p));
+    out[0] = v.x; out[1] = v.y; out[2] = v.z; out[3] = v.w;
+  } else if constexpr (sizeof(T) == 8 && VEC == 2) {
+    const double2 v = __ldg(reinterpret_cast<const double2*>(p));
+    out[0] = v.x; out[1] = v.y;
+  } else {
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) out[v] = __ldg(p + v);
+  }
+}
+
+template <typename T, int VEC, int MR, int NR>
+__global__ void __launch_bounds__(LINEAR_WARPS * 32) linear_gemv(
+    const T* __restrict__ X, const T* __restrict__ W, const T* __restrict__ bias,
+    T* __restrict__ Y, const int M, const int N, const int K, const i64 ldx, const i64 ldw,
+    const i64 ldy) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int nvec = K / VEC;
+  const i64 step = (i64)gridDim.x * LINEAR_WARPS * NR;
+  for (i64 n0 = ((i64)blockIdx.x * LINEAR_WARPS + warp) * NR; n0 < N; n0 += step) {
+    T acc[NR][MR];
+#pragma unroll
+    for (int j = 0; j < NR; ++j)
+#pragma unroll
+      for (int m = 0; m < MR; ++m) acc[j][m] = T(0);
+    for (int kv = lane; kv < nvec; kv += 32) {
+      const i64 k = (i64)kv * VEC;
+      T w[NR][VEC];
+#pragma unroll
+      for (int j = 0; j < NR; ++j) {
+        if (n0 + j < N) {
+          load_vec<T, VEC>(W + (n0 + j) * ldw + k, w[j]);
+        } else {
+#pragma unroll
+          for (int v = 0; v < VEC; ++v) w[j][v] = T(0);
+        }
+      }
+#pragma unroll
+      for (int m = 0; m < MR; ++m) {
+        if (m < M) {
+          T x[VEC];
+          load_vec<T, VEC>(X + m * ldx + k, x);
+#pragma unroll
+          for (int j = 0; j < NR; ++j)
+#pragma unroll
+            for (int v = 0; v < VEC; ++v) acc[j][m] += w[j][v] * x[v];
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < NR; ++j) {
+      const i64 n = n0 + j;
+      const T b = (bias != nullptr && n < N) ? bias[n] : T(0);
+#pragma unroll
+      for (int m = 0; m < MR; ++m) {
+        const T s = group_sum(acc[j][m], 32);  // every lane calls it: full-warp shuffles
+        if (m < M && n < N && lane == ((j * MR + m) & 31)) Y[m * ldy + n] = s + b;
+      }
+    }
+  }
+}
+
+#ifdef MAMBA_CUPY_INSTANTIATE
+#define LINEAR_INST(T, VEC, MR, NR)                                                          \
+  template __global__ void linear_gemv<T, VEC, MR, NR>(const T*, const T*, const T*, T*, int, \
+                                                       int, int, i64, i64, i64);
+// the instances kernels/linear.py asks for: rows_per_warp(MR, itemsize) gives NR
+#define LINEAR_INST_T(T, VEC, NR8)                                                           \
+  LINEAR_INST(T, VEC, 1, 1) LINEAR_INST(T, VEC, 2, 1) LINEAR_INST(T, VEC, 4, 2)              \
+  LINEAR_INST(T, VEC, 8, NR8) LINEAR_INST(T, VEC, 16, NR8)
+LINEAR_INST_T(float, 1, 4)
+LINEAR_INST_T(float, 4, 4)
+LINEAR_INST_T(double, 1, 2)
+LINEAR_INST_T(double, 2, 2)
+#endif

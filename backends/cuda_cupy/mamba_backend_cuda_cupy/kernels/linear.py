@@ -1,0 +1,202 @@
+"""Linear layer for few rows (cuda/linear.cu): a GEMV kernel that needs no cuBLAS.
+
+Op (signature and math: mamba_core/ops/linear.py):
+    linear(x, weight, bias) -> y = x W^T + b;  x: (..., K_in), weight: (K_out, K_in), bias: (K_out,)
+
+Dispatch (``use_kernel``): the kernel runs when x has at most ``GEMV_ROWS`` rows
+(M = prod(x.shape[:-1]): decode, where reading W once is the whole cost and the kernel is as
+fast as cuBLAS) and, whatever M, while the current stream is being captured into a CUDA graph
+(cuBLAS refuses to run inside a capture: graphs.GraphDecoder), and inside ``gemv_only()``.
+Otherwise cupy.matmul (cuBLAS).
+linear_vjp is not native: training is not captured and its matmuls are large.
+
+Launch (``plan``): M is split into chunks of at most ``MAX_TILE`` rows; a chunk of m rows runs the
+instance with MR = the next power of two >= m and NR = ``rows_per_warp(MR, itemsize)`` weight
+rows per warp, ``LINEAR_WARPS`` warps a block, ceil(K_out / (warps * NR)) blocks. Loads are VEC
+wide (16 bytes) when K_in, both row strides and both pointers allow it (``vec_width``), else
+scalar. x and weight are used in place when their inner stride is 1 (any row stride); otherwise
+one contiguous copy is made for that call. Computes and returns in the wide dtype (float64 when
+any argument is float64), as matmul's type promotion does for float32/float64.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import numpy as np
+
+from mamba_backend_cuda_cupy._compile import ctype, function
+from mamba_backend_cuda_cupy.kernels._common import KERNEL_DTYPES, default, runs_here, wide
+
+GEMV_ROWS = 16     # at most this many rows, the kernel runs even outside a capture
+MAX_TILE = 16      # rows one launch holds (the largest MR instance)
+TILES = (1, 2, 4, 8, 16)
+LINEAR_WARPS = 4   # LINEAR_WARPS in linear.cu
+
+
+_FORCE = threading.local()
+
+
+def use_kernel(rows: int, capturing: bool, forced: bool = False) -> bool:
+    """Whether linear runs the GEMV kernel (True) or cupy.matmul (False)."""
+    return forced or capturing or rows <= GEMV_ROWS
+
+
+@contextlib.contextmanager
+def gemv_only():
+    """Inside: linear always runs the kernel (this thread). GraphDecoder wraps its warm-up and its
+    capture in it, so both take the same path: every NVRTC compile and pool block the capture
+    needs is made by the warm-up, whatever the batch."""
+    prev = getattr(_FORCE, "on", False)
+    _FORCE.on = True
+    try:
+        yield
+    finally:
+        _FORCE.on = prev
+
+
+def forced() -> bool:
+    return getattr(_FORCE, "on", False)
+
+
+def row_tile(m: int) -> int:
+    """MR: the smallest instance that holds m (1 <= m <= MAX_TILE) rows."""
+    return next(t for t in TILES if t >= m)
+
+
+def rows_per_warp(mr: int, itemsize: int) -> int:
+    """NR, weight rows per warp: more rows share each load of x when x has many rows."""
+    if mr <= 2:
+        return 1
+    if mr <= 4:
+        return 2
+    return 4 if itemsize == 4 else 2
+
+
+def vec_width(itemsize: int, K: int, strides=(), ptrs=()) -> int:
+    """Entries per load: 16 bytes (4 floats, 2 doubles) when K, every row stride (entries) and
+    every pointer (bytes) are multiples of it, else 1."""
+    v = 16 // itemsize
+    ok = K % v == 0 and all(s % v == 0 for s in strides) and all(p % 16 == 0 for p in ptrs)
+    return v if ok else 1
+
+
+def plan(M: int, N: int, itemsize: int):
+    """The launches for M rows and N outputs: [(m0, rows, MR, NR, blocks)]."""
+    out = []
+    for m0 in range(0, M, MAX_TILE):
+        m = min(MAX_TILE, M - m0)
+        mr = row_tile(m)
+        nr = rows_per_warp(mr, itemsize)
+        out.append((m0, m, mr, nr, max(1, -(-N // (LINEAR_WARPS * nr)))))
+    return out
+
+
+def emulate(X, W, bias, vec: int, itemsize: int = 8):
+    """The kernel's arithmetic in NumPy, launch by launch, warp by warp and lane by lane (lane l
+    sums vectors l, l + 32, ... of each row; the lanes' partials are then summed). X: (M, K),
+    W: (N, K), bias: (N,) or None -> (M, N). For the host tests of the index math."""
+    M, K = X.shape
+    N = W.shape[0]
+    Y = np.full((M, N), np.nan)
+    nvec = K // vec
+    lane_of = (np.arange(nvec) % 32).repeat(vec)  # the lane that reads each k
+    for m0, m, mr, nr, blocks in plan(M, N, itemsize):
+        step = blocks * LINEAR_WARPS * nr
+        for b in range(blocks):
+            for w in range(LINEAR_WARPS):
+                n0 = (b * LINEAR_WARPS + w) * nr
+                while n0 < N:
+                    for j in range(nr):
+                        n = n0 + j
+                        if n >= N:
+                            continue
+                        prod = X[m0:m0 + m, :nvec * vec] * W[n, :nvec * vec]  # (m, K)
+                        part = np.zeros((m, 32))
+                        for lane in range(32):
+                            part[:, lane] = prod[:, lane_of == lane].sum(axis=1)
+                        Y[m0:m0 + m, n] = part.sum(axis=1) + (0.0 if bias is None else bias[n])
+                    n0 += step
+    return Y
+
+
+def capturing(stream=None, runtime=None) -> bool:
+    """Whether ``stream`` (default: CuPy's current stream) is being captured into a CUDA graph.
+
+    Stream.is_capturing() (CuPy >= 9; cudaStreamIsCapturing), else the runtime call itself. A
+    query that fails counts as capturing: CUDA refuses it on the legacy stream while another
+    stream captures, and the kernel is right in every case, only cuBLAS is not."""
+    if stream is None or runtime is None:
+        import cupy
+
+        stream = cupy.cuda.get_current_stream() if stream is None else stream
+        runtime = cupy.cuda.runtime if runtime is None else runtime
+    try:
+        probe = getattr(stream, "is_capturing", None)
+        if probe is not None:
+            return bool(probe())
+        return bool(runtime.streamIsCapturing(stream.ptr))
+    except Exception:
+        return True
+
+
+def _rows2d(cp, a, wd, K):
+    """a as (rows, K) with inner stride 1 and its row stride in entries: a itself when it already
+    is one in the wide dtype (any row stride >= K), else one contiguous copy."""
+    if a.dtype == wd and a.ndim == 2:
+        r, c = a.strides
+        it = a.itemsize
+        if c == it or a.shape[1] <= 1:
+            if a.shape[0] <= 1:
+                return a, K
+            if r % it == 0 and r >= K * it:
+                return a, r // it
+    return cp.ascontiguousarray(a, dtype=wd).reshape(-1, K), K
+
+
+def _launch(x, weight, bias):
+    """The GEMV kernel for any number of rows (chunks of MAX_TILE). Returns (..., K_out) in wd."""
+    import cupy as cp
+
+    K = x.shape[-1]
+    N = weight.shape[0]
+    wd = wide(cp, x.dtype, weight.dtype, *(() if bias is None else (bias.dtype,)))
+    x2 = x.reshape(-1, K) if x.ndim != 2 and x.flags.c_contiguous else x  # a view, no copy
+    X, ldx = _rows2d(cp, x2, wd, K)
+    Wm, ldw = _rows2d(cp, weight, wd, K)
+    b = None if bias is None else cp.ascontiguousarray(bias, dtype=wd)
+    M = X.shape[0]
+    Y = cp.empty((M, N), wd)
+    if M and N:
+        itemsize = np.dtype(wd).itemsize
+        vec = vec_width(itemsize, K, (ldx, ldw), (X.data.ptr, Wm.data.ptr))
+        i32, i64 = np.int32, np.int64
+        for m0, m, mr, nr, blocks in plan(M, N, itemsize):
+            fn = function("linear.cu", f"linear_gemv<{ctype(wd)}, {vec}, {mr}, {nr}>")
+            fn((blocks,), (LINEAR_WARPS * 32,),
+               (X[m0:m0 + m], Wm, b if b is not None else np.uint64(0), Y[m0:m0 + m], i32(m),
+                i32(N), i32(K), i64(ldx), i64(ldw), i64(N)))
+    return Y.reshape(tuple(x.shape[:-1]) + (N,))
+
+
+def _takes(x, weight, bias) -> bool:
+    arrays = [a for a in (x, weight, bias) if a is not None]
+    return (runs_here(*arrays) and type(x).__module__.startswith("cupy")
+            and all(a.dtype.name in KERNEL_DTYPES for a in arrays)
+            and x.ndim >= 1 and weight.ndim == 2 and x.shape[-1] == weight.shape[1]
+            and (bias is None or tuple(bias.shape) == (weight.shape[0],)))
+
+
+def linear(x, weight, bias=None):
+    """y = x W^T + b. x: (..., K_in), weight: (K_out, K_in), bias: (K_out,) -> (..., K_out)."""
+    if not _takes(x, weight, bias):
+        return default("linear")(x, weight, bias)
+    rows = int(np.prod(x.shape[:-1], dtype=np.int64))
+    f = forced()  # the capture query (a runtime call) only where it decides something
+    if not use_kernel(rows, rows > GEMV_ROWS and not f and capturing(), f):
+        return default("linear")(x, weight, bias)
+    return _launch(x, weight, bias)
+
+
+KERNELS = {"linear": linear}
