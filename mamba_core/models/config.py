@@ -61,8 +61,15 @@ class LMConfig:
 
     @property
     def mixer_config(self):
-        fields = {k: v for k, v in self.ssm_cfg.items() if k != "layer"}
-        return self.mixer.Config.from_dict(self.d_model, **fields)
+        """The mixer's validated Config, rebuilt only when d_model or ssm_cfg changed (every
+        block reads it on every step)."""
+        key = (self.d_model, repr(sorted(self.ssm_cfg.items())))
+        cached = self.__dict__.get("_mixer_config")
+        if cached is None or cached[0] != key:
+            fields = {k: v for k, v in self.ssm_cfg.items() if k != "layer"}
+            cached = (key, self.mixer.Config.from_dict(self.d_model, **fields))
+            self.__dict__["_mixer_config"] = cached
+        return cached[1]
 
     @property
     def padded_vocab_size(self) -> int:
