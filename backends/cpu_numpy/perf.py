@@ -1,13 +1,26 @@
-"""Prefill and decode speed of one ~130M-sized layer per family, and the memory-bandwidth floor.
+"""Prefill and decode speed of cpu_numpy: one ~130M-sized layer per family, or the whole ~130M
+language models against HF transformers, with the memory-bandwidth floor.
 
-    python backends/cpu_numpy/perf.py [--default]    (--default: the core's default compositions,
-                                                      i.e. the backend without its kernels)
-Prints prefill tokens/s (B=1, L=256), decode tokens/s (B=1) and the floor
-(fp32 weight bytes per token / bandwidth measured with a large np.copyto).
+    python backends/cpu_numpy/perf.py [--default]
+        one layer per family (d_model 768): prefill B=1 L=256, decode B=1; --default runs the
+        core's default compositions instead (the backend without its kernels)
+    python backends/cpu_numpy/perf.py --hf [--families mamba1,mamba2] [--repeats 5]
+                                      [--backend cpu_numpy] [--no-hf] [--profile]
+        the bench's ~130M random-weight models (d_model 768, 24 layers, vocab 50280; built by
+        mamba_core.bench.models) against HF transformers' torch path (mamba_core.bench.external),
+        in one process with the same thread count: prefill 1 x 512 (head on the last position,
+        as HF's logits_to_keep=1) and decode batch 1, 64 tokens. Prints medians, the ratios and
+        the floors: decode = fp32 weight bytes per token / copy bandwidth; prefill = projection
+        flops / measured sgemm rate. --profile prints a cProfile of one decode run and one prefill.
+
+Every figure is printed with the load average (the machine is shared).
 """
 
 from __future__ import annotations
 
+import argparse
+import os
+import statistics
 import sys
 import time
 
@@ -25,11 +38,26 @@ FAMILIES = {
 
 
 def bandwidth() -> float:
+    """Copy bandwidth (bytes read + written per second) of a 256 MiB np.copyto, best of 5."""
     a = np.ones(64 * 2**20, np.float32)
     b = np.empty_like(a)
     np.copyto(b, a)
     t = min(_time(lambda: np.copyto(b, a)) for _ in range(5))
-    return 2 * a.nbytes / t  # bytes read + written per second
+    return 2 * a.nbytes / t
+
+
+def sgemm_rate(M=512, K=768, N=3352) -> float:
+    """float32 matmul flops per second through NumPy's BLAS at a prefill-like shape, best of 5."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((M, K), dtype=np.float32)
+    w = rng.standard_normal((N, K), dtype=np.float32)
+    x @ w.T
+    t = min(_time(lambda: x @ w.T) for _ in range(5))
+    return 2.0 * M * K * N / t
+
+
+def load() -> str:
+    return "load %.2f %.2f %.2f" % os.getloadavg()
 
 
 def _time(fn) -> float:
@@ -38,13 +66,14 @@ def _time(fn) -> float:
     return time.perf_counter() - t
 
 
-def main():
+def layer_main(default: bool):
     be = get_backend("cpu_numpy")
-    if "--default" in sys.argv:
+    if default:
         be.kernels = {"embedding": be.kernels["embedding"]}
+        be.mixer_steps = {}
         be.__dict__.pop("ops", None)
     bw = bandwidth()
-    print(f"bandwidth (np.copyto, read+write): {bw / 1e9:.1f} GB/s")
+    print(f"bandwidth (np.copyto, read+write): {bw / 1e9:.1f} GB/s; {load()}")
     for fam, mix in FAMILIES.items():
         cfg = LMConfig(d_model=768, n_layer=1, vocab_size=1024, ssm_cfg=dict(mix))
         params = lm.to_backend(be, lm.init_params(cfg, np.random.default_rng(0)))
@@ -64,8 +93,102 @@ def main():
         floor = wbytes / bw
         print(f"{fam}: prefill {256 / t:8.0f} tok/s | decode {1 / td:7.1f} tok/s "
               f"({td * 1e3:.2f} ms/token; floor {floor * 1e3:.2f} ms = {wbytes / 1e6:.1f} MB / "
-              f"{bw / 1e9:.1f} GB/s; {td / floor:.1f}x floor)")
+              f"{bw / 1e9:.1f} GB/s; {td / floor:.1f}x floor) | {load()}")
+
+
+def _median_time(fn, repeats, warmup=1):
+    for _ in range(warmup):
+        fn()
+    times = [_time(fn) for _ in range(repeats)]
+    return statistics.median(times), times
+
+
+def _profile(fn, label, n=25):
+    import cProfile
+    import pstats
+
+    pr = cProfile.Profile()
+    pr.enable()
+    fn()
+    pr.disable()
+    print(f"---- cProfile: {label}")
+    pstats.Stats(pr).sort_stats("tottime").print_stats(n)
+
+
+def hf_main(args):
+    from mamba_core.bench import external, models
+    from mamba_core.bench.presets import MODEL_130M
+
+    import torch
+
+    threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    be = get_backend(args.backend)
+    bw = bandwidth()
+    gemm = sgemm_rate()
+    print(f"machine: {os.cpu_count()} cores; torch {torch.__version__} ({torch.get_num_threads()} threads), "
+          f"numpy {np.__version__}; backend {be.name}")
+    print(f"copy bandwidth {bw / 1e9:.1f} GB/s, sgemm (512x768x3352) {gemm / 1e9:.1f} GFLOP/s; {load()}")
+    hf = external.HFTransformers()
+    rows = []
+    for fam in args.families.split(","):
+        for task in (models.ModelTask(fam, MODEL_130M, "prefill", 1, 512),
+                     models.ModelTask(fam, MODEL_130M, "decode", 1, 64)):
+            cfg = models.config(fam, MODEL_130M)
+            counts = models.param_counts(cfg, models.numpy_params(fam, MODEL_130M))
+            ours = models.prepare(be, task)
+            if args.profile:
+                _profile(ours, f"{fam} {task.label} (ours)")
+            l0 = load()
+            t_ours, all_ours = _median_time(ours, args.repeats)
+            line = dict(family=fam, task=task.label, ours=t_ours, ours_all=all_ours, load_ours=l0)
+            if not args.no_hf and fam in hf.families:
+                ext = hf.model(task)
+                l1 = load()
+                t_hf, all_hf = _median_time(ext, args.repeats)
+                line.update(hf=t_hf, hf_all=all_hf, load_hf=l1)
+                del ext
+            tok = task.tokens
+            if task.task == "decode":
+                wbytes = 4.0 * (counts["all"] - 0)  # every weight once per token (tied head included)
+                floor = wbytes / bw
+                line["floor"] = floor * tok
+                line["floor_note"] = f"{wbytes / 1e6:.0f} MB fp32 weights / {bw / 1e9:.1f} GB/s = {floor * 1e3:.1f} ms/token"
+            else:
+                flops = 2.0 * counts["matmul"] * tok + 2.0 * counts["head"]
+                line["floor"] = flops / gemm
+                line["floor_note"] = f"{flops / 1e9:.1f} GFLOP projections / {gemm / 1e9:.0f} GFLOP/s sgemm"
+            rows.append(line)
+            _print_row(line, tok)
+            del ours
+    return rows
+
+
+def _print_row(r, tok):
+    s = (f"{r['family']} {r['task']}: ours {tok / r['ours']:8.1f} tok/s ({r['ours']:.3f} s, runs "
+         + " ".join(f"{t:.3f}" for t in r["ours_all"]) + f"; {r['load_ours']})")
+    if "hf" in r:
+        s += (f" | HF {tok / r['hf']:8.1f} tok/s ({r['hf']:.3f} s, runs "
+              + " ".join(f"{t:.3f}" for t in r["hf_all"]) + f"; {r['load_hf']}) | ours/HF {r['hf'] / r['ours']:.2f}x")
+    s += f" | floor {r['floor']:.3f} s ({r['floor_note']}), ours {r['ours'] / r['floor']:.2f}x floor"
+    print(s, flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--default", action="store_true")
+    ap.add_argument("--hf", action="store_true")
+    ap.add_argument("--families", default="mamba1,mamba2")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--backend", default="cpu_numpy")
+    ap.add_argument("--no-hf", action="store_true")
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+    if args.hf:
+        hf_main(args)
+    else:
+        layer_main(args.default)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from mamba_core.backend import Availability, Backend, Capabilities
-from mamba_backend_cpu_numpy import kernels
+from mamba_backend_cpu_numpy import decode, kernels
 
 
 class CpuNumpyBackend(Backend):
@@ -22,6 +22,8 @@ class CpuNumpyBackend(Backend):
     dtypes = ("float32", "float64")
     capabilities = Capabilities(cuda_graphs=False, batch_invariant=False, deterministic=True)
     kernels = kernels.KERNELS
+    #: fused one-token decode steps (in_proj, one numba kernel, out_proj); see decode.py
+    mixer_steps = decode.MIXER_STEPS
 
     def available(self) -> Availability:
         return Availability.yes()

@@ -1,9 +1,10 @@
 """numba kernels of the depthwise causal conv1d: causal_conv1d, causal_conv1d_step, its VJP.
 
 y_t[c] = act(b[c] + sum_k w[c, k] x_{t-K+1+k}[c]) with k ascending; loops run over channels
-(contiguous, vectorised) inside, one batch row per prange iteration for the forward and the
-step, one channel block per iteration for the VJP (whose weight/bias sums run over b and t in a
-fixed order: deterministic, no shared accumulators).
+(contiguous, vectorised) inside: one (batch row, block of CBLOCK channels) per prange iteration
+for the forward, one batch row at a time for the (serial) step, one channel block per iteration
+for the VJP (whose weight/bias sums run over b and t in a fixed order: deterministic, no shared
+accumulators).
 """
 
 from __future__ import annotations
@@ -19,20 +20,30 @@ CBLOCK = 64
 def _fwd(x, wt, bias, has_bias, state, silu, y, final):
     Bsz, L, C = x.shape
     K = wt.shape[0]
-    for b in prange(Bsz):
+    nblk = (C + CBLOCK - 1) // CBLOCK
+    for task in prange(Bsz * nblk):  # (batch row, channel block): channels are the SIMD lanes
+        b = task // nblk
+        c0 = (task - b * nblk) * CBLOCK
+        nc = min(c0 + CBLOCK, C) - c0
+        acc = np.empty(nc, dtype=y.dtype)
         for t in range(L):
-            for ch in range(C):
-                acc = 0.0
-                for k in range(K):
-                    s = t - K + 1 + k  # input index; < 0 reads the initial state
-                    v = x[b, s, ch] if s >= 0 else state[b, ch, K + s]
-                    acc += wt[k, ch] * v
+            acc[:] = 0.0
+            for k in range(K):
+                s = t - K + 1 + k  # input index; < 0 reads the initial state
+                if s >= 0:
+                    for j in range(nc):
+                        acc[j] += wt[k, c0 + j] * x[b, s, c0 + j]
+                else:
+                    for j in range(nc):
+                        acc[j] += wt[k, c0 + j] * state[b, c0 + j, K + s]
+            for j in range(nc):
+                v = acc[j]
                 if has_bias:
-                    acc += bias[ch]
+                    v += bias[c0 + j]
                 if silu:
-                    acc = acc / (1.0 + np.exp(-acc))
-                y[b, t, ch] = acc
-        for ch in range(C):
+                    v = v / (1.0 + np.exp(-v))
+                y[b, t, c0 + j] = v
+        for ch in range(c0, c0 + nc):
             for k in range(K):
                 s = L - K + k
                 final[b, ch, k] = x[b, s, ch] if s >= 0 else state[b, ch, K + s]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from mamba_backend_cpu_numpy import conv1d as _conv
 from mamba_backend_cpu_numpy import linear as _linear
 from mamba_backend_cpu_numpy import mamba3 as _m3
+from mamba_backend_cpu_numpy import norm as _norm
 from mamba_backend_cpu_numpy import selective_scan as _ss
 from mamba_backend_cpu_numpy import ssd as _ssd
 
@@ -21,6 +22,8 @@ def embedding(ids, weight):
 #: the kernels of ``cpu_numpy``: projections go to NumPy's BLAS (fast, not batch-invariant)
 KERNELS = {
     "embedding": embedding,
+    "rmsnorm": _norm.rmsnorm,
+    "add_rmsnorm": _norm.add_rmsnorm,
     "causal_conv1d": _conv.causal_conv1d,
     "causal_conv1d_step": _conv.causal_conv1d_step,
     "causal_conv1d_vjp": _conv.causal_conv1d_vjp,
@@ -32,6 +35,7 @@ KERNELS = {
     "ssd_scan_vjp": _ssd.ssd_scan_vjp,
     "mamba3_scan": _m3.mamba3_scan,
     "mamba3_step": _m3.mamba3_step,
+    "mamba3_scan_vjp": _m3.mamba3_scan_vjp,
 }
 
 #: the kernels of ``cpu_numpy_invariant``: the same, with a fixed-order ``linear`` so a row's

@@ -8,8 +8,9 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from mamba_core.ops import conv1d, selective_scan as ss, ssd
-from mamba_backend_cpu_numpy import conv1d as kconv, linear as klin, selective_scan as kss, ssd as kssd
+from mamba_core.ops import conv1d, mamba3 as m3, selective_scan as ss, ssd
+from mamba_backend_cpu_numpy import conv1d as kconv, linear as klin, mamba3 as km3
+from mamba_backend_cpu_numpy import selective_scan as kss, ssd as kssd
 
 TOL = {np.float64: 1e-9, np.float32: 2e-4}
 
@@ -66,6 +67,45 @@ def test_selective_scan_forward_and_vjp_match_reference(dtype):
         assert rel(gg[k], gw[k]) < TOL[dtype], k
 
 
+def _mamba3_args(rng, R, B=2, L=150, H=3, P=4, N=6, dtype=np.float64):
+    """L > 2 CKPT blocks (a partial last one), cached k/v, MIMO when R > 1."""
+    a = dict(x=rng.standard_normal((B, L, H, P)), dt=rng.uniform(0.01, 0.5, (B, L, H)),
+             A=-rng.uniform(0.5, 2, (B, L, H)), trap=rng.uniform(0, 1, (B, L, H)),
+             B=rng.standard_normal((B, L, R, H, N)), C=rng.standard_normal((B, L, R, H, N)),
+             D=rng.standard_normal(H), initial_state=rng.standard_normal((B, H, P, N)),
+             initial_k=rng.standard_normal((B, R, H, N)), initial_v=rng.standard_normal((B, H, P)))
+    if R > 1:
+        a["mimo_x"] = rng.standard_normal((H, R, P))
+    return {k: v.astype(dtype) for k, v in a.items()}
+
+
+@pytest.mark.parametrize("R", [1, 3])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_mamba3_forward_and_vjp_match_reference(dtype, R):
+    rng = np.random.default_rng(5)
+    a = _mamba3_args(rng, R, dtype=dtype)
+    a64 = {k: v.astype(np.float64) for k, v in a.items()}
+    want = m3.mamba3_scan_ref(**a64)
+    for g, w in zip(km3.mamba3_scan(**a), want):
+        assert rel(g, w) < TOL[dtype]
+    cot = tuple(rng.standard_normal(w.shape) for w in want)
+    gw = m3.mamba3_scan_vjp_ref(cot, **a64)
+    gg = km3.mamba3_scan_vjp(tuple(c.astype(dtype) for c in cot), **a)
+    assert list(gg) == list(gw)
+    for k in gw:
+        assert gg[k].dtype == a[k].dtype and gg[k].shape == a[k].shape, k
+        assert rel(gg[k], gw[k]) < TOL[dtype], k
+    # no cache, no D, partial cotangents (None entries are zeros)
+    for key in ("initial_state", "initial_k", "initial_v", "D"):
+        a.pop(key), a64.pop(key)
+    cot = (cot[0], None, None, cot[3])
+    gw = m3.mamba3_scan_vjp_ref(cot, **a64)
+    gg = km3.mamba3_scan_vjp(tuple(None if c is None else c.astype(dtype) for c in cot), **a)
+    assert list(gg) == list(gw)
+    for k in gw:
+        assert rel(gg[k], gw[k]) < TOL[dtype], k
+
+
 def test_conv1d_vjp_matches_reference():
     rng = np.random.default_rng(2)
     x, w, b, s = (rng.standard_normal(sh) for sh in ((2, 9, 5), (5, 4), (5,), (2, 5, 4)))
@@ -112,3 +152,42 @@ def test_decode_kernels_allocate_only_their_outputs():
     tracemalloc.stop()
     # outputs + small per-call arrays (dt, D broadcast: O(H P)), never a second state
     assert peak < out_bytes + S.nbytes // 2, (peak, out_bytes)
+
+
+FUSED = {"mamba1": {"layer": "Mamba1"}, "mamba2": {"layer": "Mamba2"}, "mamba3": {"layer": "Mamba3"},
+         "mamba3_mimo": {"layer": "Mamba3", "is_mimo": True, "mimo_rank": 2}}
+
+
+@pytest.mark.parametrize("family", sorted(FUSED))
+def test_fused_decode_step_allocates_only_its_outputs(family):
+    """The fused mixer step (decode.py) after warm-up: the traced allocations per token are the
+    in_proj output, y, out_proj's output and the new cache (the contract returns a fresh cache),
+    plus the kernel's O(channels) scratch; never a second state. The caller's cache is left
+    untouched and shares no memory with the new one."""
+    from mamba_core.models.config import LMConfig
+    from mamba_core.registry import get_backend
+
+    be = get_backend("cpu_numpy")
+    cfg = LMConfig(d_model=64, n_layer=1, vocab_size=32, ssm_cfg=dict(FUSED[family]))
+    mcfg = cfg.mixer_config
+    rng = np.random.default_rng(6)
+    params = {k: v for k, v in cfg.mixer.init_params(mcfg, rng).items()}
+    cache = cfg.mixer.init_cache(be, mcfg, 1)
+    u = rng.standard_normal((1, 64)).astype(np.float32)
+    step = be.mixer_steps[cfg.mixer.LAYER.lower()]
+    for _ in range(3):
+        _, cache = step(be, params, mcfg, u, cache)
+    frozen = {k: v.copy() for k, v in cache.items()}
+    cache_bytes = sum(v.nbytes for v in cache.values())
+    proj_bytes = 4 * (params["in_proj.weight"].shape[0] + 2 * mcfg.d_inner + 64)
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    before = tracemalloc.get_traced_memory()[0]
+    out, new = step(be, params, mcfg, u, cache)
+    peak = tracemalloc.get_traced_memory()[1] - before
+    tracemalloc.stop()
+    for k in cache:
+        assert np.array_equal(cache[k], frozen[k]), k
+        assert not np.shares_memory(new[k], cache[k]), k
+    scratch = 16384  # Bh, Ch, cos/sin tables and conv outputs inside the kernels: O(R H N + X)
+    assert peak < cache_bytes + proj_bytes + scratch, (peak, cache_bytes, proj_bytes)
