@@ -14,7 +14,12 @@ compute some ops faster than the core's default compositions:
 - ``mixer_steps`` (optional): a table ``family -> callable`` of fused one-token decode steps
   (``"mamba1"``, ``"mamba2"``, ``"mamba3"``), each with the signature of that family's
   ``mamba_core.models.<family>.step`` and the same results; conformance's mixer and LM step
-  checks run through it. ``MAMBA_NO_FUSED_STEP=1`` turns every one off (for A/B timing).
+  checks run through it. ``MAMBA_NO_FUSED_STEP=1`` turns every one off (for A/B timing);
+- ``static_decoder(params, cfg, dtype)`` (optional): an object that decodes token by token over
+  caches it owns (CUDA graphs, preallocated buffers): ``set_cache(cache)``, ``step(ids) ->
+  logits`` (the cache advances in place; the logits buffer is reused by the next step),
+  ``cache(batch)`` (the live cache), ``reset(batch)``. Generation uses it when offered;
+  ``MAMBA_NO_STATIC_DECODER=1`` turns it off. Its logits must equal ``lm.step``'s.
 
 Every op a backend does not implement falls back to the default composition that
 ``mamba_core.ops`` writes in array-API terms, so a new backend can start with nothing but
@@ -113,6 +118,11 @@ class Backend:
         if isinstance(a, np.ndarray) and a.dtype.name == "bfloat16":
             a = a.astype(np.float32)  # ml_dtypes storage: widen on the host first
         return xp.asarray(a, dtype=self.dtype(dtype))
+
+    def static_decoder(self, params: dict, cfg, dtype: str):
+        """A decoder over static caches (see the module doc), or None: then generation runs
+        ``lm.step``. Backends that have one override this."""
+        return None
 
     def to_numpy(self, a) -> np.ndarray:
         """A NumPy copy (or view) of a backend array."""

@@ -19,7 +19,10 @@ the parallel ``forward(..., last_only=True)``, each group separately, and the pe
 ``step`` on the whole batch. A row ends when it produces a stop token, when its decoded text
 contains a stop string, or after ``max_new_tokens``; finished rows are **dropped** from the
 batch (their cache rows are taken out with ``xp.take``), so they cost nothing afterwards and
-cannot influence anything. No step is run after the last token anyone needs.
+cannot influence anything. No step is run after the last token anyone needs. When the backend
+offers a decoder over static caches (``Backend.static_decoder``: CUDA graphs on torch_triton,
+preallocated buffers on cpu_numpy), the steps run through it; ``MAMBA_NO_STATIC_DECODER=1``
+runs plain ``step`` instead. The tokens are the same either way.
 
 **Logits processing on the host.** At each step the (B, V') logits are moved to NumPy with
 ``be.to_numpy`` and processed there. Why NumPy rather than ``be.xp``: the logits are small
@@ -61,6 +64,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -348,6 +352,23 @@ def _host_logits(be, logits, vocab: int) -> np.ndarray:
     return z.astype(np.float64 if z.dtype == np.float64 else np.float32, copy=False)
 
 
+def _static_decoder(model):
+    """The backend's decoder over static caches for this model (made once, kept on the model),
+    or None: when the backend has none, or ``MAMBA_NO_STATIC_DECODER=1``."""
+    if os.environ.get("MAMBA_NO_STATIC_DECODER", "") not in ("", "0"):
+        return None
+    make = getattr(model.backend, "static_decoder", None)
+    if make is None or not hasattr(model, "params") or not hasattr(model, "dtype"):
+        return None  # a model-like object without parameters (the contract asks for less)
+    dec = model.__dict__.get("_static_decoder")
+    if dec is None:
+        dec = make(model.params, model.cfg, model.dtype)
+        if dec is None:
+            return None
+        model.__dict__["_static_decoder"] = dec
+    return dec
+
+
 def _steps(model, prompts: list[list[int]], config: GenerationConfig, tokenizer,
            stop_tokens: frozenset) -> Iterator[tuple[list, set]]:
     """Yield, per step, (new id per prompt or None, set of prompts that finished this step)."""
@@ -364,6 +385,9 @@ def _steps(model, prompts: list[list[int]], config: GenerationConfig, tokenizer,
     generated: list[list[int]] = [[] for _ in range(B)]
     active = np.arange(B)
     logits, cache = prefill(model, prompts)
+    dec = _static_decoder(model)
+    if dec is not None:
+        dec.set_cache(cache)
     for t in range(n_new):
         z = _host_logits(be, logits, vocab)
         tok = select_tokens(z, config, rng, None if seen is None else seen[active])
@@ -386,9 +410,16 @@ def _steps(model, prompts: list[list[int]], config: GenerationConfig, tokenizer,
             return
         if done:
             keep = np.setdiff1d(np.arange(len(active)), done)
+            if dec is not None:
+                cache = dec.cache(len(active))
             active, tok = active[keep], tok[keep]
             cache = _take_rows(be, cache, keep)
-        logits, cache = model.step(tok, cache)
+            if dec is not None:
+                dec.set_cache(cache)
+        if dec is not None:
+            logits = dec.step(tok)
+        else:
+            logits, cache = model.step(tok, cache)
 
 
 def _setup(model, prompts, config, tokenizer, options):

@@ -230,6 +230,32 @@ def test_ragged_batch_equals_each_prompt_alone(layer, backend):
     assert len({tuple(r) for r in batch}) > 1
 
 
+def _fast_backends():
+    from mamba_core.registry import installed
+
+    return sorted(n for n, b in installed().items() if n != "reference" and b.available())
+
+
+@pytest.mark.parametrize("backend", _fast_backends())
+@pytest.mark.parametrize("layer", list(MIXERS))
+def test_static_decoder_generates_the_same_tokens(layer, backend, monkeypatch):
+    # the backend's decoder over static caches (Backend.static_decoder) against plain lm.step,
+    # with a stop token that ends one row early so the batch shrinks mid-way (set_cache again)
+    base = model(layer)
+    m = MambaLM(base.cfg, {k: base.backend.to_numpy(v) for k, v in base.params.items()}, backend=backend,
+                dtype="float32")
+    if m.backend.static_decoder(m.params, m.cfg, m.dtype) is None:
+        pytest.skip(f"{backend} offers no static decoder (Backend.static_decoder returns None)")
+    monkeypatch.setenv("MAMBA_NO_STATIC_DECODER", "1")
+    plain = generate(m, PROMPTS, max_new_tokens=8)
+    stop = next(t for t in plain[0][1:] if t not in sum(plain[1:], []))
+    plain = generate(m, PROMPTS, max_new_tokens=8, stop_tokens=[stop])
+    assert len(plain[0]) < 8
+    monkeypatch.delenv("MAMBA_NO_STATIC_DECODER")
+    assert gen._static_decoder(m) is not None
+    assert generate(m, PROMPTS, max_new_tokens=8, stop_tokens=[stop]) == plain
+
+
 @pytest.mark.parametrize("layer", list(MIXERS))
 def test_prefill_then_step_equals_full_forward(layer):
     m = model(layer)
