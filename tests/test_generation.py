@@ -248,9 +248,10 @@ def test_static_decoder_generates_the_same_tokens(layer, backend, monkeypatch):
         pytest.skip(f"{backend} offers no static decoder (Backend.static_decoder returns None)")
     monkeypatch.setenv("MAMBA_NO_STATIC_DECODER", "1")
     plain = generate(m, PROMPTS, max_new_tokens=8)
-    stop = next(t for t in plain[0][1:] if t not in sum(plain[1:], []))
+    # a token some row produces after its first and another row never does: that row ends early
+    stop = next(t for r in plain for t in r[1:] if any(t not in q for q in plain))
     plain = generate(m, PROMPTS, max_new_tokens=8, stop_tokens=[stop])
-    assert len(plain[0]) < 8
+    assert min(len(r) for r in plain) < 8 == max(len(r) for r in plain)
     monkeypatch.delenv("MAMBA_NO_STATIC_DECODER")
     assert gen._static_decoder(m) is not None
     assert generate(m, PROMPTS, max_new_tokens=8, stop_tokens=[stop]) == plain

@@ -13,6 +13,10 @@ language models against HF transformers, with the memory-bandwidth floor.
         the floors: decode = fp32 weight bytes per token / copy bandwidth; prefill = projection
         flops / measured sgemm rate. --profile prints a cProfile of one decode run and one prefill.
 
+    python backends/cpu_numpy/perf.py --decoder [--families mamba2] [--repeats 5] [--batch 1]
+        decode of the same ~130M models, lm.step against the StaticDecoder (static_decoder.py),
+        runs interleaved: median ms/token over 64 tokens, and the traced bytes per token.
+
 Every figure is printed with the load average (the machine is shared).
 """
 
@@ -164,6 +168,58 @@ def hf_main(args):
     return rows
 
 
+def decoder_main(args, n_tok=64):
+    import tracemalloc
+
+    from mamba_core.bench import models
+    from mamba_core.bench.presets import MODEL_130M
+
+    be = get_backend(args.backend)
+    print(f"backend {be.name}, numpy {np.__version__}; decode batch {args.batch}, {n_tok} tokens "
+          f"per run, {args.repeats} runs each, interleaved; {load()}")
+    for fam in args.families.split(","):
+        cfg = models.config(fam, MODEL_130M)
+        params = lm.to_backend(be, models.numpy_params(fam, MODEL_130M), "float32")
+        rng = np.random.default_rng(0)
+        _, cache0 = lm.forward(be, params, cfg, rng.integers(0, cfg.vocab_size, (args.batch, 8)))
+        toks = [rng.integers(0, cfg.vocab_size, args.batch) for _ in range(n_tok)]
+        dec = be.static_decoder(params, cfg, "float32")
+
+        def plain():
+            cache = cache0
+            for t in toks:
+                _, cache = lm.step(be, params, cfg, t, cache)
+
+        def static():
+            dec.set_cache(cache0)
+            for t in toks:
+                dec.step(t)
+
+        plain(), static()  # warm-up (compile, buffers)
+        runs = {"lm.step": [], "StaticDecoder": []}
+        loads = [load()]
+        for _ in range(args.repeats):
+            runs["lm.step"].append(_time(plain) / n_tok)
+            runs["StaticDecoder"].append(_time(static) / n_tok)
+            loads.append(load())
+        traced = {}
+        for name, one in (("lm.step", lambda: lm.step(be, params, cfg, toks[0], cache0)),
+                          ("StaticDecoder", lambda: dec.step(toks[0]))):
+            one()
+            tracemalloc.start()
+            tracemalloc.reset_peak()
+            b = tracemalloc.get_traced_memory()[0]
+            one()
+            traced[name] = tracemalloc.get_traced_memory()[1] - b
+            tracemalloc.stop()
+        for name, ts in runs.items():
+            print(f"{fam} {name:13s}: {statistics.median(ts) * 1e3:6.2f} ms/token median (runs "
+                  + " ".join(f"{t * 1e3:.2f}" for t in ts)
+                  + f"); traced peak per token {traced[name] / 1e6:.3f} MB")
+        print(f"{fam} speed-up {statistics.median(runs['lm.step']) / statistics.median(runs['StaticDecoder']):.2f}x; "
+              + "; ".join(loads), flush=True)
+
+
 def _print_row(r, tok):
     s = (f"{r['family']} {r['task']}: ours {tok / r['ours']:8.1f} tok/s ({r['ours']:.3f} s, runs "
          + " ".join(f"{t:.3f}" for t in r["ours_all"]) + f"; {r['load_ours']})")
@@ -183,8 +239,12 @@ def main():
     ap.add_argument("--backend", default="cpu_numpy")
     ap.add_argument("--no-hf", action="store_true")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--decoder", action="store_true")
+    ap.add_argument("--batch", type=int, default=1)
     args = ap.parse_args()
-    if args.hf:
+    if args.decoder:
+        decoder_main(args)
+    elif args.hf:
         hf_main(args)
     else:
         layer_main(args.default)

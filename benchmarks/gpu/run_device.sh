@@ -71,6 +71,7 @@ round3)
     if [ -f .official/build_ss.py ]; then (timeout 280 python3 .official/build_ss.py > "$R/ss_build.log" 2>&1 &); fi
     job() { local name=$1 t=$2; shift 2; (timeout "$t" "$@" > "$R/$name.log" 2>&1; echo "$name rc=$?" >> "$R/rc.txt") & }
     job cupy_check 200 env GPU_CHECK_PARTS=compile,kernels,conformance python3 backends/cuda_cupy/gpu_check.py "$R"
+    job cupy_tests 200 python3 -m pytest -q -p no:cacheprovider backends/cuda_cupy/tests/test_gpu.py
     job hf_gpu 200 env PYTHONPATH=/tmp/site_hf:/tmp/site python3 -m pytest -q -s -p no:cacheprovider \
         tests/test_checkpoint_hf.py -k "logits or greedy"
     job tt_f32_models 200 mamba-conformance torch_triton --dtype float32 --only 'mixer:*' --only 'lm:*' -q \

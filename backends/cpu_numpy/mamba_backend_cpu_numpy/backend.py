@@ -28,6 +28,18 @@ class CpuNumpyBackend(Backend):
     def available(self) -> Availability:
         return Availability.yes()
 
+    def static_decoder(self, params: dict, cfg, dtype: str = "float32"):
+        """A StaticDecoder (static_decoder.py: lm.step over preallocated buffers, bit-identical
+        to it), or None when the model's mixer has no fused step here or fused steps are turned
+        off (MAMBA_NO_FUSED_STEP=1: lm.step then runs the op composition, which the decoder does
+        not mirror)."""
+        from mamba_core.models.mixer import fused_step
+        from mamba_backend_cpu_numpy.static_decoder import StaticDecoder
+
+        if fused_step(self, cfg.mixer.LAYER.lower()) is None:
+            return None
+        return StaticDecoder(self, params, cfg, dtype)
+
     @property
     def xp(self):
         return np

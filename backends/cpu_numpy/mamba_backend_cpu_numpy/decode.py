@@ -16,10 +16,12 @@ cache: the caller's cache is never modified, so the new one cannot reuse its buf
             gate (or gated head norm) -> sum_r y_r mimo_o_r
 
 Kernels are serial (no thread pool to wake per token; one (batch row, head) after the other);
+their O(channels) work arrays are arguments (``scratch``), so a caller that keeps them (the
+StaticDecoder) allocates nothing per call;
 every sum runs in a fixed order that depends only on the row's own data, so a row's result is
 the same whatever the batch (batch-invariant when the linear is). Sums over the state axis N use
 8 independent partial sums (lane j takes n = j mod 8) added in a fixed order at the end: the
-lanes vectorise without reassociation. Scratch vectors of O(channels) live inside the kernel.
+lanes vectorise without reassociation.
 """
 
 from __future__ import annotations
@@ -81,16 +83,11 @@ def _dot(a, b, lanes):
 # ---- Mamba-1 ------------------------------------------------------------------------------
 @njit(**NJIT_SERIAL)
 def _m1(xz, conv_state, conv_w, conv_b, has_cb, xproj_w, dtproj_w, dt_bias, A_log, D, ssm_state,
-        y, conv_new, ssm_new):
+        y, conv_new, ssm_new, xc, xdbl, lanes, acc, dA):
     Bsz = xz.shape[0]
     E, N = A_log.shape
     R = dtproj_w.shape[1]
-    xc = np.empty(E, dtype=y.dtype)
-    xdbl = np.empty(xproj_w.shape[0], dtype=y.dtype)
-    lanes = np.empty(LANES, dtype=y.dtype)
-    acc = np.empty(LANES, dtype=y.dtype)
     f = y.dtype.type
-    dA = np.empty(N, dtype=y.dtype)
     for b in range(Bsz):
         _conv(xz[b, :E], conv_state[b], conv_w, conv_b, has_cb, xc, conv_new[b])
         for j in range(xproj_w.shape[0]):
@@ -125,7 +122,7 @@ def mamba1_step(be, params, cfg, u, cache):
         c(conv_b, wide) if conv_b is not None else xz[0], conv_b is not None,
         c(params["x_proj.weight"], wide), c(params["dt_proj.weight"], wide),
         c(params["dt_proj.bias"], wide), c(params["A_log"], wide), c(params["D"], wide),
-        c(cache["ssm_state"], wide), y, conv_new, ssm_new)
+        c(cache["ssm_state"], wide), y, conv_new, ssm_new, *scratch("mamba1", cfg, wide))
     out = lin(y.astype(u.dtype, copy=False), params["out_proj.weight"],
               params["out_proj.bias"] if cfg.bias else None)
     return out, {"conv_state": conv_new, "ssm_state": ssm_new}
@@ -134,7 +131,7 @@ def mamba1_step(be, params, cfg, u, cache):
 # ---- Mamba-2 ------------------------------------------------------------------------------
 @njit(**NJIT_SERIAL)
 def _m2(zx, conv_state, conv_w, conv_b, has_cb, dt_bias, A_log, D, norm_w, ssm_state,
-        M, S, G, lo, hi, limited, rmsnorm, norm_before_gate, y, conv_new, ssm_new):
+        M, S, G, lo, hi, limited, rmsnorm, norm_before_gate, y, conv_new, ssm_new, xbc, acc):
     Bsz = zx.shape[0]
     H, P, N = ssm_state.shape[1], ssm_state.shape[2], ssm_state.shape[3]
     X = conv_w.shape[0]
@@ -142,8 +139,6 @@ def _m2(zx, conv_state, conv_w, conv_b, has_cb, dt_bias, A_log, D, norm_w, ssm_s
     GN = G * N
     o_z, o_x = 2 * M, 2 * M + S
     o_dt = o_x + X
-    xbc = np.empty(X, dtype=y.dtype)
-    acc = np.empty(LANES, dtype=y.dtype)
     f = y.dtype.type
     for b in range(Bsz):
         _conv(zx[b, o_x:o_x + X], conv_state[b], conv_w, conv_b, has_cb, xbc, conv_new[b])
@@ -205,7 +200,8 @@ def mamba2_step(be, params, cfg, u, cache):
         c(params["dt_bias"], wide), c(params["A_log"], wide), D,
         c(params["norm.weight"], wide) if cfg.rmsnorm else zx[0], c(cache["ssm_state"], wide),
         cfg.d_mlp, cfg.ssm_width, cfg.ngroups, lo, hi, (lo, hi) != (0.0, float("inf")),
-        bool(cfg.rmsnorm), bool(cfg.norm_before_gate), y, conv_new, ssm_new)
+        bool(cfg.rmsnorm), bool(cfg.norm_before_gate), y, conv_new, ssm_new,
+        *scratch("mamba2", cfg, wide))
     out = lin(y.astype(u.dtype, copy=False), params["out_proj.weight"],
               params["out_proj.bias"] if cfg.bias else None)
     return out, {"conv_state": conv_new, "ssm_state": ssm_new}
@@ -253,7 +249,7 @@ def _bc(zx, off, b, norm_w, bias, R, G, H, N, S, halves, cosv, sinv, out):
 @njit(**NJIT_SERIAL)
 def _m3(zx, dt_bias, Bn_w, Cn_w, B_bias, C_bias, D, mx, mz, mo, is_mimo, out_norm, norm_w, A_floor,
         G, halves, angle_state, ssm_state, k_state, v_state,
-        y, angle_new, ssm_new, k_new, v_new):
+        y, angle_new, ssm_new, k_new, v_new, Bh, Ch, cosv, sinv, dts, vc, vp, yr, lanes):
     Bsz = zx.shape[0]
     H, P, N = ssm_state.shape[1], ssm_state.shape[2], ssm_state.shape[3]
     R = k_state.shape[1]
@@ -265,15 +261,6 @@ def _m3(zx, dt_bias, Bn_w, Cn_w, B_bias, C_bias, D, mx, mz, mo, is_mimo, out_nor
     o_dt = o_C + RGN
     o_A, o_tr = o_dt + H, o_dt + 2 * H
     o_ang = o_dt + 3 * H
-    Bh = np.empty((R, H, N), dtype=y.dtype)
-    Ch = np.empty((R, H, N), dtype=y.dtype)
-    cosv = np.empty((H, S), dtype=y.dtype)
-    sinv = np.empty((H, S), dtype=y.dtype)
-    dts = np.empty(H, dtype=y.dtype)
-    vc = np.empty((R, P), dtype=y.dtype)
-    vp = np.empty((R, P), dtype=y.dtype)
-    yr = np.empty((R, P), dtype=y.dtype)
-    lanes = np.empty(LANES, dtype=y.dtype)
     f = y.dtype.type
     for b in range(Bsz):
         # dt and the angles phi = wrap(wrap(tanh(a) pi dt) + wrap(phi_prev))
@@ -366,11 +353,26 @@ def mamba3_step(be, params, cfg, u, cache):
         bool(cfg.is_outproj_norm), c(params["norm.weight"], wide) if cfg.is_outproj_norm else zx[0],
         float(cfg.A_floor), cfg.ngroups, bool(cfg.is_mimo), c(cache["angle_state"], wide),
         c(cache["ssm_state"], wide), c(cache["k_state"], wide), c(cache["v_state"], wide),
-        y, angle_new, ssm_new, k_new, v_new)
+        y, angle_new, ssm_new, k_new, v_new, *scratch("mamba3", cfg, wide))
     out = lin(y.astype(u.dtype, copy=False), params["out_proj.weight"])
     return out, {"angle_state": angle_new, "ssm_state": ssm_new,
                  "k_state": k_new.astype(u.dtype, copy=False),
                  "v_state": v_new.astype(u.dtype, copy=False)}
+
+
+def scratch(family: str, cfg, dtype) -> tuple:
+    """The work arrays the kernel of ``family`` takes last (O(channels), any contents; the
+    StaticDecoder keeps one set per model, the functional steps make one per call):
+    mamba1 xc (E), xdbl (R + 2N), lanes, acc (8), dA (N); mamba2 xbc (conv_dim), acc (8);
+    mamba3 Bh, Ch (R, H, N), cos, sin (H, S), dt (H), vc, vp, yr (R, P), lanes (8)."""
+    e = lambda *shape: np.empty(shape, dtype)  # noqa: E731
+    if family == "mamba1":
+        return (e(cfg.d_inner), e(cfg.dt_rank_value + 2 * cfg.d_state), e(LANES), e(LANES),
+                e(cfg.d_state))
+    if family == "mamba2":
+        return (e(cfg.conv_dim), e(LANES))
+    R, H, N, P, S = cfg.mimo_rank, cfg.nheads, cfg.d_state, cfg.headdim, cfg.num_rope_angles
+    return (e(R, H, N), e(R, H, N), e(H, S), e(H, S), e(H), e(R, P), e(R, P), e(R, P), e(LANES))
 
 
 def _linear_of(be):

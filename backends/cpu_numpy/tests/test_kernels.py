@@ -189,5 +189,5 @@ def test_fused_decode_step_allocates_only_its_outputs(family):
     for k in cache:
         assert np.array_equal(cache[k], frozen[k]), k
         assert not np.shares_memory(new[k], cache[k]), k
-    scratch = 16384  # Bh, Ch, cos/sin tables and conv outputs inside the kernels: O(R H N + X)
+    scratch = 16384  # decode.scratch: Bh, Ch, cos/sin tables, conv outputs: O(R H N + X)
     assert peak < cache_bytes + proj_bytes + scratch, (peak, cache_bytes, proj_bytes)

@@ -2,13 +2,15 @@
 
 Arrays are torch tensors on the first CUDA device, or on the CPU when TRITON_INTERPRET=1 (the
 Triton interpreter, used by CI). Ops with a Triton kernel (``kernels/``) run it; every other op
-runs the core's default composition through ``array_api_compat.torch``.
+runs the core's default composition through ``array_api_compat.torch``. ``mixer_steps``
+offers fused one-token decode steps for Mamba-1 and Mamba-2 (kernels/mixer_steps.py).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 
 import numpy as np
 
@@ -36,6 +38,27 @@ class TorchTritonBackend(Backend):
         if not hasattr(self, "_kernel_table"):
             self._kernel_table = _kernels.collect()
         return self._kernel_table
+
+    @property
+    def mixer_steps(self):
+        """Fused one-token decode steps (kernels/mixer_steps.py): mamba1, mamba2."""
+        if not hasattr(self, "_mixer_steps"):
+            try:
+                from mamba_backend_torch_triton.kernels.mixer_steps import MIXER_STEPS
+            except ImportError as exc:  # no triton: the composition runs
+                _kernels.IMPORT_ERRORS["mixer_steps"] = f"{type(exc).__name__}: {exc}"
+                MIXER_STEPS = {}
+            self._mixer_steps = dict(MIXER_STEPS)
+        return self._mixer_steps
+
+    def static_decoder(self, params: dict, cfg, dtype: str):
+        """Generation's decoder: lm.step captured as a CUDA graph per batch size (graphs.py); on
+        the CPU (TRITON_INTERPRET=1) the same object steps eagerly over its static cache."""
+        from mamba_backend_torch_triton.graphs import CudaGraphDecoder
+
+        with warnings.catch_warnings():  # the no-CUDA notice is for direct users, not generation
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return CudaGraphDecoder(self, params, cfg, dtype)
 
     def available(self) -> Availability:
         if importlib.util.find_spec("torch") is None:

@@ -12,6 +12,12 @@ batch size, static tensors for the token ids and every layer's cache, captures o
 Triton kernels outside the capture), and copies the step's new cache arrays back into the
 static ones inside the captured region. A step is then: copy the ids in, replay.
 
+Mixers with a fused step (kernels/mixer_steps.py: Mamba-1, Mamba-2) are captured inside
+``mixer_steps.inplace_cache()``: their kernels write the new states over the static cache, so
+the graph holds no copy-back for them (the copy below is skipped when a step returned the static
+array itself); other mixers' new caches are copied back as before. The warm-up calls run
+without it and leave the static cache untouched.
+
 The returned logits are the graph's static output tensor: the next ``step`` of the same batch
 size overwrites them (clone them to keep them). Parameters must stay the same tensors (update
 them in place, never rebind) for replays to see new values.
@@ -28,6 +34,11 @@ import warnings
 import torch
 
 from mamba_core.models import lm
+
+try:  # the fused steps need triton; without it every mixer's new cache is copied back
+    from mamba_backend_torch_triton.kernels.mixer_steps import inplace_cache
+except ImportError:  # pragma: no cover
+    from contextlib import nullcontext as inplace_cache
 
 
 class CudaGraphDecoder:
@@ -108,10 +119,9 @@ class CudaGraphDecoder:
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            logits, new = self._eager(slot)
-            for dst, src in zip(slot["cache"], new):
-                for k, v in dst.items():
-                    v.copy_(src[k])
+            with inplace_cache():
+                logits, new = self._eager(slot)
+            _copy_back(slot["cache"], new)
         slot["graph"], slot["logits"] = graph, logits
 
     def capture(self, batch: int) -> None:
@@ -127,12 +137,19 @@ class CudaGraphDecoder:
         slot = self._slot(int(ids.shape[0]))
         slot["ids"].copy_(ids)
         if not self.enabled:
-            logits, new = self._eager(slot)
-            for dst, src in zip(slot["cache"], new):
-                for k, v in dst.items():
-                    v.copy_(src[k])
+            with inplace_cache():
+                logits, new = self._eager(slot)
+            _copy_back(slot["cache"], new)
             return logits
         if slot["graph"] is None:
             self._capture(slot)
         slot["graph"].replay()
         return slot["logits"]
+
+
+def _copy_back(static: list, new: list) -> None:
+    """Copy each layer's new cache into the static one, skipping arrays updated in place."""
+    for dst, src in zip(static, new):
+        for k, v in dst.items():
+            if src[k] is not v:
+                v.copy_(src[k])

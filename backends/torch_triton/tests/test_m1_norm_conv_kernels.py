@@ -138,6 +138,14 @@ def test_selective_scan(name, dtype, chunk):
     check_dict(got, want, dtype, "selective_scan_vjp")
 
 
+@pytest.mark.parametrize("variant", ["exp2", "seq"])
+@pytest.mark.parametrize("name", list(SCAN_CASES))
+def test_selective_scan_variants(name, variant, chunk):
+    """The kernel variants a sweep may pick (selective_scan.VARIANTS) give the same results."""
+    ks.CONFIG["interpret"] = dict(ks.CONFIG["interpret"], variant=variant)
+    test_selective_scan(name, "float32", chunk)
+
+
 def test_selective_scan_noncontiguous_and_none_cotangent():
     """Slices of a wider tensor (as the mixer passes x, z and B, C) and dy=None / dh=None."""
     rng = np.random.default_rng(3)

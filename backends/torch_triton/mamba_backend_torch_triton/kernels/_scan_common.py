@@ -8,6 +8,13 @@
 - ``dot_precision(dtype)``: what ``tl.dot`` uses for float32 operands. IEEE float32 by default so
   that float32 results meet the 2e-4 conformance tolerance on a GPU; set MAMBA_TRITON_TF32=1 to
   use tf32 (about 1e-3 relative error, faster). bf16/fp16 operands always use the tensor cores.
+- ``launch_fitting(key, candidates, launch)``: run ``launch(cfg)`` with the first launch config
+  whose compiled kernel fits the GPU (shared memory, registers-per-block), remembering the
+  choice per ``key``. The chunked scans' shared memory grows with the chunk length Qk, N, P and
+  the software-pipelining depth (num_stages), and differs between Triton releases (Triton 3.9,
+  sm_90: the SSD forward at Qk = 64, N = 128 needs 61 KB in bf16 but 233 KB in float32 with 3
+  stages, 98 KB with 1; the H100 allows 227 KB), so the host glue lists configs from the fastest
+  down and lets the first launch find the one that fits, instead of trusting a formula.
 """
 
 from __future__ import annotations
@@ -37,6 +44,37 @@ def can_run(x, *others) -> bool:
         if o is not None and isinstance(o, torch.Tensor) and o.is_floating_point() and o.dtype == torch.float64:
             return False
     return True
+
+
+try:  # raised by a launch whose compiled kernel needs more than the device has
+    from triton.runtime.errors import OutOfResources
+except ImportError:  # pragma: no cover - older triton
+    from triton.runtime.autotuner import OutOfResources
+
+_FITTED: dict = {}
+
+
+def launch_fitting(key, candidates, launch):
+    """``launch(cfg)`` for the first ``cfg`` in ``candidates`` whose kernel fits the device.
+
+    A config that raises OutOfResources (Triton checks shared memory and threads when it loads
+    the compiled kernel, before anything runs) is skipped; the first that launches is remembered
+    for ``key`` (a hashable naming everything that changes the kernel's size: dtypes, tile
+    sizes, constexpr flags). Returns ``(launch(cfg), cfg)``, or ``(None, None)`` when no
+    candidate fits (the caller then runs the default composition). The interpreter never
+    raises, so there the first candidate runs.
+    """
+    cfg = _FITTED.get(key)
+    if cfg is not None:
+        return launch(cfg), cfg
+    for cfg in candidates:
+        try:
+            out = launch(cfg)
+        except OutOfResources:
+            continue
+        _FITTED[key] = cfg
+        return out, cfg
+    return None, None
 
 
 def fallback(op: str):

@@ -18,7 +18,8 @@ Backward, two launches: (1) recompute the pre-activation, du = dy * act'(pre) wr
 float32 (B, L, C), and per-program partial sums of dw (taps) and db, summed by torch
 (deterministic); (2) dfull[s] = sum_k du[s-1-k] w[:, k] + dfinal[s - L], written straight into
 dx (s >= K) and, when an initial state was given, into its gradient (s < K).
-Step: one program per (b, block of channels): shift the window, insert x, dot with w.
+Step: one program per (b, block of channels): shift the window, insert x, dot with w (SYNC:
+a CTA barrier between the window loads and the stores, for a new state written in place).
 Precision: float32 arithmetic; y in x's dtype, states in their own dtype; float64 inputs run
 the default composition.
 """
@@ -121,6 +122,7 @@ def _conv_step_kernel(
     X, S, W, BIAS, Y, NS,
     C, sxb, ssb, ssc, ssk,
     K: tl.constexpr, KP: tl.constexpr, BC: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
+    SYNC: tl.constexpr = False,
 ):
     b = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1) * BC + tl.arange(0, BC)
@@ -131,6 +133,8 @@ def _conv_step_kernel(
                  mask=cm[:, None] & (k < K - 1)[None, :], other=0.0).to(tl.float32)
     xv = tl.load(X + b * sxb + c, mask=cm, other=0.0).to(NS.dtype.element_ty).to(tl.float32)
     st = tl.where((k == K - 1)[None, :], xv[:, None], st)
+    if SYNC:  # NS may be S (in-place decode): every window load before any shifted store
+        tl.debug_barrier()
     tl.store(NS + (b * C + c[:, None]) * K + k[None, :], st.to(NS.dtype.element_ty),
              mask=cm[:, None] & km[None, :])
     w = tl.load(W + c[:, None] * K + k[None, :], mask=cm[:, None] & km[None, :], other=0.0).to(tl.float32)

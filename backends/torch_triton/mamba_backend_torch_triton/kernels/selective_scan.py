@@ -17,6 +17,13 @@ loads do not depend on the carry, so they overlap the previous chunk's math. Onl
 decays in (0, 1] appear: strong decay underflows to exact zeros, nothing overflows.
 The (T, BE, NP) exps are the floor (B*L*E*N of them); the scan adds ~3 log2(T) flops each.
 
+Variants (CONFIG[...]["variant"], picked by measurement): "base" as above; "exp2" the same
+with log2(e) folded into A once per program and exp2 per element (one multiply fewer per
+(t, e, n); also in the backward); "seq" (forward only; the VJP's state-saving forward too) walks
+the T tokens of a chunk one by one (unrolled, their loads independent of the state), h <- a h + b
+in registers: no scan, no last-row extraction, ~5 flops + one exp2 per (t, e, n), at the price
+of a dependent chain of L steps per program (latency hidden by the other resident programs).
+
 VJP (recompute): the forward kernel runs again keeping only the state entering each chunk
 ((B, L/T, E, NP) float32); the backward kernel walks the chunks in reverse: recomputes the
 chunk's states from the saved one, runs the adjoint g_t = C_t dy'_t + a_{t+1} g_{t+1} as a
@@ -41,12 +48,14 @@ import triton.language as tl
 
 from mamba_backend_torch_triton.kernels._glue import default, last_contig, pow2, runs_here
 
-#: launch shapes: chunk T, channels per program BE (capped; BE always divides E/G), warps.
+#: launch shapes: chunk T, channels per program BE (capped; BE always divides E/G), warps, and
+#: the forward kernel's variant (see the module docstring); read at every call, so a sweep
+#: (benchmarks/gpu/sweep_tt.py) sets them in-process. "interpret": the CPU (interpreter).
 #: fwd/bwd: the best of a sweep on an H100 at B=8, L=2048, E=2048, N=16, fp32 (gpu_check_m1):
 #: fwd 0.73 ms, VJP 5.2 ms (T=16,BE=32,8 warps: 0.85 / 7.0; T=32: slower).
 CONFIG = {
-    "fwd": {"T": 8, "BE": 32, "num_warps": 4},
-    "bwd": {"T": 8, "BE": 32, "num_warps": 4},
+    "fwd": {"T": 8, "BE": 32, "num_warps": 4, "variant": "base"},
+    "bwd": {"T": 8, "BE": 32, "num_warps": 4, "variant": "base"},
     "step": {"BE": 32, "num_warps": 4},
     "interpret": {"T": 64, "BE": 8, "num_warps": 1},  # T capped by pow2(L)
 }
@@ -57,6 +66,21 @@ def _affine(a1, b1, a2, b2):
     # compose h -> a1 h + b1 then h -> a2 h + b2 (element 1 earlier in scan order; the same
     # function composes the reverse scan, whose order is reversed)
     return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _exp_scale(Aw, EXP2: tl.constexpr):
+    # EXP2: exp(dt A) = exp2(dt (A log2 e)); the factor folded into A once per program
+    if EXP2:
+        return Aw * 1.4426950408889634
+    return Aw
+
+
+@triton.jit
+def _exp_of(v, EXP2: tl.constexpr):
+    if EXP2:
+        return tl.exp2(v)
+    return tl.exp(v)
 
 
 @triton.jit
@@ -86,7 +110,7 @@ def _ss_fwd_kernel(
     sub, sul, sdb, sdl, sbb, sbl, sbg, scb, scl, scg, szb, szl, syb, syl,
     T: tl.constexpr, BE: tl.constexpr, NP: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, SAVE: tl.constexpr, WRITE_Y: tl.constexpr,
+    HAS_H0: tl.constexpr, SAVE: tl.constexpr, WRITE_Y: tl.constexpr, EXP2: tl.constexpr = False,
 ):
     b = tl.program_id(0).to(tl.int64)
     pe = tl.program_id(1)
@@ -97,6 +121,7 @@ def _ss_fwd_kernel(
     g = (pe * BE) // Eg
     rows = tl.arange(0, T)
     Aw = tl.load(A + e[:, None] * N + n[None, :], mask=nm[None, :], other=0.0).to(tl.float32)
+    Ax = _exp_scale(Aw, EXP2)
     st_off = (b * E + e[:, None]) * N + n[None, :]
     if HAS_H0:
         h = tl.load(H0 + st_off, mask=nm[None, :], other=0.0).to(tl.float32)
@@ -111,7 +136,7 @@ def _ss_fwd_kernel(
         raw, dt = _dt_tile(DL, DB, b, t, e, tm, sdb, sdl, HAS_BIAS, SOFTPLUS)
         bn_mask = tm[:, None] & nm[None, :]
         Bt = tl.load(BM + b * sbb + t[:, None] * sbl + g * sbg + n[None, :], mask=bn_mask, other=0.0).to(tl.float32)
-        a = tl.exp(dt[:, :, None] * Aw[None, :, :])
+        a = _exp_of(dt[:, :, None] * Ax[None, :, :], EXP2)
         bb = (dt * u)[:, :, None] * Bt[:, None, :]
         if SAVE:
             tl.store(HS + ((b * nchunks + ci) * E + e[:, None]) * NP + n[None, :], h)
@@ -132,6 +157,64 @@ def _ss_fwd_kernel(
 
 
 @triton.jit
+def _ss_fwd_seq_kernel(
+    U, DL, A, BM, CM, DV, Z, DB, H0, Y, HF, HS,
+    L, N, Eg, nchunks,
+    sub, sul, sdb, sdl, sbb, sbl, sbg, scb, scl, scg, szb, szl, syb, syl,
+    T: tl.constexpr, BE: tl.constexpr, NP: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr, SAVE: tl.constexpr, WRITE_Y: tl.constexpr, EXP2: tl.constexpr = True,
+):
+    # variant "seq": the recurrence token by token (T tokens unrolled per loop iteration, their
+    # loads independent of the state), no scan: ~5 flops and one exp2 per (t, e, n)
+    b = tl.program_id(0).to(tl.int64)
+    pe = tl.program_id(1)
+    E = tl.num_programs(1) * BE
+    e = pe * BE + tl.arange(0, BE)
+    n = tl.arange(0, NP)
+    nm = n < N
+    g = (pe * BE) // Eg
+    Aw = tl.load(A + e[:, None] * N + n[None, :], mask=nm[None, :], other=0.0).to(tl.float32)
+    Ax = _exp_scale(Aw, EXP2)
+    st_off = (b * E + e[:, None]) * N + n[None, :]
+    if HAS_H0:
+        h = tl.load(H0 + st_off, mask=nm[None, :], other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros([BE, NP], dtype=tl.float32)
+    if HAS_D:
+        Dw = tl.load(DV + e).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(DB + e).to(tl.float32)
+    for ci in range(0, nchunks):
+        if SAVE:
+            tl.store(HS + ((b * nchunks + ci) * E + e[:, None]) * NP + n[None, :], h)
+        for j in tl.static_range(T):
+            t = ci * T + j
+            tm = tl.full([BE], t, tl.int32) < L
+            u = tl.load(U + b * sub + t * sul + e, mask=tm, other=0.0).to(tl.float32)
+            dt = tl.load(DL + b * sdb + t * sdl + e, mask=tm, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                dt += bias
+            if SOFTPLUS:
+                dt = _softplus(dt)
+            dt = tl.where(tm, dt, 0.0)  # past L: the identity map
+            bnm = nm & (tl.full([NP], t, tl.int32) < L)
+            Bt = tl.load(BM + b * sbb + t * sbl + g * sbg + n, mask=bnm, other=0.0).to(tl.float32)
+            h = _exp_of(dt[:, None] * Ax, EXP2) * h + (dt * u)[:, None] * Bt[None, :]
+            if WRITE_Y:
+                Ct = tl.load(CM + b * scb + t * scl + g * scg + n, mask=bnm, other=0.0).to(tl.float32)
+                y = tl.sum(h * Ct[None, :], axis=1)
+                if HAS_D:
+                    y += Dw * u
+                if HAS_Z:
+                    z = tl.load(Z + b * szb + t * szl + e, mask=tm, other=0.0).to(tl.float32)
+                    y = y * z / (1.0 + tl.exp(-z))
+                tl.store(Y + b * syb + t * syl + e, y.to(Y.dtype.element_ty), mask=tm)
+    if WRITE_Y:
+        tl.store(HF + st_off, h, mask=nm[None, :])
+
+
+@triton.jit
 def _ss_bwd_kernel(
     U, DL, A, BM, CM, DV, Z, DB, HS, DY, DHF,
     DU, DDL, DZ, DAP, DBP, DCP, DDP, DBIASP, DH0,
@@ -139,7 +222,7 @@ def _ss_bwd_kernel(
     sub, sul, sdb, sdl, sbb, sbl, sbg, scb, scl, scg, szb, szl, sdyb, sdyl,
     T: tl.constexpr, BE: tl.constexpr, NP: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_DHF: tl.constexpr,
+    HAS_DHF: tl.constexpr, EXP2: tl.constexpr = False,
 ):
     b = tl.program_id(0).to(tl.int64)
     pe = tl.program_id(1)
@@ -151,6 +234,7 @@ def _ss_bwd_kernel(
     g = (pe * BE) // Eg
     rows = tl.arange(0, T)
     Aw = tl.load(A + e[:, None] * N + n[None, :], mask=nm[None, :], other=0.0).to(tl.float32)
+    Ax = _exp_scale(Aw, EXP2)
     st_off = (b * E + e[:, None]) * N + n[None, :]
     if HAS_DHF:
         carry = tl.load(DHF + st_off, mask=nm[None, :], other=0.0).to(tl.float32)
@@ -173,7 +257,7 @@ def _ss_bwd_kernel(
         Ct = tl.load(CM + b * scb + t[:, None] * scl + g * scg + n[None, :], mask=bn_mask, other=0.0).to(tl.float32)
         dy = tl.load(DY + b * sdyb + t[:, None] * sdyl + e[None, :], mask=tm[:, None], other=0.0).to(tl.float32)
         # states of the chunk, recomputed from the saved entering state
-        a = tl.exp(dt[:, :, None] * Aw[None, :, :])
+        a = _exp_of(dt[:, :, None] * Ax[None, :, :], EXP2)
         dtu = dt * u
         bb = dtu[:, :, None] * Bt[:, None, :]
         acc_a, acc_b = tl.associative_scan((a, bb), 0, _affine)
@@ -194,7 +278,7 @@ def _ss_bwd_kernel(
         tn = t + 1
         mn = (rows < T - 1) & (tn < L)
         _, dtn = _dt_tile(DL, DB, b, tn, e, mn, sdb, sdl, HAS_BIAS, SOFTPLUS)
-        an = tl.exp(dtn[:, :, None] * Aw[None, :, :])
+        an = _exp_of(dtn[:, :, None] * Ax[None, :, :], EXP2)
         cc = Ct[:, None, :] * dyp[:, :, None]
         P, S = tl.associative_scan((an, cc), 0, _affine, reverse=True)
         gg = S + P * carry[None, :, :]
@@ -221,7 +305,7 @@ def _ss_bwd_kernel(
         # into the previous chunk: dL/dh_{s-1} = a_s g_s
         g0 = tl.sum(tl.where((rows == 0)[:, None, None], gg, 0.0), axis=0)
         dt0 = tl.sum(tl.where((rows == 0)[:, None], dt, 0.0), axis=0)
-        carry = tl.exp(dt0[:, None] * Aw) * g0
+        carry = _exp_of(dt0[:, None] * Ax, EXP2) * g0
     tl.store(DH0 + st_off, carry, mask=nm[None, :])
     tl.store(DAP + st_off, dA_acc, mask=nm[None, :])
     tl.store(DDP + b * E + e, dD_acc)
@@ -272,6 +356,16 @@ def _cfg(kind: str, dev, L: int = 1) -> dict:
     return cfg
 
 
+VARIANTS = ("base", "exp2", "seq")
+
+
+def _variant(cfg: dict) -> str:
+    v = cfg.get("variant", "base")
+    if v not in VARIANTS:
+        raise ValueError(f"selective_scan CONFIG variant {v!r}: expected one of {VARIANTS}")
+    return v
+
+
 def _block_e(Eg: int, cap: int) -> int:
     """The largest power of two <= cap dividing Eg (channels per program, inside one group)."""
     be = 1
@@ -281,12 +375,13 @@ def _block_e(Eg: int, cap: int) -> int:
 
 
 def _scan_launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                 y, hf, hs, T, BE, num_warps):
+                 y, hf, hs, T, BE, num_warps, variant="base"):
     Bsz, L, E = u.shape
     G, N = B.shape[2], B.shape[3]
     nchunks = triton.cdiv(L, T)
     dummy = u
-    _ss_fwd_kernel[(Bsz, E // BE)](
+    kernel = _ss_fwd_seq_kernel if variant == "seq" else _ss_fwd_kernel
+    kernel[(Bsz, E // BE)](
         u, delta, A, B, C, dummy if D is None else D, dummy if z is None else z,
         dummy if delta_bias is None else delta_bias,
         dummy if initial_state is None else initial_state,
@@ -299,7 +394,7 @@ def _scan_launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
         T=T, BE=BE, NP=pow2(N), HAS_D=D is not None, HAS_Z=z is not None,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
         HAS_H0=initial_state is not None, SAVE=hs is not None, WRITE_Y=y is not None,
-        num_warps=num_warps,
+        EXP2=variant in ("exp2", "seq"), num_warps=num_warps,
     )
 
 
@@ -328,7 +423,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         hf.copy_(torch.zeros_like(hf) if initial_state is None else initial_state)
         return y, hf
     _scan_launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                 y, hf, None, cfg["T"], BE, cfg["num_warps"])
+                 y, hf, None, cfg["T"], BE, cfg["num_warps"], _variant(cfg))
     return y, hf
 
 
@@ -392,7 +487,7 @@ def selective_scan_vjp(cotangent, u, delta, A, B, C, D=None, z=None, delta_bias=
     hs = torch.empty((Bsz, nchunks, E, NP), **f32)
     if L > 0:
         _scan_launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                     None, None, hs, T, BE, cfg["num_warps"])
+                     None, None, hs, T, BE, cfg["num_warps"], _variant(cfg))
     du = torch.empty((Bsz, L, E), dtype=u.dtype, device=dev)
     ddl = torch.empty((Bsz, L, E), dtype=delta.dtype, device=dev)
     dz = None if z is None else torch.empty((Bsz, L, E), dtype=z.dtype, device=dev)
@@ -415,7 +510,7 @@ def selective_scan_vjp(cotangent, u, delta, A, B, C, D=None, z=None, delta_bias=
             dy.stride(0), dy.stride(1),
             T=T, BE=BE, NP=NP, HAS_D=D is not None, HAS_Z=z is not None,
             HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-            HAS_DHF=dhL is not None, num_warps=cfg["num_warps"],
+            HAS_DHF=dhL is not None, EXP2=_variant(cfg) != "base", num_warps=cfg["num_warps"],
         )
     else:
         dap.zero_(), ddp.zero_(), dbiasp.zero_()

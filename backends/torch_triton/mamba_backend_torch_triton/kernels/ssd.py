@@ -4,8 +4,18 @@ Fallback: float64 inputs, inputs on a device other than CUDA (or the CPU under
 TRITON_INTERPRET=1), and P or N above 256 run the core's default composition
 (``mamba_core.ops.ssd``) in torch -- the same math, visible in ``FALLBACKS``.
 
-Design (one program per (batch, head[, P block]), time cut into chunks of Qk tokens, Qk the
-op's chunk_size rounded to a power of two in [16, 128]; the result does not depend on it):
+Design (one program per (batch, head[, P block]), time cut into chunks of Qk tokens; the result
+does not depend on Qk, so the kernels' chunk is NOT the op's chunk_size, only started from it):
+
+Chunk cap. Qk starts at chunk_size rounded up to a power of two, capped at 128 (forward) and 64
+(backward: ~8 Qk x Qk float32 tiles in registers), so chunk_size = 256 runs as sub-chunks of
+128 / 64. Shared memory grows with Qk, N, P, the dtype and the pipelining depth, and differs
+between Triton releases (Triton 3.9, sm_90, N = 128, P = 64: forward Qk = 64 bf16 61 KB,
+float32 233 KB with 3 stages / 98 KB with 1; backward Qk = 64 bf16 148 KB, float32 365 KB /
+164 KB; the H100 has 227 KB per block). So the host glue tries (Qk, 3 stages), (Qk, 1 stage),
+(Qk/2, ...), ... down to 16 and keeps the first whose kernel loads (``launch_fitting``;
+remembered per shape class); when none fits (e.g. the backward at P = N = 256 in float32) the
+op runs the default composition.
 
 forward ``_ssd_fwd``: the state S (P x N, float32) lives in registers; for each chunk in order
     a = dt A, cum = inclusive cumsum of a in the chunk (short sums: every exponent below is a
@@ -50,7 +60,8 @@ import triton
 import triton.language as tl
 
 from mamba_backend_torch_triton.kernels._scan_common import (
-    c as _c, can_run, dot_dtype, dot_precision, fallback, num_warps, pow2,
+    OutOfResources, c as _c, can_run, dot_dtype, dot_precision, fallback, launch_fitting,
+    num_warps, pow2,
 )
 
 NO_LIMIT = (0.0, float("inf"))
@@ -358,6 +369,7 @@ def _ssd_step(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, s_ptr, D_ptr, z_ptr, dtb_ptr,
 
 # ---- host glue -----------------------------------------------------------------------------
 def _chunk(chunk_size) -> int:
+    """The chunk the forward starts from: chunk_size rounded up to a power of two in [16, 128]."""
     return min(pow2(int(chunk_size), 16), 128)
 
 
@@ -375,88 +387,140 @@ def _limits(dt_limit):
     return lim, lo, hi
 
 
-def _run_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, initial_state,
+def _configs(q0: int):
+    """Launch configs (Qk, num_stages) from the fastest down: Qk = q0, q0/2, ..., 16, each with
+    Triton's default pipelining (3 stages) and then none (1 stage: about a third of the shared
+    memory in float32)."""
+    out, q = [], q0
+    while q >= 16:
+        out += [(q, 3), (q, 1)]
+        q //= 2
+    return out
+
+
+def _flags(D, z, dt_bias, dt_softplus, dt_limit, s0, seq):
+    return dict(HAS_D=D is not None, D_HP=D is not None and D.ndim == 2, HAS_Z=z is not None,
+                HAS_DTB=dt_bias is not None, SOFTPLUS=bool(dt_softplus), LIMIT=_limited(dt_limit),
+                HAS_S0=s0 is not None, HAS_SEQ=seq is not None)
+
+
+def _run_fwd(x, dt, A, B, C, configs, D, z, dt_bias, dt_softplus, dt_limit, initial_state,
              seq_idx, write_y, store_states):
+    """The forward kernel with the first of ``configs`` that fits (see launch_fitting).
+
+    Returns (y, final state, entering states, Qk, number of chunks), or None when none fits.
+    """
     Bsz, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
-    Q = _chunk(chunk_size)
-    nc = triton.cdiv(L, Q)
     x, dt, A, B, C, D, z, dt_bias, s0 = (_c(t) for t in (x, dt, A, B, C, D, z, dt_bias, initial_state))
     seq = None if seq_idx is None else seq_idx.to(device=x.device, dtype=torch.int64).contiguous()
     BN = pow2(N)
     BP = min(pow2(P), 64)
     dev = x.device
-    y = torch.empty((Bsz, L, H, P), dtype=x.dtype, device=dev) if write_y else x
-    sfin = torch.empty((Bsz, H, P, N), dtype=torch.float32, device=dev)
-    sin = torch.empty((Bsz, nc, H, P, N), dtype=torch.float32, device=dev) if store_states else sfin
     lim, lo, hi = _limits(dt_limit)
+    flags = _flags(D, z, dt_bias, dt_softplus, dt_limit, s0, seq)
     dummy = x
-    grid = (Bsz * H, triton.cdiv(P, BP))
-    _ssd_fwd[grid](
-        x, dt, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
-        dt_bias if dt_bias is not None else dummy, s0 if s0 is not None else dummy,
-        seq if seq is not None else dummy, y, sfin, sin,
-        L, H, P, N, G, nc, lo, hi,
-        Q=Q, BP=BP, BN=BN, HAS_D=D is not None, D_HP=D is not None and D.ndim == 2,
-        HAS_Z=z is not None, HAS_DTB=dt_bias is not None, SOFTPLUS=bool(dt_softplus), LIMIT=lim,
-        HAS_S0=s0 is not None, HAS_SEQ=seq is not None, WRITE_Y=write_y, STORE_STATES=store_states,
-        DT=dot_dtype(x.dtype), PREC=dot_precision(x.dtype), num_warps=num_warps(Q, BN),
-    )
-    return y, sfin, sin, Q, nc
+
+    def launch(cfg):
+        Q, stages = cfg
+        nc = triton.cdiv(L, Q)
+        y = torch.empty((Bsz, L, H, P), dtype=x.dtype, device=dev) if write_y else x
+        sfin = torch.empty((Bsz, H, P, N), dtype=torch.float32, device=dev)
+        sin = torch.empty((Bsz, nc, H, P, N), dtype=torch.float32, device=dev) if store_states else sfin
+        _ssd_fwd[(Bsz * H, triton.cdiv(P, BP))](
+            x, dt, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
+            dt_bias if dt_bias is not None else dummy, s0 if s0 is not None else dummy,
+            seq if seq is not None else dummy, y, sfin, sin,
+            L, H, P, N, G, nc, lo, hi,
+            Q=Q, BP=BP, BN=BN, WRITE_Y=write_y, STORE_STATES=store_states,
+            DT=dot_dtype(x.dtype), PREC=dot_precision(x.dtype), num_warps=num_warps(Q, BN),
+            num_stages=stages, **flags,
+        )
+        return y, sfin, sin, Q, nc
+
+    key = ("ssd_fwd", x.dtype, BP, BN, tuple(configs), write_y, store_states, tuple(flags.items()))
+    out, _ = launch_fitting(key, configs, launch)
+    return out
 
 
 def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_softplus=False,
              dt_limit=NO_LIMIT, initial_state=None, seq_idx=None):
     """Fused chunked SSD scan (Triton). Same contract as mamba_core.ops.ssd.ssd_scan."""
+    args = (x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, initial_state, seq_idx)
     if not _supported(x, B, dt, A, C, D, z, dt_bias, initial_state) or x.shape[1] == 0:
-        return fallback("ssd_scan")(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus,
-                                    dt_limit, initial_state, seq_idx)
-    y, sfin, _, _, _ = _run_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit,
-                                initial_state, seq_idx, True, False)
-    return y, sfin
+        return fallback("ssd_scan")(*args)
+    out = _run_fwd(x, dt, A, B, C, _configs(_chunk(chunk_size)), D, z, dt_bias, dt_softplus,
+                   dt_limit, initial_state, seq_idx, True, False)
+    if out is None:  # no chunk length fits this GPU at these N, P: the composition
+        return fallback("ssd_scan")(*args)
+    return out[0], out[1]
 
 
 def ssd_scan_vjp(cotangent, x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None,
                  dt_softplus=False, dt_limit=NO_LIMIT, initial_state=None, seq_idx=None):
-    """SSD backward (Triton): recompute the entering states, then one reverse pass per head."""
+    """SSD backward (Triton): recompute the entering states, then one reverse pass per head.
+
+    The backward holds ~8 (Qk x Qk) float32 tiles: its chunk starts at min(chunk, 64) (128
+    would spill registers on an H100) and shrinks while its kernel does not fit (see
+    launch_fitting); the forward recompute runs at the same Qk (its entering states are per
+    chunk). The result does not depend on the chunk.
+    """
     dy, dS_L = cotangent
+    args = (cotangent, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit,
+            initial_state, seq_idx)
     if not _supported(x, B, dt, A, C, D, z, dt_bias, initial_state, dy, dS_L) or x.shape[1] == 0:
-        return fallback("ssd_scan_vjp")(cotangent, x, dt, A, B, C, chunk_size, D, z, dt_bias,
-                                        dt_softplus, dt_limit, initial_state, seq_idx)
+        return fallback("ssd_scan_vjp")(*args)
     Bsz, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
-    # the backward holds ~8 (Qk x Qk) float32 tiles: cap its chunk at 64 (the result does not
-    # depend on the chunk; 128 would spill registers on an H100)
-    _, _, sin, Q, nc = _run_fwd(x, dt, A, B, C, min(int(chunk_size), 64), D, z, dt_bias, dt_softplus,
-                                dt_limit, initial_state, seq_idx, False, True)
-    x, dt, A, B, C, D, z, dt_bias = (_c(t) for t in (x, dt, A, B, C, D, z, dt_bias))
+    xc, dtc, Ac, Bc, Cc, Dc, zc, dtbc = (_c(t) for t in (x, dt, A, B, C, D, z, dt_bias))
     dy, dS_L = _c(dy), _c(dS_L)
     seq = None if seq_idx is None else seq_idx.to(device=x.device, dtype=torch.int64).contiguous()
     dev, f32 = x.device, torch.float32
-    dx = torch.empty((Bsz, L, H, P), dtype=f32, device=dev)
-    ddt = torch.empty((Bsz, L, H), dtype=f32, device=dev)
-    dBh = torch.empty((Bsz, L, H, N), dtype=f32, device=dev)
-    dCh = torch.zeros((Bsz, L, H, N), dtype=f32, device=dev) if dy is None else \
-        torch.empty((Bsz, L, H, N), dtype=f32, device=dev)
     has_z = z is not None and dy is not None
-    dz = torch.empty((Bsz, L, H, P), dtype=f32, device=dev) if has_z else dx
-    dA = torch.empty((Bsz, H), dtype=f32, device=dev)
-    dD = torch.zeros((Bsz, H, P), dtype=f32, device=dev)
-    ds0 = torch.empty((Bsz, H, P, N), dtype=f32, device=dev)
     lim, lo, hi = _limits(dt_limit)
     BN, BP = pow2(N), pow2(P)
-    dummy = dx
-    _ssd_bwd[(Bsz * H,)](
-        x, dt, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
-        dt_bias if dt_bias is not None else dummy, seq if seq is not None else dummy, sin,
-        dy if dy is not None else dummy, dS_L if dS_L is not None else dummy,
-        dx, ddt, dBh, dCh, dz, dA, dD, ds0,
-        L, H, P, N, G, nc, lo, hi,
-        Q=Q, BP=BP, BN=BN, HAS_D=D is not None, D_HP=D is not None and D.ndim == 2,
-        HAS_Z=has_z, HAS_DTB=dt_bias is not None, SOFTPLUS=bool(dt_softplus), LIMIT=lim,
-        HAS_SEQ=seq is not None, HAS_DY=dy is not None, HAS_DSL=dS_L is not None,
-        DT=dot_dtype(x.dtype), PREC=dot_precision(x.dtype), num_warps=8,
-    )
+    flags = _flags(D, z, dt_bias, dt_softplus, dt_limit, None, seq)
+    flags.pop("HAS_S0")
+    flags["HAS_Z"] = has_z
+    states = {}  # Qk -> the forward recompute at that chunk (shared by the stage variants)
+
+    def launch(cfg):
+        Q, stages = cfg
+        if Q not in states:
+            states[Q] = _run_fwd(x, dt, A, B, C, [(Q, 3), (Q, 1)], D, z, dt_bias, dt_softplus,
+                                 dt_limit, initial_state, seq_idx, False, True)
+        if states[Q] is None:  # the forward does not fit at this Qk either: a smaller one
+            raise OutOfResources(0, 0, "shared memory")
+        _, _, sin, _, nc = states[Q]
+        dx = torch.empty((Bsz, L, H, P), dtype=f32, device=dev)
+        ddt = torch.empty((Bsz, L, H), dtype=f32, device=dev)
+        dBh = torch.empty((Bsz, L, H, N), dtype=f32, device=dev)
+        dCh = torch.zeros((Bsz, L, H, N), dtype=f32, device=dev) if dy is None else \
+            torch.empty((Bsz, L, H, N), dtype=f32, device=dev)
+        dz = torch.empty((Bsz, L, H, P), dtype=f32, device=dev) if has_z else dx
+        dA = torch.empty((Bsz, H), dtype=f32, device=dev)
+        dD = torch.zeros((Bsz, H, P), dtype=f32, device=dev)
+        ds0 = torch.empty((Bsz, H, P, N), dtype=f32, device=dev)
+        dummy = dx
+        _ssd_bwd[(Bsz * H,)](
+            xc, dtc, Ac, Bc, Cc, Dc if Dc is not None else dummy, zc if zc is not None else dummy,
+            dtbc if dtbc is not None else dummy, seq if seq is not None else dummy, sin,
+            dy if dy is not None else dummy, dS_L if dS_L is not None else dummy,
+            dx, ddt, dBh, dCh, dz, dA, dD, ds0,
+            L, H, P, N, G, nc, lo, hi,
+            Q=Q, BP=BP, BN=BN, HAS_DY=dy is not None, HAS_DSL=dS_L is not None,
+            DT=dot_dtype(x.dtype), PREC=dot_precision(x.dtype), num_warps=8, num_stages=stages,
+            **flags,
+        )
+        return dx, ddt, dBh, dCh, dz, dA, dD, ds0
+
+    configs = _configs(min(_chunk(chunk_size), 64))
+    key = ("ssd_bwd", x.dtype, BP, BN, tuple(configs), dy is not None, dS_L is not None,
+           initial_state is not None, tuple(flags.items()))
+    res, _ = launch_fitting(key, configs, launch)
+    if res is None:  # no chunk length fits this GPU at these N, P: the composition
+        return fallback("ssd_scan_vjp")(*args)
+    dx, ddt, dBh, dCh, dz, dA, dD, ds0 = res
     out = {
         "x": dx.to(x.dtype),
         "dt": ddt.to(dt.dtype),

@@ -1,0 +1,56 @@
+"""benchmarks/gpu/sweep_tt.py (the one-shot H100 sweep) works as a script before it meets a GPU:
+it imports, its arguments are checked, without CUDA it exits with status 2 and says why, and
+``--smoke`` runs its Mamba-1 and SSD parts on the CPU under the interpreter and writes JSON."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pathlib
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+
+pytest.importorskip("torch", reason="torch is not installed")
+pytest.importorskip("triton", reason="triton is not installed")
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[3] / "benchmarks" / "gpu" / "sweep_tt.py"
+
+
+@pytest.fixture
+def sweep():
+    if not SCRIPT.exists():
+        pytest.skip(f"{SCRIPT} is not in this checkout")
+    spec = importlib.util.spec_from_file_location("sweep_tt", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_arguments_are_checked(sweep, capsys):
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["--help"])
+    assert e.value.code == 0 and "OUT_DIR" in capsys.readouterr().out.upper()
+    with pytest.raises(SystemExit) as e:
+        sweep.main([])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["out", "--parts", "m1,nope"])
+    assert e.value.code == 2 and "unknown part" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="checks the no-GPU exit")
+def test_without_a_gpu_it_says_so(sweep, tmp_path, capsys):
+    assert sweep.main([str(tmp_path / "o")]) == 2
+    assert "needs one" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="--smoke needs the interpreter")
+def test_smoke_run_writes_json(sweep, tmp_path):
+    assert sweep.main([str(tmp_path), "--smoke", "--parts", "m1,ssd"]) == 0
+    res = json.loads((tmp_path / "sweep_tt.json").read_text())
+    assert not res["errors"]
+    assert res["parts"]["m1"]["best_fwd"]["ms"] > 0 and res["parts"]["m1"]["best_bwd"]["vjp_ms"] > 0
+    assert res["parts"]["ssd"]["chunk 256"]["fwd_ms"] > 0

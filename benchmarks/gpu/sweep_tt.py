@@ -1,0 +1,407 @@
+"""One-shot sweep of the torch_triton launch configs on one GPU (H100), in under 150 s.
+
+    python benchmarks/gpu/sweep_tt.py OUT_DIR [--parts m1,ssd,decode] [--budget 125]
+
+Parts (each writes OUT_DIR/sweep_tt.json when it ends, so a timeout keeps what was done):
+  m1      Mamba-1 selective scan, bf16, B=8 L=2048 E=2048 N=16 (G=1), with z, D, delta_bias,
+          softplus: the forward over a grid of (variant, T, BE, num_warps) of
+          kernels/selective_scan.CONFIG["fwd"], then the VJP (which re-runs the forward to save
+          chunk states, under CONFIG["bwd"]) over a grid of its own; fwd+bwd = best fwd + VJP.
+          Configs run in order of promise until the part's time share is spent; each config's
+          y (and gradients) is compared with the baseline's, so a broken variant shows.
+  ssd     Mamba-2 SSD scan, bf16, B=8 L=2048 H=32 P=64 N=128 G=1, D, dt_bias, softplus: forward
+          and fwd+bwd at chunk_size 64 and 256 (256 runs as sub-chunks; the launch config each
+          ended with is recorded).
+  decode  ~370M random-weight Mamba-2 LM (d_model 1024, 48 layers, vocab 50280, d_state 128,
+          headdim 64, bf16) through graphs.CudaGraphDecoder at batch 1 and 16: fused step on
+          and off (MAMBA_NO_FUSED_STEP=1), ms/token and tokens/s, the fused logits against the
+          unfused ones after the same tokens, then a few mixer_steps.CONFIG["mamba2"] variants.
+Medians of triton.testing.do_bench (CUDA events). Configs are set in-process through the
+modules' CONFIG dicts (nothing is edited on disk); the best ones are printed so they can be
+written into the CONFIG defaults.
+
+Needs a CUDA GPU; without one it says so and exits with status 2 (``--smoke`` runs the whole
+script on the CPU under TRITON_INTERPRET=1 at tiny shapes, to test the script itself). With nothing installed:
+PYTHONPATH=<repo>:<repo>/backends/torch_triton plus array_api_compat, numpy and pluggy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+
+PARTS = ("m1", "ssd", "decode")
+#: share of the time budget each part may use (what one part leaves goes to the next)
+SHARE = {"m1": 0.45, "ssd": 0.17, "decode": 0.38}
+
+# Mamba-1 forward configs, most promising first: (variant, T, BE, num_warps). The baseline
+# (the current CONFIG default) comes first; variants (kernels/selective_scan.py docstring):
+# "base" the chunked associative scan, "exp2" the same with exp2 and log2(e) folded into A,
+# "seq" token by token in registers (no scan).
+M1_FWD = [
+    ("base", 8, 32, 4), ("exp2", 8, 32, 4), ("seq", 8, 32, 2), ("seq", 8, 16, 1),
+    ("seq", 16, 32, 2), ("seq", 8, 64, 4), ("exp2", 8, 64, 4), ("exp2", 16, 32, 4),
+    ("seq", 8, 32, 1), ("exp2", 4, 32, 4), ("exp2", 8, 32, 2), ("seq", 4, 16, 1),
+    ("exp2", 8, 16, 2), ("seq", 16, 64, 4), ("exp2", 16, 64, 8), ("exp2", 4, 64, 4),
+    ("seq", 8, 128, 4), ("exp2", 8, 64, 8), ("exp2", 16, 16, 2), ("exp2", 32, 32, 8),
+    ("seq", 32, 32, 2), ("exp2", 8, 128, 8), ("base", 16, 32, 4), ("base", 8, 64, 4),
+]
+# VJP configs (the state-saving forward runs this variant too; "seq" keeps the exp2 backward)
+M1_BWD = [
+    ("base", 8, 32, 4), ("exp2", 8, 32, 4), ("seq", 8, 32, 4), ("exp2", 8, 16, 4),
+    ("exp2", 16, 32, 8), ("exp2", 8, 32, 8), ("exp2", 4, 32, 4), ("seq", 8, 16, 2),
+    ("exp2", 8, 64, 8), ("exp2", 16, 16, 4), ("exp2", 4, 16, 2), ("exp2", 8, 16, 2),
+]
+M2_STEP = [{"BP": 8, "num_warps": 4}, {"BP": 32, "num_warps": 4}, {"BP": 64, "num_warps": 8},
+           {"BP": 16, "num_warps": 2}]
+
+RESULTS: dict = {"device": None, "parts": {}, "errors": {}, "best": {}}
+
+#: the shapes timed; --smoke replaces them (and the device) with tiny ones for a CPU self-test
+RUN = {
+    "dev": "cuda", "smoke": False,
+    "m1": dict(B=8, L=2048, E=2048, N=16),
+    "ssd": dict(B=8, L=2048, H=32, P=64, N=128),
+    "lm": dict(d_model=1024, n_layer=48, vocab_size=50280,
+               ssm_cfg={"layer": "Mamba2", "d_state": 128, "headdim": 64, "expand": 2}),
+    "batches": (1, 16),
+}
+SMOKE = {
+    "dev": "cpu", "smoke": True,
+    "m1": dict(B=1, L=12, E=8, N=4),
+    "ssd": dict(B=1, L=40, H=2, P=4, N=8),
+    "lm": dict(d_model=16, n_layer=2, vocab_size=11,
+               ssm_cfg={"layer": "Mamba2", "d_state": 8, "headdim": 4, "expand": 2}),
+    "batches": (1, 2),
+}
+
+
+def _bench(fn, rep=60):
+    if RUN["smoke"]:  # the interpreter: no CUDA events; one timed call (meaningless numbers)
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+    import triton
+
+    return triton.testing.do_bench(fn, warmup=10, rep=rep, return_mode="median")
+
+
+def _grid(configs):
+    return configs[:3] if RUN["smoke"] else configs
+
+
+def _rel(a, b):
+    a, b = a.float(), b.float()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def _save(out_dir=None):
+    out_dir = out_dir or RUN.get("out_dir")
+    if out_dir:
+        with open(os.path.join(out_dir, "sweep_tt.json"), "w") as f:
+            json.dump(RESULTS, f, indent=1, default=str)
+
+
+# ---- (a) Mamba-1 selective scan -----------------------------------------------------------------
+def part_m1(deadline):
+    import torch
+
+    from mamba_backend_torch_triton.kernels import selective_scan as SS
+
+    B, L, E, N = (RUN["m1"][k] for k in ("B", "L", "E", "N"))
+    dev, bf = RUN["dev"], torch.bfloat16
+    g = torch.Generator(device=dev).manual_seed(0)
+    u = torch.randn(B, L, E, device=dev, dtype=bf, generator=g)
+    delta = (torch.rand(B, L, E, device=dev, generator=g) * 2 - 4).to(bf)
+    A = -torch.exp(torch.randn(E, N, device=dev, generator=g) * 0.5)
+    Bm = torch.randn(B, L, 1, N, device=dev, dtype=bf, generator=g)
+    Cm = torch.randn(B, L, 1, N, device=dev, dtype=bf, generator=g)
+    D = torch.ones(E, device=dev)
+    z = torch.randn(B, L, E, device=dev, dtype=bf, generator=g)
+    db = torch.rand(E, device=dev, generator=g) - 4
+    dy = torch.randn(B, L, E, device=dev, dtype=bf, generator=g)
+    args = (u, delta, A, Bm, Cm, D, z, db, True)
+    saved = {k: dict(v) for k, v in SS.CONFIG.items()}
+    out = {"shape": dict(B=B, L=L, E=E, N=N, dtype="bfloat16"), "fwd": [], "bwd": []}
+    RESULTS["parts"]["m1"] = out
+    t_fwd_end = time.time() + 0.55 * (deadline - time.time())
+    try:
+        ref_y = None
+        for variant, T, BE, w in _grid(M1_FWD):
+            if time.time() > t_fwd_end:
+                out["fwd_skipped"] = out.get("fwd_skipped", 0) + 1
+                continue
+            SS.CONFIG["interpret" if RUN["smoke"] else "fwd"] = {"T": T, "BE": BE, "num_warps": w, "variant": variant}
+            entry = {"variant": variant, "T": T, "BE": BE, "num_warps": w}
+            try:
+                y, _ = SS.selective_scan(*args)
+                if ref_y is None:
+                    ref_y = y
+                entry["rel_vs_baseline"] = _rel(y, ref_y)
+                entry["ms"] = _bench(lambda: SS.selective_scan(*args))
+            except Exception as exc:  # noqa: BLE001
+                entry["error"] = f"{type(exc).__name__}: {exc}"[:200]
+            out["fwd"].append(entry)
+            _save()
+            print(f"  m1 fwd {variant:5s} T={T:<3d} BE={BE:<4d} w={w}: "
+                  f"{entry.get('ms', float('nan')):.3f} ms  rel {entry.get('rel_vs_baseline', float('nan')):.1e}"
+                  f"  {entry.get('error', '')}", flush=True)
+        ok = [e for e in out["fwd"] if "ms" in e and e["rel_vs_baseline"] < 2e-2]
+        best_f = min(ok, key=lambda e: e["ms"]) if ok else None
+        out["best_fwd"] = best_f
+        ref_g = None
+        for variant, T, BE, w in _grid(M1_BWD):
+            if time.time() > deadline:
+                out["bwd_skipped"] = out.get("bwd_skipped", 0) + 1
+                continue
+            SS.CONFIG["interpret" if RUN["smoke"] else "bwd"] = {"T": T, "BE": BE, "num_warps": w, "variant": variant}
+            entry = {"variant": variant, "T": T, "BE": BE, "num_warps": w}
+            try:
+                gr = SS.selective_scan_vjp((dy, None), *args)
+                if ref_g is None:
+                    ref_g = gr
+                entry["rel_vs_baseline"] = max(_rel(gr[k], ref_g[k]) for k in ref_g)
+                entry["vjp_ms"] = _bench(lambda: SS.selective_scan_vjp((dy, None), *args))
+                if best_f is not None:
+                    entry["fwd_bwd_ms"] = best_f["ms"] + entry["vjp_ms"]
+            except Exception as exc:  # noqa: BLE001
+                entry["error"] = f"{type(exc).__name__}: {exc}"[:200]
+            out["bwd"].append(entry)
+            _save()
+            print(f"  m1 vjp {variant:5s} T={T:<3d} BE={BE:<4d} w={w}: "
+                  f"{entry.get('vjp_ms', float('nan')):.3f} ms  rel {entry.get('rel_vs_baseline', float('nan')):.1e}"
+                  f"  {entry.get('error', '')}", flush=True)
+        ok = [e for e in out["bwd"] if "vjp_ms" in e and e["rel_vs_baseline"] < 2e-2]
+        out["best_bwd"] = min(ok, key=lambda e: e["vjp_ms"]) if ok else None
+        RESULTS["best"]["m1_fwd_ms"] = best_f and best_f["ms"]
+        if best_f and out["best_bwd"]:
+            RESULTS["best"]["m1_fwd_bwd_ms"] = best_f["ms"] + out["best_bwd"]["vjp_ms"]
+    finally:
+        SS.CONFIG.clear()
+        SS.CONFIG.update(saved)
+
+
+# ---- (b) SSD ------------------------------------------------------------------------------------
+def part_ssd(deadline):
+    import torch
+
+    from mamba_backend_torch_triton.kernels import _scan_common as SC
+    from mamba_backend_torch_triton.kernels import ssd as SSD
+
+    B, L, H, P, N = (RUN["ssd"][k] for k in ("B", "L", "H", "P", "N"))
+    dev, bf = RUN["dev"], torch.bfloat16
+    g = torch.Generator(device=dev).manual_seed(1)
+    x = torch.randn(B, L, H, P, device=dev, dtype=bf, generator=g)
+    dt = (torch.rand(B, L, H, device=dev, generator=g) * 2 - 4).to(bf)
+    A = -torch.rand(H, device=dev, generator=g) * 15 - 1
+    Bm = torch.randn(B, L, 1, N, device=dev, dtype=bf, generator=g)
+    Cm = torch.randn(B, L, 1, N, device=dev, dtype=bf, generator=g)
+    D = torch.ones(H, device=dev)
+    db = torch.rand(H, device=dev, generator=g) - 3
+    dy = torch.randn(B, L, H, P, device=dev, dtype=bf, generator=g)
+    out = {"shape": dict(B=B, L=L, H=H, P=P, N=N, G=1, dtype="bfloat16")}
+    RESULTS["parts"]["ssd"] = out
+    ys = {}
+    for Q in (64, 256):
+        if time.time() > deadline:
+            out[f"chunk {Q}"] = "skipped (time)"
+            continue
+        args = (x, dt, A, Bm, Cm, Q, D, None, db, True)
+        entry = {}
+        try:
+            before = set(SC._FITTED)
+            ys[Q] = SSD.ssd_scan(*args)[0]
+            entry["fwd_ms"] = _bench(lambda: SSD.ssd_scan(*args), rep=100)
+            SSD.ssd_scan_vjp((dy, None), *args)
+            entry["fwd_bwd_ms"] = _bench(lambda: (SSD.ssd_scan(*args), SSD.ssd_scan_vjp((dy, None), *args)), rep=100)
+            entry["configs (Qk, stages)"] = {k[0]: v for k, v in SC._FITTED.items() if k not in before}
+            if 64 in ys and Q != 64:
+                entry["rel_vs_chunk64"] = _rel(ys[Q], ys[64])
+        except Exception as exc:  # noqa: BLE001
+            entry["error"] = f"{type(exc).__name__}: {exc}"[:300]
+            traceback.print_exc()
+        out[f"chunk {Q}"] = entry
+        RESULTS["best"][f"ssd_chunk{Q}"] = {k: entry.get(k) for k in ("fwd_ms", "fwd_bwd_ms")}
+        print(f"  ssd chunk {Q}: {entry}", flush=True)
+
+
+# ---- (c) decode -----------------------------------------------------------------------------------
+def part_decode(deadline):
+    import numpy as np
+    import torch
+
+    from mamba_core.models import lm
+    from mamba_core.models.config import LMConfig
+
+    from mamba_backend_torch_triton.backend import TorchTritonBackend
+    from mamba_backend_torch_triton.graphs import CudaGraphDecoder
+    from mamba_backend_torch_triton.kernels import mixer_steps as MS
+
+    be = TorchTritonBackend()
+    cfg = LMConfig(**RUN["lm"])
+    t0 = time.time()
+    np_params = lm.init_params(cfg, np.random.default_rng(0))
+    nparams = sum(v.size for v in np_params.values())
+    params = lm.to_backend(be, np_params, "bfloat16")
+    del np_params
+    out = {"params_M": round(nparams / 1e6, 1), "init_s": round(time.time() - t0, 1)}
+    RESULTS["parts"]["decode"] = out
+    print(f"  decode: {nparams / 1e6:.0f}M params, init {time.time() - t0:.0f} s", flush=True)
+    env_old = os.environ.get("MAMBA_NO_FUSED_STEP")
+
+    def run(batch, fused, tokens=4):
+        os.environ["MAMBA_NO_FUSED_STEP"] = "0" if fused else "1"
+        dec = CudaGraphDecoder(be, params, cfg, dtype="bfloat16")
+        ids = torch.arange(batch, device=RUN["dev"], dtype=torch.long) % cfg.vocab_size
+        dec.capture(batch)
+        dec.reset(batch)
+        for t in range(tokens):  # the same tokens from a zero cache: comparable logits
+            logits = dec.step((ids + 7 * t) % cfg.vocab_size).clone()
+        ms = _bench(lambda: dec.step(ids), rep=100)
+        del dec
+        return ms, logits
+
+    try:
+        for batch in RUN["batches"]:
+            key = f"batch {batch}"
+            entry = {}
+            out[key] = entry
+            for fused in (True, False):
+                if time.time() > deadline:
+                    entry["skipped"] = "time"
+                    break
+                name = "fused" if fused else "unfused"
+                try:
+                    ms, logits = run(batch, fused)
+                    entry[f"{name}_ms"] = ms
+                    entry[f"{name}_tok_s"] = batch * 1e3 / ms
+                    entry[f"_{name}_logits"] = logits
+                except Exception as exc:  # noqa: BLE001
+                    entry[f"{name}_error"] = f"{type(exc).__name__}: {exc}"[:300]
+                    traceback.print_exc()
+            lf, lu = entry.pop("_fused_logits", None), entry.pop("_unfused_logits", None)
+            if lf is not None and lu is not None:
+                entry["fused_vs_unfused_logits_rel"] = _rel(lf, lu)
+            RESULTS["best"][f"decode_b{batch}_ms"] = {k: entry.get(f"{k}_ms") for k in ("fused", "unfused")}
+            print(f"  decode {key}: {entry}", flush=True)
+            _save()
+        saved = dict(MS.CONFIG["mamba2"])
+        out["fused_configs"] = []
+        try:
+            for c in _grid(M2_STEP):
+                if time.time() > deadline:
+                    break
+                MS.CONFIG["mamba2"] = dict(c)
+                row = dict(c)
+                for batch in RUN["batches"]:
+                    try:
+                        row[f"b{batch}_ms"] = run(batch, True, tokens=1)[0]
+                    except Exception as exc:  # noqa: BLE001
+                        row[f"b{batch}_error"] = f"{type(exc).__name__}: {exc}"[:200]
+                out["fused_configs"].append(row)
+                print(f"  decode fused {row}", flush=True)
+        finally:
+            MS.CONFIG["mamba2"] = saved
+    finally:
+        if env_old is None:
+            os.environ.pop("MAMBA_NO_FUSED_STEP", None)
+        else:
+            os.environ["MAMBA_NO_FUSED_STEP"] = env_old
+
+
+def _table():
+    b = RESULTS["best"]
+    lines = ["", "sweep_tt summary (ms, medians)"]
+    m1 = RESULTS["parts"].get("m1", {})
+    if m1.get("best_fwd"):
+        f = m1["best_fwd"]
+        base = next((e for e in m1["fwd"] if "ms" in e), None)
+        lines.append(f"  Mamba-1 fwd       best {f['ms']:.3f}  ({f['variant']}, T={f['T']}, BE={f['BE']}, "
+                     f"warps={f['num_warps']}); baseline {base['ms']:.3f}")
+    if m1.get("best_bwd"):
+        f = m1["best_bwd"]
+        lines.append(f"  Mamba-1 VJP       best {f['vjp_ms']:.3f}  ({f['variant']}, T={f['T']}, BE={f['BE']}, "
+                     f"warps={f['num_warps']}); fwd+bwd {b.get('m1_fwd_bwd_ms', float('nan')):.3f}")
+    for Q in (64, 256):
+        s = b.get(f"ssd_chunk{Q}")
+        if s and s.get("fwd_ms") is not None:
+            lines.append(f"  SSD chunk {Q:<4d}    fwd {s['fwd_ms']:.3f}   fwd+bwd {s.get('fwd_bwd_ms') or float('nan'):.3f}")
+    for batch in RUN["batches"]:
+        d = b.get(f"decode_b{batch}_ms")
+        if d:
+            fu, un = d.get("fused"), d.get("unfused")
+            lines.append(f"  decode batch {batch:<3d} fused {fu if fu is None else f'{fu:.3f}'} ms/token   "
+                         f"unfused {un if un is None else f'{un:.3f}'} ms/token")
+    for row in RESULTS["parts"].get("decode", {}).get("fused_configs", []):
+        lines.append(f"  decode fused cfg {row}")
+    if RESULTS["errors"]:
+        lines.append(f"  errors: {RESULTS['errors']}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="sweep_tt.py", description=__doc__.split("\n")[0])
+    ap.add_argument("out_dir", help="folder for sweep_tt.json (created if missing)")
+    ap.add_argument("--parts", default=",".join(PARTS),
+                    help=f"comma-separated subset of {','.join(PARTS)} (default: all)")
+    ap.add_argument("--budget", type=float, default=125.0,
+                    help="seconds for the whole sweep (parts stop starting configs past their share)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="self-test of this script on the CPU under TRITON_INTERPRET=1 at tiny "
+                         "shapes (3 configs a grid; the timings mean nothing)")
+    args = ap.parse_args(argv)
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    bad = [p for p in parts if p not in PARTS]
+    if bad:
+        ap.error(f"unknown part(s) {bad}; the parts are {list(PARTS)}")
+    try:
+        import torch
+    except ImportError:
+        print("sweep_tt: torch is not installed; this sweep needs torch with CUDA and triton", file=sys.stderr)
+        return 2
+    if args.smoke:
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            ap.error("--smoke runs the kernels in the Triton interpreter: set TRITON_INTERPRET=1 "
+                     "before Python starts")
+        RUN.update(SMOKE)
+    elif not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
+        print("sweep_tt: no CUDA GPU visible to torch (or TRITON_INTERPRET=1): this sweep times "
+              "compiled Triton kernels and needs one; run it on the device machine "
+              "(or try --smoke on the CPU)", file=sys.stderr)
+        return 2
+    import triton
+
+    os.makedirs(args.out_dir, exist_ok=True)
+    RUN["out_dir"] = args.out_dir
+    start = time.time()
+    RESULTS["device"] = {"name": "cpu (--smoke)" if args.smoke else torch.cuda.get_device_name(),
+                         "torch": torch.__version__, "triton": triton.__version__,
+                         "budget_s": args.budget}
+    fns = {"m1": part_m1, "ssd": part_ssd, "decode": part_decode}
+    left_share = sum(SHARE[p] for p in parts)
+    for p in parts:
+        now = time.time()
+        remaining = args.budget - (now - start)
+        deadline = now + remaining * SHARE[p] / left_share
+        left_share -= SHARE[p]
+        t0 = time.time()
+        print(f"[{p}] up to {deadline - now:.0f} s", flush=True)
+        try:
+            fns[p](deadline)
+        except Exception as exc:  # noqa: BLE001
+            RESULTS["errors"][p] = f"{type(exc).__name__}: {exc}"[:300]
+            traceback.print_exc()
+        RESULTS.setdefault("seconds", {})[p] = round(time.time() - t0, 1)
+        _save(args.out_dir)
+        print(f"[{p}] {time.time() - t0:.0f} s", flush=True)
+    print(_table(), flush=True)
+    _save(args.out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
