@@ -72,6 +72,9 @@ round3)
     job() { local name=$1 t=$2; shift 2; (timeout "$t" "$@" > "$R/$name.log" 2>&1; echo "$name rc=$?" >> "$R/rc.txt") & }
     job cupy_check 200 env GPU_CHECK_PARTS=compile,kernels,conformance python3 backends/cuda_cupy/gpu_check.py "$R"
     job cupy_tests 200 python3 -m pytest -q -p no:cacheprovider backends/cuda_cupy/tests/test_gpu.py
+    job gen_static 200 python3 -m pytest -q -p no:cacheprovider tests/test_generation.py -k static -rs
+    job tt_tests 200 python3 -m pytest -q -p no:cacheprovider backends/torch_triton/tests/test_mixer_steps.py \
+        backends/torch_triton/tests/test_ssd_chunk_cap.py
     job hf_gpu 200 env PYTHONPATH=/tmp/site_hf:/tmp/site python3 -m pytest -q -s -p no:cacheprovider \
         tests/test_checkpoint_hf.py -k "logits or greedy"
     job tt_f32_models 200 mamba-conformance torch_triton --dtype float32 --only 'mixer:*' --only 'lm:*' -q \
@@ -85,12 +88,21 @@ round3)
     wait
     cat "$R/rc.txt"; for f in "$R"/*.log; do echo "== $f"; tail -n 2 "$f"; done
     for i in $(seq 1 30); do ls /tmp/ss_build/selective_scan_cuda*.so > /dev/null 2>&1 && break; sleep 2; done
-    [ -f benchmarks/gpu/sweep_tt.py ] && { timeout 150 python3 benchmarks/gpu/sweep_tt.py "$R/sweep" > "$R/sweep_tt.log" 2>&1; echo "sweep rc=$?"; tail -n 25 "$R/sweep_tt.log"; }
-    YARDSTICK_PARTS=mamba1,mamba2,decode timeout 120 python3 benchmarks/gpu/yardstick.py "$R/yd" > "$R/yardstick.log" 2>&1
+    [ -f benchmarks/gpu/sweep_tt.py ] && { timeout 125 python3 benchmarks/gpu/sweep_tt.py "$R/sweep" --budget 100 > "$R/sweep_tt.log" 2>&1; echo "sweep rc=$?"; tail -n 25 "$R/sweep_tt.log"; }
+    YARDSTICK_PARTS=mamba1,mamba2,decode timeout 110 python3 benchmarks/gpu/yardstick.py "$R/yd" > "$R/yardstick.log" 2>&1
     echo "yardstick rc=$?"; grep -E "ratio|FAILED" "$R/yardstick.log"
-    GPU_CHECK_PARTS=bench,decode timeout 90 python3 backends/cuda_cupy/gpu_check.py "$R/cupy_bench" > "$R/cupy_bench.log" 2>&1
+    GPU_CHECK_PARTS=bench,decode timeout 80 python3 backends/cuda_cupy/gpu_check.py "$R/cupy_bench" > "$R/cupy_bench.log" 2>&1
     echo "cupy bench rc=$?"; tail -n 30 "$R/cupy_bench.log"
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"; ls -la "$OUT"
+    ;;
+final)
+    # a short last call: generation through the graph decoder, then official vs ours decode
+    R="$OUT/r"; mkdir -p "$R"; mv "$OUT/device.txt" "$OUT/backends.txt" "$R/"; rm -f "$OUT/pip.log"
+    timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_generation.py -k static -rs > "$R/gen_static.log" 2>&1
+    echo "gen_static rc=$?"; tail -n 3 "$R/gen_static.log"
+    YARDSTICK_PARTS=decode timeout 130 python3 benchmarks/gpu/yardstick.py "$R/yd" > "$R/yardstick_decode.log" 2>&1
+    echo "yardstick decode rc=$?"; grep -E "ratio|FAILED" "$R/yardstick_decode.log"
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
     ;;
 certify-only)
     timeout 150 mamba-conformance torch_triton --dtype float32 --only 'op:*' \

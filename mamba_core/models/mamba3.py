@@ -251,14 +251,18 @@ def init_cache(be, cfg: Config, batch: int, dtype: str = "float32") -> dict:
 # ---- shared pieces ------------------------------------------------------------------------
 def heavy_tail(xp, v):
     """1 + v for v >= 0, 1 / (1 - v) for v < 0, written without overflow:
-    max(v, 0) + 1 / (1 - min(v, 0)). Positive, continuous, slope 1 at 0."""
-    zero = xp.asarray(0.0, dtype=v.dtype)
-    return xp.maximum(v, zero) + 1.0 / (1.0 - xp.minimum(v, zero))
+    max(v, 0) + 1 / (1 - min(v, 0)). Positive, continuous, slope 1 at 0.
+
+    max(v, 0) = (v + |v|) / 2 and min(v, 0) = (v - |v|) / 2 exactly, and need no scalar array
+    (a host-to-device copy, which a CUDA-graph capture must not contain)."""
+    a = xp.abs(v)
+    return (v + a) / 2 + 1.0 / (1.0 - (v - a) / 2)
 
 
 def decay_rate(xp, dd_A, A_floor: float):
     """A = -max(heavy_tail(dd_A), A_floor) < 0 (for A_floor > 0), in dd_A's dtype."""
-    return -xp.maximum(heavy_tail(xp, dd_A), xp.asarray(A_floor, dtype=dd_A.dtype))
+    h = heavy_tail(xp, dd_A)
+    return -xp.where(h > A_floor, h, xp.zeros_like(h) + A_floor)
 
 
 def _split_in(cfg: Config, zxbc):
