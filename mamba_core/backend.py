@@ -140,6 +140,17 @@ class Backend:
         return f"<{type(self).__name__} {self.name!r}>"
 
 
+def static_decoder_of(be, params: dict, cfg, dtype: str):
+    """``be.static_decoder(params, cfg, dtype)``, or None when the backend has none or
+    ``MAMBA_NO_STATIC_DECODER=1`` is set (generation and the bench decode through this)."""
+    import os
+
+    if os.environ.get("MAMBA_NO_STATIC_DECODER", "") not in ("", "0"):
+        return None
+    make = getattr(be, "static_decoder", None)
+    return None if make is None else make(params, cfg, dtype)
+
+
 def _float_kind(a) -> str | None:
     dt = getattr(a, "dtype", None)
     if dt is None:

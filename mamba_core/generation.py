@@ -69,6 +69,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from mamba_core.backend import static_decoder_of
 from mamba_core.errors import ConfigError, ShapeError
 
 __all__ = [
@@ -355,14 +356,13 @@ def _host_logits(be, logits, vocab: int) -> np.ndarray:
 def _static_decoder(model):
     """The backend's decoder over static caches for this model (made once, kept on the model),
     or None: when the backend has none, or ``MAMBA_NO_STATIC_DECODER=1``."""
+    if not hasattr(model, "params") or not hasattr(model, "dtype"):
+        return None  # a model-like object without parameters (the contract asks for less)
     if os.environ.get("MAMBA_NO_STATIC_DECODER", "") not in ("", "0"):
         return None
-    make = getattr(model.backend, "static_decoder", None)
-    if make is None or not hasattr(model, "params") or not hasattr(model, "dtype"):
-        return None  # a model-like object without parameters (the contract asks for less)
     dec = model.__dict__.get("_static_decoder")
     if dec is None:
-        dec = make(model.params, model.cfg, model.dtype)
+        dec = static_decoder_of(model.backend, model.params, model.cfg, model.dtype)
         if dec is None:
             return None
         model.__dict__["_static_decoder"] = dec

@@ -12,6 +12,10 @@ P_all = every parameter, V' x D = the tied head, T = tokens, S(T) = one layer's 
     train:    flops = 3 (2 (P_mm + V' D) T + n_layer S(T))      (backward ~ 2x forward)
               bytes = 4 * 3 P_all                                (weights read twice, gradients written)
 Activations are left out of the bytes, so these floors are lower bounds.
+
+Decode runs through the backend's decoder over static caches when it offers one
+(``Backend.static_decoder``: what generation uses), else ``lm.step``; set
+``MAMBA_NO_STATIC_DECODER=1`` to time plain steps.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import dataclasses
 
 import numpy as np
 
+from mamba_core.backend import static_decoder_of
 from mamba_core.bench.presets import ModelSize, Preset, ssm_cfg
 from mamba_core.models import lm
 from mamba_core.models.config import LMConfig
@@ -131,6 +136,17 @@ def prepare(be, t: ModelTask, seed: int = 0):
     prompt = be.asarray(ids_np[:, :8])
     _, cache0 = lm.forward(be, params, cfg, prompt, last_only=True)
     steps = [be.asarray(np.ascontiguousarray(ids_np[:, i % ids_np.shape[1]])) for i in range(t.length)]
+    dec = static_decoder_of(be, params, cfg, "float32")
+    if dec is not None:  # what generation decodes through (CUDA graphs, preallocated buffers)
+        dec.set_cache(cache0)
+
+        def run_static():
+            logits = None
+            for tok in steps:
+                logits = dec.step(tok)
+            return logits
+
+        return run_static
     state = {"cache": cache0}
 
     def run():
