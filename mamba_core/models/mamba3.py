@@ -424,6 +424,12 @@ def step(be, params: dict, cfg: Config, u, cache: dict):
     fused = fused_step(be, "mamba3")
     if fused is not None:
         return fused(be, params, cfg, u, cache)
+    return composed_step(be, params, cfg, u, cache)
+
+
+def composed_step(be, params: dict, cfg: Config, u, cache: dict):
+    """``step`` as the composition of ops, whatever fused step the backend offers (a fused step
+    falls back to this for cases it does not cover)."""
     xp = be.xp
     Bsz = u.shape[0]
     z, x, Bb, Cb, dt, A, trap, angles = _prep(be, params, cfg, u, (Bsz,))

@@ -84,18 +84,6 @@ def inplace_cache(enabled: bool = True):
         _INPLACE.reset(token)
 
 
-class _Composed:
-    """``be`` seen without its fused steps: mamba_core's ``step`` then runs the op composition."""
-
-    mixer_steps: dict = {}
-
-    def __init__(self, be):
-        self._be = be
-
-    def __getattr__(self, name):
-        return getattr(self._be, name)
-
-
 _COUNTERS: dict = {}
 _KEEP: list = []  # every counter buffer ever handed out: captured graphs may hold its address
 
@@ -240,7 +228,7 @@ def mamba2_step(be, params: dict, cfg, u, cache: dict):
     if (not runs_here(u, params["in_proj.weight"], params["conv1d.weight"], params["A_log"],
                       params["D"], params["dt_bias"], cache["conv_state"], cache["ssm_state"], *opt)
             or cfg.d_conv > 16):
-        return mamba2.step(_Composed(be), params, cfg, u, cache)
+        return mamba2.composed_step(be, params, cfg, u, cache)
     Bsz = u.shape[0]
     H, P, G, N, S, M, X, K = (cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state, cfg.ssm_width,
                               cfg.d_mlp, cfg.conv_dim, cfg.d_conv)
@@ -326,7 +314,7 @@ def mamba1_step(be, params: dict, cfg, u, cache: dict):
                       params["x_proj.weight"], params["dt_proj.weight"], params["dt_proj.bias"],
                       cache["conv_state"], cache["ssm_state"], *opt)
             or cfg.d_conv > 16):
-        return mamba1.step(_Composed(be), params, cfg, u, cache)
+        return mamba1.composed_step(be, params, cfg, u, cache)
     Bsz = u.shape[0]
     E, N, K, R = cfg.d_inner, cfg.d_state, cfg.d_conv, cfg.dt_rank_value
     dev = u.device
