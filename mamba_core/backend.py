@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -143,8 +144,6 @@ class Backend:
 def static_decoder_of(be, params: dict, cfg, dtype: str):
     """``be.static_decoder(params, cfg, dtype)``, or None when the backend has none or
     ``MAMBA_NO_STATIC_DECODER=1`` is set (generation and the bench decode through this)."""
-    import os
-
     if os.environ.get("MAMBA_NO_STATIC_DECODER", "") not in ("", "0"):
         return None
     make = getattr(be, "static_decoder", None)
