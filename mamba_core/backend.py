@@ -141,10 +141,15 @@ class Backend:
         return f"<{type(self).__name__} {self.name!r}>"
 
 
+def static_decoders_enabled() -> bool:
+    """False when ``MAMBA_NO_STATIC_DECODER=1`` asks for plain ``lm.step`` decoding."""
+    return os.environ.get("MAMBA_NO_STATIC_DECODER", "") in ("", "0")
+
+
 def static_decoder_of(be, params: dict, cfg, dtype: str):
     """``be.static_decoder(params, cfg, dtype)``, or None when the backend has none or
     ``MAMBA_NO_STATIC_DECODER=1`` is set (generation and the bench decode through this)."""
-    if os.environ.get("MAMBA_NO_STATIC_DECODER", "") not in ("", "0"):
+    if not static_decoders_enabled():
         return None
     make = getattr(be, "static_decoder", None)
     return None if make is None else make(params, cfg, dtype)

@@ -64,12 +64,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import os
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from mamba_core.backend import static_decoder_of
+from mamba_core.backend import static_decoder_of, static_decoders_enabled
 from mamba_core.errors import ConfigError, ShapeError
 
 __all__ = [
@@ -358,7 +357,7 @@ def _static_decoder(model):
     or None: when the backend has none, or ``MAMBA_NO_STATIC_DECODER=1``."""
     if not hasattr(model, "params") or not hasattr(model, "dtype"):
         return None  # a model-like object without parameters (the contract asks for less)
-    if os.environ.get("MAMBA_NO_STATIC_DECODER", "") not in ("", "0"):
+    if not static_decoders_enabled():  # checked here too: a decoder may be cached on the model
         return None
     dec = model.__dict__.get("_static_decoder")
     if dec is None:

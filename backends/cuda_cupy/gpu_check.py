@@ -179,38 +179,18 @@ def part_conformance(out_dir):
 
 
 # ---- op benchmarks -----------------------------------------------------------------------------
-def _time_cupy(fn, warmup=3, reps=20):
-    import cupy as cp
+def _timer(kind):
+    """Median milliseconds of a call with device events: mamba_core.bench's timer (one place)."""
+    from mamba_core.bench.timing import time_call
 
-    for _ in range(warmup):
-        fn()
-    cp.cuda.get_current_stream().synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = cp.cuda.Event(), cp.cuda.Event()
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        ts.append(cp.cuda.get_elapsed_time(a, b))
-    return statistics.median(ts)
+    def timed(fn, warmup=3, reps=20):
+        return 1e3 * statistics.median(time_call(fn, kind, warmup, reps))
+
+    return timed
 
 
-def _time_torch(fn, warmup=3, reps=20):
-    import torch
-
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b))
-    return statistics.median(ts)
+_time_cupy = _timer("cupy")
+_time_torch = _timer("torch-cuda")
 
 
 def _bench_tasks(rng):

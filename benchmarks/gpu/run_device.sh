@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
-# One device session's work, in parts that each fit one 10-minute call:
-#   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate on the GPU + yardstick
-#   bash benchmarks/gpu/run_device.sh cupy        cuda_cupy gpu_check (compile, kernels, certificate,
-#                                                 bench, decode) + torch_triton SSD/Mamba-3 timings
+# One device session's work, in parts that each fit one 10-minute call (the runs recorded in
+# benchmarks/results/gpu-20261123-h100/README.md used these parts):
+#   bash benchmarks/gpu/run_device.sh round3      every certificate (both GPU backends), HF checkpoints
+#                                                 on the GPU, cuda_cupy checks, sweep, yardstick, bench
+#   bash benchmarks/gpu/run_device.sh final       generation through the graph decoder, decode vs official
+#   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
+#   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
+# Optional carries: .cache/ with tarballs of an earlier call's ~/.triton/cache
+# (triton_cache.tgz.part*), ~/.cupy/kernel_cache (cupy_cache.tgz) or /tmp/ss_build
+# (ss_build.tgz.part*), restored first to skip JIT/NVRTC/nvcc work; .whl_hf/ with a
+# transformers >= 5.23 wheel for the checkpoint tests.
 # Needs: .whl/ with array_api_compat (not in the device image); for the official yardstick, a
 # mamba_ssm source tree in .official/ (not part of this repository) whose Mamba-1 CUDA scan is
 # built into /tmp/ss_build by .official/build_ss.py when that script is present.
@@ -22,47 +29,12 @@ try:
     import cupy; print("cupy", cupy.__version__)
 except Exception as e: print("cupy missing", e)
 PY
-# caches carried from an earlier call (see the check part)
+# caches carried from an earlier call (see the header)
 if ls .cache/triton_cache.tgz.part* > /dev/null 2>&1; then mkdir -p "$HOME/.triton"; cat .cache/triton_cache.tgz.part* | tar -xzf - -C "$HOME/.triton"; fi
 [ -f .cache/cupy_cache.tgz ] && mkdir -p "$HOME/.cupy" && tar -xzf .cache/cupy_cache.tgz -C "$HOME/.cupy"
 if ls .cache/ss_build.tgz.part* > /dev/null 2>&1; then cat .cache/ss_build.tgz.part* | tar -xzf - -C /tmp; fi
 mamba-core backends | tee "$OUT/backends.txt"
 case "${1:-certify}" in
-check|round2)
-    # Correctness jobs in parallel (they share the GPU; nothing here is timed), then (round2) the
-    # timings one at a time on an idle GPU. Caches come back split in <16 MB pieces so a later
-    # call can carry them (.cache/) and skip the JIT/NVRTC/nvcc work.
-    R="$OUT/r"; mkdir -p "$R"; cp "$OUT/device.txt" "$OUT/backends.txt" "$R/"; rm -f "$OUT/device.txt" "$OUT/backends.txt" "$OUT/pip.log"
-    if [ "$1" = check ] && [ -f .official/build_ss.py ] && [ ! -d /tmp/ss_build ]; then
-        (timeout 300 python3 .official/build_ss.py > "$R/ss_build.log" 2>&1; \
-         tar -czf "$OUT/ss_build.tgz" --exclude='*.o' --exclude='.ninja*' -C /tmp ss_build) &
-    fi
-    (GPU_CHECK_PARTS=compile,kernels,conformance timeout 300 python3 backends/cuda_cupy/gpu_check.py "$R" \
-        > "$R/cupy_gpu_check.log" 2>&1; echo "cupy gpu_check rc=$?" >> "$R/rc.txt") &
-    # transformers would pick up .official's mamba_ssm (and ask for its CUDA build): keep it off the path
-    # and use the transformers CI gets (.whl_hf/, if carried): before 5.23 its Mamba2 norm was not grouped
-    [ -d .whl_hf ] && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site_hf .whl_hf/*.whl
-    (PYTHONPATH=/tmp/site_hf:/tmp/site timeout 300 python3 -m pytest -q -s -p no:cacheprovider tests/test_checkpoint_hf.py \
-        -k "logits or greedy" > "$R/hf_gpu.log" 2>&1; echo "hf pytest rc=$?" >> "$R/rc.txt") &
-    if [ "$1" = check ]; then
-        (timeout 300 mamba-conformance torch_triton --dtype bfloat16 --only 'mixer:*' --only 'lm:*' -q \
-            --json "$R/torch_triton.gpu.models.bfloat16.certificate.json" > "$R/tt_bf16_models.log" 2>&1; \
-            echo "tt bf16 models rc=$?" >> "$R/rc.txt") &
-    fi
-    wait
-    cat "$R/rc.txt"; for f in "$R"/*.log; do echo "== $f"; tail -n 3 "$f"; done
-    if [ "$1" = round2 ]; then
-        YARDSTICK_PARTS=decode timeout 150 python3 benchmarks/gpu/yardstick.py "$R/yd" > "$R/yardstick_decode.log" 2>&1
-        echo "yardstick decode rc=$?"; grep -E "ratio|FAILED" "$R/yardstick_decode.log"
-        YARDSTICK_PARTS=mamba3 timeout 200 python3 benchmarks/gpu/yardstick.py "$R/y3" > "$R/yardstick_mamba3.log" 2>&1
-        echo "yardstick mamba3 rc=$?"; grep -E "ratio|FAILED" "$R/yardstick_mamba3.log"
-    fi
-    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
-    [ -d "$HOME/.triton/cache" ] && tar -czf - -C "$HOME/.triton" cache | split -b 15m - "$OUT/triton_cache.tgz.part"
-    [ -d "$HOME/.cupy/kernel_cache" ] && tar -czf "$OUT/cupy_cache.tgz" -C "$HOME/.cupy" kernel_cache
-    [ -f "$OUT/ss_build.tgz" ] && split -b 15m "$OUT/ss_build.tgz" "$OUT/ss_build.tgz.part" && rm "$OUT/ss_build.tgz"
-    ls -la "$OUT"
-    ;;
 round3)
     # Everything of one session's last call: correctness jobs in parallel (nothing timed), then the
     # timings one at a time on the idle GPU. Each job has its own timeout; results in results.tgz.
@@ -104,14 +76,6 @@ final)
     echo "yardstick decode rc=$?"; grep -E "ratio|FAILED" "$R/yardstick_decode.log"
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
     ;;
-certify-only)
-    timeout 150 mamba-conformance torch_triton --dtype float32 --only 'op:*' \
-        --json "$OUT/torch_triton.gpu.ops.float32.certificate.json" > "$OUT/conformance_ops.log" 2>&1
-    echo "ops conformance rc=$?"; tail -1 "$OUT/conformance_ops.log"
-    timeout 150 mamba-conformance torch_triton --dtype float32 --only 'mixer:*' --only 'lm:*' \
-        --json "$OUT/torch_triton.gpu.models.float32.certificate.json" > "$OUT/conformance_models.log" 2>&1
-    echo "model conformance rc=$?"; tail -1 "$OUT/conformance_models.log"
-    ;;
 certify32)
     if [ -f .official/build_ss.py ]; then (timeout 280 python3 .official/build_ss.py > "$OUT/ss_build.log" 2>&1 &); fi
     timeout 130 mamba-conformance torch_triton --dtype float32 --only 'op:*' \
@@ -131,9 +95,5 @@ certify)
     for i in $(seq 1 60); do ls /tmp/ss_build/selective_scan_cuda*.so > /dev/null 2>&1 && break; sleep 3; done
     tail -2 "$OUT/ss_build.log" 2>/dev/null
     timeout 250 python3 benchmarks/gpu/yardstick.py "$OUT" 2>&1 | grep -v Warning | tail -40
-    ;;
-cupy)
-    timeout 330 python3 backends/cuda_cupy/gpu_check.py "$OUT" 2>&1 | tail -40
-    timeout 200 python3 backends/torch_triton/gpu_check.py "$OUT" 2>&1 | tail -25
     ;;
 esac

@@ -89,7 +89,8 @@ def _vjp(xp, cotangent, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplu
                        Vr=dy0[:, :, None], Kr=Cw[:, :, None], init=init, dfin=dSLw)
     dla = xp.sum(qa, axis=-1)  # (B, L, H)
     ddt = xGB + Aw * dla
-    grads = {"A": xp.sum(dtv * dla, axis=(0, 1))}
+    # dA sums B*L terms per head: accumulate in float64 (cheap: B*L*H values), round once
+    grads = {"A": xp.sum(dtv * dla, axis=(0, 1), dtype=xp.float64).astype(wd)}
     # skip and gate
     if D is not None:
         Dw = D.astype(wd)
