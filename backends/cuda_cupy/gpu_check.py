@@ -7,7 +7,9 @@ OUT_DIR/cuda_cupy_gpu_check.json (everything else). Each part runs in its own tr
 is printed and recorded, and the next part runs. Parts (set GPU_CHECK_PARTS=compile,kernels,...
 to run a subset): compile, kernels, conformance, bench, decode.
 Timings: cupy.cuda.Event pairs, median of repeats after warm-up; torch_triton rows (when that
-backend is installed and available) with torch.cuda.Event, on the same inputs.
+backend is installed and available) with torch.cuda.Event, on the same inputs and dtype
+(float32). GPU_CHECK_BENCH_BACKENDS=cuda_cupy (default: cuda_cupy,torch_triton) limits the bench
+and decode parts to the named backends; GPU_CHECK_BENCH_OPS=selective_scan,... to the named rows.
 """
 
 from __future__ import annotations
@@ -246,12 +248,22 @@ def _bench_one(be, op, args, kw, timer):
     return row
 
 
+def _bench_backends() -> list[str]:
+    return os.environ.get("GPU_CHECK_BENCH_BACKENDS", "cuda_cupy,torch_triton").split(",")
+
+
 def part_bench():
     rng = np.random.default_rng(0)
     tasks = _bench_tasks(rng)
-    res = {"shapes": BENCH, "cuda_cupy": {}, "torch_triton": {}}
+    only = os.environ.get("GPU_CHECK_BENCH_OPS")
+    if only:
+        tasks = {k: v for k, v in tasks.items() if k in only.split(",")}
+    res = {"shapes": BENCH, "cuda_cupy": {}, "torch_triton": {}, "env": {
+        k: v for k, v in os.environ.items() if k.startswith("MAMBA_CUPY")}}
     be = _backend()
     for name, (op, args, kw) in tasks.items():
+        if "cuda_cupy" not in _bench_backends():
+            break
         try:
             res["cuda_cupy"][name] = _bench_one(be, op, args, kw, _time_cupy)
             _log(f"cuda_cupy {name}: {res['cuda_cupy'][name]}")
@@ -261,6 +273,8 @@ def part_bench():
         import cupy as cp
 
         cp.get_default_memory_pool().free_all_blocks()
+    if "torch_triton" not in _bench_backends():
+        return res
     try:
         from mamba_core.registry import get_backend
 
@@ -327,7 +341,33 @@ def part_decode():
             row["graph_error"] = f"{type(exc).__name__}: {exc}"
         res[f"batch{batch}"] = row
         _log(f"decode batch {batch}: {row}")
+    if "torch_triton" in _bench_backends():
+        res["torch_triton"] = _decode_torch_triton(cfg)
     return res
+
+
+def _decode_torch_triton(cfg):
+    """torch_triton's CUDA-graph decoder on the same model in float32 (the dtype cuda_cupy runs)."""
+    try:
+        import torch
+
+        from mamba_core.models import lm
+        from mamba_core.registry import get_backend
+        from mamba_backend_torch_triton.graphs import CudaGraphDecoder
+
+        tt = get_backend("torch_triton")
+        params = lm.to_backend(tt, lm.init_params(cfg, np.random.default_rng(0)), "float32")
+        res = {}
+        for batch in (1, 16):
+            dec = CudaGraphDecoder(tt, params, cfg, "float32")
+            ids = torch.zeros(batch, dtype=torch.long, device="cuda")
+            ms = _time_torch(lambda: dec.step(ids), warmup=3, reps=50)
+            res[f"batch{batch}"] = {"graph_ms_per_token": ms, "graph_tokens_per_s": batch * 1000.0 / ms}
+            _log(f"torch_triton float32 decode batch {batch}: {res[f'batch{batch}']}")
+        return res
+    except Exception as exc:  # noqa: BLE001
+        traceback.print_exc()
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def _env():

@@ -4,6 +4,7 @@
 #   bash benchmarks/gpu/run_device.sh round3      every certificate (both GPU backends), HF checkpoints
 #                                                 on the GPU, cuda_cupy checks, sweep, yardstick, bench
 #   bash benchmarks/gpu/run_device.sh final       generation through the graph decoder, decode vs official
+#   bash benchmarks/gpu/run_device.sh m3bench     Mamba-3 vs official, cuda_cupy kernel check, side-by-side bench
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
 #   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
 # Optional carries: .cache/ with tarballs of an earlier call's ~/.triton/cache
@@ -66,6 +67,20 @@ round3)
     GPU_CHECK_PARTS=bench,decode timeout 80 python3 backends/cuda_cupy/gpu_check.py "$R/cupy_bench" > "$R/cupy_bench.log" 2>&1
     echo "cupy bench rc=$?"; tail -n 30 "$R/cupy_bench.log"
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"; ls -la "$OUT"
+    ;;
+m3bench)
+    # Mamba-3 SISO against the official kernels (their autotune space cut, see yardstick.py), the
+    # cuda_cupy kernel check (dA summed in float64), then the side-by-side bench and decode
+    # (cuda_cupy and torch_triton, float32, same inputs). Results in results.tgz.
+    R="$OUT/r"; mkdir -p "$R"; mv "$OUT/device.txt" "$OUT/backends.txt" "$R/"; rm -f "$OUT/pip.log"
+    (GPU_CHECK_PARTS=compile,kernels timeout 150 python3 backends/cuda_cupy/gpu_check.py "$R/cupy_kernels" \
+        > "$R/cupy_kernels.log" 2>&1; echo "cupy kernels rc=$?" >> "$R/rc.txt") &
+    YARDSTICK_PARTS=mamba3 YARDSTICK_M3_AUTOTUNE=reduced timeout 300 python3 benchmarks/gpu/yardstick.py "$R/yd" \
+        > "$R/yardstick_m3.log" 2>&1; echo "yardstick m3 rc=$?"; grep -E "ratio|FAILED|\] " "$R/yardstick_m3.log"
+    wait; cat "$R/rc.txt"; grep -E "max|rel|FAIL|Error" "$R/cupy_kernels.log" | tail -n 30
+    GPU_CHECK_PARTS=bench,decode timeout 190 python3 backends/cuda_cupy/gpu_check.py "$R/bench" > "$R/bench.log" 2>&1
+    echo "bench rc=$?"; grep -E "cuda_cupy|torch_triton|decode" "$R/bench.log" | cut -c1-400
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
     ;;
 final)
     # a short last call: generation through the graph decoder, then official vs ours decode
