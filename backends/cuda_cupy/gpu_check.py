@@ -9,7 +9,8 @@ to run a subset): compile, kernels, conformance, bench, decode.
 Timings: cupy.cuda.Event pairs, median of repeats after warm-up; torch_triton rows (when that
 backend is installed and available) with torch.cuda.Event, on the same inputs and dtype
 (float32). GPU_CHECK_BENCH_BACKENDS=cuda_cupy (default: cuda_cupy,torch_triton) limits the bench
-and decode parts to the named backends; GPU_CHECK_BENCH_OPS=selective_scan,... to the named rows.
+and decode parts to the named backends; GPU_CHECK_BENCH_OPS=selective_scan,... to the named rows,
+in that order; GPU_CHECK_TT_OPS likewise for torch_triton's rows alone.
 """
 
 from __future__ import annotations
@@ -59,10 +60,10 @@ def part_compile():
     from mamba_backend_cuda_cupy.kernels._scan import DECAY_CHUNK
     from mamba_backend_cuda_cupy.kernels.linear import TILES, rows_per_warp
 
-    names = {"scan.cu": [f"row_scan<{t}, {n}, {a}>" for t in ("float", "double")
-                         for n in (1, 2, 4, 8) for a in ("true", "false")],
-             "scan_bwd.cu": [f"decay_grad<{t}, {n}, {a}, {DECAY_CHUNK}>" for t in ("float", "double")
-                             for n in (1, 2, 4, 8) for a in ("true", "false")],
+    names = {"scan.cu": [f"{k}<{t}, {n}, {a}>" for k in ("row_scan", "row_scan_chunked")
+                         for t in ("float", "double") for n in (1, 2, 4, 8) for a in ("true", "false")],
+             "scan_bwd.cu": [f"{k}<{t}, {n}, {a}, {DECAY_CHUNK}>" for k in ("decay_grad", "decay_grad_chunked")
+                             for t in ("float", "double") for n in (1, 2, 4, 8) for a in ("true", "false")],
              "norm.cu": [f"rmsnorm_{d}<{t}>" for t in ("float", "double") for d in ("fwd", "bwd")],
              "conv1d.cu": [f"conv1d_{k}<{t}>" for t in ("float", "double")
                            for k in ("fwd", "step", "bwd_du", "bwd_dx", "bwd_dw")],
@@ -228,6 +229,9 @@ def _bench_one(be, op, args, kw, timer):
     k = {n: be.asarray(v) if isinstance(v, np.ndarray) else v for n, v in kw.items()}
     fn = getattr(be.ops, op)
     row = {"native_fwd": be.ops.is_native(op)}
+    t0 = time.perf_counter()
+    fn(*a, **k)  # the first call compiles (JIT, NVRTC): its wall time is recorded apart
+    row["first_call_s"] = round(time.perf_counter() - t0, 2)
     row["fwd_ms"] = timer(lambda: fn(*a, **k))
     out = fn(*a, **k)
     vjp = op + "_vjp"
@@ -257,7 +261,7 @@ def part_bench():
     tasks = _bench_tasks(rng)
     only = os.environ.get("GPU_CHECK_BENCH_OPS")
     if only:
-        tasks = {k: v for k, v in tasks.items() if k in only.split(",")}
+        tasks = {k: tasks[k] for k in only.split(",") if k in tasks}  # in the order given
     res = {"shapes": BENCH, "cuda_cupy": {}, "torch_triton": {}, "env": {
         k: v for k, v in os.environ.items() if k.startswith("MAMBA_CUPY")}}
     be = _backend()
@@ -281,7 +285,9 @@ def part_bench():
         tt = get_backend("torch_triton")
         if not tt.available():
             raise RuntimeError(f"torch_triton not available: {tt.available().reason}")
-        for name, (op, args, kw) in tasks.items():
+        tt_only = os.environ.get("GPU_CHECK_TT_OPS")
+        tt_tasks = {k: tasks[k] for k in tt_only.split(",") if k in tasks} if tt_only else tasks
+        for name, (op, args, kw) in tt_tasks.items():
             try:
                 res["torch_triton"][name] = _bench_one(tt, op, args, kw, _time_torch)
                 _log(f"torch_triton {name}: {res['torch_triton'][name]}")

@@ -18,7 +18,8 @@ FILES = [p.name for p in cu_files()]
 
 
 def test_sources_are_shipped():
-    assert {"scan.cu", "scan_bwd.cu", "norm.cu", "conv1d.cu", "linear.cu"} <= set(FILES)
+    assert {"scan.cu", "scan_bwd.cu", "norm.cu", "conv1d.cu", "linear.cu",
+            "selective_scan.cu"} <= set(FILES)
 
 
 @pytest.mark.parametrize("name", FILES)

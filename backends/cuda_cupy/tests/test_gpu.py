@@ -185,3 +185,304 @@ def test_ssd_step_dt_limit_is_captured():
         s.synchronize()
     for a, b in zip(got, want):
         assert np.max(np.abs(cp.asnumpy(a) - b)) <= 1e-9 * max(np.max(np.abs(b)), 1.0)
+
+
+# ---- the chunked row scan (scan.cu row_scan_chunked) against the step kernel -----------------
+# Both kernels (MAMBA_CUPY_ROW_SCAN=chunked | step) on identical inputs; the budget "tiny" forces
+# short chunks and rings (many chunk and flush boundaries, L not a multiple of either) and, for
+# the large-N cases, fewer warps per block. Tolerances: relative norm error per dtype.
+ROW_SCAN_TOL = {"float32": 1e-6, "float64": 1e-12}
+# (B, L, R, H, hpk, P, N, opts): opts letters -- a: Am per entry, s: Am per row (broadcast over
+# n), c: coef, w: W (row reduction), i: init, r: reverse, q: no Q (no readout)
+ROW_SCAN_CASES = [
+    (2, 37, 1, 4, 2, 5, 16, "scwi"), (2, 37, 1, 4, 2, 5, 16, "scwir"),
+    (1, 70, 4, 2, 1, 7, 5, "acwi"), (1, 70, 4, 2, 1, 7, 5, "awr"),
+    (2, 33, 1, 2, 1, 64, 128, "scw"), (1, 45, 4, 2, 2, 9, 64, "cwir"),
+    (1, 19, 2, 3, 3, 3, 200, "awi"), (1, 19, 1, 2, 1, 65, 200, "scr"),
+    (1, 50, 1, 2, 1, 40, 16, "q"), (1, 1, 4, 2, 1, 6, 128, "cwi"), (1, 29, 1, 1, 1, 33, 1, "wi"),
+]
+
+
+def _row_scan_inputs(rng, B, L, R, H, hpk, P, N, opts):
+    n = lambda *s: rng.standard_normal(s)
+    kw = dict(dA=-np.abs(n(B, L, H, P)) * 0.3, V=n(B, L, R, H, P), K=n(B, L, R, H // hpk, N),
+              hpk=hpk, reverse="r" in opts)
+    if "q" not in opts:
+        kw["Q"] = n(B, L, R, H // hpk, N)
+    if "a" in opts:
+        kw["Am"] = np.exp(n(H, P, N) * 0.3)
+    if "s" in opts:  # one value per row, broadcast over n (the SSD layout: Am stride 0 on n)
+        kw["Am"] = np.broadcast_to(np.exp(n(H, P, 1) * 0.3), (H, P, N))
+    if "c" in opts:
+        kw["coef"] = np.exp(n(B, L, H, P) * 0.3)
+    if "w" in opts:
+        kw["W"] = n(B, L, R, H, P)
+    if "i" in opts:
+        kw["init"] = n(B, H, P, N)
+    return kw
+
+
+def _tiny_budget(fits):
+    """The smallest of a few budgets (bytes) that `fits` (budget -> bool) admits: short chunks
+    and rings, so that L crosses many chunk and flush boundaries, without falling back."""
+    for kib in (4, 6, 8, 12, 16, 24, 32, 48):
+        if fits(kib * 1024):
+            return kib * 1024
+    return 48 * 1024
+
+
+def _to_device(cp, kw, dtype):
+    out = {}
+    for k, v in kw.items():
+        if isinstance(v, np.ndarray):
+            if v.strides and 0 in v.strides:  # keep a broadcast view broadcast on the device
+                base = cp.asarray(np.ascontiguousarray(v[..., :1]), dtype)
+                out[k] = cp.broadcast_to(base, v.shape)
+            else:
+                out[k] = cp.asarray(v, dtype)
+        else:
+            out[k] = v
+    return out
+
+
+@pytest.mark.parametrize("budget", ["default", "tiny"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", ROW_SCAN_CASES)
+def test_chunked_row_scan_matches_step_kernel(case, dtype, budget, monkeypatch):
+    _backend_or_skip()
+    import cupy as cp
+
+    from mamba_backend_cuda_cupy.kernels import _scan
+
+    kw = _row_scan_inputs(np.random.default_rng(11), *case)
+    B, L, R, H, hpk, P, N, _ = case
+    item = np.dtype(dtype).itemsize
+    plan = lambda b: _scan.chunk_config(P, N, R, L, item, "Q" in kw, "coef" in kw, "W" in kw, b)
+    if budget == "tiny":
+        monkeypatch.setattr(_scan, "CHUNK_SMEM_BUDGET", _tiny_budget(lambda b: plan(b) is not None))
+    assert plan(_scan.CHUNK_SMEM_BUDGET) is not None  # the chunked kernel does run
+    ckw = _to_device(cp, kw, dtype)
+    out = {}
+    for kind in ("step", "chunked"):
+        monkeypatch.setenv(_scan.ROW_SCAN_ENV, kind)
+        out[kind] = [None if a is None else cp.asnumpy(a) for a in _scan.row_scan(cp, **ckw)]
+    want = _scan.row_scan(np, **kw)  # the NumPy emulation in float64: both must be near it too
+    for name, a, b, w in zip(("Y", "Red", "fin"), out["chunked"], out["step"], want):
+        assert (a is None) == (b is None) == (w is None), name
+        if a is None:
+            continue
+        assert np.all(np.isfinite(a)), name
+        assert gpu_check_rel(a, b) <= ROW_SCAN_TOL[dtype], (name, gpu_check_rel(a, b))
+        assert gpu_check_rel(a, w) <= 1e3 * ROW_SCAN_TOL[dtype], name
+
+
+def gpu_check_rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape
+    d = np.linalg.norm(b)
+    return float(np.linalg.norm(a - b) / (d if d > 0 else 1.0))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_chunked_row_scan_is_deterministic(dtype, monkeypatch):
+    _backend_or_skip()
+    import cupy as cp
+
+    from mamba_backend_cuda_cupy.kernels import _scan
+
+    monkeypatch.setenv(_scan.ROW_SCAN_ENV, "chunked")
+    ckw = _to_device(cp, _row_scan_inputs(np.random.default_rng(12), 2, 70, 2, 4, 2, 64, 128,
+                                          "scwi"), dtype)
+    runs = [[cp.asnumpy(a) for a in _scan.row_scan(cp, **ckw)] for _ in range(2)]
+    for a, b in zip(*runs):
+        assert np.array_equal(a, b)
+
+
+# the decay gradient (scan_bwd.cu): the chunked kernel against the step kernel
+DECAY_CASES = [(2, 37, 1, 4, 2, 5, 16, "scwi"), (1, 70, 4, 2, 1, 7, 5, "acwi"),
+               (2, 100, 1, 2, 1, 64, 128, "sc"), (1, 45, 4, 2, 2, 9, 64, "ai"),
+               (1, 19, 2, 3, 3, 3, 200, "a"), (1, 1, 1, 2, 1, 6, 128, "ci")]
+
+
+@pytest.mark.parametrize("budget", ["default", "tiny"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", DECAY_CASES)
+def test_chunked_decay_grad_matches_step_kernel(case, dtype, budget, monkeypatch):
+    _backend_or_skip()
+    import cupy as cp
+
+    from mamba_backend_cuda_cupy.kernels import _scan
+
+    rng = np.random.default_rng(13)
+    kw = _row_scan_inputs(rng, *case)
+    B, L, R, H, hpk, P, N, _ = case
+    item = np.dtype(dtype).itemsize
+    plan = lambda b: _scan.decay_config(P, N, R, item, "coef" in kw, b)
+    if budget == "tiny":
+        monkeypatch.setattr(_scan, "CHUNK_SMEM_BUDGET", _tiny_budget(lambda b: plan(b) is not None))
+    assert plan(_scan.CHUNK_SMEM_BUDGET) is not None
+    kw = {k: v for k, v in kw.items() if k in ("dA", "V", "K", "hpk", "Am", "coef", "init")}
+    kw.update(Vr=rng.standard_normal((B, L, R, H, P)), Kr=rng.standard_normal((B, L, R, H // hpk, N)),
+              dfin=rng.standard_normal((B, H, P, N)), want_dAm=True)
+    ckw = _to_device(cp, kw, dtype)
+    out = {}
+    for kind in ("step", "chunked"):
+        monkeypatch.setenv(_scan.ROW_SCAN_ENV, kind)
+        out[kind] = [cp.asnumpy(a) for a in _scan.decay_grad(cp, **ckw)]
+    want = _scan.decay_grad(np, **kw)
+    for name, a, b, w in zip(("qa", "dAm"), out["chunked"], out["step"], want):
+        assert np.all(np.isfinite(a)), name
+        assert gpu_check_rel(a, b) <= ROW_SCAN_TOL[dtype], (name, gpu_check_rel(a, b))
+        assert gpu_check_rel(a, w) <= 1e3 * ROW_SCAN_TOL[dtype], name
+
+
+# the scans end to end under each kernel, against the float64 reference; "tiny" crosses chunks
+SCAN_OPS = ["ssd_scan", "mamba3_scan", "selective_scan"]
+
+
+@pytest.mark.parametrize("budget", ["default", "tiny"])
+@pytest.mark.parametrize("kind", ["chunked", "step"])
+@pytest.mark.parametrize("dtype,tol", [("float32", 2e-4), ("float64", 1e-9)])
+@pytest.mark.parametrize("op", SCAN_OPS)
+def test_scan_ops_under_each_row_scan_kernel(op, dtype, tol, kind, budget, monkeypatch):
+    be = _backend_or_skip()
+    import sys
+    from pathlib import Path
+
+    from mamba_backend_cuda_cupy.kernels import _scan
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import gpu_check
+
+    monkeypatch.setenv(_scan.ROW_SCAN_ENV, kind)
+    monkeypatch.setenv("MAMBA_CUPY_SS", "row")  # selective_scan through the row scan, not its own kernels
+    if budget == "tiny":
+        monkeypatch.setattr(_scan, "CHUNK_SMEM_BUDGET", 6 * 1024)
+    rng = np.random.default_rng(14)
+    args, kw = gpu_check._small_inputs(rng)[op]
+    fwd = REGISTRY[op].reference(*args, **kw)
+    cot = (tuple(rng.standard_normal(np.shape(o)) for o in fwd) if isinstance(fwd, tuple)
+           else rng.standard_normal(np.shape(fwd)))
+    cargs = [be.asarray(a, dtype) for a in args]
+    ckw = {k: be.asarray(v, dtype) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
+    got = gpu_check._flat(getattr(be.ops, op)(*cargs, **ckw))
+    want = gpu_check._flat(fwd)
+    for k in want:
+        assert gpu_check._rel(be.to_numpy(got[k]), want[k]) < tol, (op, "fwd", k)
+    want = REGISTRY[op + "_vjp"].reference(cot, *args, **kw)
+    ccot = (tuple(be.asarray(c, dtype) for c in cot) if isinstance(cot, tuple)
+            else be.asarray(cot, dtype))
+    got = getattr(be.ops, op + "_vjp")(ccot, *cargs, **ckw)
+    assert set(got) == set(want)
+    for k in want:
+        assert gpu_check._rel(be.to_numpy(got[k]), want[k]) < tol, (op, "vjp", k)
+
+
+# ---- Mamba-1 dedicated kernels (cuda/selective_scan.cu: ss_fwd, ss_bwd) -----------------------
+# Forward and every VJP gradient against the float64 reference, per lanes-per-channel K
+# (MAMBA_CUPY_SS_LANES; a K not allowed for N falls back to the default choice). Cases: z, D,
+# bias, softplus on and off; G > 1; N = 16 and 5 (padded states), N = 1 and 64; L not a multiple
+# of the chunks; initial_state; two blocks per group.
+SS_GPU_TOL = {"float32": 2e-5, "float64": 1e-9}
+SS_GPU_CASES = [  # (B, L, E, G, N, opts)
+    (2, 37, 8, 2, 16, ("D", "z", "bias", "sp", "init")),
+    (2, 37, 8, 2, 16, ()),
+    (2, 53, 12, 3, 5, ("D", "z", "sp", "init")),
+    (1, 70, 6, 1, 5, ("bias", "sp")),
+    (1, 45, 4, 1, 64, ("D", "z", "bias", "sp", "init")),
+    (1, 23, 4, 2, 1, ("z", "init")),
+    (2, 41, 160, 1, 16, ("D", "z", "bias", "sp", "init")),
+]
+
+
+def _ss_gpu_inputs(rng, B, L, E, G, N, opts):
+    args = (rng.standard_normal((B, L, E)), rng.standard_normal((B, L, E)) * 0.5,
+            -np.exp(rng.standard_normal((E, N))), rng.standard_normal((B, L, G, N)),
+            rng.standard_normal((B, L, G, N)))
+    kw = {}
+    if "D" in opts:
+        kw["D"] = rng.standard_normal(E)
+    if "z" in opts:
+        kw["z"] = rng.standard_normal((B, L, E))
+    if "bias" in opts:
+        kw["delta_bias"] = rng.standard_normal(E) * 0.5
+    if "sp" in opts:
+        kw["delta_softplus"] = True
+    else:  # dt > 0 without softplus: decays in (0, 1], as in a model
+        args = (args[0], np.abs(args[1]) + 0.05) + args[2:]
+        if "bias" in opts:
+            kw["delta_bias"] = np.abs(kw["delta_bias"])
+    if "init" in opts:
+        kw["initial_state"] = rng.standard_normal((B, E, N))
+    return args, kw
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 4, 8])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", SS_GPU_CASES)
+def test_selective_scan_dedicated_matches_reference(case, dtype, lanes, monkeypatch):
+    be = _backend_or_skip()
+    import cupy as cp
+
+    from mamba_backend_cuda_cupy.kernels import selective_scan as m1
+
+    monkeypatch.setenv("MAMBA_CUPY_SS", "dedicated")
+    monkeypatch.setenv("MAMBA_CUPY_SS_LANES", str(lanes))
+    B, L, E, G, N, opts = case
+    rng = np.random.default_rng(21)
+    args, kw = _ss_gpu_inputs(rng, B, L, E, G, N, opts)
+    cargs = [cp.asarray(a, dtype) for a in args]
+    ckw = {k: cp.asarray(v, dtype) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
+    cfg = m1.dedicated_config(cargs[0], cargs[3])
+    assert cfg is not None
+    tol = SS_GPU_TOL[dtype]
+    want = REGISTRY["selective_scan"].reference(*args, **kw)
+    got = be.ops.selective_scan(*cargs, **ckw)
+    for name, a, w in zip(("y", "final_state"), got, want):
+        assert gpu_check_rel(cp.asnumpy(a), w) < tol, (name, cfg)
+    cot = (rng.standard_normal((B, L, E)), rng.standard_normal((B, E, N)))
+    for c in (cot, (cot[0], None), (None, cot[1])):
+        want = REGISTRY["selective_scan_vjp"].reference(c, *args, **kw)
+        cc = tuple(None if x is None else cp.asarray(x, dtype) for x in c)
+        got = be.ops.selective_scan_vjp(cc, *cargs, **ckw)
+        assert set(got) == set(want)
+        for k in want:
+            g = cp.asnumpy(got[k])
+            assert g.dtype == np.dtype(dtype) and np.all(np.isfinite(g)), k
+            err = gpu_check_rel(g, want[k])
+            assert err < tol, (k, cfg, c[0] is None, err)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_selective_scan_dedicated_agrees_with_row_path(dtype, monkeypatch):
+    # both kernel paths on one input (a strong-decay case, L across many chunks), and the
+    # dedicated VJP is deterministic (bit-identical on a second run)
+    be = _backend_or_skip()
+    import cupy as cp
+
+    B, L, E, G, N = 2, 300, 64, 1, 16
+    rng = np.random.default_rng(22)
+    args = (rng.standard_normal((B, L, E)), rng.uniform(0.5, 2.0, (B, L, E)),
+            -rng.uniform(2.0, 8.0, (E, N)), rng.standard_normal((B, L, G, N)),
+            rng.standard_normal((B, L, G, N)))
+    kw = dict(D=rng.standard_normal(E), z=rng.standard_normal((B, L, E)),
+              delta_bias=rng.uniform(0, 0.5, E), delta_softplus=True,
+              initial_state=2 * rng.standard_normal((B, E, N)))
+    cot = (rng.standard_normal((B, L, E)), rng.standard_normal((B, E, N)))
+    cargs = [cp.asarray(a, dtype) for a in args]
+    ckw = {k: cp.asarray(v, dtype) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
+    ccot = tuple(cp.asarray(c, dtype) for c in cot)
+    want = REGISTRY["selective_scan_vjp"].reference(cot, *args, **kw)
+    runs = {}
+    for kind in ("dedicated", "row", "dedicated"):
+        monkeypatch.setenv("MAMBA_CUPY_SS", kind)
+        g = be.ops.selective_scan_vjp(ccot, *cargs, **ckw)
+        g = {k: cp.asnumpy(v) for k, v in g.items()}
+        if kind in runs:
+            for k in g:
+                assert np.array_equal(g[k], runs[kind][k]), k
+        runs[kind] = g
+    tol = 1e-5 if dtype == "float32" else 1e-9
+    for k in want:
+        assert gpu_check_rel(runs["dedicated"][k], want[k]) < tol, k
+        assert gpu_check_rel(runs["dedicated"][k], runs["row"][k]) < 10 * tol, k

@@ -386,3 +386,215 @@ def test_dt_transform_numpy_is_the_core_formula(limit):
     got = dt_transform(np, dt, bias, True, limit, np.float64)
     want = ssd_ops._dt_ref(dt, bias, True, limit)
     assert rel(got, want) < TOL
+
+
+# ---- the chunked row scan and decay gradient: shared-memory plans and the kernel switch -------
+CHUNK_SHAPES = [(P, N) for P in (1, 3, 5, 33, 64, 65, 2048) for N in (1, 5, 16, 33, 64, 128, 200, 256)]
+
+
+def _regions_ok(offsets, sizes, total):
+    # the regions lie in order, without overlap, inside the total
+    ends = [o + n for o, n in zip(offsets, sizes)]
+    return all(e <= o2 for e, o2 in zip(ends, offsets[1:])) and max(ends) <= total
+
+
+@pytest.mark.parametrize("budget", [_scan.SMEM_LIMIT, _scan.CHUNK_SMEM_BUDGET])
+@pytest.mark.parametrize("item", [4, 8])
+@pytest.mark.parametrize("R", [1, 2, 4])
+def test_chunk_config_plans_every_supported_shape(R, item, budget):
+    for P, N in CHUNK_SHAPES:
+        for L in (1, 7, 64, 2048):
+            for q, c, w in ((True, True, False), (True, True, True), (True, False, True),
+                            (False, True, False), (False, False, True)):
+                k = _scan.chunk_config(P, N, R, L, item, q, c, w, budget)
+                assert k is not None, (P, N, R, L, item, q, c, w)
+                assert k.smem <= budget
+                assert k.lpc * k.nper >= N and 32 % k.lpc == 0 and k.nper in (1, 2, 4, 8)
+                assert 1 <= k.warps <= _scan.MAX_WARPS
+                assert k.tiles * k.rows_per_tile >= P > (k.tiles - 1) * k.rows_per_tile
+                assert 1 <= k.steps <= 64 and k.steps <= max(1, 2 * L - 1)
+                assert 1 <= k.ring <= 64 and (w or k.ring == 1)
+                rows, npad = k.rows_per_tile, k.lpc * k.nper
+                T, D = k.steps, k.ring
+                sizes = (2 * T * R * npad, 2 * T * R * npad * q, 2 * T * rows, 2 * T * rows * c,
+                         2 * T * R * rows, 2 * T * R * rows * w, 2 * T * R * rows * q,
+                         2 * D * rows * npad * w)
+                assert _regions_ok(k.offsets, sizes, k.smem // item)
+
+
+def test_chunk_config_keeps_the_step_kernel_tiles_when_it_fits():
+    # the benchmark shapes: same rows per block as row_scan (Red partials identical), long chunks
+    for R, w in ((1, False), (1, True), (4, False), (4, True)):
+        k = _scan.chunk_config(64, 128, R, 2048, 4, True, True, w)
+        base = _scan.scan_config(64, 128, 4)
+        assert (k.warps, k.tiles) == (base.warps, base.tiles)
+        assert k.steps >= 4 and k.smem <= _scan.CHUNK_SMEM_BUDGET
+    assert _scan.chunk_config(64, 128, 1, 2048, 4, True, True, False).steps >= 16
+    assert _scan.chunk_config(64, 257, 1, 10, 4) is None
+
+
+@pytest.mark.parametrize("budget", [_scan.SMEM_LIMIT, _scan.CHUNK_SMEM_BUDGET])
+@pytest.mark.parametrize("item", [4, 8])
+@pytest.mark.parametrize("R", [1, 4])
+def test_decay_config_plans_every_supported_shape(R, item, budget):
+    for P, N in CHUNK_SHAPES:
+        for c in (True, False):
+            k = _scan.decay_config(P, N, R, item, c, budget)
+            assert k is not None, (P, N, R, item, c)
+            assert k.smem <= budget and _scan.DECAY_CHUNK % k.steps == 0
+            assert k.tiles * k.rows_per_tile >= P > (k.tiles - 1) * k.rows_per_tile
+            rows, npad, T = k.rows_per_tile, k.lpc * k.nper, k.steps
+            sizes = (2 * T * R * npad, 2 * T * R * rows, 2 * T * rows, 2 * T * rows * c, 2 * T * rows)
+            assert _regions_ok(k.offsets, sizes, k.smem // item)
+
+
+def test_row_scan_kind_env(monkeypatch):
+    monkeypatch.delenv(_scan.ROW_SCAN_ENV, raising=False)
+    assert _scan.row_scan_kind() == "chunked"
+    monkeypatch.setenv(_scan.ROW_SCAN_ENV, " Step ")
+    assert _scan.row_scan_kind() == "step"
+    monkeypatch.setenv(_scan.ROW_SCAN_ENV, "fast")
+    with pytest.raises(ValueError, match="chunked, step"):
+        _scan.row_scan_kind()
+
+
+def test_chunked_kernels_are_instantiated():
+    scan, bwd = source("scan.cu"), source("scan_bwd.cu")
+    for t in ("float", "double"):
+        for n in (1, 2, 4, 8):
+            assert f"ROW_SCAN_CHUNKED_INST({t}, {n})" in scan
+            assert f"DECAY_GRAD_CHUNKED_INST({t}, {n}, {_scan.DECAY_CHUNK})" in bwd
+
+
+# ---- Mamba-1 dedicated kernels (cuda/selective_scan.cu): configuration and emulated contract ----
+def _ss_kw(rng, B, L, E, G, N, opts):
+    kw = {}
+    if "D" in opts:
+        kw["D"] = rng.standard_normal(E)
+    if "z" in opts:
+        kw["z"] = rng.standard_normal((B, L, E))
+    if "bias" in opts:
+        kw["delta_bias"] = rng.standard_normal(E)
+    if "sp" in opts:
+        kw["delta_softplus"] = True
+    if "init" in opts:
+        kw["initial_state"] = rng.standard_normal((B, E, N))
+    return kw
+
+
+@pytest.mark.parametrize("N", [1, 2, 3, 5, 8, 16, 17, 33, 64])
+@pytest.mark.parametrize("item", [4, 8])
+@pytest.mark.parametrize("lanes", [None, 1, 2, 4, 8])
+def test_ss_config_covers_every_state_and_is_instantiated(N, item, lanes):
+    text = source("selective_scan.cu")
+    cfg = m1.ss_config(2, 50, 192, 3, N, item, lanes=lanes)
+    assert cfg is not None
+    K, nper = cfg.lanes, cfg.nper
+    assert K in m1.SS_LANES and nper in m1.SS_NPERS and K * nper >= N > K * nper // 2 or N == 1
+    if lanes in m1.allowed_lanes(N):
+        assert K == lanes
+    assert cfg.blocks * cfg.channels_per_block >= 192 // 3 > (cfg.blocks - 1) * cfg.channels_per_block
+    assert cfg.fwd_chunk % K == 0 and cfg.bwd_chunk % K == 0
+    assert cfg.bwd_chunk * cfg.channels_per_block >= m1.SS_THREADS  # the final sums' scratch
+    assert m1.ss_smem_fwd(K, nper, cfg.fwd_chunk, item) <= m1.SS_SMEM_LIMIT
+    assert m1.ss_smem_bwd(K, nper, cfg.bwd_chunk, item) <= m1.SS_SMEM_LIMIT
+    c = "float" if item == 4 else "double"
+    assert f"SS_INST({c}, {K}, {nper}, {cfg.fwd_chunk}, {cfg.bwd_chunk})" in text
+
+
+def test_ss_config_refuses_and_picks():
+    assert m1.ss_config(2, 10, 64, 1, 65, 4) is None  # N > 64: the row path
+    assert m1.ss_config(2, 0, 64, 1, 16, 4) is None   # L = 0: the row path
+    assert m1.ss_config(8, 2048, 2048, 1, 16, 4).lanes == 4  # the benchmark: 64k threads
+    assert m1.ss_config(1, 16, 64, 1, 16, 4).lanes == 8      # small: most lanes
+    assert m1.ss_config(64, 16, 4096, 1, 16, 4).lanes == 2
+    text = source("selective_scan.cu")
+    assert f"#define SS_THREADS {m1.SS_THREADS}" in text
+    assert all(line in text for line in m1.ss_instances())
+    assert text.count("\nSS_INST(") == len(m1.ss_instances())
+
+
+def test_ss_kernel_choice(monkeypatch):
+    u, B = np.zeros((2, 5, 8)), np.zeros((2, 5, 2, 16))
+    monkeypatch.delenv("MAMBA_CUPY_SS", raising=False)
+    assert m1.kernel_choice() == "dedicated" and m1.dedicated_config(u, B) is not None
+    monkeypatch.setenv("MAMBA_CUPY_SS", "row")
+    assert m1.kernel_choice() == "row" and m1.dedicated_config(u, B) is None
+    monkeypatch.setattr(m1, "SS_KERNEL", "dedicated")
+    assert m1.dedicated_config(u, B) is not None
+    monkeypatch.setattr(m1, "SS_KERNEL", "bogus")
+    with pytest.raises(ValueError, match="dedicated"):
+        m1.kernel_choice()
+    monkeypatch.setattr(m1, "SS_KERNEL", None)
+    monkeypatch.setenv("MAMBA_CUPY_SS_LANES", "2")
+    monkeypatch.setenv("MAMBA_CUPY_SS", "dedicated")
+    assert m1.dedicated_config(u, B).lanes == 2
+
+
+SS_CASES = [  # (B, L, E, G, N, opts): L crosses chunks and is not a multiple of them
+    (2, 37, 6, 2, 5, ("D", "z", "bias", "sp", "init")),
+    (2, 37, 6, 2, 5, ()),
+    (1, 70, 8, 1, 16, ("z", "sp")),
+    (2, 19, 12, 3, 16, ("D", "bias", "init")),
+    (1, 9, 4, 1, 1, ("D", "z", "sp", "init")),
+    (1, 40, 130, 1, 3, ("D", "z", "bias", "sp")),  # two blocks of a group at K <= 2
+]
+
+
+@pytest.mark.parametrize("lanes", [None, 1, 2, 8])
+@pytest.mark.parametrize("case", SS_CASES)
+def test_ss_dedicated_glue_matches_reference(case, lanes):
+    B, L, E, G, N, opts = case
+    rng = _rng()
+    args = (rng.standard_normal((B, L, E)), rng.standard_normal((B, L, E)),
+            -np.exp(rng.standard_normal((E, N))), rng.standard_normal((B, L, G, N)),
+            rng.standard_normal((B, L, G, N)))
+    kw = _ss_kw(rng, B, L, E, G, N, opts)
+    cfg = m1.ss_config(B, L, E, G, N, 8, lanes=lanes)
+    y, fin = m1._fwd_ss(np, cfg, *args, **kw)
+    want = REGISTRY["selective_scan"].reference(*args, **kw)
+    assert rel(y, want[0]) < TOL and rel(fin, want[1]) < TOL
+    cot = (rng.standard_normal((B, L, E)), rng.standard_normal((B, E, N)))
+    for c in (cot, (cot[0], None), (None, cot[1])):
+        g = m1._vjp_ss(np, cfg, c, *args, **kw)
+        w = REGISTRY["selective_scan_vjp"].reference(c, *args, **kw)
+        assert set(g) == set(w)
+        for k in w:
+            assert g[k].shape == w[k].shape and rel(g[k], w[k]) < 1e-10, (k, c[0] is None)
+
+
+def test_ss_dedicated_is_the_op(monkeypatch):
+    # the public op takes the dedicated path on NumPy arrays (the glue) unless told otherwise
+    rng = _rng()
+    args, kw = _m1_args(rng, L=11)
+    calls = []
+    real = m1.ss_forward
+    monkeypatch.setattr(m1, "ss_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.delenv("MAMBA_CUPY_SS", raising=False)
+    got = m1.selective_scan(*args, **kw)
+    want = REGISTRY["selective_scan"].reference(*args, **kw)
+    assert calls and rel(got[0], want[0]) < TOL
+    calls.clear()
+    monkeypatch.setenv("MAMBA_CUPY_SS", "row")
+    got = m1.selective_scan(*args, **kw)
+    assert not calls and rel(got[0], want[0]) < TOL
+
+
+def test_ss_dedicated_float32_strong_decay():
+    # float32 emulation (exp2 with A log2(e), as the kernel) keeps every gradient to rounding
+    rng = _rng()
+    args, kw = _m1_args(rng, L=256, strong=True)
+    cot = (rng.standard_normal((2, 256, 6)), rng.standard_normal((2, 6, 4)))
+    want = REGISTRY["selective_scan_vjp"].reference(cot, *args, **kw)
+
+    def f32(a):
+        return a.astype(np.float32) if isinstance(a, np.ndarray) else a
+
+    cfg = m1.ss_config(2, 256, 6, 2, 4, 4)
+    got = m1._vjp_ss(np, cfg, tuple(map(f32, cot)), *map(f32, args), **{k: f32(v) for k, v in kw.items()})
+    for k in want:
+        assert got[k].dtype == np.float32
+        assert rel(got[k], want[k]) < 5e-6, k
+    y, fin = m1._fwd_ss(np, cfg, *map(f32, args), **{k: f32(v) for k, v in kw.items()})
+    wy, wf = REGISTRY["selective_scan"].reference(*args, **kw)
+    assert y.dtype == np.float32 and rel(y, wy) < 5e-6 and rel(fin, wf) < 5e-6

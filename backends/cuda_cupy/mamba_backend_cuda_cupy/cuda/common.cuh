@@ -46,4 +46,31 @@ __device__ __forceinline__ T block_sum(T v, T* buf) {
   return total;
 }
 
+// Asynchronous global -> shared copy of one element (cp.async, sm_80+; a plain load and store
+// before). Every copy a thread issued since its last cp_async_wait_all() is complete, for that
+// thread, after it; a __syncthreads() after the wait makes the block's copies visible to all.
+template <typename T>
+__device__ __forceinline__ void cp_async(T* dst, const T* src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(d), "l"(src),
+               "n"(sizeof(T))
+               : "memory");
+#else
+  *dst = *src;
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void cp_async_wait_all() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+#endif
+}
+
 #endif  // MAMBA_CUPY_COMMON_CUH

@@ -7,6 +7,13 @@ the very same contract when they are NumPy arrays. The Mamba-1/2/3 wrappers are 
 tested on a machine without a GPU against the float64 references; on the GPU only the kernel
 itself is new.
 
+Two kernels implement the contract, chosen at every call by MAMBA_CUPY_ROW_SCAN: "chunked"
+(default; row_scan_chunked and decay_grad_chunked: time in chunks staged through shared memory
+with cp.async one chunk ahead, Y staged and written coalesced, the row reduction flushed once per
+ring of slabs; plans: chunk_config, decay_config) or "step" (row_scan, decay_grad: the original
+kernels, one global load per operand per step). Same rows and arithmetic per row: Y, fin, qa and
+dAm agree bit for bit, Red too when the plan keeps the same rows per block.
+
 Contract (shapes; arrays may be broadcast views -- strides are read from them):
     dA, coef: (B, L, H, P)      Am: (H, P, N) or None (ones)
     V, W:     (B, L, R, H, P)   K, Q: (B, L, R, HK, N), head h reading K/Q head h // hpk
@@ -21,6 +28,8 @@ Contract (shapes; arrays may be broadcast views -- strides are read from them):
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 
 import numpy as np
 
@@ -69,6 +78,123 @@ def supported(P: int, N: int, itemsize: int = 4) -> bool:
     return scan_config(P, N, itemsize) is not None
 
 
+# ---- the chunked kernel (row_scan_chunked): which kernel, and its shared-memory plan ----------
+#: MAMBA_CUPY_ROW_SCAN selects the row-scan and decay-gradient kernels, read at every call:
+#: "chunked" (default: inputs staged through shared memory in chunks of time) or "step" (the
+#: original kernels, one global load per operand per step; kept to check and time against).
+ROW_SCAN_ENV = "MAMBA_CUPY_ROW_SCAN"
+ROW_SCAN_KINDS = ("chunked", "step")
+#: dynamic shared memory a chunked launch may plan for (bytes; capped by the device's opt-in
+#: limit at launch). 110 KiB keeps two 512-thread blocks on an H100 SM (228 KiB).
+CHUNK_SMEM_BUDGET = 110 * 1024
+#: time steps per chunk (and reduction slabs per ring) considered, largest first
+CHUNK_STEPS = (64, 32, 16, 8, 4, 2, 1)
+
+
+def row_scan_kind() -> str:
+    """The kernel MAMBA_CUPY_ROW_SCAN selects ("chunked" unless set)."""
+    kind = os.environ.get(ROW_SCAN_ENV, "chunked").strip().lower() or "chunked"
+    if kind not in ROW_SCAN_KINDS:
+        raise ValueError(f"{ROW_SCAN_ENV}={kind!r}: expected one of {', '.join(ROW_SCAN_KINDS)}")
+    return kind
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkConfig:
+    lpc: int      # lanes per row, as ScanConfig
+    nper: int     # state entries per lane
+    warps: int    # warps per block
+    tiles: int    # blocks along the rows of one head
+    steps: int    # TC: time steps per staged chunk
+    ring: int     # DR: (step, rank) slabs per reduction flush (1 when there is no reduction)
+    offsets: tuple  # element offsets (oK, oQ, oD, oC, oV, oW, oY, oR) into shared memory
+    smem: int     # dynamic shared memory bytes
+
+    @property
+    def rows_per_tile(self) -> int:
+        return self.warps * (32 // self.lpc)
+
+
+def _chunk_layout(T, D, R, rows, npad, has_q, has_coef, has_w):
+    """(offsets, total elements) of row_scan_chunked's shared memory (see scan.cu)."""
+    sizes = (2 * T * R * npad,                      # K
+             2 * T * R * npad if has_q else 0,      # Q
+             2 * T * rows,                          # dA
+             2 * T * rows if has_coef else 0,       # coef
+             2 * T * R * rows,                      # V
+             2 * T * R * rows if has_w else 0,      # W
+             2 * T * R * rows if has_q else 0,      # Y staging
+             2 * D * rows * npad if has_w else 0)   # reduction rings
+    offs, o = [], 0
+    for n in sizes:
+        offs.append(o)
+        o += n
+    return tuple(offs), o
+
+
+def chunk_config(P: int, N: int, R: int, L: int, itemsize: int, has_q: bool = True,
+                 has_coef: bool = True, has_w: bool = False,
+                 budget: int = CHUNK_SMEM_BUDGET) -> ChunkConfig | None:
+    """The launch plan of row_scan_chunked, or None when the kernel cannot take (P, N).
+
+    Rows and lanes as scan_config. Chooses the chunk length TC and the reduction ring DR that
+    minimise the barriers per step, 1/TC + R/DR (R/DR only with a reduction), within `budget`
+    bytes (ties: less memory); TC is at most the next power of two >= L. When not even
+    TC = DR = 1 fits, fewer warps per block (more tiles) are tried."""
+    base = scan_config(P, N, itemsize)
+    if base is None or R < 1:
+        return None
+    subs = 32 // base.lpc
+    npad = base.lpc * base.nper
+    tmax = _pow2(max(1, L))
+    warps = base.warps
+    while warps >= 1:
+        rows = warps * subs
+        best = None
+        for T in CHUNK_STEPS:
+            if T > tmax:
+                continue
+            for D in (CHUNK_STEPS if has_w else (1,)):
+                offs, total = _chunk_layout(T, D, R, rows, npad, has_q, has_coef, has_w)
+                nbytes = total * itemsize
+                if nbytes > budget:
+                    continue
+                key = (1.0 / T + (R / D if has_w else 0.0), nbytes)
+                if best is None or key < best[0]:
+                    best = (key, T, D, offs, nbytes)
+        if best is not None:
+            _, T, D, offs, nbytes = best
+            tiles = -(-P // rows)
+            return ChunkConfig(base.lpc, base.nper, warps, tiles, T, D, offs, nbytes)
+        warps //= 2
+    return None
+
+
+_SMEM_SET: dict = {}
+
+
+def _with_smem(fn, nbytes: int, device_id: int):
+    """fn, allowed `nbytes` of dynamic shared memory (the attribute, once per kernel and device,
+    only above the portable 48 KiB)."""
+    if nbytes > SMEM_LIMIT:
+        key = (id(fn), device_id)
+        if _SMEM_SET.get(key, 0) < nbytes:
+            fn.max_dynamic_shared_size_bytes = nbytes
+            _SMEM_SET[key] = nbytes
+    return fn
+
+
+@functools.lru_cache(maxsize=None)
+def _smem_optin(device_id: int) -> int:
+    """The device's opt-in shared memory per block (bytes); 48 KiB when it cannot be read."""
+    try:
+        import cupy
+
+        return int(cupy.cuda.Device(device_id).attributes["MaxSharedMemoryPerBlockOptin"])
+    except Exception:  # an old CuPy or driver: the portable limit
+        return SMEM_LIMIT
+
+
 def _elem_strides(a, ndim):
     st = tuple(int(s) // a.itemsize for s in a.strides)
     assert len(st) == ndim, (a.shape, ndim)
@@ -96,12 +222,22 @@ def _launch(xp, dA, V, K, hpk, Am, coef, Q, W, init, reverse, want_fin):
 
     K, Q = unit_last(K), unit_last(Q)
     init = None if init is None else xp.ascontiguousarray(init, dtype=dtype)
+    avec = Am is not None and Am.strides[2] != 0
+    targs = f"<{ctype(dtype)}, {cfg.nper}, {'true' if avec else 'false'}>"
+    ck = None
+    if row_scan_kind() == "chunked" and L > 0:
+        dev = xp.cuda.Device().id
+        budget = min(CHUNK_SMEM_BUDGET, _smem_optin(dev))
+        ck = chunk_config(P, N, R, L, dtype.itemsize, Q is not None, coef is not None,
+                          W is not None, budget)
+    if ck is not None:
+        cfg = ck
+        fn = _with_smem(function("scan.cu", "row_scan_chunked" + targs), cfg.smem, dev)
+    else:
+        fn = function("scan.cu", "row_scan" + targs)
     Y = xp.empty((Bsz, L, R, H, P), dtype) if Q is not None else None
     Red = xp.empty((cfg.tiles, Bsz, L, R, H, N), dtype) if W is not None else None
     fin = xp.empty((Bsz, H, P, N), dtype) if want_fin else None
-    avec = Am is not None and Am.strides[2] != 0
-    name = f"row_scan<{ctype(dtype)}, {cfg.nper}, {'true' if avec else 'false'}>"
-    fn = function("scan.cu", name)
     i32, i64 = np.int32, np.int64
     z5 = (0,) * 5
 
@@ -128,6 +264,8 @@ def _launch(xp, dA, V, K, hpk, Am, coef, Q, W, init, reverse, want_fin):
         ptr(Red),
         ptr(init), ptr(fin),
     )
+    if ck is not None:
+        args += (i32(ck.steps), i32(ck.ring), *(i32(o) for o in ck.offsets))
     if L > 0:
         fn((cfg.tiles, H, Bsz), (cfg.warps * 32,), args, shared_mem=cfg.smem)
     elif want_fin:
@@ -187,6 +325,58 @@ def decay_grad(xp, *, dA, V, K, Vr, Kr, hpk=1, Am=None, coef=None, init=None, df
     return _launch_decay(xp, dA, V, K, Vr, Kr, hpk, Am, coef, init, dfin, want_dAm)
 
 
+@dataclasses.dataclass(frozen=True)
+class DecayConfig:
+    lpc: int
+    nper: int
+    warps: int
+    tiles: int
+    steps: int      # TS: tokens per staged sub-chunk (a power of two dividing DECAY_CHUNK)
+    offsets: tuple  # element offsets (oK, oV, oD, oC, oQ) into shared memory
+    smem: int
+
+    @property
+    def rows_per_tile(self) -> int:
+        return self.warps * (32 // self.lpc)
+
+
+def _decay_layout(T, R, rows, npad, has_coef):
+    """(offsets, total elements) of decay_grad_chunked's shared memory (see scan_bwd.cu)."""
+    sizes = (2 * T * R * npad,                   # K or Kr
+             2 * T * R * rows,                   # V or Vr
+             2 * T * rows,                       # dA
+             2 * T * rows if has_coef else 0,    # coef
+             2 * T * rows)                       # qa staging
+    offs, o = [], 0
+    for n in sizes:
+        offs.append(o)
+        o += n
+    return tuple(offs), o
+
+
+def decay_config(P: int, N: int, R: int, itemsize: int, has_coef: bool = True,
+                 budget: int = CHUNK_SMEM_BUDGET) -> DecayConfig | None:
+    """The launch plan of decay_grad_chunked: the longest sub-chunk TS (dividing DECAY_CHUNK)
+    within `budget` bytes; fewer warps per block when not even TS = 1 fits."""
+    base = scan_config(P, N, itemsize)
+    if base is None or R < 1:
+        return None
+    subs = 32 // base.lpc
+    npad = base.lpc * base.nper
+    warps = base.warps
+    while warps >= 1:
+        rows = warps * subs
+        for T in CHUNK_STEPS:
+            if T > DECAY_CHUNK or DECAY_CHUNK % T:
+                continue
+            offs, total = _decay_layout(T, R, rows, npad, has_coef)
+            if total * itemsize <= budget:
+                return DecayConfig(base.lpc, base.nper, warps, -(-P // rows), T, offs,
+                                   total * itemsize)
+        warps //= 2
+    return None
+
+
 def _launch_decay(xp, dA, V, K, Vr, Kr, hpk, Am, coef, init, dfin, want_dAm):
     Bsz, L, R, H, P = V.shape
     R2 = Vr.shape[2]
@@ -213,8 +403,17 @@ def _launch_decay(xp, dA, V, K, Vr, Kr, hpk, Am, coef, init, dfin, want_dAm):
             dAm[...] = 0
         return qa, dAm
     avec = Am is not None and Am.strides[2] != 0
-    name = f"decay_grad<{ctype(dtype)}, {cfg.nper}, {'true' if avec else 'false'}, {DECAY_CHUNK}>"
-    fn = function("scan_bwd.cu", name)
+    targs = f"<{ctype(dtype)}, {cfg.nper}, {'true' if avec else 'false'}, {DECAY_CHUNK}>"
+    dc = None
+    if row_scan_kind() == "chunked":
+        dev = xp.cuda.Device().id
+        dc = decay_config(P, N, R, dtype.itemsize, coef is not None,
+                          min(CHUNK_SMEM_BUDGET, _smem_optin(dev)))
+    if dc is not None:
+        cfg = dc
+        fn = _with_smem(function("scan_bwd.cu", "decay_grad_chunked" + targs), cfg.smem, dev)
+    else:
+        fn = function("scan_bwd.cu", "decay_grad" + targs)
     i32, i64 = np.int32, np.int64
 
     def ptr(a):
@@ -236,7 +435,11 @@ def _launch_decay(xp, dA, V, K, Vr, Kr, hpk, Am, coef, init, dfin, want_dAm):
         Kr, *(i64(s) for s in sR[:4]), i32(hpk),
         ptr(init), ptr(dfin), ck, qa, ptr(dAm),
     )
-    fn((cfg.tiles, H, Bsz), (cfg.warps * 32,), args)
+    if dc is not None:
+        args += (i32(dc.steps), *(i32(o) for o in dc.offsets))
+        fn((cfg.tiles, H, Bsz), (cfg.warps * 32,), args, shared_mem=cfg.smem)
+    else:
+        fn((cfg.tiles, H, Bsz), (cfg.warps * 32,), args)
     return qa, dAm
 
 
