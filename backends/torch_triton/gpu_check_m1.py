@@ -228,7 +228,7 @@ def _scan_sweep():
     out = {}
     try:
         for T, BE, nw in ((16, 32, 8), (16, 16, 4), (32, 16, 8), (8, 32, 4), (32, 32, 8), (16, 64, 8)):
-            ks.CONFIG["fwd"] = {"T": T, "BE": BE, "num_warps": nw}
+            ks.CONFIG["fwd"] = ks.CONFIG["fwd_f32"] = {"T": T, "BE": BE, "num_warps": nw}  # float32 reads fwd_f32
             ks.CONFIG["bwd"] = {"T": T, "BE": BE, "num_warps": nw}
             key = f"T={T},BE={BE},warps={nw}"
             try:

@@ -5,6 +5,10 @@
 #                                                 on the GPU, cuda_cupy checks, sweep, yardstick, bench
 #   bash benchmarks/gpu/run_device.sh final       generation through the graph decoder, decode vs official
 #   bash benchmarks/gpu/run_device.sh m3bench     Mamba-3 vs official, cuda_cupy kernel check, side-by-side bench
+#   bash benchmarks/gpu/run_device.sh kernels2    new kernels checked on the GPU, then sweep, yardstick, bench
+#   bash benchmarks/gpu/run_device.sh certify2    certificates under the new defaults, GPU tests, last timings
+#   bash benchmarks/gpu/run_device.sh fp32fix     float32 models with IEEE dots; where tf32x3 faults
+#   bash benchmarks/gpu/run_device.sh certify3    float32 op certificate (IEEE dots), float32 Mamba-3 rows
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
 #   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
 # Optional carries: .cache/ with tarballs of an earlier call's ~/.triton/cache
@@ -35,14 +39,21 @@ if ls .cache/triton_cache.tgz.part* > /dev/null 2>&1; then mkdir -p "$HOME/.trit
 [ -f .cache/cupy_cache.tgz ] && mkdir -p "$HOME/.cupy" && tar -xzf .cache/cupy_cache.tgz -C "$HOME/.cupy"
 if ls .cache/ss_build.tgz.part* > /dev/null 2>&1; then cat .cache/ss_build.tgz.part* | tar -xzf - -C /tmp; fi
 mamba-core backends | tee "$OUT/backends.txt"
+# Helpers of the parts below. results_dir: everything a part keeps goes to $OUT/r (tarred into
+# results.tgz at the end: $OUT returns at most 8 files). job NAME SECONDS CMD...: CMD in the
+# background with its own timeout, output in $R/NAME.log, exit status in $R/rc.txt. tmo SECONDS:
+# SECONDS, or less when that would pass $DEADLINE (seconds since the script started; default
+# 560), so the tar at the end always runs inside the device's 600 s call.
+results_dir() { R="$OUT/r"; mkdir -p "$R"; mv "$OUT/device.txt" "$OUT/backends.txt" "$R/"; rm -f "$OUT/pip.log"; }
+job() { local name=$1 t=$2; shift 2; (timeout "$t" "$@" > "$R/$name.log" 2>&1; echo "$name rc=$?" >> "$R/rc.txt") & }
+tmo() { local l=$(( ${DEADLINE:-560} - SECONDS )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 case "${1:-certify}" in
 round3)
     # Everything of one session's last call: correctness jobs in parallel (nothing timed), then the
     # timings one at a time on the idle GPU. Each job has its own timeout; results in results.tgz.
-    R="$OUT/r"; mkdir -p "$R"; mv "$OUT/device.txt" "$OUT/backends.txt" "$R/"; rm -f "$OUT/pip.log"
+    results_dir
     [ -d .whl_hf ] && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site_hf .whl_hf/*.whl
     if [ -f .official/build_ss.py ]; then (timeout 280 python3 .official/build_ss.py > "$R/ss_build.log" 2>&1 &); fi
-    job() { local name=$1 t=$2; shift 2; (timeout "$t" "$@" > "$R/$name.log" 2>&1; echo "$name rc=$?" >> "$R/rc.txt") & }
     job cupy_check 200 env GPU_CHECK_PARTS=compile,kernels,conformance python3 backends/cuda_cupy/gpu_check.py "$R"
     job cupy_tests 200 python3 -m pytest -q -p no:cacheprovider backends/cuda_cupy/tests/test_gpu.py
     job gen_static 200 python3 -m pytest -q -p no:cacheprovider tests/test_generation.py -k static -rs
@@ -72,7 +83,7 @@ m3bench)
     # Mamba-3 SISO against the official kernels (their autotune space cut, see yardstick.py), the
     # cuda_cupy kernel check (dA summed in float64), then the side-by-side bench and decode
     # (cuda_cupy and torch_triton, float32, same inputs). Results in results.tgz.
-    R="$OUT/r"; mkdir -p "$R"; mv "$OUT/device.txt" "$OUT/backends.txt" "$R/"; rm -f "$OUT/pip.log"
+    results_dir
     (GPU_CHECK_PARTS=compile,kernels timeout 150 python3 backends/cuda_cupy/gpu_check.py "$R/cupy_kernels" \
         > "$R/cupy_kernels.log" 2>&1; echo "cupy kernels rc=$?" >> "$R/rc.txt") &
     YARDSTICK_PARTS=mamba3 YARDSTICK_M3_AUTOTUNE=reduced timeout 300 python3 benchmarks/gpu/yardstick.py "$R/yd" \
@@ -82,9 +93,102 @@ m3bench)
     echo "bench rc=$?"; grep -E "cuda_cupy|torch_triton|decode" "$R/bench.log" | cut -c1-400
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
     ;;
+kernels2)
+    # New kernels of the 2026-11-23 evening session: correctness on the GPU in parallel (compiled
+    # Triton, not the interpreter; the new CuPy kernels), then timings one at a time: the Mamba-1
+    # sweep (with the "tr" variant), the yardstick under the sweep's best configs, the cuda_cupy
+    # bench under its new kernels, torch_triton's float32 rows beside it.
+    # Every step's timeout is cut to what is left of a 560 s deadline (SECONDS counts from the
+    # script's start), so results.tgz is always written inside the device's 600 s call.
+    results_dir
+    DEADLINE=${DEADLINE:-560}
+    if [ -f .official/build_ss.py ]; then (timeout 280 python3 .official/build_ss.py > "$R/ss_build.log" 2>&1 &); fi
+    job cupy_tests $(tmo 150) python3 -m pytest -q -rs -p no:cacheprovider backends/cuda_cupy/tests/test_gpu.py
+    job cupy_kernels $(tmo 150) env GPU_CHECK_PARTS=kernels python3 backends/cuda_cupy/gpu_check.py "$R/cupy_kernels"
+    job tt_kernels $(tmo 150) env TRITON_INTERPRET=0 python3 -m pytest -q -p no:cacheprovider \
+        backends/torch_triton/tests/test_m1_norm_conv_kernels.py backends/torch_triton/tests/test_rope_angles_kernels.py
+    job tt_m3_conf $(tmo 150) mamba-conformance torch_triton --dtype float32 --only 'op:apply_rope*' \
+        --only 'op:mamba3_angles*' --only 'mixer:*' -q --json "$R/tt_conf_f32.json"
+    wait; cat "$R/rc.txt"; for f in "$R"/*.log; do echo "== $f"; tail -n 3 "$f" | cut -c1-300; done
+    timeout $(tmo 110) python3 benchmarks/gpu/sweep_tt.py "$R/sweep" --parts m1 --budget 90 > "$R/sweep_tt.log" 2>&1
+    echo "sweep rc=$?"; tail -n 12 "$R/sweep_tt.log"
+    for i in $(seq 1 30); do ls /tmp/ss_build/selective_scan_cuda*.so > /dev/null 2>&1 && break; sleep 2; done
+    YARDSTICK_M1_SWEEP="$R/sweep/sweep_tt.json" YARDSTICK_PARTS=mamba1,mamba3 YARDSTICK_M3_AUTOTUNE=reduced \
+        timeout $(tmo 100) python3 benchmarks/gpu/yardstick.py "$R/yd" > "$R/yardstick.log" 2>&1
+    echo "yardstick rc=$?"; grep -E "ratio|FAILED" "$R/yardstick.log"
+    GPU_CHECK_PARTS=bench,decode GPU_CHECK_TT_OPS=mamba3_siso,mamba3_mimo,rmsnorm_gated,add_rmsnorm,causal_conv1d,ssd_scan \
+        timeout $(tmo 200) python3 backends/cuda_cupy/gpu_check.py "$R/bench" > "$R/bench.log" 2>&1
+    echo "bench rc=$?"; grep -E "cuda_cupy|torch_triton|decode" "$R/bench.log" | cut -c1-300
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
+    ;;
+certify2)
+    # The session's last call: certificates under the new defaults (torch_triton: native rope and
+    # angles, tf32x3 float32 dots, Mamba-1 "tr_scan" forward; cuda_cupy: dedicated Mamba-1 and
+    # chunked row-scan kernels) and the GPU tests, in parallel; then timings, most wanted first,
+    # each cut to what is left of the deadline.
+    results_dir
+    DEADLINE=${DEADLINE:-545}
+    if [ -f .official/build_ss.py ]; then (timeout 280 python3 .official/build_ss.py > "$R/ss_build.log" 2>&1 &); fi
+    for dt in float32 bfloat16; do
+        job "tt_${dt}_ops" $(tmo 250) mamba-conformance torch_triton --dtype $dt --only 'op:*' -q \
+            --json "$R/torch_triton.gpu.ops.$dt.certificate.json"
+        job "tt_${dt}_models" $(tmo 250) mamba-conformance torch_triton --dtype $dt --only 'mixer:*' --only 'lm:*' -q \
+            --json "$R/torch_triton.gpu.models.$dt.certificate.json"
+    done
+    job cupy_conf $(tmo 250) env GPU_CHECK_PARTS=conformance python3 backends/cuda_cupy/gpu_check.py "$R/cupy_conf"
+    job tt_tests $(tmo 250) env TRITON_INTERPRET=0 python3 -m pytest -q -p no:cacheprovider \
+        backends/torch_triton/tests/test_m1_norm_conv_kernels.py backends/torch_triton/tests/test_rope_angles_kernels.py \
+        backends/torch_triton/tests/test_ssd_chunk_cap.py backends/torch_triton/tests/test_mixer_steps.py
+    wait; cat "$R/rc.txt"; for f in "$R"/*.log; do echo "== $f"; tail -n 2 "$f" | cut -c1-300; done
+    GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_BACKENDS=torch_triton \
+        GPU_CHECK_BENCH_OPS=mamba3_siso,ssd_scan,selective_scan,mamba3_mimo \
+        timeout $(tmo 120) python3 backends/cuda_cupy/gpu_check.py "$R/bench_tt" > "$R/bench_tt.log" 2>&1
+    echo "bench tt rc=$?"; grep -E "torch_triton" "$R/bench_tt.log" | cut -c1-300
+    GPU_CHECK_PARTS=decode timeout $(tmo 100) python3 backends/cuda_cupy/gpu_check.py "$R/decode" > "$R/decode.log" 2>&1
+    echo "decode rc=$?"; grep -E "decode" "$R/decode.log" | cut -c1-300
+    YARDSTICK_PARTS=mamba1 timeout $(tmo 80) python3 benchmarks/gpu/yardstick.py "$R/yd" > "$R/yardstick.log" 2>&1
+    echo "yardstick rc=$?"; grep -E "ratio|FAILED" "$R/yardstick.log"
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
+    ;;
+fp32fix)
+    # After certify2's float32 model run hit an illegal address in the Mamba-3 mixers' backward
+    # (first at mixer:mamba3 chunk>L grad): the float32 models certified with IEEE dots (the
+    # earlier default), the same Mamba-3 entries with tf32x3 under CUDA_LAUNCH_BLOCKING=1 (where
+    # it faults), and the GPU tests mended after certify2.
+    results_dir
+    job tt_f32_models_ieee 230 env MAMBA_TRITON_FP32_DOT=ieee mamba-conformance torch_triton --dtype float32 \
+        --only 'mixer:*' --only 'lm:*' -q --json "$R/torch_triton.gpu.models.float32.certificate.json"
+    job m3_tf32x3 230 env CUDA_LAUNCH_BLOCKING=1 mamba-conformance torch_triton --dtype float32 \
+        --only 'mixer:mamba3*' -q --json "$R/m3_tf32x3.json"
+    job m3_tf32x3_fwd 230 env CUDA_LAUNCH_BLOCKING=1 mamba-conformance torch_triton --dtype float32 \
+        --only 'mixer:mamba3*' --mode forward --mode step -q --json "$R/m3_tf32x3_fwd.json"
+    job tt_tests 230 env TRITON_INTERPRET=0 python3 -m pytest -q -p no:cacheprovider \
+        backends/torch_triton/tests/test_m1_norm_conv_kernels.py backends/torch_triton/tests/test_mixer_steps.py
+    wait; cat "$R/rc.txt"; for f in "$R"/*.log; do echo "== $f"; tail -n 2 "$f" | cut -c1-300; done
+    python3 - "$R/m3_tf32x3.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+for e in d["entries"]:
+    if e["verdict"] == "ERROR":
+        print(e["check"], e["case"], e["mode"]); print("\n".join(e.get("where") or [])); print((e.get("traceback") or "")[-1500:]); break
+PY
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
+    ;;
+certify3)
+    # The float32 op certificate under the final default (IEEE float32 dots), and the float32
+    # Mamba-3 rows at the benchmark shape with it (the backward used to run out of shared memory
+    # there; it now fits its chunk to the device).
+    results_dir
+    job tt_f32_ops 200 mamba-conformance torch_triton --dtype float32 --only 'op:*' -q \
+        --json "$R/torch_triton.gpu.ops.float32.certificate.json"
+    wait; job bench_m3 150 env GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_BACKENDS=torch_triton \
+        GPU_CHECK_BENCH_OPS=mamba3_siso,mamba3_mimo python3 backends/cuda_cupy/gpu_check.py "$R/bench_m3"
+    wait; cat "$R/rc.txt"; tail -n 2 "$R/tt_f32_ops.log"; grep torch_triton "$R/bench_m3.log" | cut -c1-300
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
+    ;;
 final)
     # a short last call: generation through the graph decoder, then official vs ours decode
-    R="$OUT/r"; mkdir -p "$R"; mv "$OUT/device.txt" "$OUT/backends.txt" "$R/"; rm -f "$OUT/pip.log"
+    results_dir
     timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_generation.py -k static -rs > "$R/gen_static.log" 2>&1
     echo "gen_static rc=$?"; tail -n 3 "$R/gen_static.log"
     YARDSTICK_PARTS=decode timeout 130 python3 benchmarks/gpu/yardstick.py "$R/yd" > "$R/yardstick_decode.log" 2>&1

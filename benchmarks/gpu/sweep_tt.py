@@ -7,6 +7,8 @@ Parts (each writes OUT_DIR/sweep_tt.json when it ends, so a timeout keeps what w
           softplus: the forward over a grid of (variant, T, BE, num_warps) of
           kernels/selective_scan.CONFIG["fwd"], then the VJP (which re-runs the forward to save
           chunk states, under CONFIG["bwd"]) over a grid of its own; fwd+bwd = best fwd + VJP.
+          The transposed variants ("tr", "tr_scan": channels last, N states in-thread) come
+          right after the baseline in both grids, so a short budget still measures them.
           Configs run in order of promise until the part's time share is spent; each config's
           y (and gradients) is compared with the baseline's, so a broken variant shows.
   ssd     Mamba-2 SSD scan, bf16, B=8 L=2048 H=32 P=64 N=128 G=1, D, dt_bias, softplus: forward
@@ -41,18 +43,33 @@ SHARE = {"m1": 0.45, "ssd": 0.17, "decode": 0.38}
 # Mamba-1 forward configs, most promising first: (variant, T, BE, num_warps). The baseline
 # (the current CONFIG default) comes first; variants (kernels/selective_scan.py docstring):
 # "base" the chunked associative scan, "exp2" the same with exp2 and log2(e) folded into A,
-# "seq" token by token in registers (no scan).
+# "seq" token by token in registers (no scan), "tr" channels last with the N states of a
+# channel inside one thread (token by token, no shuffles), "tr_scan" the same with an in-thread
+# associative scan along T. "tr" wants BE >= 32 num_warps (lanes and warps along the channels);
+# BE = 32 num_warps is one channel a thread (80 registers at T=8 on sm_90), 64 num_warps two
+# (255 registers); T=16 is at the register limit, T=32 spills (one entry to confirm it).
+# Run 6 (2026-11-23, H100, bf16): tr_scan T=4 BE=32 w=1 1.26 ms, base 1.60, every "tr" 3.1-4.2;
+# so tr_scan is the default now and its neighbours come next.
 M1_FWD = [
-    ("base", 8, 32, 4), ("exp2", 8, 32, 4), ("seq", 8, 32, 2), ("seq", 8, 16, 1),
+    ("tr_scan", 4, 32, 1), ("base", 8, 32, 4),
+    ("tr_scan", 2, 32, 1), ("tr_scan", 8, 32, 1), ("tr_scan", 4, 64, 2), ("tr_scan", 4, 16, 1),
+    ("tr", 8, 32, 1), ("tr", 8, 64, 2), ("tr", 8, 128, 4), ("tr", 16, 32, 1), ("tr", 4, 32, 1),
+    ("tr", 8, 64, 1), ("tr", 8, 256, 8), ("tr", 32, 32, 1),
+    ("exp2", 8, 32, 4), ("seq", 8, 32, 2), ("seq", 8, 16, 1),
     ("seq", 16, 32, 2), ("seq", 8, 64, 4), ("exp2", 8, 64, 4), ("exp2", 16, 32, 4),
     ("seq", 8, 32, 1), ("exp2", 4, 32, 4), ("exp2", 8, 32, 2), ("seq", 4, 16, 1),
     ("exp2", 8, 16, 2), ("seq", 16, 64, 4), ("exp2", 16, 64, 8), ("exp2", 4, 64, 4),
     ("seq", 8, 128, 4), ("exp2", 8, 64, 8), ("exp2", 16, 16, 2), ("exp2", 32, 32, 8),
     ("seq", 32, 32, 2), ("exp2", 8, 128, 8), ("base", 16, 32, 4), ("base", 8, 64, 4),
 ]
-# VJP configs (the state-saving forward runs this variant too; "seq" keeps the exp2 backward)
+# VJP configs (the state-saving forward runs this variant too; "seq" keeps the exp2 backward).
+# The "tr" VJP holds T*N recomputed states a thread (T=4..8; T=16 to confirm it spills) and
+# sums dB/dC over the channels across lanes: one warp a program avoids shared memory there.
 M1_BWD = [
-    ("base", 8, 32, 4), ("exp2", 8, 32, 4), ("seq", 8, 32, 4), ("exp2", 8, 16, 4),
+    ("base", 8, 32, 4),
+    ("tr", 8, 32, 1), ("tr", 4, 32, 1), ("tr", 8, 64, 2), ("tr", 4, 64, 2), ("tr", 16, 32, 1),
+    ("tr", 4, 128, 4),
+    ("exp2", 8, 32, 4), ("seq", 8, 32, 4), ("exp2", 8, 16, 4),
     ("exp2", 16, 32, 8), ("exp2", 8, 32, 8), ("exp2", 4, 32, 4), ("seq", 8, 16, 2),
     ("exp2", 8, 64, 8), ("exp2", 16, 16, 4), ("exp2", 4, 16, 2), ("exp2", 8, 16, 2),
 ]

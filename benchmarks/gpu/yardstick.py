@@ -53,10 +53,31 @@ def backend():
     return get_backend("torch_triton")
 
 
+def _m1_configs():
+    """YARDSTICK_M1_SWEEP=path/to/sweep_tt.json: time our Mamba-1 scan under the sweep's best
+    forward and backward configs (set in-process, as the sweep does) instead of the defaults."""
+    path = os.environ.get("YARDSTICK_M1_SWEEP")
+    if not path or not os.path.exists(path):
+        return None
+    from mamba_backend_torch_triton.kernels import selective_scan as ks
+
+    m1 = json.load(open(path))["parts"]["m1"]
+    used = {}
+    for kind in ("fwd", "bwd"):
+        best = m1.get(f"best_{kind}")
+        if best:
+            cfg = {k: best[k] for k in ("variant", "T", "BE", "num_warps")}
+            ks.CONFIG[kind] = cfg
+            used[kind] = cfg
+    RESULTS["m1_configs"] = used
+    return used
+
+
 def mamba1():
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
     be = backend()
+    note = _m1_configs()
     dev, bf = "cuda", torch.bfloat16
     g = torch.Generator(device=dev).manual_seed(0)
     u = torch.randn(B, L, E, device=dev, dtype=bf, generator=g)
@@ -83,8 +104,8 @@ def mamba1():
         y.backward(dyt)
 
     off_fbt = bench(off_fb)
-    row("Mamba-1 selective scan fwd", ours_f, off_f)
-    row("Mamba-1 selective scan fwd+bwd", ours_fb, off_fbt)
+    row("Mamba-1 selective scan fwd", ours_f, off_f, f"ours: {note}" if note else "")
+    row("Mamba-1 selective scan fwd+bwd", ours_fb, off_fbt, f"ours: {note}" if note else "")
 
 
 def mamba2():

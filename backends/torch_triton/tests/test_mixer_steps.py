@@ -61,9 +61,10 @@ def setup(mod, kw, dtype, batch=2, seed=0):
     rng = np.random.default_rng(seed)
     params = {k: BE.asarray(v, str(dtype).replace("torch.", "")) for k, v in mod.init_params(cfg, rng).items()}
     params = {k: (v + 0.1 * torch.randn_like(v) if k in ("D", "norm.weight") else v) for k, v in params.items()}
-    cache = {k: torch.from_numpy(rng.standard_normal(s)).float()
+    dev = next(iter(params.values())).device  # the CPU in the interpreter, else the GPU
+    cache = {k: torch.from_numpy(rng.standard_normal(s)).float().to(dev)
              for k, s in mod.cache_shapes(cfg, batch).items()}
-    us = [torch.from_numpy(rng.standard_normal((batch, cfg.d_model))).to(dtype) for _ in range(STEPS)]
+    us = [torch.from_numpy(rng.standard_normal((batch, cfg.d_model))).to(dev, dtype) for _ in range(STEPS)]
     return cfg, params, cache, us
 
 
@@ -144,7 +145,7 @@ def test_decoder_in_place_equals_lm_step(layer):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         dec = CudaGraphDecoder(BE, params, cfg)
-    ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    ids = torch.tensor([[1, 2, 3], [4, 5, 6]], device=params["backbone.embedding.weight"].device)
     cache = lm.init_cache(BE, cfg, 2)
     for t in range(3):
         want, cache = lm.step(BE, params, cfg, ids[:, t], cache)

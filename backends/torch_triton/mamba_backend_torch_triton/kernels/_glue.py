@@ -43,12 +43,38 @@ def runs_here(*tensors) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def default(op: str):
-    """The core's default composition of ``op``, bound to array_api_compat.torch."""
-    import array_api_compat.torch as xp
-
+    """The core's default composition of ``op`` over array_api_compat.torch, creating arrays on
+    the device of the call's first tensor argument (the plain namespace would create them on
+    the CPU: a fallback on CUDA tensors that builds e.g. zeros would then mix devices)."""
     from mamba_core.ops import REGISTRY
 
-    return functools.partial(REGISTRY[op].default, xp)
+    fn = REGISTRY[op].default
+
+    def call(*args, **kwargs):
+        dev = _first_device(args) or _first_device(kwargs.values())
+        return fn(_namespace(dev), *args, **kwargs)
+
+    return call
+
+
+@functools.lru_cache(maxsize=None)
+def _namespace(dev):
+    import array_api_compat.torch as xp
+
+    from mamba_backend_torch_triton.namespace import DeviceNamespace
+
+    return xp if dev is None or dev.type == "cpu" else DeviceNamespace(xp, dev)
+
+
+def _first_device(values):
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            return v.device
+        if isinstance(v, (tuple, list)):
+            d = _first_device(v)
+            if d is not None:
+                return d
+    return None
 
 
 def pow2(n: int, lo: int = 1) -> int:

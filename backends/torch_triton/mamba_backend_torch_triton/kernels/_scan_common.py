@@ -5,9 +5,15 @@
   do NOT for float64 (fp64 tensor-core dots are slow or absent: the default composition is used),
   nor for other devices; ``fallback(op)`` then runs the core's default composition in the
   backend's ``xp``, which is the same math.
-- ``dot_precision(dtype)``: what ``tl.dot`` uses for float32 operands. IEEE float32 by default so
-  that float32 results meet the 2e-4 conformance tolerance on a GPU; set MAMBA_TRITON_TF32=1 to
-  use tf32 (about 1e-3 relative error, faster). bf16/fp16 operands always use the tensor cores.
+- ``dot_precision(dtype)``: what ``tl.dot`` uses for float32 operands: "ieee" by default (exact
+  float32 FMAs, no tensor cores; meets conformance's 2e-4). MAMBA_TRITON_FP32_DOT=tf32x3 opts in
+  to three tf32 tensor-core products of hi/lo halves (float32-level error): on an H100 it made
+  the float32 Mamba-3 forward at the benchmark shape 8.8x faster (3.26 vs 28.6 ms) and passed
+  the float32 op certificate, but under Triton 3.6 the Mamba-3 backward kernel compiled with it
+  faults (illegal address) at N = 4, P = 4, Qk = 64 (mixer:mamba3 chunk>L), so it is not the
+  default (benchmarks/results/gpu-20261123-h100, runs 7-8). "tf32" (one product, ~1e-3
+  relative; MAMBA_TRITON_TF32=1 is its older spelling) fails float32 conformance. bf16/fp16
+  operands always use the tensor cores.
 - ``launch_fitting(key, candidates, launch)``: run ``launch(cfg)`` with the first launch config
   whose compiled kernel fits the GPU (shared memory, registers-per-block), remembering the
   choice per ``key``. The chunked scans' shared memory grows with the chunk length Qk, N, P and
@@ -23,6 +29,8 @@ import os
 
 import torch
 import triton.language as tl
+
+from mamba_backend_torch_triton.kernels._glue import default
 
 _FAST = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -78,14 +86,8 @@ def launch_fitting(key, candidates, launch):
 
 
 def fallback(op: str):
-    """The core's default composition of ``op`` bound to array_api_compat.torch."""
-    import functools
-
-    import array_api_compat.torch as xp
-
-    from mamba_core.ops import REGISTRY
-
-    return functools.partial(REGISTRY[op].default, xp)
+    """The core's default composition of ``op`` on the tensors' device (``_glue.default``)."""
+    return default(op)
 
 
 def pow2(n: int, lo: int = 16) -> int:
@@ -111,10 +113,18 @@ def dot_dtype(dtype):
     return tl.float32
 
 
+FP32_DOTS = ("ieee", "tf32x3", "tf32")
+
+
 def dot_precision(dtype) -> str:
-    if dtype == torch.float32 and os.environ.get("MAMBA_TRITON_TF32") == "1":
+    if dtype != torch.float32:
+        return "ieee"  # unused: 16-bit operands take the tensor cores whatever it says
+    if os.environ.get("MAMBA_TRITON_TF32") == "1":
         return "tf32"
-    return "ieee"
+    choice = os.environ.get("MAMBA_TRITON_FP32_DOT", "ieee")
+    if choice not in FP32_DOTS:
+        raise ValueError(f"MAMBA_TRITON_FP32_DOT={choice!r}: expected one of {FP32_DOTS}")
+    return choice
 
 
 def c(t):

@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from mamba_backend_torch_triton.kernels._scan_common import (
-    c as _c, can_run, dot_dtype, dot_precision, fallback, num_warps, pow2,
+    c as _c, can_run, dot_dtype, dot_precision, fallback, launch_fitting, num_warps, pow2,
 )
 
 FALLBACKS = "mamba3_scan/mamba3_scan_vjp/mamba3_step: float64 inputs, non-CUDA devices (CPU " \
@@ -298,7 +298,27 @@ def _s_start(x, dt, trap, initial_state, initial_k, initial_v, mimo_x, Bsz, H, P
     return S.contiguous(), u0
 
 
-def _run_fwd(x, dt, A, trap, B, C, D, mimo_x, chunk_size, S0, write_y, store_states):
+def _fits(chunk_size, R):
+    """Launch candidates (chunk cap, num_stages) from the fastest down (see launch_fitting):
+    the chunk halves down to the smallest layout, each with Triton's default pipelining (3) and
+    then none (1). float32 at N = 128 needs them: the backward at Qk = 64 asked for 299 KB of
+    shared memory on an H100 (227 KB allowed)."""
+    out, cap, seen = [], int(chunk_size), set()
+    while True:
+        qk = _layout(cap, R)[0]
+        if qk not in seen:
+            seen.add(qk)
+            out += [(cap, 3), (cap, 1)]
+        if cap <= 1 or qk * R <= 16:
+            return out
+        cap = max(1, min(cap, qk) // 2)
+
+
+def _key(kind, x, B, chunk_size, *flags):
+    return ("m3", kind, x.dtype, x.shape[-1], B.shape[2], B.shape[4], int(chunk_size), flags)
+
+
+def _run_fwd(x, dt, A, trap, B, C, D, mimo_x, chunk_size, S0, write_y, store_states, stages=3):
     Bsz, L, H, P = x.shape
     R, N = B.shape[2], B.shape[4]
     qk, bqr = _layout(chunk_size, R)
@@ -316,7 +336,7 @@ def _run_fwd(x, dt, A, trap, B, C, D, mimo_x, chunk_size, S0, write_y, store_sta
         S0, y, sfin, sin, L, H, P, N, nc,
         R=R, QK=qk, BQR=bqr, BP=BP, BN=BN, HAS_D=D is not None, HAS_MX=mimo_x is not None,
         WRITE_Y=write_y, STORE_STATES=store_states, DT=dot_dtype(x.dtype),
-        PREC=dot_precision(x.dtype), num_warps=num_warps(bqr, BN),
+        PREC=dot_precision(x.dtype), num_warps=num_warps(bqr, BN), num_stages=stages,
     )
     return y, sfin, sin, qk, bqr, nc
 
@@ -330,7 +350,13 @@ def mamba3_scan(x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_size=64, initia
     Bsz, L, H, P = x.shape
     N = B.shape[4]
     S0, _ = _s_start(x, dt, trap, initial_state, initial_k, initial_v, mimo_x, Bsz, H, P, N)
-    y, sfin, _, _, _, _ = _run_fwd(x, dt, A, trap, B, C, D, mimo_x, chunk_size, S0, True, False)
+    res, _ = launch_fitting(
+        _key("fwd", x, B, chunk_size, D is not None, mimo_x is not None), _fits(chunk_size, B.shape[2]),
+        lambda cfg: _run_fwd(x, dt, A, trap, B, C, D, mimo_x, cfg[0], S0, True, False, cfg[1]))
+    if res is None:
+        return fallback("mamba3_scan")(x, dt, A, trap, B, C, D, mimo_x, chunk_size, initial_state,
+                                       initial_k, initial_v)
+    y, sfin = res[0], res[1]
     return y, sfin, B[:, -1], x[:, -1]
 
 
@@ -346,7 +372,6 @@ def mamba3_scan_vjp(cotangent, x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_
     Bsz, L, H, P = x.shape
     R, N = B.shape[2], B.shape[4]
     S0, u0 = _s_start(x, dt, trap, initial_state, initial_k, initial_v, mimo_x, Bsz, H, P, N)
-    _, _, sin, qk, bqr, nc = _run_fwd(x, dt, A, trap, B, C, D, mimo_x, chunk_size, S0, False, True)
     xc, dtc, Ac, trc, Bc, Cc, Dc, mxc = (_c(t) for t in (x, dt, A, trap, B, C, D, mimo_x))
     dy, dS_L = _c(dy), _c(dS_L)
     dev, f32 = x.device, torch.float32
@@ -359,14 +384,27 @@ def mamba3_scan_vjp(cotangent, x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_
     dD = torch.empty((Bsz, H), dtype=f32, device=dev)
     dS0 = torch.empty((Bsz, H, P, N), dtype=f32, device=dev)
     dummy = dv
-    _m3_bwd[(Bsz * H,)](
-        xc, dtc, Ac, trc, Bc, Cc, Dc if Dc is not None else dummy, mxc if mxc is not None else dummy,
-        sin, dy if dy is not None else dummy, dS_L if dS_L is not None else dummy,
-        dv, dBr, dCr, dg, dsc, da, dD, dS0, L, H, P, N, nc,
-        R=R, QK=qk, BQR=bqr, BP=pow2(P), BN=pow2(N), HAS_D=D is not None, HAS_MX=mimo_x is not None,
-        HAS_DY=dy is not None, HAS_DSL=dS_L is not None, DT=dot_dtype(x.dtype),
-        PREC=dot_precision(x.dtype), num_warps=8,
-    )
+
+    def launch(cfg):
+        # the recompute runs at the backward's chunk: its entering states are per chunk
+        cap, stages = cfg
+        _, _, sin, qk, bqr, nc = _run_fwd(x, dt, A, trap, B, C, D, mimo_x, cap, S0, False, True)
+        _m3_bwd[(Bsz * H,)](
+            xc, dtc, Ac, trc, Bc, Cc, Dc if Dc is not None else dummy, mxc if mxc is not None else dummy,
+            sin, dy if dy is not None else dummy, dS_L if dS_L is not None else dummy,
+            dv, dBr, dCr, dg, dsc, da, dD, dS0, L, H, P, N, nc,
+            R=R, QK=qk, BQR=bqr, BP=pow2(P), BN=pow2(N), HAS_D=D is not None,
+            HAS_MX=mimo_x is not None, HAS_DY=dy is not None, HAS_DSL=dS_L is not None,
+            DT=dot_dtype(x.dtype), PREC=dot_precision(x.dtype), num_warps=8, num_stages=stages,
+        )
+        return True
+
+    done, _ = launch_fitting(
+        _key("bwd", x, B, chunk_size, D is not None, mimo_x is not None, dy is not None, dS_L is not None),
+        _fits(chunk_size, R), launch)
+    if done is None:
+        return fallback("mamba3_scan_vjp")(cotangent, x, dt, A, trap, B, C, D, mimo_x, chunk_size,
+                                           initial_state, initial_k, initial_v)
     dtw, Aw, trw = dt.float(), A.float(), trap.float()
     dscale = dsc.sum(2)
     dgamma = dg.sum(2) + dscale

@@ -23,9 +23,35 @@ with log2(e) folded into A once per program and exp2 per element (one multiply f
 the T tokens of a chunk one by one (unrolled, their loads independent of the state), h <- a h + b
 in registers: no scan, no last-row extraction, ~5 flops + one exp2 per (t, e, n), at the price
 of a dependent chain of L steps per program (latency hidden by the other resident programs).
+These three keep n last in their tiles (A row-major, B/C n-contiguous), so Triton's layout
+spreads the N states over lanes: y = sum_n h C, the last-row extraction and the scan along T
+cost cross-lane shuffles every chunk.
+
+"tr" (transposed; forward and VJP): every tile has the channels e last and contiguous, as
+u, delta, z, y and their gradients are in memory: states [NP, BE], token tiles [T, BE]; A
+travels as A^T ((N, E) float32, made by the glue per call), B_t and C_t as [NP] vectors that
+every thread loads whole (vectorised; L1 broadcast along e). The default blocked layout then
+puts lanes and warps along e and keeps n (and T) inside each thread when BE >= 32 num_warps
+(one channel a thread at BE = 32 num_warps); all loads and stores carry max_contiguous 1 so
+the coalescing pass does not re-spread n or T over lanes to vectorise along e (checked on the
+sm_90 TTGIR: no shuffles, no shared memory in the forward; T=8, BE=32w: 80 registers). Per
+chunk the T tokens are walked one by one, unrolled: h <- exp2(dt A log2 e) h + (dt u) B_t and
+y_t = sum_n h C_t, all in-thread (~5 flops + one exp2 per (t, e, n)); the chunk's loads come
+before any store and do not depend on h, so they issue ahead of the recurrence; y is stored as
+one [T, BE] tile per chunk. Floor: the (t, e, n) exp2s, B*L*E*N = 537M at the benchmark
+shape, on the MUFU unit (16/clk/SM). Parallelism: B*E threads (16384 at the benchmark shape,
+~4 warps an SM): latency is hidden by the unrolled tokens and the N independent states, not by
+occupancy. "tr_scan" (forward only; its VJP is "tr"'s): the chunk as [T, NP, BE] maps composed
+by ``tl.associative_scan`` along T (in-thread, i.e. sequential), ~2 more flops per (t, e, n)
+and ~2 T NP more registers; kept for the sweep to measure. The "tr" VJP recomputes the chunk's
+states h_{t-1} into a [T, NP, BE] register tile (T NP registers a thread: T=4..8), walks the
+tokens in reverse with the adjoint carried in registers (no shifted load, no reverse scan;
+exp2 twice per (t, e, n)); the dB_t, dC_t shares sum over e, across lanes (5 shuffle rounds
+per (t, n) at 32 lanes, per warp, plus a shared-memory round trip when num_warps > 1): the
+backward's extra cost over the forward, unavoidable with n inside the thread.
 
 VJP (recompute): the forward kernel runs again keeping only the state entering each chunk
-((B, L/T, E, NP) float32); the backward kernel walks the chunks in reverse: recomputes the
+((B, L/T, E, NP) float32; "tr": (B, L/T, NP, E)); the backward kernel walks the chunks in reverse: recomputes the
 chunk's states from the saved one, runs the adjoint g_t = C_t dy'_t + a_{t+1} g_{t+1} as a
 reverse associative scan (a_{t+1} from a shifted load of delta), uses a_t h_{t-1} = h_t - b_t,
 and carries a_s g_s into the previous chunk. dA, dD, d(delta_bias) accumulate in registers per
@@ -51,10 +77,15 @@ from mamba_backend_torch_triton.kernels._glue import default, last_contig, pow2,
 #: launch shapes: chunk T, channels per program BE (capped; BE always divides E/G), warps, and
 #: the forward kernel's variant (see the module docstring); read at every call, so a sweep
 #: (benchmarks/gpu/sweep_tt.py) sets them in-process. "interpret": the CPU (interpreter).
-#: fwd/bwd: the best of a sweep on an H100 at B=8, L=2048, E=2048, N=16, fp32 (gpu_check_m1):
-#: fwd 0.73 ms, VJP 5.2 ms (T=16,BE=32,8 warps: 0.85 / 7.0; T=32: slower).
+#: fwd (bf16/fp16 inputs; what benchmarks/gpu/sweep_tt.py tunes): the best of the 2026-11-23
+#: sweep on an H100 (bf16, B=8, L=2048, E=2048, N=16; benchmarks/results/gpu-20261123-h100,
+#: run 6): "tr_scan" T=4, BE=32, 1 warp 1.26 ms against 1.60 for "base" (T=8, BE=32, 4 warps);
+#: "tr" (sequential) 3.1-4.2 ms. fwd_f32 (float32 inputs): "base" stays, 0.84 ms against 1.22
+#: for "tr_scan" (runs 5 and 7, same shape in float32). bwd: "base" 8.23 ms, "tr" T=4 8.56,
+#: T=8 15.0 (spills), so the VJP stays on "base".
 CONFIG = {
-    "fwd": {"T": 8, "BE": 32, "num_warps": 4, "variant": "base"},
+    "fwd": {"T": 4, "BE": 32, "num_warps": 1, "variant": "tr_scan"},
+    "fwd_f32": {"T": 8, "BE": 32, "num_warps": 4, "variant": "base"},
     "bwd": {"T": 8, "BE": 32, "num_warps": 4, "variant": "base"},
     "step": {"BE": 32, "num_warps": 4},
     "interpret": {"T": 64, "BE": 8, "num_warps": 1},  # T capped by pow2(L)
@@ -312,6 +343,261 @@ def _ss_bwd_kernel(
     tl.store(DBIASP + b * E + e, dbias_acc)
 
 
+# ---- variant "tr": channels last, the N states of a channel inside one thread ---------------
+@triton.jit
+def _tr_tok(U, DL, Z, DB, b, t, e, L, sub, sul, sdb, sdl, szb, szl,
+            HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, bias):
+    # token t of the channels e ([BE] vectors, e contiguous): u, raw delta (+ bias), dt, z;
+    # past L dt = 0 (the identity map) and u = z = 0
+    # offsets declared non-contiguous (hints must sit on ops made here, not on arguments): no
+    # vectorising, so channel e stays in the lane where the [*, BE] tiles hold it
+    tm = tl.full(e.shape, t, tl.int32) < L
+    u = tl.load(U + tl.max_contiguous(b * sub + t * sul + e, [1]), mask=tm, other=0.0).to(tl.float32)
+    raw = tl.load(DL + tl.max_contiguous(b * sdb + t * sdl + e, [1]), mask=tm, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        raw += bias
+    dt = raw
+    if SOFTPLUS:
+        dt = _softplus(raw)
+    dt = tl.where(tm, dt, 0.0)
+    z = u
+    if HAS_Z:
+        z = tl.load(Z + tl.max_contiguous(b * szb + t * szl + e, [1]), mask=tm, other=0.0).to(tl.float32)
+    return tm, u, raw, dt, z
+
+
+@triton.jit
+def _tr_bc(P, b, t, g, n, nm, L, spb, spl, spg, EVEN_N: tl.constexpr):
+    # B_t or C_t of group g as an [NP] vector (fewer elements than threads: every thread loads
+    # all of them, from L1: the broadcast along e the [NP, BE] tiles need). EVEN_N (N = NP):
+    # no mask along n, so the loads vectorise
+    m = tl.full(n.shape, t, tl.int32) < L
+    if not EVEN_N:
+        m = m & nm
+    return tl.load(P + b * spb + t * spl + g * spg + n, mask=m, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _ss_fwd_tr_kernel(
+    U, DL, AT, BM, CM, DV, Z, DB, H0, Y, HF, HS,
+    L, N, Eg, nchunks,
+    sub, sul, sdb, sdl, sbb, sbl, sbg, scb, scl, scg, szb, szl, syb, syl,
+    T: tl.constexpr, BE: tl.constexpr, NP: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr, SAVE: tl.constexpr, WRITE_Y: tl.constexpr, SCAN: tl.constexpr = False,
+    EVEN_N: tl.constexpr = False,
+):
+    # variant "tr" (SCAN=False) / "tr_scan" (SCAN=True); AT = A^T, (N, E) float32. Every tile
+    # has the channels e last: [NP, BE] states, [T, BE] token tiles, so the default layout puts
+    # threads (and warps, when BE >= 32 num_warps) along e and keeps n (and T) in each thread:
+    # y = sum_n h C and the scan along T never leave the thread.
+    b = tl.program_id(0).to(tl.int64)
+    pe = tl.program_id(1)
+    E = tl.num_programs(1) * BE
+    e = pe * BE + tl.arange(0, BE)
+    n = tl.arange(0, NP)
+    nm = n < N
+    g = (pe * BE) // Eg
+    rows = tl.arange(0, T)
+    # [NP, BE] offsets are declared non-contiguous (max_contiguous 1): the coalescing pass then
+    # keeps the default layout instead of vectorising along e at the price of spreading n over
+    # lanes (which would bring back the shuffles); likewise every "tr" load and store below
+    a_off = tl.max_contiguous(n[:, None] * E + e[None, :], [1, 1])
+    Ax = tl.load(AT + a_off, mask=nm[:, None], other=0.0).to(tl.float32) * 1.4426950408889634
+    st_off = tl.max_contiguous((b * E + e[None, :]) * N + n[:, None], [1, 1])  # (B, E, N) states
+    if HAS_H0:
+        h = tl.load(H0 + st_off, mask=nm[:, None], other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros([NP, BE], dtype=tl.float32)
+    Dw = tl.zeros([BE], dtype=tl.float32)
+    if HAS_D:
+        Dw = tl.load(DV + tl.max_contiguous(e, [1])).to(tl.float32)
+    bias = tl.zeros([BE], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(DB + tl.max_contiguous(e, [1])).to(tl.float32)
+    for ci in range(0, nchunks):
+        h_in = h
+        if SCAN:
+            # the chunk as [T, NP, BE] affine maps composed by an associative scan along T
+            t = ci * T + rows
+            tm = t < L
+            te = tl.max_contiguous(t[:, None] * 0 + e[None, :], [1, 1])  # [T, BE], not vectorised
+            tmc = tm[:, None]
+            u = tl.load(U + b * sub + t[:, None] * sul + te, mask=tmc, other=0.0).to(tl.float32)
+            raw = tl.load(DL + b * sdb + t[:, None] * sdl + te, mask=tmc, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                raw += bias[None, :]
+            dt = raw
+            if SOFTPLUS:
+                dt = _softplus(raw)
+            dt = tl.where(tm[:, None], dt, 0.0)
+            bn = tm[:, None] & nm[None, :]
+            Bt = tl.load(BM + b * sbb + t[:, None] * sbl + g * sbg + n[None, :], mask=bn, other=0.0).to(tl.float32)
+            Ct = tl.load(CM + b * scb + t[:, None] * scl + g * scg + n[None, :], mask=bn, other=0.0).to(tl.float32)
+            a = tl.exp2(dt[:, None, :] * Ax[None, :, :])
+            bb = Bt[:, :, None] * (dt * u)[:, None, :]
+            acc_a, acc_b = tl.associative_scan((a, bb), 0, _affine)
+            hs = acc_a * h[None, :, :] + acc_b
+            ys = tl.sum(hs * Ct[:, :, None], axis=1)
+            h = tl.sum(tl.where((rows == T - 1)[:, None, None], hs, 0.0), axis=0)
+            if HAS_D:
+                ys += Dw[None, :] * u
+            if HAS_Z:
+                z = tl.load(Z + b * szb + t[:, None] * szl + te, mask=tmc, other=0.0).to(tl.float32)
+                ys = ys * z / (1.0 + tl.exp(-z))
+        else:
+            # token by token, unrolled: the loads of the chunk do not depend on h (and no store
+            # comes between them), so they are issued ahead of the recurrence
+            ys = tl.zeros([T, BE], dtype=tl.float32)
+            for j in tl.static_range(T):
+                t = ci * T + j
+                tm, u, raw, dt, z = _tr_tok(U, DL, Z, DB, b, t, e, L, sub, sul, sdb, sdl, szb, szl,
+                                            HAS_BIAS, SOFTPLUS, HAS_Z, bias)
+                Bv = _tr_bc(BM, b, t, g, n, nm, L, sbb, sbl, sbg, EVEN_N)
+                h = tl.exp2(dt[None, :] * Ax) * h + Bv[:, None] * (dt * u)[None, :]
+                if WRITE_Y:
+                    Cv = _tr_bc(CM, b, t, g, n, nm, L, scb, scl, scg, EVEN_N)
+                    y = tl.sum(h * Cv[:, None], axis=0) + Dw * u
+                    if HAS_Z:
+                        y = y * z / (1.0 + tl.exp(-z))
+                    ys = tl.where((rows == j)[:, None], y[None, :], ys)
+        if SAVE:  # (B, nchunks, NP, E): e contiguous
+            hs_off = tl.max_contiguous(((b * nchunks + ci) * NP + n[:, None]) * E + e[None, :], [1, 1])
+            tl.store(HS + hs_off, h_in)
+        if WRITE_Y:
+            t = ci * T + rows
+            y_off = tl.max_contiguous(b * syb + t[:, None] * syl + e[None, :], [1, 1])
+            tl.store(Y + y_off, ys.to(Y.dtype.element_ty), mask=(t < L)[:, None])
+    if WRITE_Y:
+        tl.store(HF + st_off, h, mask=nm[:, None])
+
+
+@triton.jit
+def _ss_bwd_tr_kernel(
+    U, DL, AT, BM, CM, DV, Z, DB, HS, DY, DHF,
+    DU, DDL, DZ, DAP, DBP, DCP, DDP, DBIASP, DH0,
+    L, N, Eg, nchunks,
+    sub, sul, sdb, sdl, sbb, sbl, sbg, scb, scl, scg, szb, szl, sdyb, sdyl,
+    T: tl.constexpr, BE: tl.constexpr, NP: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_DHF: tl.constexpr, EVEN_N: tl.constexpr = False,
+):
+    # variant "tr" of the VJP: [NP, BE] tiles (n in-thread), per chunk (in reverse) the states
+    # h_{t-1} entering each token recomputed into a [T, NP, BE] register tile from the saved
+    # chunk-entry state, then the tokens walked in reverse with the adjoint
+    # g_t = C_t dy'_t + a_{t+1} g_{t+1} in registers (carry = a_{t+1} g_{t+1})
+    b = tl.program_id(0).to(tl.int64)
+    pe = tl.program_id(1)
+    nEb = tl.num_programs(1)
+    E = nEb * BE
+    e = pe * BE + tl.arange(0, BE)
+    n = tl.arange(0, NP)
+    nm = n < N
+    g = (pe * BE) // Eg
+    rows = tl.arange(0, T)
+    a_off = tl.max_contiguous(n[:, None] * E + e[None, :], [1, 1])
+    Ax = tl.load(AT + a_off, mask=nm[:, None], other=0.0).to(tl.float32) * 1.4426950408889634
+    st_off = tl.max_contiguous((b * E + e[None, :]) * N + n[:, None], [1, 1])
+    if HAS_DHF:
+        carry = tl.load(DHF + st_off, mask=nm[:, None], other=0.0).to(tl.float32)
+    else:
+        carry = tl.zeros([NP, BE], dtype=tl.float32)
+    Dw = tl.zeros([BE], dtype=tl.float32)
+    if HAS_D:
+        Dw = tl.load(DV + tl.max_contiguous(e, [1])).to(tl.float32)
+    bias = tl.zeros([BE], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(DB + tl.max_contiguous(e, [1])).to(tl.float32)
+    dA_acc = tl.zeros([NP, BE], dtype=tl.float32)
+    dD_acc = tl.zeros([BE], dtype=tl.float32)
+    dbias_acc = tl.zeros([BE], dtype=tl.float32)
+    for i in range(0, nchunks):
+        ci = nchunks - 1 - i
+        h = tl.load(HS + tl.max_contiguous(((b * nchunks + ci) * NP + n[:, None]) * E + e[None, :], [1, 1]))
+        # forward over the chunk: Hs[j] = h_{t-1} for t = ci T + j; the token tiles the reverse
+        # walk needs are loaded here too, ahead of its dB/dC stores (which loads could not pass)
+        Hs = tl.zeros([T, NP, BE], dtype=tl.float32)
+        uT = tl.zeros([T, BE], dtype=tl.float32)
+        rawT = tl.zeros([T, BE], dtype=tl.float32)
+        zT = tl.zeros([T, BE], dtype=tl.float32)
+        dyT = tl.zeros([T, BE], dtype=tl.float32)
+        for j in tl.static_range(T):
+            t = ci * T + j
+            tm, u, raw, dt, z = _tr_tok(U, DL, Z, DB, b, t, e, L, sub, sul, sdb, sdl, szb, szl,
+                                        HAS_BIAS, SOFTPLUS, HAS_Z, bias)
+            dy_off = tl.max_contiguous(b * sdyb + t * sdyl + e, [1])
+            dy = tl.load(DY + dy_off, mask=tm, other=0.0).to(tl.float32)
+            sel = (rows == j)[:, None]
+            uT = tl.where(sel, u[None, :], uT)
+            rawT = tl.where(sel, raw[None, :], rawT)
+            zT = tl.where(sel, z[None, :], zT)
+            dyT = tl.where(sel, dy[None, :], dyT)
+            Bv = _tr_bc(BM, b, t, g, n, nm, L, sbb, sbl, sbg, EVEN_N)
+            Hs = tl.where(sel[:, :, None], h[None, :, :], Hs)
+            h = tl.exp2(dt[None, :] * Ax) * h + Bv[:, None] * (dt * u)[None, :]
+        # reverse over the chunk
+        du_t = tl.zeros([T, BE], dtype=tl.float32)
+        ddt_t = tl.zeros([T, BE], dtype=tl.float32)
+        dz_t = tl.zeros([T, BE], dtype=tl.float32)
+        for jj in tl.static_range(T):
+            j = T - 1 - jj
+            t = ci * T + j
+            tm = tl.full([BE], t, tl.int32) < L
+            sel = (rows == j)[:, None]
+            u = tl.sum(tl.where(sel, uT, 0.0), axis=0)
+            raw = tl.sum(tl.where(sel, rawT, 0.0), axis=0)
+            z = tl.sum(tl.where(sel, zT, 0.0), axis=0)
+            dy = tl.sum(tl.where(sel, dyT, 0.0), axis=0)
+            dt = raw
+            if SOFTPLUS:
+                dt = _softplus(raw)
+            dt = tl.where(tm, dt, 0.0)
+            Bv = _tr_bc(BM, b, t, g, n, nm, L, sbb, sbl, sbg, EVEN_N)
+            Cv = _tr_bc(CM, b, t, g, n, nm, L, scb, scl, scg, EVEN_N)
+            hp = tl.sum(tl.where((rows == j)[:, None, None], Hs, 0.0), axis=0)  # h_{t-1}
+            a = tl.exp2(dt[None, :] * Ax)
+            dtu = dt * u
+            ht = a * hp + Bv[:, None] * dtu[None, :]
+            if HAS_Z:
+                sg = 1.0 / (1.0 + tl.exp(-z))
+                p = tl.sum(ht * Cv[:, None], axis=0) + Dw * u
+                dz = dy * p * sg * (1.0 + z * (1.0 - sg))
+                dz_t = tl.where(sel, dz[None, :], dz_t)
+                dyp = dy * z * sg
+            else:
+                dyp = dy
+            gg = Cv[:, None] * dyp[None, :] + carry
+            gah = gg * (a * hp)  # g_t a_t h_{t-1}
+            gB = tl.sum(gg * Bv[:, None], axis=0)
+            ddt = tl.sum(gah * Ax, axis=0) * 0.6931471805599453 + gB * u  # A = Ax ln 2
+            du = gB * dt + Dw * dyp
+            dA_acc += gah * dt[None, :]
+            dD_acc += dyp * u
+            if SOFTPLUS:
+                ddt = ddt * tl.where(raw > 20.0, 1.0, 1.0 / (1.0 + tl.exp(-raw)))
+            ddt = tl.where(tm, ddt, 0.0)
+            dbias_acc += ddt
+            du_t = tl.where(sel, du[None, :], du_t)
+            ddt_t = tl.where(sel, ddt[None, :], ddt_t)
+            # this block's shares of dB_t and dC_t (sums over its channels: across threads)
+            pm = nm & (tl.full([NP], t, tl.int32) < L)
+            part = tl.max_contiguous(((b * L + t) * nEb + pe) * NP + n, [1])  # stored as reduced
+            tl.store(DBP + part, tl.sum(gg * dtu[None, :], axis=1), mask=pm)
+            tl.store(DCP + part, tl.sum(ht * dyp[None, :], axis=1), mask=pm)
+            carry = a * gg  # dL/dh_{t-1}
+        t = ci * T + rows
+        out = tl.max_contiguous((b * L + t[:, None]) * E + e[None, :], [1, 1])
+        om = (t < L)[:, None]
+        tl.store(DU + out, du_t.to(DU.dtype.element_ty), mask=om)
+        tl.store(DDL + out, ddt_t.to(DDL.dtype.element_ty), mask=om)
+        if HAS_Z:
+            tl.store(DZ + out, dz_t.to(DZ.dtype.element_ty), mask=om)
+    tl.store(DH0 + st_off, carry, mask=nm[:, None])
+    tl.store(DAP + st_off, dA_acc, mask=nm[:, None])
+    tl.store(DDP + tl.max_contiguous(b * E + e, [1]), dD_acc)
+    tl.store(DBIASP + tl.max_contiguous(b * E + e, [1]), dbias_acc)
+
+
 @triton.jit
 def _ss_step_kernel(
     U, DL, A, BM, CM, S, DV, Z, DB, Y, NS,
@@ -349,14 +635,19 @@ def _ss_step_kernel(
 
 
 # ---- torch glue ----------------------------------------------------------------------------
-def _cfg(kind: str, dev, L: int = 1) -> dict:
+def _cfg(kind: str, dev, L: int = 1, dtype=None) -> dict:
+    if kind == "fwd" and dtype == torch.float32:
+        kind = "fwd_f32"
     cfg = dict(CONFIG["interpret"] if dev.type == "cpu" else CONFIG[kind])
     if dev.type == "cpu":  # the interpreter scans element by element: no padded rows
         cfg["T"] = min(cfg["T"], pow2(L, 2))
     return cfg
 
 
-VARIANTS = ("base", "exp2", "seq")
+#: the kernel variants (module docstring); "seq" and "tr_scan" change the forward only (their
+#: VJP is "exp2"'s and "tr"'s, after a state-saving forward of their own)
+VARIANTS = ("base", "exp2", "seq", "tr", "tr_scan")
+TRANSPOSED = ("tr", "tr_scan")  # A^T, (B, L/T, NP, E) saved states, the "tr" VJP kernel
 
 
 def _variant(cfg: dict) -> str:
@@ -380,7 +671,12 @@ def _scan_launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
     G, N = B.shape[2], B.shape[3]
     nchunks = triton.cdiv(L, T)
     dummy = u
-    kernel = _ss_fwd_seq_kernel if variant == "seq" else _ss_fwd_kernel
+    if variant in TRANSPOSED:
+        kernel, extra = _ss_fwd_tr_kernel, dict(SCAN=variant == "tr_scan", EVEN_N=N == pow2(N))
+        A = A.t().contiguous().float()  # A^T (N, E): the [NP, BE] tile loads e-contiguous
+    else:
+        kernel = _ss_fwd_seq_kernel if variant == "seq" else _ss_fwd_kernel
+        extra = dict(EXP2=variant in ("exp2", "seq"))
     kernel[(Bsz, E // BE)](
         u, delta, A, B, C, dummy if D is None else D, dummy if z is None else z,
         dummy if delta_bias is None else delta_bias,
@@ -394,7 +690,7 @@ def _scan_launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
         T=T, BE=BE, NP=pow2(N), HAS_D=D is not None, HAS_Z=z is not None,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
         HAS_H0=initial_state is not None, SAVE=hs is not None, WRITE_Y=y is not None,
-        EXP2=variant in ("exp2", "seq"), num_warps=num_warps,
+        num_warps=num_warps, **extra,
     )
 
 
@@ -415,7 +711,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         u, delta, A, B, C, D, z, delta_bias, initial_state)
     Bsz, L, E = u.shape
     G, N = B.shape[2], B.shape[3]
-    cfg = _cfg("fwd", u.device, L)
+    cfg = _cfg("fwd", u.device, L, u.dtype)
     BE = _block_e(E // G, cfg["BE"])
     y = torch.empty((Bsz, L, E), dtype=u.dtype, device=u.device)
     hf = torch.empty((Bsz, E, N), dtype=torch.float32, device=u.device)
@@ -476,6 +772,7 @@ def selective_scan_vjp(cotangent, u, delta, A, B, C, D=None, z=None, delta_bias=
     G, N = B.shape[2], B.shape[3]
     dev = u.device
     cfg = _cfg("bwd", dev, L)
+    variant = _variant(cfg)
     T = cfg["T"]
     BE = _block_e(E // G, cfg["BE"])
     NP = pow2(N)
@@ -484,10 +781,11 @@ def selective_scan_vjp(cotangent, u, delta, A, B, C, D=None, z=None, delta_bias=
     f32 = dict(dtype=torch.float32, device=dev)
     dy = torch.zeros((Bsz, L, E), **f32) if dy is None else last_contig(dy)
     dhL = None if dhL is None else dhL.contiguous()
-    hs = torch.empty((Bsz, nchunks, E, NP), **f32)
+    tr = variant in TRANSPOSED
+    hs = torch.empty((Bsz, nchunks, NP, E) if tr else (Bsz, nchunks, E, NP), **f32)
     if L > 0:
         _scan_launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                     None, None, hs, T, BE, cfg["num_warps"], _variant(cfg))
+                     None, None, hs, T, BE, cfg["num_warps"], variant)
     du = torch.empty((Bsz, L, E), dtype=u.dtype, device=dev)
     ddl = torch.empty((Bsz, L, E), dtype=delta.dtype, device=dev)
     dz = None if z is None else torch.empty((Bsz, L, E), dtype=z.dtype, device=dev)
@@ -498,8 +796,12 @@ def selective_scan_vjp(cotangent, u, delta, A, B, C, D=None, z=None, delta_bias=
     dbiasp = torch.empty((Bsz, E), **f32)
     dh0 = torch.empty((Bsz, E, N), **f32)
     dummy = u
+    if tr:
+        kernel, extra, A = _ss_bwd_tr_kernel, dict(EVEN_N=N == NP), A.t().contiguous().float()
+    else:
+        kernel, extra = _ss_bwd_kernel, dict(EXP2=variant != "base")
     if L > 0:
-        _ss_bwd_kernel[(Bsz, nEb)](
+        kernel[(Bsz, nEb)](
             u, delta, A, B, C, dummy if D is None else D, dummy if z is None else z,
             dummy if delta_bias is None else delta_bias, hs, dy, dummy if dhL is None else dhL,
             du, ddl, dummy if dz is None else dz, dap, dbp, dcp, ddp, dbiasp, dh0,
@@ -510,7 +812,7 @@ def selective_scan_vjp(cotangent, u, delta, A, B, C, D=None, z=None, delta_bias=
             dy.stride(0), dy.stride(1),
             T=T, BE=BE, NP=NP, HAS_D=D is not None, HAS_Z=z is not None,
             HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-            HAS_DHF=dhL is not None, EXP2=_variant(cfg) != "base", num_warps=cfg["num_warps"],
+            HAS_DHF=dhL is not None, num_warps=cfg["num_warps"], **extra,
         )
     else:
         dap.zero_(), ddp.zero_(), dbiasp.zero_()
