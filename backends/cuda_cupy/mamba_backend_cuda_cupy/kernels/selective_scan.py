@@ -45,7 +45,8 @@ import numpy as np
 
 from mamba_core.ops import selective_scan as _ops
 
-from mamba_core.ops.activations import SOFTPLUS_THRESHOLD
+from mamba_core.ops.activations import SOFTPLUS_THRESHOLD, softplus_grad
+from mamba_core.ops.activations import softplus as _softplus
 
 from mamba_backend_cuda_cupy._compile import ctype, function
 from mamba_backend_cuda_cupy.kernels._common import (
@@ -230,14 +231,9 @@ def ss_backward(xp, cfg, u, delta, A, B, C, D, z, bias, softplus, ck, dy, dfin, 
     return {k: v for k, v in out.items() if v is not None}
 
 
-def _np_softplus(v):
-    """The kernels' softplus: v above 20, else log1p(exp(v))."""
-    return np.where(v > SOFTPLUS_THRESHOLD, v, np.log1p(np.exp(np.minimum(v, SOFTPLUS_THRESHOLD))))
-
-
 def _np_dt(delta, bias, softplus):
     raw = delta if bias is None else delta + bias
-    return raw, (_np_softplus(raw) if softplus else raw)
+    return raw, (_softplus(np, raw) if softplus else raw)
 
 
 def _np_decay(dt, A):
@@ -321,7 +317,7 @@ def _emulate_bwd(cfg, u, delta, A, B, C, D, z, bias, softplus, ck, dy, dfin, wan
             du[:, t] = dt[:, t] * gb + Dv * dyp[:, t]
             dd = np.sum(A * q, axis=-1) + u[:, t] * gb
             if softplus:
-                dd = dd * np.where(raw[:, t] > SOFTPLUS_THRESHOLD, 1.0, sigmoid(np, raw[:, t]))
+                dd = dd * softplus_grad(np, raw[:, t])
             ddelta[:, t] = dd
             if z is not None:
                 dz[:, t] = dyv[:, t] * (s + Dv * u[:, t]) * dsilu(np, z[:, t])

@@ -85,9 +85,8 @@ def launch_fitting(key, candidates, launch):
     return None, None
 
 
-def fallback(op: str):
-    """The core's default composition of ``op`` on the tensors' device (``_glue.default``)."""
-    return default(op)
+#: the core's default composition of an op on the tensors' device (one helper: _glue.default)
+fallback = default
 
 
 def pow2(n: int, lo: int = 16) -> int:

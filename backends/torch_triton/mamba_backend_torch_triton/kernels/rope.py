@@ -45,6 +45,11 @@ import torch
 import triton
 import triton.language as tl
 
+import array_api_compat.torch as xpt
+
+from mamba_core.ops.mamba3 import _TWO_PI_HI, _TWO_PI_LO
+from mamba_core.ops.rope import _lead_shape, _sum_to
+
 from mamba_backend_torch_triton.kernels._glue import default, last_contig, pow2, runs_here
 
 FALLBACKS = "mamba3_angles/mamba3_angles_vjp/apply_rope/apply_rope_vjp: float64 inputs, non-CUDA " \
@@ -65,8 +70,6 @@ _MAX_S = 1024
 #: pi and 2 pi rounded to float32, as the default composition rounds them (x * math.pi in float32)
 PI_F32 = float(np.float32(math.pi))
 TWO_PI_F32 = float(np.float32(2.0 * math.pi))
-_TWO_PI_HI = float(np.float32(2.0 * math.pi))
-_TWO_PI_LO = float(np.float32(2.0 * math.pi - _TWO_PI_HI))
 assert 2.0 * PI_F32 == TWO_PI_F32 == 6.2831854820251465  # the literal in _add_mod
 
 
@@ -379,10 +382,6 @@ def _rope_bwd_kernel(
         tl.store(DX + rows[:, None] * N + n[None, :], v.to(DX.dtype.element_ty), mask=mp)
 
 
-def _lead(a: tuple, b: tuple) -> tuple:
-    return tuple(torch.broadcast_shapes(torch.Size(a), torch.Size(b)))
-
-
 def _collapse(lead: tuple, strides: list) -> list | None:
     """Leading dims as at most 4 (size, [stride per tensor]) pairs, outermost first: size-1 dims
     dropped, neighbours merged where every tensor steps through them as one dim. None if > 4."""
@@ -403,7 +402,7 @@ def _collapse(lead: tuple, strides: list) -> list | None:
 def _rope_launch(x, phi, dy, pairing):
     """Shared glue: (lead, row layout args, tile constexprs, operands possibly materialised)."""
     N, S = x.shape[-1], phi.shape[-1]
-    lead = _lead(tuple(x.shape[:-1]), tuple(phi.shape[:-1]))
+    lead = _lead_shape(tuple(x.shape[:-1]), tuple(phi.shape[:-1]))
     ops = [last_contig(t) for t in ((x, phi) if dy is None else (dy, x, phi))]
     widths = [t.shape[-1] for t in ops]
     views = [t.expand(lead + (w,)) for t, w in zip(ops, widths)]
@@ -439,15 +438,6 @@ def apply_rope(x, phi, pairing="interleaved"):
     return y
 
 
-def _sum_to(g, shape):
-    """Sum g over the dims along which an array of ``shape`` was broadcast to g's shape."""
-    extra = g.ndim - len(shape)
-    if extra > 0:
-        g = g.sum(dim=tuple(range(extra)))
-    axes = tuple(k for k, (n, m) in enumerate(zip(shape, g.shape)) if n == 1 and m != 1)
-    return g.sum(dim=axes, keepdim=True) if axes else g
-
-
 def apply_rope_vjp(dy, x, phi, pairing="interleaved"):
     """VJP of apply_rope: dy (lead, N) -> {"x": dx (x's shape and dtype), "phi": (phi's)}."""
     if (not runs_here(dy, x, phi) or _rope_unsupported(x, phi)
@@ -463,9 +453,9 @@ def apply_rope_vjp(dy, x, phi, pairing="interleaved"):
     if M > 0:
         _rope_bwd_kernel[(triton.cdiv(M, meta["BM"]),)](dyv, xv, pv, dx, dphi, *args, **meta)
     if not x_full:
-        dx = _sum_to(dx, x.shape).to(x.dtype)
+        dx = _sum_to(xpt, dx, x.shape).to(x.dtype)
     if not p_full:
-        dphi = _sum_to(dphi, phi.shape).to(phi.dtype)
+        dphi = _sum_to(xpt, dphi, phi.shape).to(phi.dtype)
     return {"x": dx, "phi": dphi}
 
 
