@@ -9,6 +9,8 @@
 #   bash benchmarks/gpu/run_device.sh certify2    certificates under the new defaults, GPU tests, last timings
 #   bash benchmarks/gpu/run_device.sh fp32fix     float32 models with IEEE dots; where tf32x3 faults
 #   bash benchmarks/gpu/run_device.sh certify3    float32 op certificate (IEEE dots), float32 Mamba-3 rows
+#   bash benchmarks/gpu/run_device.sh round4      cuda_cupy tiled row scan: GPU tests, where SSD time goes,
+#                                                 Mamba-1 sweep (BE < 32), torch_triton float32 SSD
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
 #   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
 # Optional carries: .cache/ with tarballs of an earlier call's ~/.triton/cache
@@ -172,6 +174,27 @@ for e in d["entries"]:
     if e["verdict"] == "ERROR":
         print(e["check"], e["case"], e["mode"]); print("\n".join(e.get("where") or [])); print((e.get("traceback") or "")[-1500:]); break
 PY
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
+    ;;
+round4)
+    # Session of 2026-11-23 (night), first call: cuda_cupy's tiled row scan checked on the GPU
+    # (its tests against the chunked kernel and the NumPy emulation, every scan op against the
+    # float64 reference under each kernel), then timings one at a time: where the SSD/Mamba-3
+    # time goes per kernel (bench_cupy_scan.py), the Mamba-1 sweep with BE < 32 "tr" configs,
+    # torch_triton's float32 SSD row under its default (IEEE) dots.
+    results_dir
+    DEADLINE=${DEADLINE:-560}
+    job cupy_tiled $(tmo 170) python3 -m pytest -q -x -rs -p no:cacheprovider backends/cuda_cupy/tests/test_gpu.py \
+        -k "tiled or scan_ops"
+    job cupy_kernels $(tmo 170) env GPU_CHECK_PARTS=kernels python3 backends/cuda_cupy/gpu_check.py "$R/cupy_kernels"
+    wait; cat "$R/rc.txt"; for f in "$R"/*.log; do echo "== $f"; tail -n 4 "$f" | cut -c1-400; done
+    timeout $(tmo 150) python3 benchmarks/gpu/bench_cupy_scan.py "$R/scan" --budget 140 > "$R/bench_cupy_scan.log" 2>&1
+    echo "bench_cupy_scan rc=$?"; cat "$R/bench_cupy_scan.log" | cut -c1-300
+    timeout $(tmo 110) python3 benchmarks/gpu/sweep_tt.py "$R/sweep" --parts m1 --budget 95 > "$R/sweep_tt.log" 2>&1
+    echo "sweep rc=$?"; grep -E "m1|best" "$R/sweep_tt.log" | tail -n 30
+    GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_BACKENDS=torch_triton GPU_CHECK_BENCH_OPS=ssd_scan \
+        timeout $(tmo 150) python3 backends/cuda_cupy/gpu_check.py "$R/tt_ssd_f32" > "$R/tt_ssd_f32.log" 2>&1
+    echo "tt ssd f32 rc=$?"; grep -E "torch_triton" "$R/tt_ssd_f32.log" | cut -c1-300
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
     ;;
 certify3)

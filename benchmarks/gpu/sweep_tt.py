@@ -50,8 +50,13 @@ SHARE = {"m1": 0.45, "ssd": 0.17, "decode": 0.38}
 # (255 registers); T=16 is at the register limit, T=32 spills (one entry to confirm it).
 # Run 6 (2026-11-23, H100, bf16): tr_scan T=4 BE=32 w=1 1.26 ms, base 1.60, every "tr" 3.1-4.2;
 # so tr_scan is the default now and its neighbours come next.
+# BE < 32 at one warp (added after run 9): the [NP, BE] state tile then spreads n over
+# 32 / BE lanes (BE = 8: 4 lanes a channel, 4 states each -- cuda_cupy's Mamba-1 layout, 4x the
+# threads), at the price of a short shuffle sum for y.
 M1_FWD = [
     ("tr_scan", 4, 32, 1), ("base", 8, 32, 4),
+    ("tr_scan", 4, 8, 1), ("tr", 4, 8, 1), ("tr", 8, 8, 1), ("tr", 4, 16, 1), ("tr_scan", 2, 8, 1),
+    ("tr_scan", 4, 8, 2), ("tr", 8, 16, 1), ("tr_scan", 8, 8, 1),
     ("tr_scan", 2, 32, 1), ("tr_scan", 8, 32, 1), ("tr_scan", 4, 64, 2), ("tr_scan", 4, 16, 1),
     ("tr", 8, 32, 1), ("tr", 8, 64, 2), ("tr", 8, 128, 4), ("tr", 16, 32, 1), ("tr", 4, 32, 1),
     ("tr", 8, 64, 1), ("tr", 8, 256, 8), ("tr", 32, 32, 1),
@@ -67,6 +72,7 @@ M1_FWD = [
 # sums dB/dC over the channels across lanes: one warp a program avoids shared memory there.
 M1_BWD = [
     ("base", 8, 32, 4),
+    ("tr", 4, 8, 1), ("tr", 4, 16, 1), ("tr", 8, 8, 1),
     ("tr", 8, 32, 1), ("tr", 4, 32, 1), ("tr", 8, 64, 2), ("tr", 4, 64, 2), ("tr", 16, 32, 1),
     ("tr", 4, 128, 4),
     ("exp2", 8, 32, 4), ("seq", 8, 32, 4), ("exp2", 8, 16, 4),

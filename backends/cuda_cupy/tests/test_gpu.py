@@ -298,6 +298,77 @@ def test_chunked_row_scan_is_deterministic(dtype, monkeypatch):
         assert np.array_equal(a, b)
 
 
+# the tiled kernel (scan_tiled.cu): calls whose decay and coefficient are per head (SSD, Mamba-3)
+TILED_CASES = [  # (B, L, R, H, hpk, P, N, opts): opts as ROW_SCAN_CASES ("s": Am per head)
+    (2, 70, 1, 4, 2, 64, 128, "scwi"), (2, 70, 1, 4, 2, 64, 128, "swir"),
+    (1, 37, 1, 2, 1, 5, 16, "scw"), (2, 33, 4, 2, 2, 9, 64, "cwi"), (1, 45, 2, 3, 3, 3, 200, "wir"),
+    (1, 29, 1, 1, 1, 33, 1, "wi"), (1, 50, 1, 2, 1, 40, 16, "q"), (1, 1, 4, 2, 1, 6, 128, "cwi"),
+    (1, 64, 1, 2, 1, 65, 128, "scw"), (1, 19, 3, 2, 1, 7, 5, "scwir"), (2, 40, 1, 2, 1, 128, 32, "sci"),
+]
+TILED_PLANS = ["", "npt=4,rp=4", "npt=8,rp=2", "npt=2,rp=1,warps=2", "npt=1,rp=8"]
+
+
+def _tiled_inputs(rng, B, L, R, H, hpk, P, N, opts):
+    """_row_scan_inputs with dA and coef the same on every row of a head (stride 0 along p) and
+    Am one value per head: the calls row_scan_tiled takes."""
+    kw = _row_scan_inputs(rng, B, L, R, H, hpk, P, N, opts.replace("s", ""))
+    kw["dA"] = np.broadcast_to(kw["dA"][..., :1], (B, L, H, P))
+    if "coef" in kw:
+        kw["coef"] = np.broadcast_to(kw["coef"][..., :1], (B, L, H, P))
+    if "s" in opts:
+        kw["Am"] = np.broadcast_to(np.exp(rng.standard_normal((H, 1, 1)) * 0.3), (H, P, N))
+    return kw
+
+
+@pytest.mark.parametrize("plan", TILED_PLANS)
+@pytest.mark.parametrize("budget", ["default", "tiny"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", TILED_CASES)
+def test_tiled_row_scan_matches_chunked_kernel(case, dtype, budget, plan, monkeypatch):
+    _backend_or_skip()
+    import cupy as cp
+
+    from mamba_backend_cuda_cupy.kernels import _scan
+
+    kw = _tiled_inputs(np.random.default_rng(15), *case)
+    B, L, R, H, hpk, P, N, _ = case
+    item = np.dtype(dtype).itemsize
+    monkeypatch.setenv(_scan.TILED_ENV, plan)
+    tplan = lambda b: _scan.tiled_config(P, N, R, L, item, "Q" in kw, "coef" in kw, "W" in kw, b)
+    if budget == "tiny":
+        monkeypatch.setattr(_scan, "CHUNK_SMEM_BUDGET", _tiny_budget(lambda b: tplan(b) is not None))
+    assert _scan.tiled_applies(kw["dA"], kw.get("Am"), kw.get("coef"))
+    assert tplan(_scan.CHUNK_SMEM_BUDGET) is not None  # the tiled kernel does run
+    ckw = _to_device(cp, kw, dtype)
+    out = {}
+    for kind in ("chunked", "tiled"):
+        monkeypatch.setenv(_scan.ROW_SCAN_ENV, kind)
+        out[kind] = [None if a is None else cp.asnumpy(a) for a in _scan.row_scan(cp, **ckw)]
+    want = _scan.row_scan(np, **kw)  # the NumPy emulation in float64
+    for name, a, b, w in zip(("Y", "Red", "fin"), out["tiled"], out["chunked"], want):
+        assert (a is None) == (b is None) == (w is None), name
+        if a is None:
+            continue
+        assert np.all(np.isfinite(a)), name
+        assert gpu_check_rel(a, b) <= 10 * ROW_SCAN_TOL[dtype], (name, gpu_check_rel(a, b))
+        assert gpu_check_rel(a, w) <= 1e3 * ROW_SCAN_TOL[dtype], name
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_tiled_row_scan_is_deterministic(dtype, monkeypatch):
+    _backend_or_skip()
+    import cupy as cp
+
+    from mamba_backend_cuda_cupy.kernels import _scan
+
+    monkeypatch.setenv(_scan.ROW_SCAN_ENV, "tiled")
+    ckw = _to_device(cp, _tiled_inputs(np.random.default_rng(16), 2, 70, 2, 4, 2, 64, 128,
+                                       "scwi"), dtype)
+    runs = [[cp.asnumpy(a) for a in _scan.row_scan(cp, **ckw)] for _ in range(2)]
+    for a, b in zip(*runs):
+        assert np.array_equal(a, b)
+
+
 # the decay gradient (scan_bwd.cu): the chunked kernel against the step kernel
 DECAY_CASES = [(2, 37, 1, 4, 2, 5, 16, "scwi"), (1, 70, 4, 2, 1, 7, 5, "acwi"),
                (2, 100, 1, 2, 1, 64, 128, "sc"), (1, 45, 4, 2, 2, 9, 64, "ai"),
@@ -341,7 +412,7 @@ SCAN_OPS = ["ssd_scan", "mamba3_scan", "selective_scan"]
 
 
 @pytest.mark.parametrize("budget", ["default", "tiny"])
-@pytest.mark.parametrize("kind", ["chunked", "step"])
+@pytest.mark.parametrize("kind", ["tiled", "chunked", "step"])
 @pytest.mark.parametrize("dtype,tol", [("float32", 2e-4), ("float64", 1e-9)])
 @pytest.mark.parametrize("op", SCAN_OPS)
 def test_scan_ops_under_each_row_scan_kernel(op, dtype, tol, kind, budget, monkeypatch):

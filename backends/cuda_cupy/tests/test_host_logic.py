@@ -450,12 +450,80 @@ def test_decay_config_plans_every_supported_shape(R, item, budget):
 
 def test_row_scan_kind_env(monkeypatch):
     monkeypatch.delenv(_scan.ROW_SCAN_ENV, raising=False)
-    assert _scan.row_scan_kind() == "chunked"
+    assert _scan.row_scan_kind() == "tiled"
     monkeypatch.setenv(_scan.ROW_SCAN_ENV, " Step ")
     assert _scan.row_scan_kind() == "step"
     monkeypatch.setenv(_scan.ROW_SCAN_ENV, "fast")
-    with pytest.raises(ValueError, match="chunked, step"):
+    with pytest.raises(ValueError, match="tiled, chunked, step"):
         _scan.row_scan_kind()
+
+
+TILED_SHAPES = [(64, 128), (1, 1), (3, 5), (33, 16), (65, 128), (5, 200), (128, 64), (7, 256),
+                (64, 32)]
+
+
+@pytest.mark.parametrize("itemsize", [4, 8])
+@pytest.mark.parametrize("R", [1, 4])
+@pytest.mark.parametrize("plan", ["", "npt=4,rp=4", "npt=1,rp=8,warps=2", "npt=8,rp=2"])
+def test_tiled_config_fits_and_aligns(itemsize, R, plan, monkeypatch):
+    monkeypatch.setenv(_scan.TILED_ENV, plan)
+    align = 16 // itemsize
+    for P, N in TILED_SHAPES:
+        for q, c, w in ((True, True, False), (True, False, True), (False, True, True)):
+            k = _scan.tiled_config(P, N, R, 70, itemsize, q, c, w)
+            assert k is not None, (P, N, R, itemsize, plan)
+            assert k.lg * k.npt == _scan._pow2(N) and 1 <= k.lg <= 32 and 32 % k.lg == 0
+            assert k.npt in _scan.TILED_NPT and k.rp in _scan.TILED_RP and k.rp <= k.lg
+            assert k.smem <= _scan.CHUNK_SMEM_BUDGET
+            assert k.tiles * k.rows_per_tile >= P > (k.tiles - 1) * k.rows_per_tile
+            assert all(o % align == 0 for o in k.offsets)  # 16-byte vector loads stay aligned
+            assert k.rows_per_tile % k.rp == 0 and (k.lg * k.npt) % k.npt == 0
+            rb, npad, T, D = k.rows_per_tile, k.lg * k.npt, k.steps, k.ring
+            sizes = (2 * T * R * npad, 2 * T * R * npad * q, 2 * T, 2 * T * c, 2 * T * R * rb,
+                     2 * T * R * rb * w, 2 * T * R * rb * q, 2 * D * k.warps * npad * w)
+            assert _regions_ok(k.offsets, sizes, k.smem // itemsize)
+            if not w:
+                assert k.ring == 1
+
+
+def test_tiled_default_plan_at_the_benchmark_shape(monkeypatch):
+    monkeypatch.delenv(_scan.TILED_ENV, raising=False)
+    k = _scan.tiled_config(64, 128, 1, 2048, 4, True, True, False)
+    # N = 128: 8 entries a lane, 16 lanes a row group, 4 rows a thread: one block a head
+    assert (k.lg, k.npt, k.rp, k.warps, k.tiles) == (16, 8, 4, 8, 1)
+    k = _scan.tiled_config(64, 128, 1, 2048, 8, True, True, False)
+    assert k.rp == 2
+
+
+def test_tiled_env_is_checked(monkeypatch):
+    for bad, msg in (("npt=3", "npt=3"), ("rows=4", "expected"), ("rp=16", "rp=16"),
+                     ("warps=0", "warps=0"), ("npt=x", "expected")):
+        monkeypatch.setenv(_scan.TILED_ENV, bad)
+        with pytest.raises(ValueError, match=msg):
+            _scan.tiled_config(64, 128, 1, 100, 4)
+
+
+def test_tiled_applies_only_to_per_head_decay():
+    B, L, H, P, N = 2, 5, 3, 4, 8
+    per_head = np.broadcast_to(np.ones((B, L, H, 1)), (B, L, H, P))
+    per_row = np.ones((B, L, H, P))
+    am_head = np.broadcast_to(np.ones((H, 1, 1)), (H, P, N))
+    am_row = np.broadcast_to(np.ones((H, P, 1)), (H, P, N))
+    assert _scan.tiled_applies(per_head, None, None)
+    assert _scan.tiled_applies(per_head, am_head, per_head)
+    assert not _scan.tiled_applies(per_row, None, None)
+    assert not _scan.tiled_applies(per_head, am_row, None)
+    assert not _scan.tiled_applies(per_head, np.ones((H, P, N)), None)
+    assert not _scan.tiled_applies(per_head, None, per_row)
+
+
+def test_tiled_kernels_are_instantiated():
+    text = source("scan_tiled.cu")
+    for t in ("float", "double"):
+        for n in _scan.TILED_NPT:
+            assert f"ROW_SCAN_TILED_INST_RP({t}, {n})" in text
+    for rp in _scan.TILED_RP:
+        assert f"ROW_SCAN_TILED_INST(T, NPT, {rp})" in text
 
 
 def test_chunked_kernels_are_instantiated():

@@ -7,12 +7,19 @@ the very same contract when they are NumPy arrays. The Mamba-1/2/3 wrappers are 
 tested on a machine without a GPU against the float64 references; on the GPU only the kernel
 itself is new.
 
-Two kernels implement the contract, chosen at every call by MAMBA_CUPY_ROW_SCAN: "chunked"
-(default; row_scan_chunked and decay_grad_chunked: time in chunks staged through shared memory
-with cp.async one chunk ahead, Y staged and written coalesced, the row reduction flushed once per
-ring of slabs; plans: chunk_config, decay_config) or "step" (row_scan, decay_grad: the original
-kernels, one global load per operand per step). Same rows and arithmetic per row: Y, fin, qa and
-dAm agree bit for bit, Red too when the plan keeps the same rows per block.
+Three kernels implement the contract, chosen at every call by MAMBA_CUPY_ROW_SCAN:
+- "tiled" (default): row_scan_tiled (cuda/scan_tiled.cu) for the calls whose decay and
+  coefficient are the same on all rows of a head (``tiled_applies``: every Mamba-2 and Mamba-3
+  call), a thread holding an RP x NPT tile of state (plan: ``tiled_config``, overridable with
+  MAMBA_CUPY_TILED); the other calls (Mamba-1's per-state decay) and the decay gradient run
+  the chunked kernels. Same arithmetic per state entry; Y and Red sum in another order, so they
+  agree with the other kernels to rounding, not bit for bit.
+- "chunked": row_scan_chunked and decay_grad_chunked: time in chunks staged through shared memory
+  with cp.async one chunk ahead, Y staged and written coalesced, the row reduction flushed once
+  per ring of slabs; plans: chunk_config, decay_config.
+- "step": row_scan, decay_grad: the original kernels, one global load per operand per step.
+"chunked" and "step" have the same rows and arithmetic per row: Y, fin, qa and dAm agree bit for
+bit, Red too when the plan keeps the same rows per block.
 
 Contract (shapes; arrays may be broadcast views -- strides are read from them):
     dA, coef: (B, L, H, P)      Am: (H, P, N) or None (ones)
@@ -80,10 +87,11 @@ def supported(P: int, N: int, itemsize: int = 4) -> bool:
 
 # ---- the chunked kernel (row_scan_chunked): which kernel, and its shared-memory plan ----------
 #: MAMBA_CUPY_ROW_SCAN selects the row-scan and decay-gradient kernels, read at every call:
-#: "chunked" (default: inputs staged through shared memory in chunks of time) or "step" (the
-#: original kernels, one global load per operand per step; kept to check and time against).
+#: "tiled" (default: row_scan_tiled where it applies, the chunked kernels elsewhere), "chunked"
+#: (inputs staged through shared memory in chunks of time) or "step" (the original kernels, one
+#: global load per operand per step; kept to check and time against).
 ROW_SCAN_ENV = "MAMBA_CUPY_ROW_SCAN"
-ROW_SCAN_KINDS = ("chunked", "step")
+ROW_SCAN_KINDS = ("tiled", "chunked", "step")
 #: dynamic shared memory a chunked launch may plan for (bytes; capped by the device's opt-in
 #: limit at launch). 110 KiB keeps two 512-thread blocks on an H100 SM (228 KiB).
 CHUNK_SMEM_BUDGET = 110 * 1024
@@ -92,8 +100,8 @@ CHUNK_STEPS = (64, 32, 16, 8, 4, 2, 1)
 
 
 def row_scan_kind() -> str:
-    """The kernel MAMBA_CUPY_ROW_SCAN selects ("chunked" unless set)."""
-    kind = os.environ.get(ROW_SCAN_ENV, "chunked").strip().lower() or "chunked"
+    """The kernel MAMBA_CUPY_ROW_SCAN selects ("tiled" unless set)."""
+    kind = os.environ.get(ROW_SCAN_ENV, "tiled").strip().lower() or "tiled"
     if kind not in ROW_SCAN_KINDS:
         raise ValueError(f"{ROW_SCAN_ENV}={kind!r}: expected one of {', '.join(ROW_SCAN_KINDS)}")
     return kind
@@ -170,6 +178,129 @@ def chunk_config(P: int, N: int, R: int, L: int, itemsize: int, has_q: bool = Tr
     return None
 
 
+# ---- the tiled kernel (row_scan_tiled, cuda/scan_tiled.cu): when it applies, and its plan --------
+#: state entries a lane (NPT) and rows a thread (RP) the tiled kernel is instantiated for
+TILED_NPT = (1, 2, 4, 8)
+TILED_RP = (1, 2, 4, 8)
+#: MAMBA_CUPY_TILED="npt=8,rp=4,warps=8" overrides the tiled plan's choices (any subset; for
+#: sweeps). Defaults: NPT = Npad/16 within 1..8 (N = 128: 8 entries a lane, 16 lanes a row
+#: group), RP = 4 (float32) / 2 (float64) rows a thread, at most 8 warps a block.
+TILED_ENV = "MAMBA_CUPY_TILED"
+TILED_MAX_WARPS = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class TiledConfig:
+    lg: int       # lanes per row group (a power of two <= 32)
+    npt: int      # state entries per lane
+    rp: int       # rows per thread
+    warps: int    # warps per block
+    tiles: int    # blocks along the rows of one head
+    steps: int    # TC: time steps per staged chunk
+    ring: int     # DR: (step, rank) slabs per reduction flush (1 when there is no reduction)
+    offsets: tuple  # element offsets (oK, oQ, oD, oC, oV, oW, oY, oR) into shared memory
+    smem: int     # dynamic shared memory bytes
+
+    @property
+    def rows_per_tile(self) -> int:
+        return self.warps * (32 // self.lg) * self.rp
+
+
+def _tiled_overrides() -> dict:
+    raw = os.environ.get(TILED_ENV, "").strip()
+    out = {}
+    for item in filter(None, (x.strip() for x in raw.split(","))):
+        key, _, val = item.partition("=")
+        key = key.strip().lower()
+        if key not in ("npt", "rp", "warps") or not val.strip().isdigit():
+            raise ValueError(f"{TILED_ENV}={raw!r}: expected comma-separated npt=, rp=, warps= "
+                             "with integer values, e.g. npt=8,rp=4,warps=8")
+        out[key] = int(val)
+    if "npt" in out and out["npt"] not in TILED_NPT:
+        raise ValueError(f"{TILED_ENV}: npt={out['npt']} is not one of {TILED_NPT}")
+    if "rp" in out and out["rp"] not in TILED_RP:
+        raise ValueError(f"{TILED_ENV}: rp={out['rp']} is not one of {TILED_RP}")
+    if "warps" in out and not 1 <= out["warps"] <= 16:
+        raise ValueError(f"{TILED_ENV}: warps={out['warps']} is outside 1..16")
+    return out
+
+
+def _tiled_layout(T, D, R, rb, npad, warps, has_q, has_coef, has_w, align):
+    """(offsets, total elements) of row_scan_tiled's shared memory (see scan_tiled.cu); every
+    region starts on a multiple of `align` elements (16 bytes)."""
+    sizes = (2 * T * R * npad,                      # K
+             2 * T * R * npad if has_q else 0,      # Q
+             2 * T,                                 # dA
+             2 * T if has_coef else 0,              # coef
+             2 * T * R * rb,                        # V
+             2 * T * R * rb if has_w else 0,        # W
+             2 * T * R * rb if has_q else 0,        # Y staging
+             2 * D * warps * npad if has_w else 0)  # reduction rings
+    offs, o = [], 0
+    for n in sizes:
+        offs.append(o)
+        o += -(-n // align) * align
+    return tuple(offs), o
+
+
+def tiled_config(P: int, N: int, R: int, L: int, itemsize: int, has_q: bool = True,
+                 has_coef: bool = True, has_w: bool = False,
+                 budget: int = CHUNK_SMEM_BUDGET) -> TiledConfig | None:
+    """The launch plan of row_scan_tiled, or None when it cannot take (P, N).
+
+    Lanes: NPT entries each, LG = Npad / NPT lanes a row group (Npad = the next power of two
+    >= N, LG <= 32), RP <= LG rows a thread; warps enough for the P rows (at most 8). Chunk TC
+    and ring DR as chunk_config (fewest barriers a step within `budget`; fewer warps when even
+    TC = DR = 1 does not fit)."""
+    if P < 1 or N < 1 or N > 256 or R < 1:
+        return None
+    ov = _tiled_overrides()
+    npad = _pow2(N)
+    npt = ov.get("npt", min(8, max(1, npad // 16)))
+    npt = min(npt, npad)
+    if npad // npt > 32:
+        npt = npad // 32
+    if npt not in TILED_NPT:
+        return None
+    lg = npad // npt
+    rp = ov.get("rp", 4 if itemsize <= 4 else 2)
+    rp = max(1, min(rp, lg, _pow2(P)))
+    groups = 32 // lg
+    warps = ov.get("warps", max(1, min(TILED_MAX_WARPS, -(-P // (groups * rp)))))
+    align = max(1, 16 // itemsize)
+    tmax = _pow2(max(1, L))
+    while warps >= 1:
+        rb = warps * groups * rp
+        best = None
+        for T in CHUNK_STEPS:
+            if T > tmax:
+                continue
+            for D in (CHUNK_STEPS if has_w else (1,)):
+                offs, total = _tiled_layout(T, D, R, rb, npad, warps, has_q, has_coef, has_w,
+                                            align)
+                nbytes = total * itemsize
+                if nbytes > budget:
+                    continue
+                key = (1.0 / T + (R / D if has_w else 0.0), nbytes)
+                if best is None or key < best[0]:
+                    best = (key, T, D, offs, nbytes)
+        if best is not None:
+            _, T, D, offs, nbytes = best
+            return TiledConfig(lg, npt, rp, warps, -(-P // rb), T, D, offs, nbytes)
+        warps //= 2
+    return None
+
+
+def tiled_applies(dA, Am, coef) -> bool:
+    """Whether a call's decay and coefficient are the same on every row of a head (strides 0
+    along p; Am a per-head scalar): the calls row_scan_tiled takes."""
+    if dA.strides[3] != 0:
+        return False
+    if Am is not None and (Am.strides[1] != 0 or Am.strides[2] != 0):
+        return False
+    return coef is None or coef.strides[3] == 0
+
+
 _SMEM_SET: dict = {}
 
 
@@ -224,13 +355,23 @@ def _launch(xp, dA, V, K, hpk, Am, coef, Q, W, init, reverse, want_fin):
     init = None if init is None else xp.ascontiguousarray(init, dtype=dtype)
     avec = Am is not None and Am.strides[2] != 0
     targs = f"<{ctype(dtype)}, {cfg.nper}, {'true' if avec else 'false'}>"
-    ck = None
-    if row_scan_kind() == "chunked" and L > 0:
+    ck = tc = None
+    kind = row_scan_kind()
+    if kind != "step" and L > 0:
         dev = xp.cuda.Device().id
         budget = min(CHUNK_SMEM_BUDGET, _smem_optin(dev))
-        ck = chunk_config(P, N, R, L, dtype.itemsize, Q is not None, coef is not None,
-                          W is not None, budget)
-    if ck is not None:
+        if kind == "tiled" and tiled_applies(dA, Am, coef):
+            tc = tiled_config(P, N, R, L, dtype.itemsize, Q is not None, coef is not None,
+                              W is not None, budget)
+        if tc is None:
+            ck = chunk_config(P, N, R, L, dtype.itemsize, Q is not None, coef is not None,
+                              W is not None, budget)
+    lanes = cfg.lpc
+    if tc is not None:  # same arguments as row_scan_chunked (it ignores the strides along p, n)
+        cfg, ck, lanes = tc, tc, tc.lg
+        fn = _with_smem(function("scan_tiled.cu", f"row_scan_tiled<{ctype(dtype)}, {tc.npt}, {tc.rp}>"),
+                        cfg.smem, dev)
+    elif ck is not None:
         cfg = ck
         fn = _with_smem(function("scan.cu", "row_scan_chunked" + targs), cfg.smem, dev)
     else:
@@ -252,7 +393,7 @@ def _launch(xp, dA, V, K, hpk, Am, coef, Q, W, init, reverse, want_fin):
     sQ = _elem_strides(Q, 5) if Q is not None else z5
     sW = _elem_strides(W, 5) if W is not None else z5
     args = (
-        i32(L), i32(H), i32(P), i32(N), i32(R), i32(cfg.lpc), i32(1 if reverse else 0),
+        i32(L), i32(H), i32(P), i32(N), i32(R), i32(lanes), i32(1 if reverse else 0),
         dA, *(i64(s) for s in sD),
         ptr(Am), *(i64(s) for s in sA),
         ptr(coef), *(i64(s) for s in sC),
@@ -405,7 +546,7 @@ def _launch_decay(xp, dA, V, K, Vr, Kr, hpk, Am, coef, init, dfin, want_dAm):
     avec = Am is not None and Am.strides[2] != 0
     targs = f"<{ctype(dtype)}, {cfg.nper}, {'true' if avec else 'false'}, {DECAY_CHUNK}>"
     dc = None
-    if row_scan_kind() == "chunked":
+    if row_scan_kind() != "step":
         dev = xp.cuda.Device().id
         dc = decay_config(P, N, R, dtype.itemsize, coef is not None,
                           min(CHUNK_SMEM_BUDGET, _smem_optin(dev)))
