@@ -8,6 +8,8 @@ At the issue's shape (B=8, L=2048, H=32, P=64, N=128, G=1; Mamba-3 MIMO R=4):
           = tiled and chunked, so the table shows which piece each kernel speeds up;
   plans   the tiled forward sweep under a few MAMBA_CUPY_TILED plans (npt, rp, warps);
   ops     ssd_scan and mamba3_scan (SISO, MIMO) forward and forward+backward, tiled and chunked.
+BENCH_SCAN_KINDS (default "tiled,chunked") and BENCH_SCAN_PLANS (";"-separated, default
+PLANS below) narrow a run.
 Medians of CUDA-event timings (mamba_core.bench.timing, 3 warm-ups, 15 runs). Also checks that the
 tiled and chunked kernels agree at this shape (relative difference of every output). Writes
 OUT_DIR/bench_cupy_scan.json as it goes; stops adding rows when the budget (seconds) is spent.
@@ -83,7 +85,9 @@ def main() -> int:
                                                 reverse=True),
         "decay_grad": lambda: _scan.decay_grad(cp, dA=la, V=x, K=Bm, hpk=H, coef=d4, Vr=dy, Kr=Cm),
     }
-    for kind in ("tiled", "chunked"):
+    kinds = [k for k in os.environ.get("BENCH_SCAN_KINDS", "tiled,chunked").split(",") if k]
+    plans = [p for p in os.environ.get("BENCH_SCAN_PLANS", ";".join(PLANS)).split(";") if p]
+    for kind in kinds:
         os.environ[_scan.ROW_SCAN_ENV] = kind
         for name, fn in parts.items():
             if left() < 20:
@@ -107,7 +111,7 @@ def main() -> int:
     print("tiled vs chunked:", res["agree"], flush=True)
     del outs
     os.environ[_scan.ROW_SCAN_ENV] = "tiled"
-    for plan in PLANS:
+    for plan in plans:
         if left() < 20:
             break
         os.environ[_scan.TILED_ENV] = plan
@@ -133,7 +137,7 @@ def main() -> int:
                                         f(B, L, R, H, N), f(B, L, R, H, N)),
                         dict(D=f(H), mimo_x=f(H, R, P) / R)),
     }
-    for kind in ("tiled", "chunked"):
+    for kind in kinds:
         os.environ[_scan.ROW_SCAN_ENV] = kind
         for name, (op, a, kw) in ops.items():
             if left() < 25:

@@ -11,6 +11,8 @@
 #   bash benchmarks/gpu/run_device.sh certify3    float32 op certificate (IEEE dots), float32 Mamba-3 rows
 #   bash benchmarks/gpu/run_device.sh round4      cuda_cupy tiled row scan: GPU tests, where SSD time goes,
 #                                                 Mamba-1 sweep (BE < 32), torch_triton float32 SSD
+#   bash benchmarks/gpu/run_device.sh round5      tiled decay gradient checked and timed, Mamba-1 sweep around
+#                                                 round4's best (bf16, float32), torch_triton float32 SSD
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
 #   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
 # Optional carries: .cache/ with tarballs of an earlier call's ~/.triton/cache
@@ -192,6 +194,32 @@ round4)
     echo "bench_cupy_scan rc=$?"; cat "$R/bench_cupy_scan.log" | cut -c1-300
     timeout $(tmo 110) python3 benchmarks/gpu/sweep_tt.py "$R/sweep" --parts m1 --budget 95 > "$R/sweep_tt.log" 2>&1
     echo "sweep rc=$?"; grep -E "m1|best" "$R/sweep_tt.log" | tail -n 30
+    GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_BACKENDS=torch_triton GPU_CHECK_BENCH_OPS=ssd_scan \
+        timeout $(tmo 150) python3 backends/cuda_cupy/gpu_check.py "$R/tt_ssd_f32" > "$R/tt_ssd_f32.log" 2>&1
+    echo "tt ssd f32 rc=$?"; grep -E "torch_triton" "$R/tt_ssd_f32.log" | cut -c1-300
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
+    ;;
+round5)
+    # Second call: the tiled decay gradient and the float32 tiled plan checked on the GPU, then
+    # timings: the SSD/Mamba-3 pieces and ops under the tiled kernels, Mamba-1 configs around
+    # round4's best (bf16 forward and VJP, then the float32 forward), torch_triton's float32 SSD.
+    results_dir
+    DEADLINE=${DEADLINE:-560}
+    job cupy_tiled $(tmo 170) python3 -m pytest -q -rs -p no:cacheprovider backends/cuda_cupy/tests/test_gpu.py \
+        -k "tiled or scan_ops or decay"
+    job cupy_kernels $(tmo 170) env GPU_CHECK_PARTS=kernels python3 backends/cuda_cupy/gpu_check.py "$R/cupy_kernels"
+    wait; cat "$R/rc.txt"; for f in "$R"/*.log; do echo "== $f"; tail -n 4 "$f" | cut -c1-400; done
+    BENCH_SCAN_KINDS=tiled BENCH_SCAN_PLANS="npt=4,rp=8;npt=8,rp=4;npt=2,rp=8" \
+        timeout $(tmo 110) python3 benchmarks/gpu/bench_cupy_scan.py "$R/scan" --budget 100 > "$R/bench_cupy_scan.log" 2>&1
+    echo "bench_cupy_scan rc=$?"; cut -c1-300 "$R/bench_cupy_scan.log"
+    SWEEP_M1_FWD="tr_scan:8:8:1,tr_scan:16:8:1,tr_scan:8:4:1,tr_scan:16:4:1,tr_scan:8:16:1,tr_scan:16:16:1,tr_scan:32:8:1,tr_scan:8:8:2" \
+    SWEEP_M1_BWD="tr:4:16:1,tr:4:8:1,tr:2:16:1,tr:2:8:1,tr:4:4:1,tr:8:16:1,tr:2:32:1,tr:4:16:2" \
+        timeout $(tmo 110) python3 benchmarks/gpu/sweep_tt.py "$R/sweep" --parts m1 --budget 100 > "$R/sweep_tt.log" 2>&1
+    echo "sweep rc=$?"; grep -E "m1|best" "$R/sweep_tt.log" | tail -n 25
+    SWEEP_M1_DTYPE=float32 SWEEP_M1_FWD="base:8:32:4,tr_scan:8:8:1,tr_scan:16:8:1,tr_scan:8:16:1,tr_scan:4:8:1" \
+    SWEEP_M1_BWD="base:8:32:4" timeout $(tmo 60) python3 benchmarks/gpu/sweep_tt.py "$R/sweep32" --parts m1 --budget 50 \
+        > "$R/sweep_tt_f32.log" 2>&1
+    echo "sweep f32 rc=$?"; grep -E "m1|best" "$R/sweep_tt_f32.log" | tail -n 10
     GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_BACKENDS=torch_triton GPU_CHECK_BENCH_OPS=ssd_scan \
         timeout $(tmo 150) python3 backends/cuda_cupy/gpu_check.py "$R/tt_ssd_f32" > "$R/tt_ssd_f32.log" 2>&1
     echo "tt ssd f32 rc=$?"; grep -E "torch_triton" "$R/tt_ssd_f32.log" | cut -c1-300

@@ -11,6 +11,8 @@ Parts (each writes OUT_DIR/sweep_tt.json when it ends, so a timeout keeps what w
           right after the baseline in both grids, so a short budget still measures them.
           Configs run in order of promise until the part's time share is spent; each config's
           y (and gradients) is compared with the baseline's, so a broken variant shows.
+          SWEEP_M1_FWD / SWEEP_M1_BWD="variant:T:BE:warps,..." replace the grids;
+          SWEEP_M1_DTYPE=float32 sweeps the float32 forward (CONFIG["fwd_f32"]) instead.
   ssd     Mamba-2 SSD scan, bf16, B=8 L=2048 H=32 P=64 N=128 G=1, D, dt_bias, softplus: forward
           and fwd+bwd at chunk_size 64 and 256 (256 runs as sub-chunks; the launch config each
           ended with is recorded).
@@ -79,6 +81,21 @@ M1_BWD = [
     ("exp2", 16, 32, 8), ("exp2", 8, 32, 8), ("exp2", 4, 32, 4), ("seq", 8, 16, 2),
     ("exp2", 8, 64, 8), ("exp2", 16, 16, 4), ("exp2", 4, 16, 2), ("exp2", 8, 16, 2),
 ]
+
+
+def _env_grid(name, default):
+    """A grid from the environment: NAME="variant:T:BE:warps,..." replaces the default list
+    (e.g. SWEEP_M1_FWD="tr_scan:8:8:1,tr_scan:16:8:1" to time a few neighbours only)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    grid = []
+    for item in raw.split(","):
+        v, T, BE, w = item.strip().split(":")
+        grid.append((v, int(T), int(BE), int(w)))
+    return grid
+
+
 M2_STEP = [{"BP": 8, "num_warps": 4}, {"BP": 32, "num_warps": 4}, {"BP": 64, "num_warps": 8},
            {"BP": 16, "num_warps": 2}]
 
@@ -136,7 +153,10 @@ def part_m1(deadline):
     from mamba_backend_torch_triton.kernels import selective_scan as SS
 
     B, L, E, N = (RUN["m1"][k] for k in ("B", "L", "E", "N"))
-    dev, bf = RUN["dev"], torch.bfloat16
+    # SWEEP_M1_DTYPE=float32 times the float32 forward (CONFIG["fwd_f32"]) instead of bf16's
+    f32 = os.environ.get("SWEEP_M1_DTYPE", "bfloat16") == "float32"
+    dev, bf = RUN["dev"], (torch.float32 if f32 else torch.bfloat16)
+    fwd_key = "fwd_f32" if f32 else "fwd"
     g = torch.Generator(device=dev).manual_seed(0)
     u = torch.randn(B, L, E, device=dev, dtype=bf, generator=g)
     delta = (torch.rand(B, L, E, device=dev, generator=g) * 2 - 4).to(bf)
@@ -149,16 +169,16 @@ def part_m1(deadline):
     dy = torch.randn(B, L, E, device=dev, dtype=bf, generator=g)
     args = (u, delta, A, Bm, Cm, D, z, db, True)
     saved = {k: dict(v) for k, v in SS.CONFIG.items()}
-    out = {"shape": dict(B=B, L=L, E=E, N=N, dtype="bfloat16"), "fwd": [], "bwd": []}
+    out = {"shape": dict(B=B, L=L, E=E, N=N, dtype=str(bf).split(".")[-1]), "fwd": [], "bwd": []}
     RESULTS["parts"]["m1"] = out
     t_fwd_end = time.time() + 0.55 * (deadline - time.time())
     try:
         ref_y = None
-        for variant, T, BE, w in _grid(M1_FWD):
+        for variant, T, BE, w in _grid(_env_grid("SWEEP_M1_FWD", M1_FWD)):
             if time.time() > t_fwd_end:
                 out["fwd_skipped"] = out.get("fwd_skipped", 0) + 1
                 continue
-            SS.CONFIG["interpret" if RUN["smoke"] else "fwd"] = {"T": T, "BE": BE, "num_warps": w, "variant": variant}
+            SS.CONFIG["interpret" if RUN["smoke"] else fwd_key] = {"T": T, "BE": BE, "num_warps": w, "variant": variant}
             entry = {"variant": variant, "T": T, "BE": BE, "num_warps": w}
             try:
                 y, _ = SS.selective_scan(*args)
@@ -177,7 +197,7 @@ def part_m1(deadline):
         best_f = min(ok, key=lambda e: e["ms"]) if ok else None
         out["best_fwd"] = best_f
         ref_g = None
-        for variant, T, BE, w in _grid(M1_BWD):
+        for variant, T, BE, w in _grid(_env_grid("SWEEP_M1_BWD", M1_BWD)):
             if time.time() > deadline:
                 out["bwd_skipped"] = out.get("bwd_skipped", 0) + 1
                 continue

@@ -489,10 +489,10 @@ def test_tiled_config_fits_and_aligns(itemsize, R, plan, monkeypatch):
 def test_tiled_default_plan_at_the_benchmark_shape(monkeypatch):
     monkeypatch.delenv(_scan.TILED_ENV, raising=False)
     k = _scan.tiled_config(64, 128, 1, 2048, 4, True, True, False)
-    # N = 128: 8 entries a lane, 16 lanes a row group, 4 rows a thread: one block a head
-    assert (k.lg, k.npt, k.rp, k.warps, k.tiles) == (16, 8, 4, 8, 1)
+    # N = 128: 4 entries a lane, a warp a row group, 8 rows a thread: one block a head
+    assert (k.lg, k.npt, k.rp, k.warps, k.tiles) == (32, 4, 8, 8, 1)
     k = _scan.tiled_config(64, 128, 1, 2048, 8, True, True, False)
-    assert k.rp == 2
+    assert (k.lg, k.npt, k.rp) == (16, 8, 2)
 
 
 def test_tiled_env_is_checked(monkeypatch):
@@ -517,6 +517,21 @@ def test_tiled_applies_only_to_per_head_decay():
     assert not _scan.tiled_applies(per_head, None, per_row)
 
 
+@pytest.mark.parametrize("itemsize", [4, 8])
+def test_decay_tiled_config(itemsize):
+    ch, m = _scan.DECAY_TILED_CH_M
+    assert ch * m == _scan.DECAY_CHUNK  # the checkpoints decay_grad's host allocates
+    for P, N in TILED_SHAPES:
+        k = _scan.decay_tiled_config(P, N, itemsize)
+        assert k is not None, (P, N)
+        assert k.lg * k.npt == _scan._pow2(N) and 1 <= k.lg <= 32 and k.npt in _scan.TILED_NPT
+        assert k.tiles * k.rows_per_tile >= P > (k.tiles - 1) * k.rows_per_tile
+        assert k.smem == (ch + m) * k.npt * k.warps * 32 * itemsize
+    assert _scan.decay_tiled_config(64, 128, 4).npt == 8
+    assert _scan.decay_tiled_config(64, 128, 8).npt == 4
+    assert _scan.decay_tiled_config(4, 300, 4) is None
+
+
 def test_tiled_kernels_are_instantiated():
     text = source("scan_tiled.cu")
     for t in ("float", "double"):
@@ -524,6 +539,10 @@ def test_tiled_kernels_are_instantiated():
             assert f"ROW_SCAN_TILED_INST_RP({t}, {n})" in text
     for rp in _scan.TILED_RP:
         assert f"ROW_SCAN_TILED_INST(T, NPT, {rp})" in text
+    ch, m = _scan.DECAY_TILED_CH_M
+    for t in ("float", "double"):
+        for n in _scan.TILED_NPT:
+            assert f"DECAY_GRAD_TILED_INST({t}, {n}, {ch}, {m})" in text
 
 
 def test_chunked_kernels_are_instantiated():

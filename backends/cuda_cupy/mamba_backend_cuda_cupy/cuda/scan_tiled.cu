@@ -316,7 +316,160 @@ __global__ void __launch_bounds__(TILED_MAX_THREADS) row_scan_tiled(
   }
 }
 
+// ---- decay_grad_tiled: decay_grad's contract (cuda/scan_bwd.cu) for per-head decays ---------
+//
+// qa[b,t,h,p] = Ah sum_n dec_t G_t[n] S_{t-1}[n] (Ah = Am[h] or 1, dec_t = exp(dA[b,t,h] Ah));
+// the calls row_scan_tiled takes (dA, coef per head; Am a per-head scalar), without dAm (the
+// SSD and Mamba-3 wrappers only need qa). Same checkpoints as decay_grad: S_{t0-1} of every
+// segment start t0 = c SEG to ck (B, nck, NH, P, N), SEG = CH M = _scan.DECAY_CHUNK.
+//
+// Layout: a lane group of LG = Npad / NPT lanes holds one row, lane ln its entries
+// n = ln NPT + j; blocks of rows as row_scan. The reverse sweep recomputes a segment's M
+// sub-chunk starts, then per sub-chunk, last first, its CH states S_{t-1}, and runs the adjoint
+// back through them. Those states live in shared memory, in slots private to each thread
+// ((CH + M) x NPT values a thread, slot k entry j of thread tid at (k NPT + j) nthreads + tid:
+// a warp's accesses are 32 consecutive words, no bank conflicts, no barrier), not in local
+// memory as decay_grad's CH x NPER buffer (nor in registers: unrolled, the buffers and the
+// hoisted loads took 255 registers and spilled). The sum over n is a group shuffle sum, one
+// per row and step. Operands are read from global memory (K and Kr rows are shared by the
+// head's rows: L1 hits). Work per step: the forward three times (sweep, segment, sub-chunk;
+// the last two skip what is not needed) and the adjoint once, one exp each.
+// Arguments: decay_grad's (one host list for both), LPC read as LG; strides along p of dA, coef
+// and along p, n of Am are not read, nor dAm.
+template <typename T, int NPT, int CH, int M>
+__global__ void __launch_bounds__(TILED_MAX_THREADS) decay_grad_tiled(
+    const int L, const int NH, const int P, const int N, const int R, const int LG,
+    const T* __restrict__ dA, const i64 sDb, const i64 sDt, const i64 sDh, const i64 /*sDp*/,
+    const T* __restrict__ Am, const i64 sAh, const i64 /*sAp*/, const i64 /*sAn*/,
+    const T* __restrict__ coef, const i64 sCb, const i64 sCt, const i64 sCh, const i64 /*sCp*/,
+    const T* __restrict__ V, const i64 sVb, const i64 sVt, const i64 sVr, const i64 sVh,
+    const i64 sVp,
+    const T* __restrict__ K, const i64 sKb, const i64 sKt, const i64 sKr, const i64 sKh,
+    const T* __restrict__ Vr, const i64 sUb, const i64 sUt, const i64 sUr, const i64 sUh,
+    const i64 sUp,
+    const T* __restrict__ Kr, const i64 sRb, const i64 sRt, const i64 sRr, const i64 sRh,
+    const int hpk,
+    const T* __restrict__ init, const T* __restrict__ dfin,
+    T* __restrict__ ck, T* __restrict__ qa, T* __restrict__ /*dAm*/) {
+  constexpr int SEG = CH * M;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* const slots = reinterpret_cast<T*>(smem_raw) + threadIdx.x;
+  const int nthr = blockDim.x;
+  // slot k (k < CH: S_{t-1} of the sub-chunk's step k; CH + m: sub-chunk m's start), entry j
+  auto at = [&](int k, int j) -> T& { return slots[(k * NPT + j) * nthr]; };
+  const int tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int RG = 32 / LG;
+  const int grp = lane / LG, ln = lane % LG;
+  const int rows = (blockDim.x >> 5) * RG;
+  const int p = tile * rows + warp * RG + grp;
+  const bool rv = p < P;
+  const int n0 = ln * NPT;
+  const int kh = h / hpk;
+  const int nseg = (L + SEG - 1) / SEG;
+  const i64 row = ((i64)b * NH + h) * P + p;  // (b, h, p) in a (B, NH, P, N) array, times N
+  const T Ah = Am != nullptr ? Am[h * sAh] : T(1);
+
+  bool nv[NPT];
+#pragma unroll
+  for (int j = 0; j < NPT; ++j) nv[j] = rv && n0 + j < N;
+
+  // S <- dec_t S + coef_t sum_r V_r K_r (rows past P and entries past N stay 0)
+  auto fwd_step = [&](const int t, T (&S)[NPT]) {
+    const T dec = m_exp(dA[b * sDb + (i64)t * sDt + h * sDh] * Ah);
+    const T cf = coef != nullptr ? coef[b * sCb + (i64)t * sCt + h * sCh] : T(1);
+    for (int r = 0; r < R; ++r) {
+      const T v = rv ? cf * V[b * sVb + (i64)t * sVt + r * sVr + h * sVh + p * sVp] : T(0);
+      const T* kt = K + b * sKb + (i64)t * sKt + r * sKr + kh * sKh + n0;
+#pragma unroll
+      for (int j = 0; j < NPT; ++j) {
+        const T kv = nv[j] ? __ldg(kt + j) : T(0);
+        S[j] = (r == 0 ? dec * S[j] : S[j]) + v * kv;
+      }
+    }
+  };
+
+  T S[NPT];
+#pragma unroll
+  for (int j = 0; j < NPT; ++j) S[j] = (init != nullptr && nv[j]) ? init[row * N + n0 + j] : T(0);
+  // forward sweep: the segment checkpoints (each thread reads back only what it wrote)
+  for (int t0 = 0; t0 < L; t0 += CH) {
+    if (t0 % SEG == 0) {
+      T* c = ck + ((((i64)b * nseg + t0 / SEG) * NH + h) * P + p) * N + n0;
+#pragma unroll
+      for (int j = 0; j < NPT; ++j) {
+        if (nv[j]) c[j] = S[j];
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < CH; ++i) {
+      if (t0 + i < L) fwd_step(t0 + i, S);
+    }
+  }
+  // reverse sweep
+  T G[NPT];
+#pragma unroll
+  for (int j = 0; j < NPT; ++j) G[j] = (dfin != nullptr && nv[j]) ? dfin[row * N + n0 + j] : T(0);
+  T pend = T(1);
+  for (int sg = nseg - 1; sg >= 0; --sg) {
+    const int t0 = sg * SEG;
+    const T* c = ck + ((((i64)b * nseg + sg) * NH + h) * P + p) * N + n0;
+#pragma unroll
+    for (int j = 0; j < NPT; ++j) S[j] = nv[j] ? c[j] : T(0);
+    for (int m = 0; m < M; ++m) {
+#pragma unroll
+      for (int j = 0; j < NPT; ++j) at(CH + m, j) = S[j];
+      if (m + 1 < M) {
+#pragma unroll
+        for (int i = 0; i < CH; ++i) {
+          if (t0 + m * CH + i < L) fwd_step(t0 + m * CH + i, S);
+        }
+      }
+    }
+    for (int m = M - 1; m >= 0; --m) {
+      const int s0 = t0 + m * CH;
+      if (s0 >= L) continue;  // a tail sub-chunk past the end (uniform across the block)
+#pragma unroll
+      for (int j = 0; j < NPT; ++j) S[j] = at(CH + m, j);
+#pragma unroll
+      for (int i = 0; i < CH; ++i) {
+#pragma unroll
+        for (int j = 0; j < NPT; ++j) at(i, j) = S[j];  // S_{t-1}
+        if (i + 1 < CH && s0 + i < L) fwd_step(s0 + i, S);
+      }
+#pragma unroll 2
+      for (int i = CH - 1; i >= 0; --i) {
+        const int t = s0 + i;
+        if (t >= L) continue;
+        const T dec = m_exp(dA[b * sDb + (i64)t * sDt + h * sDh] * Ah);
+        for (int r = 0; r < R; ++r) {
+          const T v = rv ? Vr[b * sUb + (i64)t * sUt + r * sUr + h * sUh + p * sUp] : T(0);
+          const T* kt = Kr + b * sRb + (i64)t * sRt + r * sRr + kh * sRh + n0;
+#pragma unroll
+          for (int j = 0; j < NPT; ++j) {
+            const T kv = nv[j] ? __ldg(kt + j) : T(0);
+            G[j] = (r == 0 ? pend * G[j] : G[j]) + v * kv;  // G_t
+          }
+        }
+        pend = dec;
+        T qs = T(0);
+#pragma unroll
+        for (int j = 0; j < NPT; ++j) qs += dec * G[j] * at(i, j);
+        qs = group_sum(Ah * qs, LG);
+        if (ln == 0 && rv) qa[(((i64)b * L + t) * NH + h) * P + p] = qs;
+      }
+    }
+  }
+}
+
 // Explicit instantiations so that nvcc (CI) compiles every variant NVRTC may be asked for.
+#define DECAY_GRAD_TILED_INST(T, NPT, CH, M)                                                     \
+  template __global__ void decay_grad_tiled<T, NPT, CH, M>(                                      \
+      int, int, int, int, int, int, const T*, i64, i64, i64, i64, const T*, i64, i64, i64,       \
+      const T*, i64, i64, i64, i64, const T*, i64, i64, i64, i64, i64, const T*, i64, i64, i64,  \
+      i64, const T*, i64, i64, i64, i64, i64, const T*, i64, i64, i64, i64, int, const T*,       \
+      const T*, T*, T*, T*);
+
 #define ROW_SCAN_TILED_INST(T, NPT, RP)                                                          \
   template __global__ void row_scan_tiled<T, NPT, RP>(                                           \
       int, int, int, int, int, int, int, const T*, i64, i64, i64, i64, const T*, i64, i64, i64,  \
@@ -338,4 +491,13 @@ ROW_SCAN_TILED_INST_RP(double, 1)
 ROW_SCAN_TILED_INST_RP(double, 2)
 ROW_SCAN_TILED_INST_RP(double, 4)
 ROW_SCAN_TILED_INST_RP(double, 8)
+// decay_grad_tiled: (CH, M) = _scan.DECAY_TILED_CH_M, CH M = _scan.DECAY_CHUNK
+DECAY_GRAD_TILED_INST(float, 1, 8, 4)
+DECAY_GRAD_TILED_INST(float, 2, 8, 4)
+DECAY_GRAD_TILED_INST(float, 4, 8, 4)
+DECAY_GRAD_TILED_INST(float, 8, 8, 4)
+DECAY_GRAD_TILED_INST(double, 1, 8, 4)
+DECAY_GRAD_TILED_INST(double, 2, 8, 4)
+DECAY_GRAD_TILED_INST(double, 4, 8, 4)
+DECAY_GRAD_TILED_INST(double, 8, 8, 4)
 #endif

@@ -11,9 +11,10 @@ Three kernels implement the contract, chosen at every call by MAMBA_CUPY_ROW_SCA
 - "tiled" (default): row_scan_tiled (cuda/scan_tiled.cu) for the calls whose decay and
   coefficient are the same on all rows of a head (``tiled_applies``: every Mamba-2 and Mamba-3
   call), a thread holding an RP x NPT tile of state (plan: ``tiled_config``, overridable with
-  MAMBA_CUPY_TILED); the other calls (Mamba-1's per-state decay) and the decay gradient run
-  the chunked kernels. Same arithmetic per state entry; Y and Red sum in another order, so they
-  agree with the other kernels to rounding, not bit for bit.
+  MAMBA_CUPY_TILED), and decay_grad_tiled for their decay gradients (no dAm; plan:
+  ``decay_tiled_config``); the other calls (Mamba-1's per-state decay) run the chunked kernels.
+  Same arithmetic per state entry; Y, Red and qa sum in another order, so they agree with the
+  other kernels to rounding, not bit for bit.
 - "chunked": row_scan_chunked and decay_grad_chunked: time in chunks staged through shared memory
   with cp.async one chunk ahead, Y staged and written coalesced, the row reduction flushed once
   per ring of slabs; plans: chunk_config, decay_config.
@@ -183,8 +184,11 @@ def chunk_config(P: int, N: int, R: int, L: int, itemsize: int, has_q: bool = Tr
 TILED_NPT = (1, 2, 4, 8)
 TILED_RP = (1, 2, 4, 8)
 #: MAMBA_CUPY_TILED="npt=8,rp=4,warps=8" overrides the tiled plan's choices (any subset; for
-#: sweeps). Defaults: NPT = Npad/16 within 1..8 (N = 128: 8 entries a lane, 16 lanes a row
-#: group), RP = 4 (float32) / 2 (float64) rows a thread, at most 8 warps a block.
+#: sweeps). Defaults, float32: NPT = Npad/32 (at least 1; N = 128: 4 entries a lane, a warp a
+#: row group), RP = 8 rows a thread; float64 (registers): NPT = Npad/16 within 1..8, RP = 2; at
+#: most 8 warps a block. Measured on an H100 (benchmarks/results/gpu-20261123-h100, run 10,
+#: SSD shape, float32): forward sweep 2.04 ms either way, with the row reduction 3.52 ms
+#: (npt=4, rp=8) against 4.05 (npt=8, rp=4), 7.45 (npt=8, rp=2), 13.9 (npt=8, rp=1).
 TILED_ENV = "MAMBA_CUPY_TILED"
 TILED_MAX_WARPS = 8
 
@@ -249,21 +253,22 @@ def tiled_config(P: int, N: int, R: int, L: int, itemsize: int, has_q: bool = Tr
     """The launch plan of row_scan_tiled, or None when it cannot take (P, N).
 
     Lanes: NPT entries each, LG = Npad / NPT lanes a row group (Npad = the next power of two
-    >= N, LG <= 32), RP <= LG rows a thread; warps enough for the P rows (at most 8). Chunk TC
+    >= N, LG <= 32), RP <= LG rows a thread (defaults: TILED_ENV's comment); warps enough for
+    the P rows (at most 8). Chunk TC
     and ring DR as chunk_config (fewest barriers a step within `budget`; fewer warps when even
     TC = DR = 1 does not fit)."""
     if P < 1 or N < 1 or N > 256 or R < 1:
         return None
     ov = _tiled_overrides()
     npad = _pow2(N)
-    npt = ov.get("npt", min(8, max(1, npad // 16)))
+    npt = ov.get("npt", max(1, npad // 32) if itemsize <= 4 else min(8, max(1, npad // 16)))
     npt = min(npt, npad)
     if npad // npt > 32:
         npt = npad // 32
     if npt not in TILED_NPT:
         return None
     lg = npad // npt
-    rp = ov.get("rp", 4 if itemsize <= 4 else 2)
+    rp = ov.get("rp", (8 if npt <= 4 else 4) if itemsize <= 4 else 2)  # 8 x 8 would spill
     rp = max(1, min(rp, lg, _pow2(P)))
     groups = 32 // lg
     warps = ov.get("warps", max(1, min(TILED_MAX_WARPS, -(-P // (groups * rp)))))
@@ -518,6 +523,43 @@ def decay_config(P: int, N: int, R: int, itemsize: int, has_coef: bool = True,
     return None
 
 
+#: decay_grad_tiled's sub-chunk CH and sub-chunks per segment M (CH M = DECAY_CHUNK: the same
+#: checkpoints as decay_grad), and its warps per block
+DECAY_TILED_CH_M = (8, 4)
+DECAY_TILED_WARPS = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class DecayTiledConfig:
+    lg: int       # lanes per row
+    npt: int      # state entries per lane
+    warps: int
+    tiles: int
+    smem: int     # (CH + M) NPT values per thread
+
+    @property
+    def rows_per_tile(self) -> int:
+        return self.warps * (32 // self.lg)
+
+
+def decay_tiled_config(P: int, N: int, itemsize: int) -> DecayTiledConfig | None:
+    """The launch plan of decay_grad_tiled (cuda/scan_tiled.cu): NPT = Npad/16 within 1..8
+    (float64: within 1..4, its registers), at least Npad/32 (LG <= 32); 4 warps a block."""
+    if P < 1 or N < 1 or N > 256:
+        return None
+    npad = _pow2(N)
+    npt = min(8 if itemsize <= 4 else 4, max(1, npad // 16))
+    npt = max(npt, npad // 32)
+    if npt not in TILED_NPT:
+        return None
+    lg = npad // npt
+    warps = DECAY_TILED_WARPS
+    rows = warps * (32 // lg)
+    ch, m = DECAY_TILED_CH_M
+    smem = (ch + m) * npt * warps * 32 * itemsize
+    return DecayTiledConfig(lg, npt, warps, -(-P // rows), smem)
+
+
 def _launch_decay(xp, dA, V, K, Vr, Kr, hpk, Am, coef, init, dfin, want_dAm):
     Bsz, L, R, H, P = V.shape
     R2 = Vr.shape[2]
@@ -545,12 +587,24 @@ def _launch_decay(xp, dA, V, K, Vr, Kr, hpk, Am, coef, init, dfin, want_dAm):
         return qa, dAm
     avec = Am is not None and Am.strides[2] != 0
     targs = f"<{ctype(dtype)}, {cfg.nper}, {'true' if avec else 'false'}, {DECAY_CHUNK}>"
-    dc = None
-    if row_scan_kind() != "step":
+    dc = dt = None
+    kind = row_scan_kind()
+    if kind != "step":
         dev = xp.cuda.Device().id
-        dc = decay_config(P, N, R, dtype.itemsize, coef is not None,
-                          min(CHUNK_SMEM_BUDGET, _smem_optin(dev)))
-    if dc is not None:
+        if kind == "tiled" and not want_dAm and tiled_applies(dA, Am, coef):
+            dt = decay_tiled_config(P, N, dtype.itemsize)
+            if dt is not None and dt.smem > _smem_optin(dev):
+                dt = None
+        if dt is None:
+            dc = decay_config(P, N, R, dtype.itemsize, coef is not None,
+                              min(CHUNK_SMEM_BUDGET, _smem_optin(dev)))
+    lanes = cfg.lpc
+    if dt is not None:  # decay_grad's arguments; LPC read as LG
+        cfg, lanes = dt, dt.lg
+        ch, m = DECAY_TILED_CH_M
+        fn = _with_smem(function("scan_tiled.cu", f"decay_grad_tiled<{ctype(dtype)}, {dt.npt}, {ch}, {m}>"),
+                        dt.smem, dev)
+    elif dc is not None:
         cfg = dc
         fn = _with_smem(function("scan_bwd.cu", "decay_grad_chunked" + targs), cfg.smem, dev)
     else:
@@ -566,7 +620,7 @@ def _launch_decay(xp, dA, V, K, Vr, Kr, hpk, Am, coef, init, dfin, want_dAm):
     sV, sK = _elem_strides(V, 5), _elem_strides(K, 5)
     sU, sR = _elem_strides(Vr, 5), _elem_strides(Kr, 5)
     args = (
-        i32(L), i32(H), i32(P), i32(N), i32(R), i32(cfg.lpc),
+        i32(L), i32(H), i32(P), i32(N), i32(R), i32(lanes),
         dA, *(i64(s) for s in sD),
         ptr(Am), *(i64(s) for s in sA),
         ptr(coef), *(i64(s) for s in sC),
@@ -578,6 +632,8 @@ def _launch_decay(xp, dA, V, K, Vr, Kr, hpk, Am, coef, init, dfin, want_dAm):
     )
     if dc is not None:
         args += (i32(dc.steps), *(i32(o) for o in dc.offsets))
+        fn((cfg.tiles, H, Bsz), (cfg.warps * 32,), args, shared_mem=cfg.smem)
+    elif dt is not None:
         fn((cfg.tiles, H, Bsz), (cfg.warps * 32,), args, shared_mem=cfg.smem)
     else:
         fn((cfg.tiles, H, Bsz), (cfg.warps * 32,), args)
