@@ -229,7 +229,7 @@ def _scan_sweep():
     try:
         for T, BE, nw in ((16, 32, 8), (16, 16, 4), (32, 16, 8), (8, 32, 4), (32, 32, 8), (16, 64, 8)):
             ks.CONFIG["fwd"] = ks.CONFIG["fwd_f32"] = {"T": T, "BE": BE, "num_warps": nw}  # float32 reads fwd_f32
-            ks.CONFIG["bwd"] = {"T": T, "BE": BE, "num_warps": nw}
+            ks.CONFIG["bwd"] = ks.CONFIG["bwd_f32"] = {"T": T, "BE": BE, "num_warps": nw}
             key = f"T={T},BE={BE},warps={nw}"
             try:
                 tf = _bench(lambda: ks.selective_scan(u, delta, A, Bm, Cm, D, z, db, True), 30)

@@ -13,6 +13,8 @@
 #                                                 Mamba-1 sweep (BE < 32), torch_triton float32 SSD
 #   bash benchmarks/gpu/run_device.sh round5      tiled decay gradient checked and timed, Mamba-1 sweep around
 #                                                 round4's best (bf16, float32), torch_triton float32 SSD
+#   bash benchmarks/gpu/run_device.sh certify4    every certificate and GPU test under the final defaults,
+#                                                 side-by-side bench, decode, Mamba-1 yardstick
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
 #   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
 # Optional carries: .cache/ with tarballs of an earlier call's ~/.triton/cache
@@ -223,6 +225,34 @@ round5)
     GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_BACKENDS=torch_triton GPU_CHECK_BENCH_OPS=ssd_scan \
         timeout $(tmo 150) python3 backends/cuda_cupy/gpu_check.py "$R/tt_ssd_f32" > "$R/tt_ssd_f32.log" 2>&1
     echo "tt ssd f32 rc=$?"; grep -E "torch_triton" "$R/tt_ssd_f32.log" | cut -c1-300
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
+    ;;
+certify4)
+    # Last call of the night session: every certificate under the final defaults (cuda_cupy's
+    # tiled row scan and whatever else landed; torch_triton's new Mamba-1 configs) with the GPU
+    # tests, in parallel; then the side-by-side bench, decode and the Mamba-1 yardstick.
+    results_dir
+    DEADLINE=${DEADLINE:-560}
+    if [ -f .official/build_ss.py ]; then (timeout 280 python3 .official/build_ss.py > "$R/ss_build.log" 2>&1 &); fi
+    for dt in float32 bfloat16; do
+        job "tt_${dt}_ops" $(tmo 240) mamba-conformance torch_triton --dtype $dt --only 'op:*' -q \
+            --json "$R/torch_triton.gpu.ops.$dt.certificate.json"
+        job "tt_${dt}_models" $(tmo 240) mamba-conformance torch_triton --dtype $dt --only 'mixer:*' --only 'lm:*' -q \
+            --json "$R/torch_triton.gpu.models.$dt.certificate.json"
+    done
+    job cupy_conf $(tmo 240) env GPU_CHECK_PARTS=conformance python3 backends/cuda_cupy/gpu_check.py "$R/cupy_conf"
+    job cupy_tests $(tmo 240) python3 -m pytest -q -rs -p no:cacheprovider backends/cuda_cupy/tests/
+    job tt_tests $(tmo 240) env TRITON_INTERPRET=0 python3 -m pytest -q -p no:cacheprovider \
+        backends/torch_triton/tests/test_m1_norm_conv_kernels.py backends/torch_triton/tests/test_mixer_steps.py
+    wait; cat "$R/rc.txt"; for f in "$R"/*.log; do echo "== $f"; tail -n 2 "$f" | cut -c1-300; done
+    GPU_CHECK_PARTS=bench GPU_CHECK_TT_OPS=selective_scan,mamba3_siso,rmsnorm_gated,add_rmsnorm,causal_conv1d \
+        timeout $(tmo 170) python3 backends/cuda_cupy/gpu_check.py "$R/bench" > "$R/bench.log" 2>&1
+    echo "bench rc=$?"; grep -E "cuda_cupy|torch_triton" "$R/bench.log" | cut -c1-300
+    GPU_CHECK_PARTS=decode timeout $(tmo 80) python3 backends/cuda_cupy/gpu_check.py "$R/decode" > "$R/decode.log" 2>&1
+    echo "decode rc=$?"; grep -E "decode" "$R/decode.log" | cut -c1-300
+    for i in $(seq 1 20); do ls /tmp/ss_build/selective_scan_cuda*.so > /dev/null 2>&1 && break; sleep 3; done
+    YARDSTICK_PARTS=mamba1 timeout $(tmo 80) python3 benchmarks/gpu/yardstick.py "$R/yd" > "$R/yardstick.log" 2>&1
+    echo "yardstick rc=$?"; grep -E "ratio|FAILED" "$R/yardstick.log"
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
     ;;
 certify3)

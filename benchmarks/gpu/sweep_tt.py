@@ -12,7 +12,7 @@ Parts (each writes OUT_DIR/sweep_tt.json when it ends, so a timeout keeps what w
           Configs run in order of promise until the part's time share is spent; each config's
           y (and gradients) is compared with the baseline's, so a broken variant shows.
           SWEEP_M1_FWD / SWEEP_M1_BWD="variant:T:BE:warps,..." replace the grids;
-          SWEEP_M1_DTYPE=float32 sweeps the float32 forward (CONFIG["fwd_f32"]) instead.
+          SWEEP_M1_DTYPE=float32 sweeps the float32 configs (CONFIG["fwd_f32"], ["bwd_f32"]).
   ssd     Mamba-2 SSD scan, bf16, B=8 L=2048 H=32 P=64 N=128 G=1, D, dt_bias, softplus: forward
           and fwd+bwd at chunk_size 64 and 256 (256 runs as sub-chunks; the launch config each
           ended with is recorded).
@@ -153,10 +153,10 @@ def part_m1(deadline):
     from mamba_backend_torch_triton.kernels import selective_scan as SS
 
     B, L, E, N = (RUN["m1"][k] for k in ("B", "L", "E", "N"))
-    # SWEEP_M1_DTYPE=float32 times the float32 forward (CONFIG["fwd_f32"]) instead of bf16's
+    # SWEEP_M1_DTYPE=float32 times the float32 configs (CONFIG["fwd_f32"], ["bwd_f32"])
     f32 = os.environ.get("SWEEP_M1_DTYPE", "bfloat16") == "float32"
     dev, bf = RUN["dev"], (torch.float32 if f32 else torch.bfloat16)
-    fwd_key = "fwd_f32" if f32 else "fwd"
+    fwd_key, bwd_key = ("fwd_f32", "bwd_f32") if f32 else ("fwd", "bwd")
     g = torch.Generator(device=dev).manual_seed(0)
     u = torch.randn(B, L, E, device=dev, dtype=bf, generator=g)
     delta = (torch.rand(B, L, E, device=dev, generator=g) * 2 - 4).to(bf)
@@ -201,7 +201,7 @@ def part_m1(deadline):
             if time.time() > deadline:
                 out["bwd_skipped"] = out.get("bwd_skipped", 0) + 1
                 continue
-            SS.CONFIG["interpret" if RUN["smoke"] else "bwd"] = {"T": T, "BE": BE, "num_warps": w, "variant": variant}
+            SS.CONFIG["interpret" if RUN["smoke"] else bwd_key] = {"T": T, "BE": BE, "num_warps": w, "variant": variant}
             entry = {"variant": variant, "T": T, "BE": BE, "num_warps": w}
             try:
                 gr = SS.selective_scan_vjp((dy, None), *args)

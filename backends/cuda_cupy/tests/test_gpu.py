@@ -369,36 +369,6 @@ def test_tiled_row_scan_is_deterministic(dtype, monkeypatch):
         assert np.array_equal(a, b)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("case", TILED_CASES)
-def test_tiled_decay_grad_matches_chunked_kernel(case, dtype, monkeypatch):
-    _backend_or_skip()
-    import cupy as cp
-
-    from mamba_backend_cuda_cupy.kernels import _scan
-
-    rng = np.random.default_rng(17)
-    kw = _tiled_inputs(rng, *case)
-    B, L, R, H, hpk, P, N, _ = case
-    assert _scan.decay_tiled_config(P, N, np.dtype(dtype).itemsize) is not None
-    kw = {k: v for k, v in kw.items() if k in ("dA", "V", "K", "hpk", "Am", "coef", "init")}
-    kw.update(Vr=rng.standard_normal((B, L, R, H, P)), Kr=rng.standard_normal((B, L, R, H // hpk, N)),
-              dfin=rng.standard_normal((B, H, P, N)))
-    ckw = _to_device(cp, kw, dtype)
-    out = {}
-    for kind in ("chunked", "tiled"):
-        monkeypatch.setenv(_scan.ROW_SCAN_ENV, kind)
-        qa, dAm = _scan.decay_grad(cp, **ckw)
-        assert dAm is None
-        out[kind] = cp.asnumpy(qa)
-    want, _ = _scan.decay_grad(np, **kw)
-    assert np.all(np.isfinite(out["tiled"]))
-    assert gpu_check_rel(out["tiled"], out["chunked"]) <= 10 * ROW_SCAN_TOL[dtype]
-    assert gpu_check_rel(out["tiled"], want) <= 1e3 * ROW_SCAN_TOL[dtype]
-    runs = [cp.asnumpy(_scan.decay_grad(cp, **ckw)[0]) for _ in range(2)]
-    assert np.array_equal(runs[0], runs[1])  # deterministic
-
-
 # the decay gradient (scan_bwd.cu): the chunked kernel against the step kernel
 DECAY_CASES = [(2, 37, 1, 4, 2, 5, 16, "scwi"), (1, 70, 4, 2, 1, 7, 5, "acwi"),
                (2, 100, 1, 2, 1, 64, 128, "sc"), (1, 45, 4, 2, 2, 9, 64, "ai"),

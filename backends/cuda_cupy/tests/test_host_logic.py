@@ -517,21 +517,6 @@ def test_tiled_applies_only_to_per_head_decay():
     assert not _scan.tiled_applies(per_head, None, per_row)
 
 
-@pytest.mark.parametrize("itemsize", [4, 8])
-def test_decay_tiled_config(itemsize):
-    ch, m = _scan.DECAY_TILED_CH_M
-    assert ch * m == _scan.DECAY_CHUNK  # the checkpoints decay_grad's host allocates
-    for P, N in TILED_SHAPES:
-        k = _scan.decay_tiled_config(P, N, itemsize)
-        assert k is not None, (P, N)
-        assert k.lg * k.npt == _scan._pow2(N) and 1 <= k.lg <= 32 and k.npt in _scan.TILED_NPT
-        assert k.tiles * k.rows_per_tile >= P > (k.tiles - 1) * k.rows_per_tile
-        assert k.smem == (ch + m) * k.npt * k.warps * 32 * itemsize
-    assert _scan.decay_tiled_config(64, 128, 4).npt == 8
-    assert _scan.decay_tiled_config(64, 128, 8).npt == 4
-    assert _scan.decay_tiled_config(4, 300, 4) is None
-
-
 def test_tiled_kernels_are_instantiated():
     text = source("scan_tiled.cu")
     for t in ("float", "double"):
@@ -539,10 +524,6 @@ def test_tiled_kernels_are_instantiated():
             assert f"ROW_SCAN_TILED_INST_RP({t}, {n})" in text
     for rp in _scan.TILED_RP:
         assert f"ROW_SCAN_TILED_INST(T, NPT, {rp})" in text
-    ch, m = _scan.DECAY_TILED_CH_M
-    for t in ("float", "double"):
-        for n in _scan.TILED_NPT:
-            assert f"DECAY_GRAD_TILED_INST({t}, {n}, {ch}, {m})" in text
 
 
 def test_chunked_kernels_are_instantiated():

@@ -11,10 +11,11 @@ Three kernels implement the contract, chosen at every call by MAMBA_CUPY_ROW_SCA
 - "tiled" (default): row_scan_tiled (cuda/scan_tiled.cu) for the calls whose decay and
   coefficient are the same on all rows of a head (``tiled_applies``: every Mamba-2 and Mamba-3
   call), a thread holding an RP x NPT tile of state (plan: ``tiled_config``, overridable with
-  MAMBA_CUPY_TILED), and decay_grad_tiled for their decay gradients (no dAm; plan:
-  ``decay_tiled_config``); the other calls (Mamba-1's per-state decay) run the chunked kernels.
-  Same arithmetic per state entry; Y, Red and qa sum in another order, so they agree with the
-  other kernels to rounding, not bit for bit.
+  MAMBA_CUPY_TILED); the other calls (Mamba-1's per-state decay) and the decay gradient run
+  the chunked kernels. Same arithmetic per state entry; Y and Red sum in another order, so they
+  agree with the other kernels to rounding, not bit for bit. (A tiled decay gradient, its
+  recomputed states in per-thread shared-memory slots, was correct but slower on the H100:
+  26.8 ms against 18.7 at the SSD shape, run 11; it was removed.)
 - "chunked": row_scan_chunked and decay_grad_chunked: time in chunks staged through shared memory
   with cp.async one chunk ahead, Y staged and written coalesced, the row reduction flushed once
   per ring of slabs; plans: chunk_config, decay_config.
@@ -523,43 +524,6 @@ def decay_config(P: int, N: int, R: int, itemsize: int, has_coef: bool = True,
     return None
 
 
-#: decay_grad_tiled's sub-chunk CH and sub-chunks per segment M (CH M = DECAY_CHUNK: the same
-#: checkpoints as decay_grad), and its warps per block
-DECAY_TILED_CH_M = (8, 4)
-DECAY_TILED_WARPS = 4
-
-
-@dataclasses.dataclass(frozen=True)
-class DecayTiledConfig:
-    lg: int       # lanes per row
-    npt: int      # state entries per lane
-    warps: int
-    tiles: int
-    smem: int     # (CH + M) NPT values per thread
-
-    @property
-    def rows_per_tile(self) -> int:
-        return self.warps * (32 // self.lg)
-
-
-def decay_tiled_config(P: int, N: int, itemsize: int) -> DecayTiledConfig | None:
-    """The launch plan of decay_grad_tiled (cuda/scan_tiled.cu): NPT = Npad/16 within 1..8
-    (float64: within 1..4, its registers), at least Npad/32 (LG <= 32); 4 warps a block."""
-    if P < 1 or N < 1 or N > 256:
-        return None
-    npad = _pow2(N)
-    npt = min(8 if itemsize <= 4 else 4, max(1, npad // 16))
-    npt = max(npt, npad // 32)
-    if npt not in TILED_NPT:
-        return None
-    lg = npad // npt
-    warps = DECAY_TILED_WARPS
-    rows = warps * (32 // lg)
-    ch, m = DECAY_TILED_CH_M
-    smem = (ch + m) * npt * warps * 32 * itemsize
-    return DecayTiledConfig(lg, npt, warps, -(-P // rows), smem)
-
-
 def _launch_decay(xp, dA, V, K, Vr, Kr, hpk, Am, coef, init, dfin, want_dAm):
     Bsz, L, R, H, P = V.shape
     R2 = Vr.shape[2]
@@ -587,24 +551,12 @@ def _launch_decay(xp, dA, V, K, Vr, Kr, hpk, Am, coef, init, dfin, want_dAm):
         return qa, dAm
     avec = Am is not None and Am.strides[2] != 0
     targs = f"<{ctype(dtype)}, {cfg.nper}, {'true' if avec else 'false'}, {DECAY_CHUNK}>"
-    dc = dt = None
-    kind = row_scan_kind()
-    if kind != "step":
+    dc = None
+    if row_scan_kind() != "step":
         dev = xp.cuda.Device().id
-        if kind == "tiled" and not want_dAm and tiled_applies(dA, Am, coef):
-            dt = decay_tiled_config(P, N, dtype.itemsize)
-            if dt is not None and dt.smem > _smem_optin(dev):
-                dt = None
-        if dt is None:
-            dc = decay_config(P, N, R, dtype.itemsize, coef is not None,
-                              min(CHUNK_SMEM_BUDGET, _smem_optin(dev)))
-    lanes = cfg.lpc
-    if dt is not None:  # decay_grad's arguments; LPC read as LG
-        cfg, lanes = dt, dt.lg
-        ch, m = DECAY_TILED_CH_M
-        fn = _with_smem(function("scan_tiled.cu", f"decay_grad_tiled<{ctype(dtype)}, {dt.npt}, {ch}, {m}>"),
-                        dt.smem, dev)
-    elif dc is not None:
+        dc = decay_config(P, N, R, dtype.itemsize, coef is not None,
+                          min(CHUNK_SMEM_BUDGET, _smem_optin(dev)))
+    if dc is not None:
         cfg = dc
         fn = _with_smem(function("scan_bwd.cu", "decay_grad_chunked" + targs), cfg.smem, dev)
     else:
@@ -620,7 +572,7 @@ def _launch_decay(xp, dA, V, K, Vr, Kr, hpk, Am, coef, init, dfin, want_dAm):
     sV, sK = _elem_strides(V, 5), _elem_strides(K, 5)
     sU, sR = _elem_strides(Vr, 5), _elem_strides(Kr, 5)
     args = (
-        i32(L), i32(H), i32(P), i32(N), i32(R), i32(lanes),
+        i32(L), i32(H), i32(P), i32(N), i32(R), i32(cfg.lpc),
         dA, *(i64(s) for s in sD),
         ptr(Am), *(i64(s) for s in sA),
         ptr(coef), *(i64(s) for s in sC),
@@ -632,8 +584,6 @@ def _launch_decay(xp, dA, V, K, Vr, Kr, hpk, Am, coef, init, dfin, want_dAm):
     )
     if dc is not None:
         args += (i32(dc.steps), *(i32(o) for o in dc.offsets))
-        fn((cfg.tiles, H, Bsz), (cfg.warps * 32,), args, shared_mem=cfg.smem)
-    elif dt is not None:
         fn((cfg.tiles, H, Bsz), (cfg.warps * 32,), args, shared_mem=cfg.smem)
     else:
         fn((cfg.tiles, H, Bsz), (cfg.warps * 32,), args)

@@ -77,16 +77,18 @@ from mamba_backend_torch_triton.kernels._glue import default, last_contig, pow2,
 #: launch shapes: chunk T, channels per program BE (capped; BE always divides E/G), warps, and
 #: the forward kernel's variant (see the module docstring); read at every call, so a sweep
 #: (benchmarks/gpu/sweep_tt.py) sets them in-process. "interpret": the CPU (interpreter).
-#: fwd (bf16/fp16 inputs; what benchmarks/gpu/sweep_tt.py tunes): the best of the 2026-11-23
-#: sweep on an H100 (bf16, B=8, L=2048, E=2048, N=16; benchmarks/results/gpu-20261123-h100,
-#: run 6): "tr_scan" T=4, BE=32, 1 warp 1.26 ms against 1.60 for "base" (T=8, BE=32, 4 warps);
-#: "tr" (sequential) 3.1-4.2 ms. fwd_f32 (float32 inputs): "base" stays, 0.84 ms against 1.22
-#: for "tr_scan" (runs 5 and 7, same shape in float32). bwd: "base" 8.23 ms, "tr" T=4 8.56,
-#: T=8 15.0 (spills), so the VJP stays on "base".
+#: Launch configs, picked by benchmarks/gpu/sweep_tt.py on an H100 at B=8, L=2048, E=2048,
+#: N=16 (benchmarks/results/gpu-20261123-h100). "fwd": bf16/fp16 inputs; "fwd_f32" and
+#: "bwd_f32": float32 inputs ("bwd" otherwise). Runs 10-11 (BE < 32: the [NP, BE] state tile
+#: spreads n over 32/BE lanes, 4x the threads of BE = 32): forward "tr_scan" T=8 BE=8 1 warp
+#: 0.711 ms in bf16 (T=16 BE=16 0.704, T=4 BE=32 1.26, "base" 1.60) and 0.536 ms in float32
+#: ("base" 0.737); VJP "tr" T=4 BE=16 1 warp 7.79 ms in bf16 ("base" 8.24, "tr" T=4 BE=32
+#: 8.56). The float32 VJP keeps "base" (5.17 ms; "tr" not measured in float32).
 CONFIG = {
-    "fwd": {"T": 4, "BE": 32, "num_warps": 1, "variant": "tr_scan"},
-    "fwd_f32": {"T": 8, "BE": 32, "num_warps": 4, "variant": "base"},
-    "bwd": {"T": 8, "BE": 32, "num_warps": 4, "variant": "base"},
+    "fwd": {"T": 8, "BE": 8, "num_warps": 1, "variant": "tr_scan"},
+    "fwd_f32": {"T": 8, "BE": 8, "num_warps": 1, "variant": "tr_scan"},
+    "bwd": {"T": 4, "BE": 16, "num_warps": 1, "variant": "tr"},
+    "bwd_f32": {"T": 8, "BE": 32, "num_warps": 4, "variant": "base"},
     "step": {"BE": 32, "num_warps": 4},
     "interpret": {"T": 64, "BE": 8, "num_warps": 1},  # T capped by pow2(L)
 }
@@ -636,8 +638,8 @@ def _ss_step_kernel(
 
 # ---- torch glue ----------------------------------------------------------------------------
 def _cfg(kind: str, dev, L: int = 1, dtype=None) -> dict:
-    if kind == "fwd" and dtype == torch.float32:
-        kind = "fwd_f32"
+    if dtype == torch.float32 and kind + "_f32" in CONFIG:
+        kind += "_f32"
     cfg = dict(CONFIG["interpret"] if dev.type == "cpu" else CONFIG[kind])
     if dev.type == "cpu":  # the interpreter scans element by element: no padded rows
         cfg["T"] = min(cfg["T"], pow2(L, 2))
@@ -771,7 +773,7 @@ def selective_scan_vjp(cotangent, u, delta, A, B, C, D=None, z=None, delta_bias=
     Bsz, L, E = u.shape
     G, N = B.shape[2], B.shape[3]
     dev = u.device
-    cfg = _cfg("bwd", dev, L)
+    cfg = _cfg("bwd", dev, L, u.dtype)
     variant = _variant(cfg)
     T = cfg["T"]
     BE = _block_e(E // G, cfg["BE"])
