@@ -557,3 +557,38 @@ def test_selective_scan_dedicated_agrees_with_row_path(dtype, monkeypatch):
     for k in want:
         assert gpu_check_rel(runs["dedicated"][k], want[k]) < tol, k
         assert gpu_check_rel(runs["dedicated"][k], runs["row"][k]) < 10 * tol, k
+
+
+# ---- fused elementwise glue of the SSD wrapper (kernels/_fused.py): CuPy kernels against the
+# NumPy compositions, every flag combination, D per head and per (head, channel)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("D_kind", [None, "h", "hp"])
+@pytest.mark.parametrize("has_z", [False, True])
+def test_fused_glue_matches_numpy(dtype, D_kind, has_z):
+    _backend_or_skip()
+    import cupy as cp
+
+    from mamba_backend_cuda_cupy.kernels import _fused
+
+    rng = np.random.default_rng(18)
+    B, L, H, P = 2, 7, 3, 5
+    n = lambda *s: rng.standard_normal(s).astype(dtype)
+    y0, x, dy, GB, z = n(B, L, H, P), n(B, L, H, P), n(B, L, H, P), n(B, L, H, P), n(B, L, H, P) * 8
+    dt = np.broadcast_to(np.abs(n(B, L, H, 1)), (B, L, H, P))
+    D = None if D_kind is None else (n(H) if D_kind == "h" else n(H, P))
+    z = z if has_z else None
+    c = lambda a: None if a is None else cp.asarray(a)
+    tol = 1e-6 if dtype == "float32" else 1e-13
+    want = _fused.skip_gate(np, y0, x, D, z)
+    got = _fused.skip_gate(cp, c(y0), c(x), c(D), c(z))
+    assert got.dtype == np.dtype(dtype) and gpu_check_rel(cp.asnumpy(got), want) < tol
+    dy0_w = _fused.gate_cotangent(np, dy, z)
+    dy0 = _fused.gate_cotangent(cp, c(dy), c(z))
+    assert gpu_check_rel(cp.asnumpy(dy0), dy0_w) < tol
+    (dx_w, dz_w) = _fused.skip_gate_grads(np, dt, GB, x, dy0_w, D, y0, dy, z)
+    dx, dz = _fused.skip_gate_grads(cp, cp.broadcast_to(cp.asarray(dt[..., :1]), dt.shape), c(GB),
+                                    c(x), dy0, c(D), c(y0), c(dy), c(z))
+    assert gpu_check_rel(cp.asnumpy(dx), dx_w) < tol
+    assert (dz is None) == (dz_w is None)
+    if dz is not None:
+        assert gpu_check_rel(cp.asnumpy(dz), dz_w) < tol

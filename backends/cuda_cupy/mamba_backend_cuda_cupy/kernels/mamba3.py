@@ -35,7 +35,7 @@ def _coeffs(xp, x, dt, A, trap, B, C, mimo_x, wd):
     scale = trw * dtw + sg
     mx = xp.ones((H, R, P), wd) if mimo_x is None else mimo_x.astype(wd)
     mxr = xp.transpose(mx, (1, 0, 2))  # (R, H, P)
-    v = x.astype(wd)[:, :, None] * mxr  # (B, L, R, H, P)
+    v = x.astype(wd, copy=False)[:, :, None] * mxr  # (B, L, R, H, P)
     return dtw, Aw, trw, sgn, sg, scale, mx, mxr, v
 
 
@@ -65,7 +65,7 @@ def _fwd(xp, x, dt, A, trap, B, C, D=None, mimo_x=None, initial_state=None, init
     wd = wide(xp, x.dtype)
     dtw, Aw, trw, sgn, sg, scale, mx, mxr, v = _coeffs(xp, x, dt, A, trap, B, C, mimo_x, wd)
     S0, _, _, _ = _initial(xp, Bsz, H, P, N, R, initial_state, initial_k, initial_v, sgn, mxr, wd)
-    Bw, Cw = B.astype(wd), C.astype(wd)
+    Bw, Cw = B.astype(wd, copy=False), C.astype(wd, copy=False)
     Y, _, fin = row_scan(xp, dA=_b4(xp, Aw * dtw, P), V=v, K=Bw, coef=_b4(xp, scale, P), Q=Cw,
                          init=S0)
     M = xp.einsum("blRhn,blrhn->blhRr", Cw, Bw)
@@ -73,7 +73,7 @@ def _fwd(xp, x, dt, A, trap, B, C, D=None, mimo_x=None, initial_state=None, init
     y = Y - sg[:, :, None, :, None] * corr
     if D is not None:
         y = y + D.astype(wd)[:, None] * v
-    return y.astype(x.dtype), fin, B[:, -1], x[:, -1]
+    return y.astype(x.dtype, copy=False), fin, B[:, -1], x[:, -1]
 
 
 def _vjp(xp, cotangent, x, dt, A, trap, B, C, D=None, mimo_x=None, initial_state=None,
@@ -84,8 +84,8 @@ def _vjp(xp, cotangent, x, dt, A, trap, B, C, D=None, mimo_x=None, initial_state
     wd = wide(xp, x.dtype)
     dtw, Aw, trw, sgn, sg, scale, mx, mxr, v = _coeffs(xp, x, dt, A, trap, B, C, mimo_x, wd)
     S0, u0, v0, k0 = _initial(xp, Bsz, H, P, N, R, initial_state, initial_k, initial_v, sgn, mxr, wd)
-    Bw, Cw = B.astype(wd), C.astype(wd)
-    dyw = xp.zeros((Bsz, L, R, H, P), wd) if dy is None else dy.astype(wd)
+    Bw, Cw = B.astype(wd, copy=False), C.astype(wd, copy=False)
+    dyw = xp.zeros((Bsz, L, R, H, P), wd) if dy is None else dy.astype(wd, copy=False)
     la4 = _b4(xp, Aw * dtw, P)
     # forward sweep: y' = S' C, dC = sum_p dy S', S_L
     Yp, dC, _ = row_scan(xp, dA=la4, V=v, K=Bw, coef=_b4(xp, scale, P), Q=Cw, W=dyw, init=S0,
@@ -141,7 +141,7 @@ def _vjp(xp, cotangent, x, dt, A, trap, B, C, D=None, mimo_x=None, initial_state
     # v = x o mimo_x
     dx = xp.sum(dv * mxr, axis=2)
     if mimo_x is not None:
-        dmx = xp.sum(dv * x.astype(wd)[:, :, None], axis=(0, 1))  # (R, H, P)
+        dmx = xp.sum(dv * x.astype(wd, copy=False)[:, :, None], axis=(0, 1))  # (R, H, P)
         if u0 is not None:
             dmx = dmx + xp.sum(dv0 * x0[:, None], axis=0)
         grads["mimo_x"] = xp.transpose(dmx, (1, 0, 2))
@@ -155,7 +155,7 @@ def _vjp(xp, cotangent, x, dt, A, trap, B, C, D=None, mimo_x=None, initial_state
     grads.update(grads_init)
     args = dict(x=x, dt=dt, A=A, trap=trap, B=B, C=C, D=D, mimo_x=mimo_x,
                 initial_state=initial_state, initial_k=initial_k, initial_v=initial_v)
-    return {k: g.astype(args[k].dtype) for k, g in grads.items()}
+    return {k: g.astype(args[k].dtype, copy=False) for k, g in grads.items()}
 
 
 # ---- the ops ------------------------------------------------------------------------------

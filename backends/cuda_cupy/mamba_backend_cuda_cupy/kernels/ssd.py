@@ -27,8 +27,9 @@ import math
 from mamba_core.ops import ssd as _ops
 
 from mamba_backend_cuda_cupy.kernels._common import (
-    api, default, dsilu, dt_transform, runs_here, silu, wide, xp_of,
+    api, default, dt_transform, runs_here, wide, xp_of,
 )
+from mamba_backend_cuda_cupy.kernels._fused import gate_cotangent, skip_gate, skip_gate_grads
 from mamba_backend_cuda_cupy.kernels._scan import decay_grad, row_scan, supported
 
 NO_LIMIT = (0.0, math.inf)
@@ -47,13 +48,14 @@ def _fwd(xp, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, dt
          initial_state=None):
     wd = wide(xp, x.dtype)
     dtv, d4, Am, hpk = _prep(xp, x, dt, A, B, C, dt_bias, dt_softplus, dt_limit, wd)
+    xw = x.astype(wd, copy=False)
     Y, _, fin = row_scan(
-        xp, dA=d4, V=x.astype(wd)[:, :, None], K=B.astype(wd)[:, :, None], hpk=hpk, Am=Am,
-        coef=d4, Q=C.astype(wd)[:, :, None],
+        xp, dA=d4, V=xw[:, :, None], K=B.astype(wd, copy=False)[:, :, None], hpk=hpk, Am=Am,
+        coef=d4, Q=C.astype(wd, copy=False)[:, :, None],
         init=None if initial_state is None else initial_state.astype(wd),
     )
-    y = _ops._skip_gate(api(xp), Y[:, :, 0], x, D, z, wd)
-    return y.astype(x.dtype), fin
+    y = skip_gate(xp, Y[:, :, 0], xw, D, z)  # one fused pass on the GPU (kernels/_fused.py)
+    return y.astype(x.dtype, copy=False), fin
 
 
 def _vjp(xp, cotangent, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
@@ -63,13 +65,9 @@ def _vjp(xp, cotangent, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplu
     G, N = B.shape[2], B.shape[3]
     wd = wide(xp, x.dtype)
     dtv, d4, Am, hpk = _prep(xp, x, dt, A, B, C, dt_bias, dt_softplus, dt_limit, wd)
-    xw, Bw, Cw = x.astype(wd), B.astype(wd), C.astype(wd)
-    dyw = xp.zeros((Bsz, L, H, P), wd) if dy is None else dy.astype(wd)
-    if z is not None:
-        zw = z.astype(wd)
-        dy0 = dyw * silu(xp, zw)
-    else:
-        dy0 = dyw
+    xw, Bw, Cw = x.astype(wd, copy=False), B.astype(wd, copy=False), C.astype(wd, copy=False)
+    dyw = xp.zeros((Bsz, L, H, P), wd) if dy is None else dy.astype(wd, copy=False)
+    dy0 = gate_cotangent(xp, dyw, z)  # dL/dy0 = dy silu(z)
     init = None if initial_state is None else initial_state.astype(wd)
     # 1. forward sweep: y0, dC per head
     Y, dCh, _ = row_scan(xp, dA=d4, V=xw[:, :, None], K=Bw[:, :, None], hpk=hpk, Am=Am, coef=d4,
@@ -80,7 +78,6 @@ def _vjp(xp, cotangent, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplu
     GB, dBh, dinit = row_scan(xp, dA=d4, V=dy0[:, :, None], K=Cw[:, :, None], hpk=hpk, Am=Am,
                               Q=Bw[:, :, None], W=(d4 * xw)[:, :, None], init=dSLw, reverse=True)
     GB = GB[:, :, 0]
-    dx = d4 * GB
     xGB = xp.sum(xw * GB, axis=-1)  # (B, L, H)
     # 3. decay: dL/da_t = exp(a_t) <G_t, S_{t-1}> per row, summed over the rows of the head
     Aw = A.astype(wd)
@@ -91,16 +88,13 @@ def _vjp(xp, cotangent, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplu
     ddt = xGB + Aw * dla
     # dA sums B*L terms per head: accumulate in float64 (cheap: B*L*H values), round once
     grads = {"A": xp.sum(dtv * dla, axis=(0, 1), dtype=xp.float64).astype(wd)}
-    # skip and gate
+    # skip and gate: dx = dt G B + D dy0 and dz in one fused pass (kernels/_fused.py)
+    dx, dz = skip_gate_grads(xp, d4, GB, xw, dy0, D, y0, dyw, z)
     if D is not None:
-        Dw = D.astype(wd)
-        Dx = Dw[:, None] if D.ndim == 1 else Dw
-        dx = dx + Dx * dy0
         dD = xp.sum(dy0 * xw, axis=(0, 1))
         grads["D"] = xp.sum(dD, axis=-1) if D.ndim == 1 else dD
     if z is not None:
-        pre = y0 if D is None else y0 + Dx * xw
-        grads["z"] = dyw * pre * dsilu(xp, zw)
+        grads["z"] = dz
     # heads -> groups
     dB = xp.sum(dBh[:, :, 0].reshape(Bsz, L, G, hpk, N), axis=3)
     dC = xp.sum(dCh[:, :, 0].reshape(Bsz, L, G, hpk, N), axis=3)
@@ -111,7 +105,7 @@ def _vjp(xp, cotangent, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplu
     if initial_state is not None:
         grads["initial_state"] = dinit
     args = dict(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_state=initial_state)
-    return {k: v.astype(args[k].dtype) for k, v in grads.items()}
+    return {k: v.astype(args[k].dtype, copy=False) for k, v in grads.items()}
 
 
 # ---- the ops ------------------------------------------------------------------------------
