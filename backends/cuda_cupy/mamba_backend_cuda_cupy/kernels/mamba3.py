@@ -44,6 +44,25 @@ def _b4(xp, a, P):
     return xp.broadcast_to(a[..., None], tuple(a.shape) + (P,))
 
 
+# ---- the same-token R x R block: M[b,l,h,R,r] = <C_R, B_r> and its products ------------------
+# einsum for MIMO; for SISO (R = 1) the same sums as broadcast products: CuPy's einsum turns these
+# 5-axis contractions with a size-1 rank into batched matrix products of 1 x 1 blocks.
+def _tok_dot(xp, a, b):
+    """M (B, L, H, R, R'): M[..., R, r] = sum over the last axis of a[:, :, R] b[:, :, r];
+    a, b: (B, L, R, H, K)."""
+    if a.shape[2] == 1 and b.shape[2] == 1:
+        return xp.sum(a * b, axis=-1)[:, :, 0, :, None, None]
+    return xp.einsum("blRhk,blrhk->blhRr", a, b)
+
+
+def _tok_mix(xp, M, a, transpose=False):
+    """sum_r M[..., R, r] a[:, :, r] -> (B, L, R, H, K) (transpose: sum_R M[..., R, r] a[:, :, R]);
+    a: (B, L, R, H, K)."""
+    if M.shape[-1] == 1 and M.shape[-2] == 1:
+        return M[:, :, :, 0, 0][:, :, None, :, None] * a
+    return xp.einsum("blhRr,blRhk->blrhk" if transpose else "blhRr,blrhk->blRhk", M, a)
+
+
 def _initial(xp, Bsz, H, P, N, R, initial_state, initial_k, initial_v, sgn, mxr, wd):
     """(S'_{-1} or None, u_{-1} or None, v_{-1}, k_{-1})."""
     if initial_k is None and initial_v is None:
@@ -68,8 +87,7 @@ def _fwd(xp, x, dt, A, trap, B, C, D=None, mimo_x=None, initial_state=None, init
     Bw, Cw = B.astype(wd, copy=False), C.astype(wd, copy=False)
     Y, _, fin = row_scan(xp, dA=_b4(xp, Aw * dtw, P), V=v, K=Bw, coef=_b4(xp, scale, P), Q=Cw,
                          init=S0)
-    M = xp.einsum("blRhn,blrhn->blhRr", Cw, Bw)
-    corr = xp.einsum("blhRr,blrhp->blRhp", M, v)
+    corr = _tok_mix(xp, _tok_dot(xp, Cw, Bw), v)
     y = Y - sg[:, :, None, :, None] * corr
     if D is not None:
         y = y + D.astype(wd)[:, None] * v
@@ -98,13 +116,13 @@ def _vjp(xp, cotangent, x, dt, A, trap, B, C, D=None, mimo_x=None, initial_state
     dB = sc5 * vG
     dscale = xp.sum(v * GB, axis=(2, 4))  # (B, L, H)
     # the same-token correction y -= sg * M v
-    M = xp.einsum("blRhn,blrhn->blhRr", Cw, Bw)
-    corr = xp.einsum("blhRr,blrhp->blRhp", M, v)
+    M = _tok_dot(xp, Cw, Bw)
+    corr = _tok_mix(xp, M, v)
     dyc = -sg[:, :, None, :, None] * dyw
-    dv = dv + xp.einsum("blhRr,blRhp->blrhp", M, dyc)
-    dM = xp.einsum("blRhp,blrhp->blhRr", dyc, v)
-    dC = dC + xp.einsum("blhRr,blrhn->blRhn", dM, Bw)
-    dB = dB + xp.einsum("blhRr,blRhn->blrhn", dM, Cw)
+    dv = dv + _tok_mix(xp, M, dyc, transpose=True)
+    dM = _tok_dot(xp, dyc, v)
+    dC = dC + _tok_mix(xp, dM, Bw)
+    dB = dB + _tok_mix(xp, dM, Cw, transpose=True)
     dsg = -xp.sum(dyw * corr, axis=(2, 4))
     grads = {}
     if D is not None:
