@@ -4,7 +4,8 @@
 
 At the issue's shape (B=8, L=2048, H=32, P=64, N=128, G=1; Mamba-3 MIMO R=4):
   parts   the pieces of the SSD VJP one by one (forward sweep with readout; forward sweep with
-          readout and row reduction; reverse sweep; decay gradient), under MAMBA_CUPY_ROW_SCAN
+          readout and row reduction; reverse sweep; decay gradient, computing its checkpoints
+          and from the forward sweep's), under MAMBA_CUPY_ROW_SCAN
           = tiled and chunked, so the table shows which piece each kernel speeds up;
   plans   the tiled forward sweep under a few MAMBA_CUPY_TILED plans (npt, rp, warps);
   ops     ssd_scan and mamba3_scan (SISO, MIMO) forward and forward+backward, tiled and chunked.
@@ -84,11 +85,17 @@ def main() -> int:
         "reverse Y+Red": lambda: _scan.row_scan(cp, dA=d4, V=dy, K=Cm, hpk=H, Am=Am, Q=Bm, W=x,
                                                 reverse=True),
         "decay_grad": lambda: _scan.decay_grad(cp, dA=la, V=x, K=Bm, hpk=H, coef=d4, Vr=dy, Kr=Cm),
+        # from the checkpoints of the forward sweep (tiled kernel; None under chunked: its own)
+        "decay_grad ck": lambda: _scan.decay_grad(cp, dA=la, V=x, K=Bm, hpk=H, coef=d4, Vr=dy,
+                                                  Kr=Cm, ck=ck_box[0]),
     }
+    ck_box = [None]
     kinds = [k for k in os.environ.get("BENCH_SCAN_KINDS", "tiled,chunked").split(",") if k]
-    plans = [p for p in os.environ.get("BENCH_SCAN_PLANS", ";".join(PLANS)).split(";") if p]
+    plans = [p for p in os.environ.get("BENCH_SCAN_PLANS", ";".join(PLANS)).split(";") if p.strip()]
     for kind in kinds:
         os.environ[_scan.ROW_SCAN_ENV] = kind
+        ck_box[0] = _scan.row_scan(cp, dA=d4, V=x, K=Bm, hpk=H, Am=Am, coef=d4, Q=Cm, W=dy,
+                                   want_fin=False, checkpoints=True)[3]
         for name, fn in parts.items():
             if left() < 20:
                 break

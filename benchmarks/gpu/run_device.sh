@@ -13,6 +13,8 @@
 #                                                 Mamba-1 sweep (BE < 32), torch_triton float32 SSD
 #   bash benchmarks/gpu/run_device.sh round5      tiled decay gradient checked and timed, Mamba-1 sweep around
 #                                                 round4's best (bf16, float32), torch_triton float32 SSD
+#   bash benchmarks/gpu/run_device.sh round6      decay gradient from the tiled sweep's checkpoints: tests,
+#                                                 cuda_cupy certificate, timings, torch_triton float32 SSD
 #   bash benchmarks/gpu/run_device.sh certify4    every certificate and GPU test under the final defaults,
 #                                                 side-by-side bench, decode, Mamba-1 yardstick
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
@@ -253,6 +255,26 @@ certify4)
     for i in $(seq 1 20); do ls /tmp/ss_build/selective_scan_cuda*.so > /dev/null 2>&1 && break; sleep 3; done
     YARDSTICK_PARTS=mamba1 timeout $(tmo 80) python3 benchmarks/gpu/yardstick.py "$R/yd" > "$R/yardstick.log" 2>&1
     echo "yardstick rc=$?"; grep -E "ratio|FAILED" "$R/yardstick.log"
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
+    ;;
+round6)
+    # After run 12: decay_grad from the tiled forward sweep's checkpoints (its own forward jobs
+    # skipped). GPU tests, cuda_cupy's certificate and the mended torch_triton test in parallel;
+    # then the scan pieces and ops, and torch_triton's float32 SSD row (its long compile last).
+    results_dir
+    DEADLINE=${DEADLINE:-560}
+    job cupy_tests $(tmo 200) python3 -m pytest -q -rs -p no:cacheprovider backends/cuda_cupy/tests/test_gpu.py \
+        -k "tiled or scan_ops or decay or fused or native"
+    job cupy_conf $(tmo 200) env GPU_CHECK_PARTS=conformance python3 backends/cuda_cupy/gpu_check.py "$R/cupy_conf"
+    job tt_tests $(tmo 200) env TRITON_INTERPRET=0 python3 -m pytest -q -p no:cacheprovider \
+        backends/torch_triton/tests/test_m1_norm_conv_kernels.py
+    wait; cat "$R/rc.txt"; for f in "$R"/*.log; do echo "== $f"; tail -n 3 "$f" | cut -c1-300; done
+    BENCH_SCAN_KINDS=tiled BENCH_SCAN_PLANS=" " timeout $(tmo 90) python3 benchmarks/gpu/bench_cupy_scan.py "$R/scan" \
+        --budget 80 > "$R/bench_cupy_scan.log" 2>&1
+    echo "bench_cupy_scan rc=$?"; cut -c1-300 "$R/bench_cupy_scan.log"
+    GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_BACKENDS=torch_triton GPU_CHECK_BENCH_OPS=ssd_scan \
+        timeout $(tmo 300) python3 backends/cuda_cupy/gpu_check.py "$R/tt_ssd_f32" > "$R/tt_ssd_f32.log" 2>&1
+    echo "tt ssd f32 rc=$?"; grep -E "torch_triton" "$R/tt_ssd_f32.log" | cut -c1-300
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
     ;;
 certify3)

@@ -369,6 +369,39 @@ def test_tiled_row_scan_is_deterministic(dtype, monkeypatch):
         assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", [c for c in TILED_CASES if "r" not in c[-1]])
+def test_decay_grad_from_the_tiled_scans_checkpoints(case, dtype, monkeypatch):
+    """row_scan(checkpoints=True) under the tiled kernel writes decay_grad's checkpoints; the
+    decay gradient from them (its forward jobs skipped) matches the one that makes its own."""
+    _backend_or_skip()
+    import cupy as cp
+
+    from mamba_backend_cuda_cupy.kernels import _scan
+
+    rng = np.random.default_rng(19)
+    kw = _tiled_inputs(rng, *case)
+    B, L, R, H, hpk, P, N, _ = case
+    fwd = {k: v for k, v in kw.items() if k in ("dA", "V", "K", "hpk", "Am", "coef", "init")}
+    extra = dict(Vr=rng.standard_normal((B, L, R, H, P)),
+                 Kr=rng.standard_normal((B, L, R, H // hpk, N)), dfin=rng.standard_normal((B, H, P, N)))
+    cfwd, cextra = _to_device(cp, fwd, dtype), _to_device(cp, extra, dtype)
+    monkeypatch.setenv(_scan.ROW_SCAN_ENV, "chunked")
+    assert _scan.row_scan(cp, **cfwd, checkpoints=True)[3] is None  # only the tiled kernel writes them
+    own = cp.asnumpy(_scan.decay_grad(cp, **cfwd, **cextra)[0])
+    monkeypatch.setenv(_scan.ROW_SCAN_ENV, "tiled")
+    ck = _scan.row_scan(cp, **cfwd, checkpoints=True)[3]
+    want_ck = _scan.row_scan(np, **fwd, checkpoints=True)[3]
+    assert ck is not None and ck.shape == want_ck.shape
+    assert gpu_check_rel(cp.asnumpy(ck), want_ck) <= 1e3 * ROW_SCAN_TOL[dtype]
+    monkeypatch.setenv(_scan.ROW_SCAN_ENV, "chunked")  # the decay kernel that takes them
+    got = cp.asnumpy(_scan.decay_grad(cp, **cfwd, **cextra, ck=ck)[0])
+    want = _scan.decay_grad(np, **fwd, **extra)[0]
+    assert np.all(np.isfinite(got))
+    assert gpu_check_rel(got, own) <= 10 * ROW_SCAN_TOL[dtype]
+    assert gpu_check_rel(got, want) <= 1e3 * ROW_SCAN_TOL[dtype]
+
+
 # the decay gradient (scan_bwd.cu): the chunked kernel against the step kernel
 DECAY_CASES = [(2, 37, 1, 4, 2, 5, 16, "scwi"), (1, 70, 4, 2, 1, 7, 5, "acwi"),
                (2, 100, 1, 2, 1, 64, 128, "sc"), (1, 45, 4, 2, 2, 9, 64, "ai"),

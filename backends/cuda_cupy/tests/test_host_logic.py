@@ -666,3 +666,26 @@ def test_ss_dedicated_float32_strong_decay():
     y, fin = m1._fwd_ss(np, cfg, *map(f32, args), **{k: f32(v) for k, v in kw.items()})
     wy, wf = REGISTRY["selective_scan"].reference(*args, **kw)
     assert y.dtype == np.float32 and rel(y, wy) < 5e-6 and rel(fin, wf) < 5e-6
+
+
+def test_row_scan_checkpoints_feed_decay_grad_emulated():
+    """The emulated contract: row_scan(checkpoints=True) holds S_{t-1} at t = c DECAY_CHUNK, and
+    decay_grad from them equals decay_grad computing its own (same arithmetic: exactly)."""
+    rng = _rng()
+    B, L, R, H, P, N = 1, 70, 2, 2, 3, 4
+    kw = dict(dA=-np.abs(rng.standard_normal((B, L, H, P))), V=rng.standard_normal((B, L, R, H, P)),
+              K=rng.standard_normal((B, L, R, H, N)), coef=rng.random((B, L, H, P)),
+              init=rng.standard_normal((B, H, P, N)))
+    Y, _, fin, ck = _scan.row_scan(np, Q=rng.standard_normal((B, L, R, H, N)), checkpoints=True, **kw)
+    assert ck.shape == (B, 3, H, P, N)
+    assert np.array_equal(ck[:, 0], kw["init"])
+    _, _, S32 = _scan.row_scan(np, **{**kw, "dA": kw["dA"][:, :32], "V": kw["V"][:, :32],
+                                      "K": kw["K"][:, :32], "coef": kw["coef"][:, :32]})
+    assert np.allclose(ck[:, 1], S32, rtol=1e-12, atol=1e-12)
+    extra = dict(Vr=rng.standard_normal((B, L, R, H, P)), Kr=rng.standard_normal((B, L, R, H, N)),
+                 dfin=rng.standard_normal((B, H, P, N)))
+    own = _scan.decay_grad(np, **kw, **extra)[0]
+    given = _scan.decay_grad(np, **kw, **extra, ck=ck)[0]
+    assert np.allclose(given, own, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="reverse"):
+        _scan.row_scan(np, **kw, reverse=True, checkpoints=True)

@@ -175,6 +175,9 @@ __global__ void __launch_bounds__(DECAY_MAX_THREADS) decay_grad(
 // The inputs of job j+1 (F, RF: dA, coef, V, K rows; RB: dA, Vr, Kr rows) are copied with
 // cp.async into the other half of a double buffer while job j runs: one barrier per job, reached
 // by every thread. qa is staged per RB job and written coalesced after the next barrier.
+// have_ck != 0: ck already holds the checkpoints (row_scan_tiled wrote them in the forward
+// sweep of the same scan: cuda/scan_tiled.cu), so the F jobs are skipped and the list starts at
+// the last chunk's RF jobs (the buffers keep the parity of the full list's job index).
 // Shared memory (element offsets from the host, _scan.decay_config; two buffers each):
 // oK: 2 x TS x R x Npad (K or Kr); oV: 2 x TS x R x rows (V or Vr); oD: 2 x TS x rows (dA);
 // oC: same (coef); oQ: 2 x TS x rows (qa staging).
@@ -193,7 +196,8 @@ __global__ void __launch_bounds__(DECAY_MAX_THREADS) decay_grad_chunked(
     const int hpk,
     const T* __restrict__ init, const T* __restrict__ dfin,
     T* __restrict__ ck, T* __restrict__ qa, T* __restrict__ dAm,
-    const int TS, const int oK, const int oV, const int oD, const int oC, const int oQ) {
+    const int TS, const int oK, const int oV, const int oD, const int oC, const int oQ,
+    const int have_ck) {
   extern __shared__ unsigned char smem_raw[];
   T* sm = reinterpret_cast<T*>(smem_raw);
 
@@ -306,13 +310,14 @@ __global__ void __launch_bounds__(DECAY_MAX_THREADS) decay_grad_chunked(
   }
   T Sbuf[CH][NPER];
 
-  issue(0, 0);
-  for (int jb = 0; jb < njobs; ++jb) {
+  const int j0 = have_ck ? nF : 0;  // the first job run
+  issue(j0, j0 & 1);
+  for (int jb = j0; jb < njobs; ++jb) {
     const int buf = jb & 1;
     cp_async_wait_all();
     __syncthreads();  // job jb's inputs are staged; every thread is done with job jb-1
     if (jb + 1 < njobs) issue(jb + 1, buf ^ 1);
-    if (jb > 0) {
+    if (jb > j0) {
       int pk, pkk;
       job(jb - 1, pk, pkk);
       if (pk == 2) write_qa(jb - 1);
@@ -442,7 +447,7 @@ __global__ void __launch_bounds__(DECAY_MAX_THREADS) decay_grad_chunked(
       int, int, int, int, int, int, const T*, i64, i64, i64, i64, const T*, i64, i64, i64,       \
       const T*, i64, i64, i64, i64, const T*, i64, i64, i64, i64, i64, const T*, i64, i64, i64,  \
       i64, const T*, i64, i64, i64, i64, i64, const T*, i64, i64, i64, i64, int, const T*,       \
-      const T*, T*, T*, T*, int, int, int, int, int, int);
+      const T*, T*, T*, T*, int, int, int, int, int, int, int);
 #define DECAY_GRAD_CHUNKED_INST(T, NPER, CH)                                                     \
   DECAY_GRAD_CHUNKED_INST1(T, NPER, true, CH)                                                    \
   DECAY_GRAD_CHUNKED_INST1(T, NPER, false, CH)

@@ -23,7 +23,9 @@
 // past P and entries past N compute zeros; no early return).
 //
 // Arguments: row_scan_chunked's (the host builds one list for both), LPC read as LG; the
-// strides along p of dA and coef and along p, n of Am are not read (they are 0 here).
+// strides along p of dA and coef and along p, n of Am are not read (they are 0 here). Then
+// ck, CKCH: when ck is not null (forward only), S_{t-1} for every t = c CKCH is written to
+// ck (B, nck, NH, P, N), decay_grad's checkpoints, so that its own forward sweep is skipped.
 //
 // Block (tile, h, b): rows p = tile * RB + (warp * RG + group) * RP + k, k < RP
 // (RB = warps * RG * RP rows a block, RG = 32 / LG groups a warp); lane ln of its group holds
@@ -106,7 +108,7 @@ __global__ void __launch_bounds__(TILED_MAX_THREADS) row_scan_tiled(
     T* __restrict__ Red,
     const T* __restrict__ init, T* __restrict__ fin,
     const int TC, const int DR, const int oK, const int oQ, const int oD, const int oC,
-    const int oV, const int oW, const int oY, const int oR) {
+    const int oV, const int oW, const int oY, const int oR, T* __restrict__ ck, const int CKCH) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sm = reinterpret_cast<T*>(smem_raw);
 
@@ -226,6 +228,17 @@ __global__ void __launch_bounds__(TILED_MAX_THREADS) row_scan_tiled(
 #pragma unroll 2
     for (int i = 0; i < tc; ++i) {
       const int s = s0 + i;
+      if (ck != nullptr && s % CKCH == 0) {  // forward only: S_{s-1}, decay_grad's checkpoint
+        const int nck = (L + CKCH - 1) / CKCH;
+#pragma unroll
+        for (int k = 0; k < RP; ++k) {
+#pragma unroll
+          for (int j = 0; j < NPT; ++j) {
+            const int p = p0 + k, n = n0 + j;
+            if (p < P && n < N) ck[((((i64)b * nck + s / CKCH) * NH + h) * P + p) * N + n] = S[k][j];
+          }
+        }
+      }
       const T dec = m_exp(Dc[i] * Ah);
       const T cf = coef != nullptr ? Cc[i] : T(1);
       // the update: S = dec S + cf sum_r V_r K_r^T (reverse: the previous step's decay)
@@ -322,7 +335,7 @@ __global__ void __launch_bounds__(TILED_MAX_THREADS) row_scan_tiled(
       int, int, int, int, int, int, int, const T*, i64, i64, i64, i64, const T*, i64, i64, i64,  \
       const T*, i64, i64, i64, i64, const T*, i64, i64, i64, i64, i64, const T*, i64, i64, i64,  \
       i64, int, const T*, i64, i64, i64, i64, T*, const T*, i64, i64, i64, i64, i64, T*,         \
-      const T*, T*, int, int, int, int, int, int, int, int, int, int);
+      const T*, T*, int, int, int, int, int, int, int, int, int, int, T*, int);
 #define ROW_SCAN_TILED_INST_RP(T, NPT) \
   ROW_SCAN_TILED_INST(T, NPT, 1)       \
   ROW_SCAN_TILED_INST(T, NPT, 2)       \

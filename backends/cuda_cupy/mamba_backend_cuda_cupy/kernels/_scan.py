@@ -339,14 +339,21 @@ def _elem_strides(a, ndim):
 
 
 def row_scan(xp, *, dA, V, K, hpk=1, Am=None, coef=None, Q=None, W=None, init=None,
-             reverse=False, want_fin=True):
-    """Run the row scan (see the module docstring). Returns (Y, Red, fin)."""
+             reverse=False, want_fin=True, checkpoints=False):
+    """Run the row scan (see the module docstring). Returns (Y, Red, fin), and with
+    ``checkpoints`` (forward only) a fourth item: decay_grad's checkpoints of this scan
+    ((B, ceil(L / DECAY_CHUNK), H, P, N), S_{t-1} at every t = c DECAY_CHUNK) for its ``ck``,
+    or None when the kernel that ran does not write them (then decay_grad makes its own)."""
+    if checkpoints and reverse:
+        raise ValueError("row_scan: checkpoints are the forward states; reverse=True has none")
     if isinstance(V, np.ndarray):
-        return _emulate(dA, V, K, hpk, Am, coef, Q, W, init, reverse, want_fin)
-    return _launch(xp, dA, V, K, hpk, Am, coef, Q, W, init, reverse, want_fin)
+        out = _emulate(dA, V, K, hpk, Am, coef, Q, W, init, reverse, want_fin, checkpoints)
+    else:
+        out = _launch(xp, dA, V, K, hpk, Am, coef, Q, W, init, reverse, want_fin, checkpoints)
+    return out if checkpoints else out[:3]
 
 
-def _launch(xp, dA, V, K, hpk, Am, coef, Q, W, init, reverse, want_fin):
+def _launch(xp, dA, V, K, hpk, Am, coef, Q, W, init, reverse, want_fin, checkpoints=False):
     Bsz, L, R, H, P = V.shape
     N = K.shape[-1]
     dtype = V.dtype
@@ -413,16 +420,21 @@ def _launch(xp, dA, V, K, hpk, Am, coef, Q, W, init, reverse, want_fin):
     )
     if ck is not None:
         args += (i32(ck.steps), i32(ck.ring), *(i32(o) for o in ck.offsets))
+    ckpt = None
+    if tc is not None:  # only the tiled kernel writes decay_grad's checkpoints
+        if checkpoints:
+            ckpt = xp.empty((Bsz, max(1, -(-L // DECAY_CHUNK)), H, P, N), dtype)
+        args += (ptr(ckpt), i32(DECAY_CHUNK))
     if L > 0:
         fn((cfg.tiles, H, Bsz), (cfg.warps * 32,), args, shared_mem=cfg.smem)
     elif want_fin:
         fin[...] = 0 if init is None else init
     if Red is not None:
         Red = Red[0] if cfg.tiles == 1 else xp.sum(Red, axis=0)
-    return Y, Red, fin
+    return Y, Red, fin, ckpt
 
 
-def _emulate(dA, V, K, hpk, Am, coef, Q, W, init, reverse, want_fin):
+def _emulate(dA, V, K, hpk, Am, coef, Q, W, init, reverse, want_fin, checkpoints=False):
     """The contract in NumPy, loop over time (tests only: small shapes)."""
     Bsz, L, R, H, P = V.shape
     N = K.shape[-1]
@@ -436,8 +448,11 @@ def _emulate(dA, V, K, hpk, Am, coef, Q, W, init, reverse, want_fin):
     Y = None if Q is None else np.zeros((Bsz, L, R, H, P), dt)
     Red = None if W is None else np.zeros((Bsz, L, R, H, N), dt)
     pend = np.ones((Bsz, H, P, N), dt)
+    ckpt = np.zeros((Bsz, max(1, -(-L // DECAY_CHUNK)), H, P, N), dt) if checkpoints else None
     order = range(L - 1, -1, -1) if reverse else range(L)
     for t in order:
+        if ckpt is not None and t % DECAY_CHUNK == 0:
+            ckpt[:, t // DECAY_CHUNK] = S
         dec = np.exp(dA[:, t, :, :, None] * Am_[None])
         inp = cf[:, t, :, :, None] * np.einsum("brhp,brhn->bhpn", V[:, t], Kh[:, t])
         if reverse:
@@ -450,7 +465,7 @@ def _emulate(dA, V, K, hpk, Am, coef, Q, W, init, reverse, want_fin):
         if Red is not None:
             Red[:, t] = np.einsum("brhp,bhpn->brhn", W[:, t], S)
     fin = (pend * S if reverse else S) if want_fin else None
-    return Y, Red, fin
+    return Y, Red, fin, ckpt
 
 
 # ---- the decay gradient (cuda/scan_bwd.cu) ------------------------------------------------------
@@ -459,17 +474,19 @@ DECAY_CHUNK = 32
 
 
 def decay_grad(xp, *, dA, V, K, Vr, Kr, hpk=1, Am=None, coef=None, init=None, dfin=None,
-               want_dAm=False):
+               want_dAm=False, ck=None):
     """The decay gradient of the row scan (cuda/scan_bwd.cu). Returns (qa, dAm | None).
 
     Forward as row_scan (dA, Am, coef, V, K, init); adjoint G_t = dec_{t+1} G_{t+1} + Vr_t Kr_t^T
     from G_L = dfin; q_t[n] = dec_t[n] G_t[n] S_{t-1}[n];
     qa (B, L, H, P) = sum_n Am[n] q_t[n] (Am None: 1);  dAm (B, H, P, N) = sum_t dA_t q_t[n].
     Vr: (B, L, R2, H, P), Kr: (B, L, R2, HK, N) (R2 may differ from V's R).
+    ck: the checkpoints of the same forward scan, as row_scan(..., checkpoints=True) returns them
+    (None: computed here, by a forward sweep of the kernel's own).
     """
     if isinstance(V, np.ndarray):
-        return _emulate_decay(dA, V, K, Vr, Kr, hpk, Am, coef, init, dfin, want_dAm)
-    return _launch_decay(xp, dA, V, K, Vr, Kr, hpk, Am, coef, init, dfin, want_dAm)
+        return _emulate_decay(dA, V, K, Vr, Kr, hpk, Am, coef, init, dfin, want_dAm, ck)
+    return _launch_decay(xp, dA, V, K, Vr, Kr, hpk, Am, coef, init, dfin, want_dAm, ck)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -524,7 +541,7 @@ def decay_config(P: int, N: int, R: int, itemsize: int, has_coef: bool = True,
     return None
 
 
-def _launch_decay(xp, dA, V, K, Vr, Kr, hpk, Am, coef, init, dfin, want_dAm):
+def _launch_decay(xp, dA, V, K, Vr, Kr, hpk, Am, coef, init, dfin, want_dAm, ck_in=None):
     Bsz, L, R, H, P = V.shape
     R2 = Vr.shape[2]
     N = K.shape[-1]
@@ -542,7 +559,10 @@ def _launch_decay(xp, dA, V, K, Vr, Kr, hpk, Am, coef, init, dfin, want_dAm):
     init = None if init is None else xp.ascontiguousarray(init, dtype=dtype)
     dfin = None if dfin is None else xp.ascontiguousarray(dfin, dtype=dtype)
     nck = max(1, -(-L // DECAY_CHUNK))
-    ck = xp.empty((Bsz, nck, H, P, N), dtype)
+    if ck_in is not None and tuple(ck_in.shape) != (Bsz, nck, H, P, N):
+        raise ValueError(f"decay_grad: ck has shape {tuple(ck_in.shape)}, expected "
+                         f"{(Bsz, nck, H, P, N)} (row_scan(..., checkpoints=True) of this scan)")
+    ck = xp.empty((Bsz, nck, H, P, N), dtype) if ck_in is None else ck_in
     qa = xp.empty((Bsz, L, H, P), dtype)
     dAm = xp.empty((Bsz, H, P, N), dtype) if want_dAm else None
     if L == 0:
@@ -582,15 +602,15 @@ def _launch_decay(xp, dA, V, K, Vr, Kr, hpk, Am, coef, init, dfin, want_dAm):
         Kr, *(i64(s) for s in sR[:4]), i32(hpk),
         ptr(init), ptr(dfin), ck, qa, ptr(dAm),
     )
-    if dc is not None:
-        args += (i32(dc.steps), *(i32(o) for o in dc.offsets))
+    if dc is not None:  # only the chunked kernel takes given checkpoints
+        args += (i32(dc.steps), *(i32(o) for o in dc.offsets), i32(ck_in is not None))
         fn((cfg.tiles, H, Bsz), (cfg.warps * 32,), args, shared_mem=cfg.smem)
     else:
         fn((cfg.tiles, H, Bsz), (cfg.warps * 32,), args)
     return qa, dAm
 
 
-def _emulate_decay(dA, V, K, Vr, Kr, hpk, Am, coef, init, dfin, want_dAm):
+def _emulate_decay(dA, V, K, Vr, Kr, hpk, Am, coef, init, dfin, want_dAm, ck_in=None):
     """decay_grad in NumPy with the kernel's loop structure (checkpoints every DECAY_CHUNK
     tokens, chunks recomputed last first): tests only, small shapes."""
     Bsz, L, R, H, P = V.shape
@@ -611,11 +631,14 @@ def _emulate_decay(dA, V, K, Vr, Kr, hpk, Am, coef, init, dfin, want_dAm):
         return dec(t) * S + inp
 
     S = np.zeros((Bsz, H, P, N), dt) if init is None else np.array(init, dt)
-    ck = np.zeros((Bsz, nck, H, P, N), dt)
-    for t in range(L):
-        if t % CH == 0:
-            ck[:, t // CH] = S
-        S = fwd(t, S)
+    if ck_in is not None:  # the forward scan's checkpoints (row_scan(..., checkpoints=True))
+        ck = np.asarray(ck_in, dt)
+    else:
+        ck = np.zeros((Bsz, nck, H, P, N), dt)
+        for t in range(L):
+            if t % CH == 0:
+                ck[:, t // CH] = S
+            S = fwd(t, S)
     G = np.zeros((Bsz, H, P, N), dt) if dfin is None else np.array(dfin, dt)
     pend = np.ones((Bsz, H, P, N), dt)
     acc = np.zeros((Bsz, H, P, N), dt)

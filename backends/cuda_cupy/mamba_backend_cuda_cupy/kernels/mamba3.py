@@ -14,8 +14,9 @@ sg_t = dt_{t+1} (1 - trap_{t+1}) (0 at the last token), scale_t = trap_t dt_t + 
 Backward: a forward sweep (y' = S' C and dC = sum_p dy_R S'), a reverse sweep of the adjoint
 (readout G B_r -> dv, reduction sum_p v_r G -> dB, final = dS'_{-1}), and the decay gradient
 dL/d(A dt)_t = exp(A_t dt_t) <G_t, S'_{t-1}> entry by entry by the decay_grad kernel
-(cuda/scan_bwd.cu), as in ssd.py (not the cumulative-sum identity, which cancels catastrophically
-in float32 under strong decay). chunk_size does not change the result.
+(cuda/scan_bwd.cu) from the checkpoints the forward sweep writes, as in ssd.py (not the
+cumulative-sum identity, which cancels catastrophically in float32 under strong decay).
+chunk_size does not change the result.
 """
 
 from __future__ import annotations
@@ -106,8 +107,9 @@ def _vjp(xp, cotangent, x, dt, A, trap, B, C, D=None, mimo_x=None, initial_state
     dyw = xp.zeros((Bsz, L, R, H, P), wd) if dy is None else dy.astype(wd, copy=False)
     la4 = _b4(xp, Aw * dtw, P)
     # forward sweep: y' = S' C, dC = sum_p dy S', S_L
-    Yp, dC, _ = row_scan(xp, dA=la4, V=v, K=Bw, coef=_b4(xp, scale, P), Q=Cw, W=dyw, init=S0,
-                         want_fin=False)
+    # (and the decay gradient's checkpoints of this sweep, when the tiled kernel runs it)
+    Yp, dC, _, ck = row_scan(xp, dA=la4, V=v, K=Bw, coef=_b4(xp, scale, P), Q=Cw, W=dyw,
+                             init=S0, want_fin=False, checkpoints=True)
     # reverse sweep: the adjoint G of S'
     dSLw = None if dSL is None else dSL.astype(wd)
     GB, vG, Gm1 = row_scan(xp, dA=la4, V=dyw, K=Cw, Q=Bw, W=v, init=dSLw, reverse=True)
@@ -130,7 +132,7 @@ def _vjp(xp, cotangent, x, dt, A, trap, B, C, D=None, mimo_x=None, initial_state
         grads["D"] = xp.sum(dyw * v, axis=(0, 1, 2, 4))
     # decay: dL/d(A dt)_t = exp(A_t dt_t) <G_t, S'_{t-1}>, entry by entry (decay_grad)
     qa, _ = decay_grad(xp, dA=la4, V=v, K=Bw, coef=_b4(xp, scale, P), Vr=dyw, Kr=Cw, init=S0,
-                       dfin=dSLw)
+                       dfin=dSLw, ck=ck)
     dla = xp.sum(qa, axis=-1)  # (B, L, H)
     dA = dtw * dla
     ddt = Aw * dla

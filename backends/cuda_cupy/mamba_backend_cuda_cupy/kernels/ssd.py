@@ -7,7 +7,8 @@ Ops (signatures and math: mamba_core/ops/ssd.py):
 
 Rows are (b, h, p): each holds S[p, :] (N entries) in registers; decay exp(dt_t A_h) per row.
 Forward: one row scan (readout Y = S_t C_t), then skip and gate elementwise.
-Backward, without saving any state (decay_grad recomputes S from checkpoints of its own):
+Backward, without saving any state (decay_grad recomputes S from checkpoints: those the tiled
+forward sweep of step 1 writes, or its own):
   1. forward sweep: y0_t = S_t C_t, dC_t = sum_{p, heads of the group} dy0_t[p] S_t[p, :], S_L;
   2. reverse sweep of the adjoint G_t = exp(a_{t+1}) G_{t+1} + dy0_t C_t^T (from dfinal_state):
      readout G_t B_t (-> dx = dt G B + D dy0), reduction sum_p dt x G (-> dB), dinitial = e^{a_0} G_0;
@@ -70,8 +71,10 @@ def _vjp(xp, cotangent, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplu
     dy0 = gate_cotangent(xp, dyw, z)  # dL/dy0 = dy silu(z)
     init = None if initial_state is None else initial_state.astype(wd)
     # 1. forward sweep: y0, dC per head
-    Y, dCh, _ = row_scan(xp, dA=d4, V=xw[:, :, None], K=Bw[:, :, None], hpk=hpk, Am=Am, coef=d4,
-                         Q=Cw[:, :, None], W=dy0[:, :, None], init=init, want_fin=False)
+    # (and the decay gradient's checkpoints of this sweep, when the tiled kernel runs it)
+    Y, dCh, _, ck = row_scan(xp, dA=d4, V=xw[:, :, None], K=Bw[:, :, None], hpk=hpk, Am=Am,
+                             coef=d4, Q=Cw[:, :, None], W=dy0[:, :, None], init=init,
+                             want_fin=False, checkpoints=True)
     y0 = Y[:, :, 0]
     # 2. reverse sweep of the adjoint
     dSLw = None if dSL is None else dSL.astype(wd)
@@ -83,7 +86,7 @@ def _vjp(xp, cotangent, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplu
     Aw = A.astype(wd)
     la = xp.broadcast_to((dtv * Aw)[..., None], (Bsz, L, H, P))
     qa, _ = decay_grad(xp, dA=la, V=xw[:, :, None], K=Bw[:, :, None], hpk=hpk, coef=d4,
-                       Vr=dy0[:, :, None], Kr=Cw[:, :, None], init=init, dfin=dSLw)
+                       Vr=dy0[:, :, None], Kr=Cw[:, :, None], init=init, dfin=dSLw, ck=ck)
     dla = xp.sum(qa, axis=-1)  # (B, L, H)
     ddt = xGB + Aw * dla
     # dA sums B*L terms per head: accumulate in float64 (cheap: B*L*H values), round once
