@@ -15,6 +15,7 @@
 #                                                 round4's best (bf16, float32), torch_triton float32 SSD
 #   bash benchmarks/gpu/run_device.sh round6      decay gradient from the tiled sweep's checkpoints: tests,
 #                                                 cuda_cupy certificate, timings, torch_triton float32 SSD
+#   bash benchmarks/gpu/run_device.sh tests7      the cuda_cupy GPU tests alone
 #   bash benchmarks/gpu/run_device.sh certify4    every certificate and GPU test under the final defaults,
 #                                                 side-by-side bench, decode, Mamba-1 yardstick
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
@@ -275,6 +276,15 @@ round6)
     GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_BACKENDS=torch_triton GPU_CHECK_BENCH_OPS=ssd_scan \
         timeout $(tmo 300) python3 backends/cuda_cupy/gpu_check.py "$R/tt_ssd_f32" > "$R/tt_ssd_f32.log" 2>&1
     echo "tt ssd f32 rc=$?"; grep -E "torch_triton" "$R/tt_ssd_f32.log" | cut -c1-300
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
+    ;;
+tests7)
+    # The cuda_cupy GPU tests alone (after round6: the tests' broadcast inputs mended so the
+    # tiled kernel's per-head Am cases reach it).
+    results_dir
+    DEADLINE=${DEADLINE:-400}
+    timeout $(tmo 380) python3 -m pytest -q -rs -p no:cacheprovider backends/cuda_cupy/tests/ > "$R/cupy_tests.log" 2>&1
+    echo "cupy tests rc=$?"; tail -n 5 "$R/cupy_tests.log" | cut -c1-300
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
     ;;
 certify3)

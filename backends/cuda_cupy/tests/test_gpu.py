@@ -236,7 +236,9 @@ def _to_device(cp, kw, dtype):
     for k, v in kw.items():
         if isinstance(v, np.ndarray):
             if v.strides and 0 in v.strides:  # keep a broadcast view broadcast on the device
-                base = cp.asarray(np.ascontiguousarray(v[..., :1]), dtype)
+                # (every stride-0 axis stays stride 0: the tiled kernel's test reads them)
+                one = tuple(slice(0, 1) if st == 0 else slice(None) for st in v.strides)
+                base = cp.asarray(np.ascontiguousarray(v[one]), dtype)
                 out[k] = cp.broadcast_to(base, v.shape)
             else:
                 out[k] = cp.asarray(v, dtype)
@@ -337,9 +339,9 @@ def test_tiled_row_scan_matches_chunked_kernel(case, dtype, budget, plan, monkey
     tplan = lambda b: _scan.tiled_config(P, N, R, L, item, "Q" in kw, "coef" in kw, "W" in kw, b)
     if budget == "tiny":
         monkeypatch.setattr(_scan, "CHUNK_SMEM_BUDGET", _tiny_budget(lambda b: tplan(b) is not None))
-    assert _scan.tiled_applies(kw["dA"], kw.get("Am"), kw.get("coef"))
     assert tplan(_scan.CHUNK_SMEM_BUDGET) is not None  # the tiled kernel does run
     ckw = _to_device(cp, kw, dtype)
+    assert _scan.tiled_applies(ckw["dA"], ckw.get("Am"), ckw.get("coef"))  # on these arrays
     out = {}
     for kind in ("chunked", "tiled"):
         monkeypatch.setenv(_scan.ROW_SCAN_ENV, kind)
@@ -386,6 +388,7 @@ def test_decay_grad_from_the_tiled_scans_checkpoints(case, dtype, monkeypatch):
     extra = dict(Vr=rng.standard_normal((B, L, R, H, P)),
                  Kr=rng.standard_normal((B, L, R, H // hpk, N)), dfin=rng.standard_normal((B, H, P, N)))
     cfwd, cextra = _to_device(cp, fwd, dtype), _to_device(cp, extra, dtype)
+    assert _scan.tiled_applies(cfwd["dA"], cfwd.get("Am"), cfwd.get("coef"))
     monkeypatch.setenv(_scan.ROW_SCAN_ENV, "chunked")
     assert _scan.row_scan(cp, **cfwd, checkpoints=True)[3] is None  # only the tiled kernel writes them
     own = cp.asnumpy(_scan.decay_grad(cp, **cfwd, **cextra)[0])
