@@ -16,6 +16,7 @@
 #   bash benchmarks/gpu/run_device.sh round6      decay gradient from the tiled sweep's checkpoints: tests,
 #                                                 cuda_cupy certificate, timings, torch_triton float32 SSD
 #   bash benchmarks/gpu/run_device.sh tests7      the cuda_cupy GPU tests alone
+#   bash benchmarks/gpu/run_device.sh final8      cuda_cupy norms and conv: GPU tests, certificate, timings
 #   bash benchmarks/gpu/run_device.sh certify4    every certificate and GPU test under the final defaults,
 #                                                 side-by-side bench, decode, Mamba-1 yardstick
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
@@ -285,6 +286,19 @@ tests7)
     DEADLINE=${DEADLINE:-400}
     timeout $(tmo 380) python3 -m pytest -q -rs -p no:cacheprovider backends/cuda_cupy/tests/ > "$R/cupy_tests.log" 2>&1
     echo "cupy tests rc=$?"; tail -n 5 "$R/cupy_tests.log" | cut -c1-300
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
+    ;;
+final8)
+    # Last call: cuda_cupy's register-held norms and time-tiled conv checked (all its GPU tests,
+    # its certificate), then timed beside torch_triton.
+    results_dir
+    DEADLINE=${DEADLINE:-450}
+    job cupy_tests $(tmo 330) python3 -m pytest -q -rs -p no:cacheprovider backends/cuda_cupy/tests/
+    job cupy_conf $(tmo 330) env GPU_CHECK_PARTS=conformance python3 backends/cuda_cupy/gpu_check.py "$R/cupy_conf"
+    wait; cat "$R/rc.txt"; for f in "$R"/*.log; do echo "== $f"; tail -n 3 "$f" | cut -c1-300; done
+    GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_OPS=rmsnorm_gated,add_rmsnorm,causal_conv1d \
+        timeout $(tmo 100) python3 backends/cuda_cupy/gpu_check.py "$R/bench" > "$R/bench.log" 2>&1
+    echo "bench rc=$?"; grep -E "cuda_cupy|torch_triton" "$R/bench.log" | cut -c1-300
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
     ;;
 certify3)

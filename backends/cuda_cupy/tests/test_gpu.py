@@ -628,3 +628,65 @@ def test_fused_glue_matches_numpy(dtype, D_kind, has_z):
     assert (dz is None) == (dz_w is None)
     if dz is not None:
         assert gpu_check_rel(cp.asnumpy(dz), dz_w) < tol
+
+
+# ---- causal conv1d (conv1d.cu): time tiles of CONV_TT with a register window; every K the
+# kernels are instantiated for, L across several tiles and shorter than K, with and without an
+# initial state, bias and silu, against the float64 reference (forward, final state, VJP)
+@pytest.mark.parametrize("dtype,tol", [("float32", 2e-5), ("float64", 1e-12)])
+@pytest.mark.parametrize("K", [1, 2, 3, 4, 5, 8])
+@pytest.mark.parametrize("L,opts", [(37, "bis"), (2, "is"), (16, ""), (33, "b"), (5, "bi")])
+def test_conv1d_tiles_match_reference(dtype, tol, K, L, opts):
+    be = _backend_or_skip()
+    rng = np.random.default_rng(20)
+    B, C = 2, 300
+    x = rng.standard_normal((B, L, C))
+    w = rng.standard_normal((C, K))
+    kw = dict(bias=rng.standard_normal(C) if "b" in opts else None,
+              initial_state=rng.standard_normal((B, C, K)) if "i" in opts else None,
+              activation="silu" if "s" in opts else None)
+    want_y, want_fin = REGISTRY["causal_conv1d"].reference(x, w, **kw)
+    c = lambda a: None if a is None else be.asarray(a, dtype)
+    ckw = {k: (c(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
+    y, fin = be.ops.causal_conv1d(c(x), c(w), **ckw)
+    assert gpu_check_rel(be.to_numpy(y), want_y) < tol
+    assert gpu_check_rel(be.to_numpy(fin), want_fin) < tol
+    cot = (rng.standard_normal(want_y.shape), rng.standard_normal(want_fin.shape))
+    want = REGISTRY["causal_conv1d_vjp"].reference(cot, x, w, **kw)
+    got = be.ops.causal_conv1d_vjp((c(cot[0]), c(cot[1])), c(x), c(w), **ckw)
+    assert set(got) == set(want)
+    for k in want:
+        assert gpu_check_rel(be.to_numpy(got[k]), want[k]) < tol, k
+
+
+# ---- RMSNorm (norm.cu) with channels held in registers: wide groups with tails, every gate mode,
+# the fused residual add, against the float64 reference (forward and VJP)
+@pytest.mark.parametrize("dtype,tol", [("float32", 2e-5), ("float64", 1e-12)])
+@pytest.mark.parametrize("E,gs", [(2000, 1000), (2048, 2048), (96, 32), (8192, 8192)])
+@pytest.mark.parametrize("mode", ["plain", "gate", "gate_nbg"])
+def test_rmsnorm_wide_groups_match_reference(dtype, tol, E, gs, mode):
+    be = _backend_or_skip()
+    rng = np.random.default_rng(21)
+    x, w = rng.standard_normal((3, 2, E)), rng.standard_normal(E)
+    kw = dict(eps=1e-5, group_size=gs, z=None if mode == "plain" else rng.standard_normal((3, 2, E)),
+              norm_before_gate=mode == "gate_nbg")
+    c = lambda a: None if a is None else be.asarray(a, dtype)
+    ckw = {k: (c(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
+    want = REGISTRY["rmsnorm"].reference(x, w, **kw)
+    assert gpu_check_rel(be.to_numpy(be.ops.rmsnorm(c(x), c(w), **ckw)), want) < tol
+    dy = rng.standard_normal(x.shape)
+    want = REGISTRY["rmsnorm_vjp"].reference(dy, x, w, **kw)
+    got = be.ops.rmsnorm_vjp(c(dy), c(x), c(w), **ckw)
+    assert set(got) == set(want)
+    for k in want:
+        assert gpu_check_rel(be.to_numpy(got[k]), want[k]) < tol, k
+    # the fused residual add
+    r = rng.standard_normal(x.shape)
+    wy, wres = REGISTRY["add_rmsnorm"].reference(x, r, w, eps=1e-5)
+    gy, gres = be.ops.add_rmsnorm(c(x), c(r), c(w), eps=1e-5)
+    assert gpu_check_rel(be.to_numpy(gy), wy) < tol and gpu_check_rel(be.to_numpy(gres), wres) < tol
+    cot = (dy, rng.standard_normal(x.shape))
+    want = REGISTRY["add_rmsnorm_vjp"].reference(cot, x, r, w, eps=1e-5)
+    got = be.ops.add_rmsnorm_vjp((c(cot[0]), c(cot[1])), c(x), c(r), c(w), eps=1e-5)
+    for k in want:
+        assert gpu_check_rel(be.to_numpy(got[k]), want[k]) < tol, k

@@ -2,7 +2,7 @@
 //
 // x (B, L, C) contiguous; weight (C, K); bias (C) or null; initial state (B, C, K) or null,
 // slot j holding the input at time j - K (slot 0 is never read). The input at time m < 0 is
-// init[b, c, m + K] (zero without a state). act: 0 none, 1 silu. One thread per output element.
+// init[b, c, m + K] (zero without a state). act: 0 none, 1 silu.
 #include "common.cuh"
 
 template <typename T>
@@ -12,26 +12,55 @@ __device__ __forceinline__ T conv_in(const T* X, const T* I, int b, int m, int c
   return I != nullptr ? I[((long long)b * C + c) * K + m + K] : T(0);
 }
 
-template <typename T>
-__device__ __forceinline__ T conv_pre(const T* X, const T* Wt, const T* Bi, const T* I, int b,
-                                      int t, int c, int L, int C, int K) {
-  T acc = Bi != nullptr ? Bi[c] : T(0);
-  for (int k = 0; k < K; ++k) acc += Wt[c * K + k] * conv_in(X, I, b, t - K + 1 + k, c, L, C, K);
-  return acc;
+// Forward and du: block (channel block blockIdx.y, time tile blockIdx.x of batch row b), thread
+// = one channel c over CONV_TT consecutive times, the K-1 inputs before each output in a
+// register window (each x read once, plus a K-1 halo a tile; no division per element).
+// Grid (B * ceil(L / CONV_TT), ceil(C / blockDim.x)). KT: the kernel width (a template
+// argument, so the window stays in registers).
+#define CONV_TT 16
+
+template <typename T, int KT>
+__device__ __forceinline__ void conv_window(const T* X, const T* I, int b, int t0, int c, int L,
+                                            int C, T (&win)[KT]) {
+  // win[k] = input at time t0 - KT + 1 + k for k < KT - 1 (win[KT - 1] is filled per step)
+#pragma unroll
+  for (int k = 0; k + 1 < KT; ++k) win[k] = conv_in(X, I, b, t0 - KT + 1 + k, c, L, C, KT);
 }
 
-template <typename T>
+// The thread's batch row b, first time t0 and channel c (false past C), its weights and bias.
+template <typename T, int KT>
+__device__ __forceinline__ bool conv_tile(const T* Wt, const T* Bi, int L, int C, int& b, int& t0,
+                                          int& c, T (&w)[KT], T& bias) {
+  const int tiles = (L + CONV_TT - 1) / CONV_TT;
+  b = blockIdx.x / tiles;
+  t0 = (blockIdx.x - b * tiles) * CONV_TT;
+  c = blockIdx.y * blockDim.x + threadIdx.x;
+  if (c >= C) return false;
+#pragma unroll
+  for (int k = 0; k < KT; ++k) w[k] = Wt[c * KT + k];
+  bias = Bi != nullptr ? Bi[c] : T(0);
+  return true;
+}
+
+template <typename T, int KT>
 __global__ void conv1d_fwd(const T* __restrict__ X, const T* __restrict__ Wt,
                            const T* __restrict__ Bi, const T* __restrict__ I, T* __restrict__ Y,
-                           const int Bsz, const int L, const int C, const int K, const int act) {
-  const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  if (idx >= (long long)Bsz * L * C) return;
-  const int c = idx % C;
-  const int t = (idx / C) % L;
-  const int b = idx / ((long long)C * L);
-  T y = conv_pre(X, Wt, Bi, I, b, t, c, L, C, K);
-  if (act) y = m_silu(y);
-  Y[idx] = y;
+                           const int Bsz, const int L, const int C, const int act) {
+  int b, t0, c;
+  T w[KT], win[KT], bias;
+  if (!conv_tile<T, KT>(Wt, Bi, L, C, b, t0, c, w, bias)) return;
+  conv_window<T, KT>(X, I, b, t0, c, L, C, win);
+  const int t1 = min(L, t0 + CONV_TT);
+  for (int t = t0; t < t1; ++t) {
+    const long long o = ((long long)b * L + t) * C + c;
+    win[KT - 1] = X[o];
+    T acc = bias;
+#pragma unroll
+    for (int k = 0; k < KT; ++k) acc += w[k] * win[k];
+    Y[o] = act ? m_silu(acc) : acc;
+#pragma unroll
+    for (int k = 0; k + 1 < KT; ++k) win[k] = win[k + 1];
+  }
 }
 
 // One token: S (B, C, K) -> NS = S shifted left with x appended; y = act(b + sum_k w_k NS_k).
@@ -54,33 +83,45 @@ __global__ void conv1d_step(const T* __restrict__ X, const T* __restrict__ S,
   Y[idx] = act ? m_silu(acc) : acc;
 }
 
-// du = dy * act'(pre)  (B, L, C)
-template <typename T>
+// du = dy * act'(pre)  (B, L, C); the forward's tiles and window (pre recomputed)
+template <typename T, int KT>
 __global__ void conv1d_bwd_du(const T* __restrict__ X, const T* __restrict__ Wt,
                               const T* __restrict__ Bi, const T* __restrict__ I,
                               const T* __restrict__ DY, T* __restrict__ DU, const int Bsz,
-                              const int L, const int C, const int K, const int act) {
-  const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  if (idx >= (long long)Bsz * L * C) return;
-  const int c = idx % C;
-  const int t = (idx / C) % L;
-  const int b = idx / ((long long)C * L);
-  T d = DY != nullptr ? DY[idx] : T(0);
-  if (act) d *= m_dsilu(conv_pre(X, Wt, Bi, I, b, t, c, L, C, K));
-  DU[idx] = d;
+                              const int L, const int C, const int act) {
+  int b, t0, c;
+  T w[KT], win[KT], bias;
+  if (!conv_tile<T, KT>(Wt, Bi, L, C, b, t0, c, w, bias)) return;
+  if (act) conv_window<T, KT>(X, I, b, t0, c, L, C, win);
+  const int t1 = min(L, t0 + CONV_TT);
+  for (int t = t0; t < t1; ++t) {
+    const long long o = ((long long)b * L + t) * C + c;
+    T d = DY != nullptr ? DY[o] : T(0);
+    if (act) {
+      win[KT - 1] = X[o];
+      T acc = bias;
+#pragma unroll
+      for (int k = 0; k < KT; ++k) acc += w[k] * win[k];
+      d *= m_dsilu(acc);
+#pragma unroll
+      for (int k = 0; k + 1 < KT; ++k) win[k] = win[k + 1];
+    }
+    DU[o] = d;
+  }
 }
 
 // The gradient of every input position m in [-K, L): DF (B, L + K, C), row m + K.
 //   DF[m] = sum_k [0 <= m+K-1-k < L] du[m+K-1-k] w[k] + [0 <= m-L+K < K] dfinal[m-L+K]
+// Grid (B * (L + K), ceil(C / blockDim.x)): block row blockIdx.x = (b, m + K), thread = c.
 template <typename T>
 __global__ void conv1d_bwd_dx(const T* __restrict__ DU, const T* __restrict__ Wt,
                               const T* __restrict__ DFIN, T* __restrict__ DF, const int Bsz,
                               const int L, const int C, const int K) {
-  const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  if (idx >= (long long)Bsz * (L + K) * C) return;
-  const int c = idx % C;
-  const int m = (int)((idx / C) % (L + K)) - K;
-  const int b = idx / ((long long)C * (L + K));
+  const int c = blockIdx.y * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  const int b = blockIdx.x / (L + K);
+  const int m = blockIdx.x - b * (L + K) - K;
+  const long long idx = (long long)blockIdx.x * C + c;
   T acc = T(0);
   for (int k = 0; k < K; ++k) {
     const int t = m + K - 1 - k;
@@ -109,7 +150,7 @@ __global__ void conv1d_bwd_dw(const T* __restrict__ X, const T* __restrict__ I,
     const long long step = 8LL * gridDim.y;
     for (long long rt = (long long)blockIdx.y * 8 + threadIdx.y; rt < (long long)Bsz * L;
          rt += step) {
-      const int b = rt / L, t = rt % L;
+      const int b = (int)(rt / L), t = (int)(rt - (long long)b * L);
       const T du = DU[rt * C + c];
 #pragma unroll
       for (int k = 0; k < CONV_KMAX; ++k) {
@@ -133,13 +174,16 @@ __global__ void conv1d_bwd_dw(const T* __restrict__ X, const T* __restrict__ I,
 }
 
 #ifdef MAMBA_CUPY_INSTANTIATE
+#define CONV_K_INST(T, K)                                                                         \
+  template __global__ void conv1d_fwd<T, K>(const T*, const T*, const T*, const T*, T*, int, int, \
+                                            int, int);                                            \
+  template __global__ void conv1d_bwd_du<T, K>(const T*, const T*, const T*, const T*, const T*,  \
+                                               T*, int, int, int, int);
 #define CONV_INST(T)                                                                              \
-  template __global__ void conv1d_fwd<T>(const T*, const T*, const T*, const T*, T*, int, int,   \
-                                         int, int, int);                                          \
+  CONV_K_INST(T, 1) CONV_K_INST(T, 2) CONV_K_INST(T, 3) CONV_K_INST(T, 4)                        \
+  CONV_K_INST(T, 5) CONV_K_INST(T, 6) CONV_K_INST(T, 7) CONV_K_INST(T, 8)                        \
   template __global__ void conv1d_step<T>(const T*, const T*, const T*, const T*, T*, T*, int,   \
                                           int, int, int);                                         \
-  template __global__ void conv1d_bwd_du<T>(const T*, const T*, const T*, const T*, const T*, T*, \
-                                            int, int, int, int, int);                             \
   template __global__ void conv1d_bwd_dx<T>(const T*, const T*, const T*, T*, int, int, int, int); \
   template __global__ void conv1d_bwd_dw<T>(const T*, const T*, const T*, T*, int, int, int, int);
 CONV_INST(float)

@@ -12,41 +12,55 @@
 // With residual R: x <- x + R first, written to RO (the residual_out of add_rmsnorm).
 #include "common.cuh"
 
+#define NORM_CPT 8
+
+// Forward: block (row, group), blockDim.x * NORM_CPT >= GS threads (kernels/norm.py); thread
+// holds channels tid + k blockDim.x, k < NORM_CPT, in registers between the sum of squares and
+// the output: x, z and the residual are read once.
 template <typename T>
 __global__ void __launch_bounds__(1024) rmsnorm_fwd(const T* __restrict__ X, const T* __restrict__ R,
                             const T* __restrict__ Z, const T* __restrict__ Wt, T* __restrict__ Y,
                             T* __restrict__ RO, const int E, const int GS, const T eps,
                             const int nbg) {
   __shared__ T buf[32];
-  const long long row = blockIdx.x;
+  const long long o = (long long)blockIdx.x * E + (long long)blockIdx.y * GS;
   const int c0 = blockIdx.y * GS;
-  const T* x = X + row * E + c0;
+  const bool hz = Z != nullptr;
+  T v[NORM_CPT], g[NORM_CPT];
   T ss = T(0);
-  for (int i = threadIdx.x; i < GS; i += blockDim.x) {
-    T v = x[i];
-    if (R != nullptr) {
-      v += R[row * E + c0 + i];
-      RO[row * E + c0 + i] = v;
+#pragma unroll
+  for (int k = 0; k < NORM_CPT; ++k) {
+    const int i = threadIdx.x + k * blockDim.x;
+    v[k] = T(0);
+    g[k] = T(1);
+    if (i < GS) {
+      T xv = X[o + i];
+      if (R != nullptr) {
+        xv += R[o + i];
+        RO[o + i] = xv;
+      }
+      v[k] = xv;
+      if (hz) g[k] = m_silu(Z[o + i]);
+      const T u = (hz && !nbg) ? xv * g[k] : xv;
+      ss += u * u;
     }
-    if (Z != nullptr && !nbg) v *= m_silu(Z[row * E + c0 + i]);
-    ss += v * v;
   }
   const T r = T(1) / m_sqrt(block_sum(ss, buf) / T(GS) + eps);
-  for (int i = threadIdx.x; i < GS; i += blockDim.x) {
-    T v = x[i];
-    if (R != nullptr) v += R[row * E + c0 + i];
-    T g = T(1);
-    if (Z != nullptr) g = m_silu(Z[row * E + c0 + i]);
-    T y = (nbg || Z == nullptr) ? v * r * Wt[c0 + i] : v * g * r * Wt[c0 + i];
-    if (Z != nullptr && nbg) y *= g;
-    Y[row * E + c0 + i] = y;
+#pragma unroll
+  for (int k = 0; k < NORM_CPT; ++k) {
+    const int i = threadIdx.x + k * blockDim.x;
+    if (i < GS) {
+      T y = (nbg || !hz) ? v[k] * r * Wt[c0 + i] : v[k] * g[k] * r * Wt[c0 + i];
+      if (hz && nbg) y *= g[k];
+      Y[o + i] = y;
+    }
   }
 }
 
-#define NORM_CPT 8
 
 // Both kernels launch with up to 1024 threads (kernels/norm.py): __launch_bounds__(1024) caps
-// registers at 64 per thread (the double backward needed 82 and would not launch above 512).
+// registers at 64 per thread (the double backward needed 82 and would not launch above 512;
+// with x, z and dy held across its passes it spills a little, in float64 only).
 
 template <typename T>
 __global__ void __launch_bounds__(1024) rmsnorm_bwd(const T* __restrict__ X, const T* __restrict__ Z,
@@ -62,14 +76,19 @@ __global__ void __launch_bounds__(1024) rmsnorm_bwd(const T* __restrict__ X, con
   for (int k = 0; k < NORM_CPT; ++k) dw[k] = T(0);
   for (long long row = blockIdx.x; row < M; row += gridDim.x) {
     const long long o = row * E + c0;
-    // pass 1: the norm of v
+    // pass 1: the norm of v; x, z, dy read once into registers for the three passes
+    T xs[NORM_CPT], zs[NORM_CPT], dys[NORM_CPT];
     T ss = T(0);
 #pragma unroll
     for (int k = 0; k < NORM_CPT; ++k) {
       const int i = threadIdx.x + k * blockDim.x;
+      xs[k] = zs[k] = dys[k] = T(0);
       if (i < GS) {
-        T v = X[o + i];
-        if (hz && !nbg) v *= m_silu(Z[o + i]);
+        xs[k] = X[o + i];
+        if (hz) zs[k] = Z[o + i];
+        dys[k] = DY[o + i];
+        T v = xs[k];
+        if (hz && !nbg) v *= m_silu(zs[k]);
         ss += v * v;
       }
     }
@@ -80,9 +99,9 @@ __global__ void __launch_bounds__(1024) rmsnorm_bwd(const T* __restrict__ X, con
     for (int k = 0; k < NORM_CPT; ++k) {
       const int i = threadIdx.x + k * blockDim.x;
       if (i < GS) {
-        const T g = hz ? m_silu(Z[o + i]) : T(1);
-        const T v = (hz && !nbg) ? X[o + i] * g : X[o + i];
-        T dn = DY[o + i] * Wt[c0 + i];
+        const T g = hz ? m_silu(zs[k]) : T(1);
+        const T v = (hz && !nbg) ? xs[k] * g : xs[k];
+        T dn = dys[k] * Wt[c0 + i];
         if (hz && nbg) dn *= g;
         s2 += dn * v * r;
       }
@@ -93,12 +112,12 @@ __global__ void __launch_bounds__(1024) rmsnorm_bwd(const T* __restrict__ X, con
     for (int k = 0; k < NORM_CPT; ++k) {
       const int i = threadIdx.x + k * blockDim.x;
       if (i < GS) {
-        const T xv = X[o + i];
-        const T zv = hz ? Z[o + i] : T(0);
+        const T xv = xs[k];
+        const T zv = zs[k];
         const T g = hz ? m_silu(zv) : T(1);
         const T v = (hz && !nbg) ? xv * g : xv;
         const T n = v * r;
-        const T dyv = DY[o + i];
+        const T dyv = dys[k];
         const T w = Wt[c0 + i];
         T dn = dyv * w;
         if (hz && nbg) dn *= g;

@@ -5,11 +5,15 @@ Ops (signatures and math: mamba_core/ops/conv1d.py):
     causal_conv1d_step(x, conv_state, weight, bias, activation)        -> (y, new_state)
     causal_conv1d_vjp((dy, dfinal), x, weight, bias, initial_state, activation) -> dict
 
-One thread per output element; the backward runs three kernels: du = dy act'(pre) (recomputed),
-the gradient of every input position (x and the initial state, with dfinal added), and
-dw/db reduced per channel by blocks of 32 channels x 8 row lanes, the rows split over up to 64
-block rows whose partials CuPy sums (fixed order: deterministic).
+Forward: a thread per channel and tile of CONV_TT (16) times, the K-1 earlier inputs in a
+register window (K a template argument): each input read once, no per-element division. The
+backward runs three kernels: du = dy act'(pre) (pre recomputed, the forward's tiles), the
+gradient of every input position (x and the initial state, with dfinal added; a block per
+(batch, position) row), and dw/db reduced per channel by blocks of 32 channels x 8 row lanes,
+the rows split over up to 64 block rows whose partials CuPy sums (fixed order: deterministic).
 K <= 8 (the dw kernel's register array); wider kernels run the default composition.
+Floor at B=8, L=2048, C=2304 float32 (151 MB an array): forward x in, y out, 0.10 ms at 3 TB/s;
+the evening's one-thread-an-output kernel took 0.68 ms (three 64-bit divisions an element).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from mamba_backend_cuda_cupy.kernels._common import default, runs_here, wide
 
 KMAX = 8
 THREADS = 256
+CONV_TT = 16  # times per thread of the forward and du kernels (CONV_TT in conv1d.cu)
 DW_ROWS_PER_LANE = 64
 DW_MAX_ROW_BLOCKS = 64
 
@@ -56,11 +61,18 @@ def _prep(cp, x, weight, bias, initial_state, wd):
 
 
 def _final_state(cp, X, I, K, wd):
-    """The last K inputs, oldest first: (B, C, K)."""
+    """The last K inputs, oldest first: (B, C, K) (only the last K rows of x are copied)."""
     Bsz, L, C = X.shape
-    head = cp.zeros((Bsz, K, C), wd) if I is None else cp.transpose(I, (0, 2, 1))
-    full = cp.concatenate([head, X], axis=1)
-    return cp.ascontiguousarray(cp.transpose(full[:, L:], (0, 2, 1)))
+    tail = X[:, max(0, L - K):]
+    if L < K:  # the rest from the initial state (zeros without one)
+        head = cp.zeros((Bsz, K, C), wd) if I is None else cp.transpose(I, (0, 2, 1))
+        tail = cp.concatenate([head[:, L:], tail], axis=1)
+    return cp.ascontiguousarray(cp.transpose(tail, (0, 2, 1)))
+
+
+def _tile_grid(Bsz, L, C):
+    """Grid of the forward and du kernels: (B * ceil(L / CONV_TT), ceil(C / THREADS))."""
+    return (Bsz * -(-L // CONV_TT), blocks(C))
 
 
 def causal_conv1d(x, weight, bias=None, initial_state=None, activation=None):
@@ -74,11 +86,10 @@ def causal_conv1d(x, weight, bias=None, initial_state=None, activation=None):
     wd = wide(cp, x.dtype)
     X, W, Bi, I = _prep(cp, x, weight, bias, initial_state, wd)
     Y = cp.empty((Bsz, L, C), wd)
-    n = Bsz * L * C
-    if n:
-        function("conv1d.cu", f"conv1d_fwd<{ctype(wd)}>")(
-            (blocks(n),), (THREADS,),
-            (X, W, _ptr(Bi), _ptr(I), Y, np.int32(Bsz), np.int32(L), np.int32(C), np.int32(K),
+    if Bsz * L * C:
+        function("conv1d.cu", f"conv1d_fwd<{ctype(wd)}, {K}>")(
+            _tile_grid(Bsz, L, C), (THREADS,),
+            (X, W, _ptr(Bi), _ptr(I), Y, np.int32(Bsz), np.int32(L), np.int32(C),
              _act(activation)))
     fin = _final_state(cp, X, I, K, wd).astype(x.dtype, copy=False)
     return Y.astype(x.dtype, copy=False), fin
@@ -122,17 +133,15 @@ def causal_conv1d_vjp(cotangent, x, weight, bias=None, initial_state=None, activ
     DF_in = None if dfin is None else cp.ascontiguousarray(dfin, dtype=wd)
     T = ctype(wd)
     DU = cp.empty((Bsz, L, C), wd)
-    n = Bsz * L * C
-    if n:
-        function("conv1d.cu", f"conv1d_bwd_du<{T}>")(
-            (blocks(n),), (THREADS,),
+    if Bsz * L * C:
+        function("conv1d.cu", f"conv1d_bwd_du<{T}, {K}>")(
+            _tile_grid(Bsz, L, C), (THREADS,),
             (X, W, _ptr(Bi), _ptr(I), _ptr(DY), DU, np.int32(Bsz), np.int32(L), np.int32(C),
-             np.int32(K), _act(activation)))
+             _act(activation)))
     DFULL = cp.empty((Bsz, L + K, C), wd)
-    n2 = Bsz * (L + K) * C
-    if n2:
+    if Bsz * (L + K) * C:
         function("conv1d.cu", f"conv1d_bwd_dx<{T}>")(
-            (blocks(n2),), (THREADS,),
+            (Bsz * (L + K), blocks(C)), (THREADS,),
             (DU, W, _ptr(DF_in), DFULL, np.int32(Bsz), np.int32(L), np.int32(C), np.int32(K)))
     rb = dw_row_blocks(Bsz * L)
     DWP = cp.zeros((rb, C, K + 1), wd)
@@ -142,7 +151,8 @@ def causal_conv1d_vjp(cotangent, x, weight, bias=None, initial_state=None, activ
             (X, _ptr(I), DU, DWP, np.int32(Bsz), np.int32(L), np.int32(C), np.int32(K)))
     DWB = cp.sum(DWP, axis=0)
     DW, DB = DWB[:, :K], DWB[:, K]
-    grads = {"x": DFULL[:, K:].astype(x.dtype), "weight": DW.astype(weight.dtype)}
+    grads = {"x": cp.ascontiguousarray(DFULL[:, K:]).astype(x.dtype, copy=False),
+             "weight": DW.astype(weight.dtype)}
     if bias is not None:
         grads["bias"] = DB.astype(bias.dtype)
     if initial_state is not None:
