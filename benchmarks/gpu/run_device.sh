@@ -19,6 +19,8 @@
 #   bash benchmarks/gpu/run_device.sh final8      cuda_cupy norms and conv: GPU tests, certificate, timings
 #   bash benchmarks/gpu/run_device.sh certify4    every certificate and GPU test under the final defaults,
 #                                                 side-by-side bench, decode, Mamba-1 yardstick
+#   bash benchmarks/gpu/run_device.sh s5a         fused Mamba-2 decode step, GEMV, conv/norm v2: tests,
+#                                                 certificate, timings (session 5)
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
 #   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
 # Optional carries: .cache/ with tarballs of an earlier call's ~/.triton/cache
@@ -58,6 +60,30 @@ results_dir() { R="$OUT/r"; mkdir -p "$R"; mv "$OUT/device.txt" "$OUT/backends.t
 job() { local name=$1 t=$2; shift 2; (timeout "$t" "$@" > "$R/$name.log" 2>&1; echo "$name rc=$?" >> "$R/rc.txt") & }
 tmo() { local l=$(( ${DEADLINE:-560} - SECONDS )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 case "${1:-certify}" in
+s5a)
+    # Session 5, first call: the fused Mamba-2 decode step, the cp.async GEMV, the one-pass conv
+    # backward and the fused add_rmsnorm backward (norm/conv "v2") checked (every cuda_cupy GPU
+    # test, its certificate), then timed: norms and conv v2 beside torch_triton and v1; decode
+    # fused and unfused beside torch_triton (gpu_check decode), the step kernel and GEMVs alone.
+    results_dir
+    DEADLINE=${DEADLINE:-560}
+    job cupy_tests $(tmo 300) python3 -m pytest -q -rs -p no:cacheprovider backends/cuda_cupy/tests/
+    job cupy_conf $(tmo 300) env GPU_CHECK_PARTS=conformance python3 backends/cuda_cupy/gpu_check.py "$R/cupy_conf"
+    wait; cat "$R/rc.txt"; for f in "$R"/*.log; do echo "== $f"; tail -n 3 "$f" | cut -c1-300; done
+    GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_OPS=rmsnorm_gated,add_rmsnorm,causal_conv1d \
+        timeout $(tmo 100) python3 backends/cuda_cupy/gpu_check.py "$R/bench" > "$R/bench.log" 2>&1
+    echo "bench rc=$?"; grep -E "cuda_cupy|torch_triton" "$R/bench.log" | cut -c1-300
+    MAMBA_CUPY_NORM=v1 MAMBA_CUPY_CONV=v1 GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_BACKENDS=cuda_cupy \
+        GPU_CHECK_BENCH_OPS=rmsnorm_gated,add_rmsnorm,causal_conv1d \
+        timeout $(tmo 60) python3 backends/cuda_cupy/gpu_check.py "$R/bench_v1" > "$R/bench_v1.log" 2>&1
+    echo "bench v1 rc=$?"; grep -E "cuda_cupy" "$R/bench_v1.log" | cut -c1-300
+    GPU_CHECK_PARTS=decode timeout $(tmo 90) python3 backends/cuda_cupy/gpu_check.py "$R/decode" > "$R/decode.log" 2>&1
+    echo "decode rc=$?"; grep -E "decode" "$R/decode.log" | cut -c1-300
+    timeout $(tmo 120) python3 benchmarks/gpu/check_mixer_step.py "$R/mixer_step" > "$R/check_mixer_step.log" 2>&1
+    echo "check_mixer_step rc=$?"; cut -c1-300 "$R/check_mixer_step.log" | tail -n 60
+    (cd "$HOME/.cupy" && tar -czf "$OUT/cupy_cache.tgz" kernel_cache) 2>/dev/null
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
+    ;;
 round3)
     # Everything of one session's last call: correctness jobs in parallel (nothing timed), then the
     # timings one at a time on the idle GPU. Each job has its own timeout; results in results.tgz.

@@ -4,6 +4,8 @@ Arrays are CuPy arrays on the current device. Ops with a CUDA C kernel (``kernel
 ``cuda/``, compiled by NVRTC) run it; every other op runs the core's default composition with
 ``xp = cupy``. ``MAMBA_CUPY_DISABLE=op1,op2`` sends chosen ops back to the default composition.
 Decoding can be captured as a CUDA graph: ``mamba_backend_cuda_cupy.graphs.GraphDecoder``.
+``mixer_steps``: the fused Mamba-2 decode step (kernels/mixer_steps.py); ``MAMBA_CUPY_FUSED_STEP=0``
+(read at each step) leaves the table empty, so decoding runs the op composition.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 from mamba_core.backend import Availability, Backend, Capabilities
 
 from mamba_backend_cuda_cupy import kernels as _kernels
+from mamba_backend_cuda_cupy.kernels import mixer_steps as _mixer_steps
 
 
 class CudaCupyBackend(Backend):
@@ -29,6 +32,17 @@ class CudaCupyBackend(Backend):
         if not hasattr(self, "_kernel_table"):
             self._kernel_table = _kernels.collect()
         return self._kernel_table
+
+    @property
+    def mixer_steps(self):
+        """family -> fused step (``mamba2``); empty under ``MAMBA_CUPY_FUSED_STEP=0``."""
+        if not _mixer_steps.enabled():
+            return {}
+        return self.__dict__.get("_mixer_steps_table", _mixer_steps.MIXER_STEPS)
+
+    @mixer_steps.setter
+    def mixer_steps(self, table):
+        self.__dict__["_mixer_steps_table"] = dict(table)
 
     def available(self) -> Availability:
         if importlib.util.find_spec("cupy") is None:

@@ -5,12 +5,18 @@
     logits = dec.step(ids)                            # ids (batch,) ints -> logits (batch, V')
 
 The decoder owns static buffers: the token ids, the per-layer cache (updated in place by the
-graph: each step's new cache is copied into it as the last captured work) and the logits. Every
+graph) and the logits. The step is run (warm-up) and captured inside
+``kernels.mixer_steps.inplace_cache()``: the fused Mamba-2 step writes its new states over the
+static cache and returns those very arrays, so the graph holds no copy-back for them; a new cache
+array that is not the static one (other mixers, ``MAMBA_CUPY_FUSED_STEP=0``, a fallback of the
+fused step) is copied into it as the last captured work, as before. Every
 allocation made while capturing comes from a memory pool private to the decoder and kept alive
 with it, so the graph's intermediates are never handed to other code (a pool shared with the
 rest of the process would give away blocks freed after capture while replays still write them).
 A warm-up step under the same pool runs first, outside the capture: it compiles every NVRTC
-module and fills the pool, so the capture itself needs no cudaMalloc and no host sync.
+module, fills the pool and allocates the fused step's ticket counters, so the capture itself
+needs no cudaMalloc and no host sync. The warm-up's token (written in place) is undone after the
+capture by loading the saved cache back.
 Nothing captured may call cuBLAS or wait on the host: linear runs the GEMV kernel
 (kernels/linear.py, forced by ``gemv_only`` in warm-up and capture alike) and the SSD step's dt
 (bias, softplus, dt_limit) is one elementwise kernel (kernels/_common.py ``dt_transform``), not
@@ -24,12 +30,18 @@ from __future__ import annotations
 from mamba_core.models import lm
 
 from mamba_backend_cuda_cupy.kernels.linear import gemv_only
+from mamba_backend_cuda_cupy.kernels.mixer_steps import inplace_cache
 
 
 def _leaves(cache):
     for layer in cache:
         for key in sorted(layer):
             yield layer[key]
+
+
+def _copies(static, new):
+    """(static leaf, new leaf) pairs still to copy: those the step did not update in place."""
+    return [(dst, src) for dst, src in zip(_leaves(static), _leaves(new)) if src is not dst]
 
 
 class GraphDecoder:
@@ -60,8 +72,9 @@ class GraphDecoder:
     def _run(self):
         import cupy as cp
 
-        logits, new_cache = lm.step(self.be, self.params, self.cfg, self.ids, self.cache)
-        for dst, src in zip(_leaves(self.cache), _leaves(new_cache)):
+        with inplace_cache():
+            logits, new_cache = lm.step(self.be, self.params, self.cfg, self.ids, self.cache)
+        for dst, src in _copies(self.cache, new_cache):
             cp.copyto(dst, src)
         return logits
 

@@ -5,18 +5,33 @@ Ops (signatures and math: mamba_core/ops/conv1d.py):
     causal_conv1d_step(x, conv_state, weight, bias, activation)        -> (y, new_state)
     causal_conv1d_vjp((dy, dfinal), x, weight, bias, initial_state, activation) -> dict
 
-Forward: a thread per channel and tile of CONV_TT (16) times, the K-1 earlier inputs in a
-register window (K a template argument): each input read once, no per-element division. The
-backward runs three kernels: du = dy act'(pre) (pre recomputed, the forward's tiles), the
-gradient of every input position (x and the initial state, with dfinal added; a block per
-(batch, position) row), and dw/db reduced per channel by blocks of 32 channels x 8 row lanes,
-the rows split over up to 64 block rows whose partials CuPy sums (fixed order: deterministic).
-K <= 8 (the dw kernel's register array); wider kernels run the default composition.
-Floor at B=8, L=2048, C=2304 float32 (151 MB an array): forward x in, y out, 0.10 ms at 3 TB/s;
-the evening's one-thread-an-output kernel took 0.68 ms (three 64-bit divisions an element).
+``MAMBA_CUPY_CONV`` (read at every call) picks the sequence kernels:
+    v2 (default)  blocks of 32 channels x 8 time chunks, a thread a channel over TC consecutive
+                  times (loads of several times issued together; a warp reads 32 consecutive
+                  channels of one time). Forward: one kernel writes y and the final state (x
+                  read once, y written once). Backward: one kernel recomputes du = dy act'(pre)
+                  with a K-1 halo past its chunk, writes dx (and the initial state's gradient,
+                  dfinal added) and its block's dw/db partials (B ceil(L / (8 TC)), K + 1, C);
+                  conv1d_dw_sum adds them in a fixed order (deterministic, no atomics) into dw
+                  (C, K) and db (C). TC: FWD_TIMES and BWD_TIMES below, or
+                  MAMBA_CUPY_CONV_TC="fwd,bwd" (tuning).
+    v1            the previous kernels: a thread per channel and tile of CONV_TT (16) times in the
+                  forward, the final state copied by CuPy; the backward in three kernels (du; the
+                  gradient of every input position into a (B, L + K, C) buffer then sliced and
+                  copied; dw/db partials over up to 64 row blocks, summed by CuPy).
+K <= 8 (the kernels are instantiated for K = 1..8); wider kernels run the default composition.
+
+Memory floors at B=8, L=2048, C=2304 float32 (151 MB an array, ~3.0 TB/s):
+    forward           x in, y out                         2 x 151 MB: 0.10 ms
+    backward          x, dy in, dx out                    3 x 151 MB: 0.15 ms
+        forward + backward                                            0.25 ms
+    (v1's backward moved about 9 x 151 MB: du 3, dx 2 over B (L + K) rows, dw/db 2, the slice
+    copy of dx 2.)
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -28,6 +43,41 @@ THREADS = 256
 CONV_TT = 16  # times per thread of the forward and du kernels (CONV_TT in conv1d.cu)
 DW_ROWS_PER_LANE = 64
 DW_MAX_ROW_BLOCKS = 64
+VARIANTS = ("v1", "v2")
+V2_BLOCK = (32, 8)  # (CONV2_TX channels, CONV2_TY time chunks) in conv1d.cu
+FWD_TIMES = 16  # times a thread of the v2 forward
+BWD_TIMES = 32  # times a thread of the v2 backward (its K - 1 halo is recomputed)
+
+
+def variant() -> str:
+    """The kernels MAMBA_CUPY_CONV selects: "v2" (default) or "v1"."""
+    v = os.environ.get("MAMBA_CUPY_CONV", "").strip() or "v2"
+    if v not in VARIANTS:
+        raise ValueError(f"MAMBA_CUPY_CONV={v!r}: expected one of {', '.join(VARIANTS)} "
+                         "(unset it for the default, v2)")
+    return v
+
+
+def times_per_thread() -> tuple[int, int]:
+    """(forward, backward) times a v2 thread takes: FWD_TIMES, BWD_TIMES, or MAMBA_CUPY_CONV_TC."""
+    raw = os.environ.get("MAMBA_CUPY_CONV_TC", "").strip()
+    if not raw:
+        return FWD_TIMES, BWD_TIMES
+    try:
+        f, b = (int(v) for v in raw.split(","))
+        if f >= 1 and b >= 1:
+            return f, b
+    except ValueError:
+        pass
+    raise ValueError(f"MAMBA_CUPY_CONV_TC={raw!r}: expected two positive integers 'fwd,bwd' "
+                     f"(default {FWD_TIMES},{BWD_TIMES})")
+
+
+def v2_grid(Bsz: int, L: int, C: int, tc: int) -> tuple[int, int]:
+    """Grid of the v2 kernels: (B * ceil(L / (CONV2_TY tc)), ceil(C / CONV2_TX)); its first
+    entry is also the number of dw/db partial rows of the backward."""
+    tx, ty = V2_BLOCK
+    return Bsz * -(-L // (ty * tc)), -(-C // tx)
 
 
 def blocks(n: int, threads: int = THREADS) -> int:
@@ -86,6 +136,14 @@ def causal_conv1d(x, weight, bias=None, initial_state=None, activation=None):
     wd = wide(cp, x.dtype)
     X, W, Bi, I = _prep(cp, x, weight, bias, initial_state, wd)
     Y = cp.empty((Bsz, L, C), wd)
+    if Bsz * L * C and variant() == "v2":
+        tc = times_per_thread()[0]
+        FIN = cp.empty((Bsz, C, K), wd)  # every slot written by the kernel
+        function("conv1d.cu", f"conv1d_fwd_v2<{ctype(wd)}, {K}>")(
+            v2_grid(Bsz, L, C, tc), V2_BLOCK,
+            (X, W, _ptr(Bi), _ptr(I), Y, FIN, np.int32(Bsz), np.int32(L), np.int32(C),
+             _act(activation), np.int32(tc)))
+        return Y.astype(x.dtype, copy=False), FIN.astype(x.dtype, copy=False)
     if Bsz * L * C:
         function("conv1d.cu", f"conv1d_fwd<{ctype(wd)}, {K}>")(
             _tile_grid(Bsz, L, C), (THREADS,),
@@ -132,6 +190,8 @@ def causal_conv1d_vjp(cotangent, x, weight, bias=None, initial_state=None, activ
     DY = None if dy is None else cp.ascontiguousarray(dy, dtype=wd)
     DF_in = None if dfin is None else cp.ascontiguousarray(dfin, dtype=wd)
     T = ctype(wd)
+    if Bsz * L * C and variant() == "v2":
+        return _vjp2(cp, X, W, Bi, I, DY, DF_in, activation, x, weight, bias, initial_state, wd)
     DU = cp.empty((Bsz, L, C), wd)
     if Bsz * L * C:
         function("conv1d.cu", f"conv1d_bwd_du<{T}, {K}>")(
@@ -158,6 +218,32 @@ def causal_conv1d_vjp(cotangent, x, weight, bias=None, initial_state=None, activ
     if initial_state is not None:
         grads["initial_state"] = cp.ascontiguousarray(
             cp.transpose(DFULL[:, :K], (0, 2, 1))).astype(initial_state.dtype, copy=False)
+    return grads
+
+
+def _vjp2(cp, X, W, Bi, I, DY, DF_in, activation, x, weight, bias, initial_state, wd):
+    """The v2 backward: one pass over x and dy (conv1d_bwd_v2), then the dw/db partials' sum."""
+    Bsz, L, C = X.shape
+    K = W.shape[1]
+    T = ctype(wd)
+    tc = times_per_thread()[1]
+    grid = v2_grid(Bsz, L, C, tc)
+    DX = cp.empty((Bsz, L, C), wd)
+    DI = None if I is None else cp.empty((Bsz, C, K), wd)
+    P = cp.empty((grid[0], K + 1, C), wd)  # every entry written by the kernel
+    function("conv1d.cu", f"conv1d_bwd_v2<{T}, {K}>")(
+        grid, V2_BLOCK,
+        (X, W, _ptr(Bi), _ptr(I), _ptr(DY), _ptr(DF_in), DX, _ptr(DI), P, np.int32(Bsz),
+         np.int32(L), np.int32(C), _act(activation), np.int32(tc)))
+    DW = cp.empty((C, K), wd)
+    DB = None if Bi is None else cp.empty((C,), wd)
+    function("conv1d.cu", f"conv1d_dw_sum<{T}>")(
+        (blocks(C, 32), K + 1), (32, 8), (P, DW, _ptr(DB), np.int32(grid[0]), np.int32(C), np.int32(K)))
+    grads = {"x": DX.astype(x.dtype, copy=False), "weight": DW.astype(weight.dtype, copy=False)}
+    if bias is not None:
+        grads["bias"] = DB.astype(bias.dtype, copy=False)
+    if initial_state is not None:
+        grads["initial_state"] = DI.astype(initial_state.dtype, copy=False)
     return grads
 
 

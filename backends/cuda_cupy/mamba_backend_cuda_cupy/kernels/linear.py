@@ -17,6 +17,14 @@ wide (16 bytes) when K_in, both row strides and both pointers allow it (``vec_wi
 scalar. x and weight are used in place when their inner stride is 1 (any row stride); otherwise
 one contiguous copy is made for that call. Computes and returns in the wide dtype (float64 when
 any argument is float64), as matmul's type promotion does for float32/float64.
+
+Bandwidth (cuda/linear.cu has the details): a lane copies its next U (8 for MR NR <= 2, 4 up to
+8, else 2) weight vectors per row with cp.async, all in flight together, before computing on
+them. With plain loads ptxas kept 1 to 2 in flight a warp: at the 370M Mamba-2's batch-1 shapes
+in_proj (4384 x 1024, 4384 warps) still covered the DRAM latency, but out_proj (1024 x 2048,
+1024 warps, ~0.5 MB in flight) ran at ~0.6 TB/s, ~13 us for 8.4 MB (48 layers: ~0.5 ms a
+token); with U = 8, ~4 MB are in flight: expected ~2.5 TB/s (~3.5 us). The lanes' sums and their
+order are unchanged (``emulate`` still describes them).
 """
 
 from __future__ import annotations
