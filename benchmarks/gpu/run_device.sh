@@ -21,6 +21,8 @@
 #                                                 side-by-side bench, decode, Mamba-1 yardstick
 #   bash benchmarks/gpu/run_device.sh s5a         fused Mamba-2 decode step, GEMV, conv/norm v2: tests,
 #                                                 certificate, timings (session 5)
+#   bash benchmarks/gpu/run_device.sh s5b         fused step without its ticket tail, GEMV rounds: tests,
+#                                                 certificate, decode beside torch_triton, MIMO bench
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
 #   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
 # Optional carries: .cache/ with tarballs of an earlier call's ~/.triton/cache
@@ -60,6 +62,26 @@ results_dir() { R="$OUT/r"; mkdir -p "$R"; mv "$OUT/device.txt" "$OUT/backends.t
 job() { local name=$1 t=$2; shift 2; (timeout "$t" "$@" > "$R/$name.log" 2>&1; echo "$name rc=$?" >> "$R/rc.txt") & }
 tmo() { local l=$(( ${DEADLINE:-560} - SECONDS )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 case "${1:-certify}" in
+s5b)
+    # Session 5, second call: the fused step without its ticket tail (the norm's division moved
+    # into out_proj's GEMV, every load of the step issued at once), the GEMV's rounds of 16
+    # vectors: their GPU tests and cuda_cupy's certificate, then decode timed beside
+    # torch_triton, the kernels alone, and Mamba-3 MIMO on both backends.
+    results_dir
+    DEADLINE=${DEADLINE:-560}
+    job cupy_tests $(tmo 300) python3 -m pytest -q -rs -p no:cacheprovider backends/cuda_cupy/tests/test_mixer_steps_gpu.py \
+        backends/cuda_cupy/tests/test_gpu.py -k "linear or gemv or graph or decode or step or mixer"
+    job cupy_conf $(tmo 300) env GPU_CHECK_PARTS=conformance python3 backends/cuda_cupy/gpu_check.py "$R/cupy_conf"
+    wait; cat "$R/rc.txt"; for f in "$R"/*.log; do echo "== $f"; tail -n 3 "$f" | cut -c1-300; done
+    timeout $(tmo 120) python3 benchmarks/gpu/check_mixer_step.py "$R/mixer_step" > "$R/check_mixer_step.log" 2>&1
+    echo "check_mixer_step rc=$?"; grep -vE "PASS$" "$R/check_mixer_step.log" | cut -c1-300 | tail -n 30
+    GPU_CHECK_PARTS=decode timeout $(tmo 90) python3 backends/cuda_cupy/gpu_check.py "$R/decode" > "$R/decode.log" 2>&1
+    echo "decode rc=$?"; grep -E "decode" "$R/decode.log" | cut -c1-300
+    GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_OPS=mamba3_mimo \
+        timeout $(tmo 200) python3 backends/cuda_cupy/gpu_check.py "$R/bench_mimo" > "$R/bench_mimo.log" 2>&1
+    echo "bench mimo rc=$?"; grep -E "cuda_cupy|torch_triton" "$R/bench_mimo.log" | cut -c1-300
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
+    ;;
 s5a)
     # Session 5, first call: the fused Mamba-2 decode step, the cp.async GEMV, the one-pass conv
     # backward and the fused add_rmsnorm backward (norm/conv "v2") checked (every cuda_cupy GPU

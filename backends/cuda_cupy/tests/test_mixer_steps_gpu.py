@@ -156,6 +156,41 @@ def test_unsupported_config_falls_back_to_the_composition():
         assert rel(be.to_numpy(a), be.to_numpy(b)) < TOL["float64"]
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("M,K,groups,skip,npart", [
+    (1, 2048, 1, 0, 128),     # the 370M model's out_proj at batch 1
+    (3, 96, 4, 16, 12),       # a gated-MLP slice left unscaled, 4 groups
+    (20, 70, 2, 6, 6),        # two row tiles (16 + 4); K not a multiple of 4 (scalar loads)
+    (2, 40, 16, 8, 32),       # GROUPS_MAX groups of 2 channels
+    (1, 24, 1, 0, 1),         # K shorter than one round of copies
+])
+def test_group_scaled_gemv_matches_numpy(M, K, groups, skip, npart, dtype):
+    """linear_group_scaled: column k >= skip of row m scaled by 1 / sqrt(sum of its group's
+    partials / group size + eps), then the projection, against NumPy in float64."""
+    be = _backend_or_skip()
+    import cupy as cp
+
+    from mamba_backend_cuda_cupy.kernels.linear import linear_group_scaled
+
+    rng = np.random.default_rng(K + M)
+    N = 37
+    x, w, bias = rng.standard_normal((M, K)), rng.standard_normal((N, K)), rng.standard_normal(N)
+    part = rng.uniform(0.5, 3.0, (M, npart))
+    eps = 1e-5
+    gsz, npg = (K - skip) // groups, npart // groups
+    scale = np.ones((M, K))
+    for g in range(groups):
+        rs = 1.0 / np.sqrt(part[:, g * npg:(g + 1) * npg].sum(1) / gsz + eps)
+        scale[:, skip + g * gsz:skip + (g + 1) * gsz] = rs[:, None]
+    want = (x * scale) @ w.T + bias
+    args = [cp.asarray(a, dtype) for a in (x, w, bias, part)]
+    got = linear_group_scaled(*args, groups, skip, eps)
+    assert got.dtype == np.dtype(dtype) and got.shape == (M, N)
+    assert rel(cp.asnumpy(got), want) < TOL[dtype]
+    again = linear_group_scaled(*args, groups, skip, eps)
+    assert bool((again == got).all())  # deterministic: a fixed order of sums
+
+
 # ---- GPU: the CUDA-graph decoder, which captures the step in place -----------------------------
 @pytest.mark.parametrize("fused", ["1", "0"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -235,6 +270,7 @@ def test_plan_of_the_370m_model():
     (dict(d_model=16, d_conv=9, headdim=8), 1, "d_conv=9"),
     (dict(d_model=16, headdim=8), 0, "batch 0"),
     (dict(d_model=16, headdim=8), 70000, "batch=70000"),
+    (dict(d_model=68, headdim=8, ngroups=17), 1, "ngroups=17 > 16"),
 ])
 def test_unsupported_configs_say_why(kw, batch, why):
     cfg = mamba2.Config(**kw)
@@ -307,6 +343,15 @@ def test_host_counters_are_zeroed_and_kept():
     big = ms.counters(np, ms.MIN_COUNTERS + 1)
     assert big.shape[0] >= ms.MIN_COUNTERS + 1 and not big.any()
     assert any(k is buf for k in ms._KEEP) and any(k is big for k in ms._KEEP)
+
+
+def test_group_scaled_gemv_rejects_bad_arguments():
+    from mamba_backend_cuda_cupy.kernels import linear
+
+    x, w, part = np.zeros((2, 8), np.float32), np.zeros((3, 8), np.float32), np.ones((2, 4))
+    with pytest.raises(ValueError, match="expected CuPy"):
+        linear.linear_group_scaled(x, w, None, part, 2, 0, 1e-5)
+    assert "#define GEMV_GROUPS_MAX 16" in source("linear.cu") and linear.GROUPS_MAX == 16
 
 
 def test_cuda_source_matches_the_wrapper():

@@ -10,21 +10,31 @@
 // float, double for double). A butterfly shuffle sums them over the warp (fixed order:
 // deterministic), and lane (j * MR + m) % 32 writes Y[m, n0 + j] = sum + bias[n0 + j].
 // Loads in flight: a lane copies its next U = gemv_unroll(MR, NR) vectors of the NR weight rows
-// (U = 8 for MR NR <= 2, 4 up to 8, else 2) with cp.async into its slots of a shared buffer
-// (U NR 16 B a lane: 16 KB a block at most), waits for them all, then computes; its last < U
-// vectors one at a time from registers. Without that (plain loads, which ptxas interleaves with
-// the FMAs: 1 to 2 weight loads in flight a warp), a narrow GEMV is bound by latency, not
-// bandwidth: out_proj of a 370M Mamba-2 at batch 1 (N = 1024, K = 2048) has 1024 warps with
-// ~512 B in flight each (~0.5 MB; ~2.4 MB are needed to cover ~0.8 us of DRAM latency at
-// 3 TB/s): ~0.6 TB/s; with U = 8, ~4 MB in flight. The sums are the same, in the same order
+// (U = 16 for MR NR <= 2, 4 up to 8, else 2) with cp.async into its slots of a shared buffer
+// (U NR 16 B a lane: 32 KB a block at most), waits for them all, then computes; every lane runs
+// the same rounds, the vectors past K predicated off. Without that (plain loads, which ptxas
+// interleaves with the FMAs: 1 to 2 weight loads in flight a warp), a narrow GEMV is bound by
+// latency, not bandwidth: out_proj of a 370M Mamba-2 at batch 1 (N = 1024, K = 2048) has 1024
+// warps with ~512 B in flight each (~0.5 MB; ~2.4 MB are needed to cover ~0.8 us of DRAM
+// latency at 3 TB/s): ~0.6 TB/s; with U = 16 its whole row is in flight at once (8 MB), one
+// round trip. The sums are the same, in the same order
 // (lane l: vectors l, l + 32, ... ascending).
+//
+// Group scales (PART not null): the gated RMSNorm of a fused Mamba-2 decode step folded into
+// out_proj (kernels/mixer_steps.py). Column k >= skip of row m of X is multiplied, as it is
+// loaded, by rs[m][g] = 1 / sqrt(sum_q PART[m, g npg + q] / gsz + eps), g = (k - skip) / gsz,
+// gsz = (K - skip) / groups channels a group, npg = npart / groups partial sums of squares a
+// group (PART: M rows of npart, row stride npart; added in a fixed order: deterministic).
+// Each warp computes its rows' scales once, after its first weight copies are issued, so their
+// L2 reads overlap the weights' DRAM reads. groups <= GEMV_GROUPS_MAX.
 #include "common.cuh"
 
 #define LINEAR_WARPS 4
+#define GEMV_GROUPS_MAX 16
 
 // vectors of each weight row a lane loads before using them (see the header)
 __host__ __device__ constexpr int gemv_unroll(int mr, int nr) {
-  return mr * nr <= 2 ? 8 : (mr * nr <= 8 ? 4 : 2);
+  return mr * nr <= 2 ? 16 : (mr * nr <= 8 ? 4 : 2);
 }
 
 template <typename T, int VEC>
@@ -54,15 +64,52 @@ __device__ __forceinline__ void cp_async_vec(T* dst, const T* src) {
   }
 }
 
+// rs[m][g] (see the header) for the warp's rows m < min(M, MR); written by lane 0
+template <typename T, int MR>
+__device__ __forceinline__ void gemv_group_scales(const T* __restrict__ PART, const int npart,
+                                                  const int groups, const int M, const int gsz,
+                                                  const T eps, T (*rs)[GEMV_GROUPS_MAX]) {
+  const int lane = threadIdx.x & 31, npg = npart / groups;
+#pragma unroll
+  for (int m = 0; m < MR; ++m) {
+    if (m < M) {
+      for (int g = 0; g < groups; ++g) {
+        const T* p = PART + (i64)m * npart + (i64)g * npg;
+        T s = T(0);
+#pragma unroll 4
+        for (int q = lane; q < npg; q += 32) s += __ldcg(p + q);
+        s = group_sum(s, 32);  // every lane gets the same total
+        if (lane == 0) rs[m][g] = T(1) / m_sqrt(s / T(gsz) + eps);
+      }
+    }
+  }
+  __syncwarp();
+}
+
+// x[v] *= rs[(k0 + v - skip) / gsz] for the columns k0 + v >= skip
+template <typename T, int VEC>
+__device__ __forceinline__ void gemv_scale_cols(T (&x)[VEC], const int k0, const int skip,
+                                                const int gsz, const T* rs) {
+#pragma unroll
+  for (int v = 0; v < VEC; ++v) {
+    const int k = k0 + v;
+    if (k >= skip) x[v] *= rs[(k - skip) / gsz];
+  }
+}
+
 template <typename T, int VEC, int MR, int NR>
 __global__ void __launch_bounds__(LINEAR_WARPS * 32) linear_gemv(
     const T* __restrict__ X, const T* __restrict__ W, const T* __restrict__ bias,
     T* __restrict__ Y, const int M, const int N, const int K, const i64 ldx, const i64 ldw,
-    const i64 ldy) {
+    const i64 ldy, const T* __restrict__ PART, const int npart, const int groups,
+    const int skip, const T eps) {
   constexpr int U = gemv_unroll(MR, NR);
   __shared__ __align__(16) T sw[LINEAR_WARPS][U][NR][32 * VEC];
+  __shared__ T srs[LINEAR_WARPS][MR][GEMV_GROUPS_MAX];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int nvec = K / VEC;
+  const int gsz = PART != nullptr ? (K - skip) / groups : 1;
+  bool scaled = PART == nullptr;  // the warp's scales are computed (or not needed)
   const i64 step = (i64)gridDim.x * LINEAR_WARPS * NR;
   for (i64 n0 = ((i64)blockIdx.x * LINEAR_WARPS + warp) * NR; n0 < N; n0 += step) {
     T acc[NR][MR];
@@ -70,69 +117,48 @@ __global__ void __launch_bounds__(LINEAR_WARPS * 32) linear_gemv(
     for (int j = 0; j < NR; ++j)
 #pragma unroll
       for (int m = 0; m < MR; ++m) acc[j][m] = T(0);
-    int kv = lane;
-    // rounds of U vectors: the lane's U x NR weight vectors of the round are copied
+    // rounds of U vectors a lane (warp-uniform: every lane runs every round, the vectors past
+    // K predicated off): the lane's U x NR weight vectors of the round are copied
     // asynchronously (cp.async) into its own slots of the warp's shared buffer, so they are all
     // in flight together (plain loads into registers, ptxas interleaves with the FMAs, keeping
     // ~2 in flight), then read back into registers; the lane reads only what it copied itself
-    for (; kv + 32 * (U - 1) < nvec; kv += 32 * U) {
+    for (int base = 0; base < nvec; base += 32 * U) {
+      const int kv = base + lane;
 #pragma unroll
       for (int u = 0; u < U; ++u) {
+        if (kv + 32 * u < nvec) {
 #pragma unroll
-        for (int j = 0; j < NR; ++j) {
-          const i64 row = n0 + j < N ? n0 + j : (i64)N - 1;  // a real row; its sums are dropped
-          const T* src = W + row * ldw + (i64)(kv + 32 * u) * VEC;
-          cp_async_vec<T, VEC>(&sw[warp][u][j][lane * VEC], src);
+          for (int j = 0; j < NR; ++j) {
+            const i64 row = n0 + j < N ? n0 + j : (i64)N - 1;  // a real row; sums dropped
+            const T* src = W + row * ldw + (i64)(kv + 32 * u) * VEC;
+            cp_async_vec<T, VEC>(&sw[warp][u][j][lane * VEC], src);
+          }
         }
       }
       cp_async_commit();
+      if (!scaled) {  // while the copies are in flight
+        gemv_group_scales<T, MR>(PART, npart, groups, M, gsz, eps, srs[warp]);
+        scaled = true;
+      }
       cp_async_wait_all();
-      T w[U][NR][VEC];
-#pragma unroll
-      for (int u = 0; u < U; ++u)
-#pragma unroll
-        for (int j = 0; j < NR; ++j)
-#pragma unroll
-          for (int v = 0; v < VEC; ++v) w[u][j][v] = sw[warp][u][j][lane * VEC + v];
 #pragma unroll
       for (int m = 0; m < MR; ++m) {
         if (m < M) {
-          T x[U][VEC];
 #pragma unroll
           for (int u = 0; u < U; ++u) {
-            load_vec<T, VEC>(X + m * ldx + (i64)(kv + 32 * u) * VEC, x[u]);
+            if (kv + 32 * u < nvec) {
+              T x[VEC];
+              load_vec<T, VEC>(X + m * ldx + (i64)(kv + 32 * u) * VEC, x);
+              if (PART != nullptr) {
+                gemv_scale_cols<T, VEC>(x, (kv + 32 * u) * VEC, skip, gsz, srs[warp][m]);
+              }
+#pragma unroll
+              for (int j = 0; j < NR; ++j)
+#pragma unroll
+                for (int v = 0; v < VEC; ++v)
+                  acc[j][m] += sw[warp][u][j][lane * VEC + v] * x[v];
+            }
           }
-#pragma unroll
-          for (int u = 0; u < U; ++u)
-#pragma unroll
-            for (int j = 0; j < NR; ++j)
-#pragma unroll
-              for (int v = 0; v < VEC; ++v) acc[j][m] += w[u][j][v] * x[u][v];
-        }
-      }
-    }
-    // the lane's last (< U) vectors, one at a time
-    for (; kv < nvec; kv += 32) {
-      const i64 k = (i64)kv * VEC;
-      T w[NR][VEC];
-#pragma unroll
-      for (int j = 0; j < NR; ++j) {
-        if (n0 + j < N) {
-          load_vec<T, VEC>(W + (n0 + j) * ldw + k, w[j]);
-        } else {
-#pragma unroll
-          for (int v = 0; v < VEC; ++v) w[j][v] = T(0);
-        }
-      }
-#pragma unroll
-      for (int m = 0; m < MR; ++m) {
-        if (m < M) {
-          T x[VEC];
-          load_vec<T, VEC>(X + m * ldx + k, x);
-#pragma unroll
-          for (int j = 0; j < NR; ++j)
-#pragma unroll
-            for (int v = 0; v < VEC; ++v) acc[j][m] += w[j][v] * x[v];
         }
       }
     }
@@ -152,7 +178,8 @@ __global__ void __launch_bounds__(LINEAR_WARPS * 32) linear_gemv(
 #ifdef MAMBA_CUPY_INSTANTIATE
 #define LINEAR_INST(T, VEC, MR, NR)                                                          \
   template __global__ void linear_gemv<T, VEC, MR, NR>(const T*, const T*, const T*, T*, int, \
-                                                       int, int, i64, i64, i64);
+                                                       int, int, i64, i64, i64, const T*, int, \
+                                                       int, int, T);
 // the instances kernels/linear.py asks for: rows_per_warp(MR, itemsize) gives NR
 #define LINEAR_INST_T(T, VEC, NR8)                                                           \
   LINEAR_INST(T, VEC, 1, 1) LINEAR_INST(T, VEC, 2, 1) LINEAR_INST(T, VEC, 4, 2)              \

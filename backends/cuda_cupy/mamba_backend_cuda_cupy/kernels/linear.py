@@ -163,8 +163,9 @@ def _rows2d(cp, a, wd, K):
     return cp.ascontiguousarray(a, dtype=wd).reshape(-1, K), K
 
 
-def _launch(x, weight, bias):
-    """The GEMV kernel for any number of rows (chunks of MAX_TILE). Returns (..., K_out) in wd."""
+def _launch(x, weight, bias, scales=None):
+    """The GEMV kernel for any number of rows (chunks of MAX_TILE). Returns (..., K_out) in wd.
+    scales: None, or (part, groups, skip, eps) for ``linear_group_scaled``."""
     import cupy as cp
 
     K = x.shape[-1]
@@ -180,11 +181,20 @@ def _launch(x, weight, bias):
         itemsize = np.dtype(wd).itemsize
         vec = vec_width(itemsize, K, (ldx, ldw), (X.data.ptr, Wm.data.ptr))
         i32, i64 = np.int32, np.int64
+        sc = np.dtype(wd).type
+        if scales is None:
+            P, groups, skip, eps = None, 1, 0, 0.0
+        else:
+            part, groups, skip, eps = scales
+            P = cp.ascontiguousarray(part, dtype=wd).reshape(M, -1)
+        npart = 0 if P is None else P.shape[1]
         for m0, m, mr, nr, blocks in plan(M, N, itemsize):
             fn = function("linear.cu", f"linear_gemv<{ctype(wd)}, {vec}, {mr}, {nr}>")
             fn((blocks,), (LINEAR_WARPS * 32,),
                (X[m0:m0 + m], Wm, b if b is not None else np.uint64(0), Y[m0:m0 + m], i32(m),
-                i32(N), i32(K), i64(ldx), i64(ldw), i64(N)))
+                i32(N), i32(K), i64(ldx), i64(ldw), i64(N),
+                np.uint64(0) if P is None else P[m0:m0 + m], i32(npart), i32(groups), i32(skip),
+                sc(eps)))
     return Y.reshape(tuple(x.shape[:-1]) + (N,))
 
 
@@ -205,6 +215,32 @@ def linear(x, weight, bias=None):
     if not use_kernel(rows, rows > GEMV_ROWS and not f and capturing(), f):
         return default("linear")(x, weight, bias)
     return _launch(x, weight, bias)
+
+
+GROUPS_MAX = 16  # GEMV_GROUPS_MAX in linear.cu
+
+
+def linear_group_scaled(x, weight, bias, part, groups: int, skip: int, eps: float):
+    """y = x' W^T + b, x' = x with column k >= skip of row m scaled by
+    1 / sqrt(sum(part[m, g npg:(g + 1) npg]) / gsz + eps), g = (k - skip) // gsz,
+    gsz = (K_in - skip) / groups, npg = part.shape[1] / groups: a gated RMSNorm's division
+    folded into the projection that follows it (kernels/mixer_steps.py), with part the
+    normalised values' partial sums of squares. Always the GEMV kernel (capturable).
+
+    x: (M, K_in) CuPy, weight: (K_out, K_in), bias: (K_out,) or None, part: (M, npart);
+    1 <= groups <= GROUPS_MAX dividing K_in - skip and npart -> (M, K_out) in the wide dtype."""
+    K = x.shape[-1]
+    if x.ndim != 2 or not _takes(x, weight, bias):
+        raise ValueError(f"linear_group_scaled: x {tuple(x.shape)} {x.dtype} with weight "
+                         f"{tuple(weight.shape)} {weight.dtype}: expected CuPy (M, K_in) and "
+                         "(K_out, K_in) arrays of float32 or float64 on one device")
+    if not (1 <= groups <= GROUPS_MAX) or (K - skip) % groups or skip < 0 or skip >= K:
+        raise ValueError(f"linear_group_scaled: groups={groups}, skip={skip} for K_in={K}: "
+                         f"expected 1 <= groups <= {GROUPS_MAX} dividing K_in - skip > 0")
+    if part.ndim != 2 or part.shape[0] != x.shape[0] or part.shape[1] % groups:
+        raise ValueError(f"linear_group_scaled: part {tuple(part.shape)}: expected "
+                         f"({x.shape[0]}, a multiple of groups={groups})")
+    return _launch(x, weight, bias, (part, int(groups), int(skip), float(eps)))
 
 
 KERNELS = {"linear": linear}

@@ -9,25 +9,30 @@ Why: a decode step moves little data and is bound by launches and latency. The c
 issues ~25 kernels per layer (conv step, A = -exp(A_log), dt glue, the scan step, its skip and
 gate, the norm, contiguous copies, casts); this step issues three:
 
-    in_proj (the GEMV, kernels/linear.py) -> ``mamba2_step`` kernel -> out_proj (the GEMV)
+    in_proj (the GEMV, kernels/linear.py) -> ``mamba2_step`` kernel -> out_proj (the GEMV,
+    ``linear_group_scaled`` with the norm: it divides by the group's RMS as it loads y)
 
 The kernel, one block of 4 warps per (16 head channels, head h, batch row b) (cuda/mixer_step.cu
-has the details): the conv window update and silu of the block's x channels and of its group's
-B and C channels (recomputed by each block of the group, from L2), dt = clamp(softplus(dt +
-dt_bias), dt_limit), A = -exp(A_log) (no cached copy that could go stale), S' = exp(dt A) S +
-dt x B^T, y = S' C + D x, the gate; with rmsnorm, the gated RMSNorm over each group of S / G
-channels (spanning many blocks) is done by the block that draws the last ticket of its
-(b, group) from a counter: it sums the blocks' partial sums of squares in a fixed order
-(deterministic) and normalises the group; it also writes the group's new B and C conv windows,
-once every block of the group has read the old ones. The gated-MLP slice (d_mlp > 0:
-silu(z0) x0) is written by the same launch. Nothing waits on the host: the step is captured by
+has the details), issues all its loads at once (one round trip to memory, not one a stage):
+the rows' states, the conv windows and weights of its x channels and of its group's B and C
+channels (every block of the group recomputes B and C, from L2), dt, A_log, z, D. Then dt =
+clamp(softplus(dt + dt_bias), dt_limit), A = -exp(A_log) (no cached copy that could go stale),
+S' = exp(dt A) S + dt x B^T, y = S' C + D x, the gate and the norm weight: Y = y silu(z) w, and
+with rmsnorm each block's sum of squares of v = y silu(z) (y when norm_before_gate) over its
+channels. out_proj sums a group's partials in a fixed order (deterministic) and scales its
+columns by 1 / sqrt(mean(v^2) + eps) as it reads them, the partials' L2 reads overlapping its
+weights' DRAM reads. No block waits for another: the first version had the last block of each
+group (a ticket counter) normalise the whole group, a serial tail of several round trips (the
+step took 12 us at batch 1 on an H100). The gated-MLP slice (d_mlp > 0: silu(z0) x0) is
+written by the same launch. Nothing waits on the host: the step is captured by
 graphs.GraphDecoder.
 
 In-place cache (``inplace_cache()``): inside the context manager the kernel writes the new states
 over the input cache (when both arrays are C-contiguous; they are what it returns then), so a
 captured graph needs no copy-back (GraphDecoder captures its step so). Safe: every state entry
 is read before it is overwritten, by the thread that overwrites it (the SSM state, the x conv
-windows) or after every block that reads it has taken its ticket (the shared B / C windows).
+windows), or, for the B / C windows every block of a group reads, by the block that draws the
+last ticket of its (b, group) from a counter (after every block of the group has used them).
 Outside the context the input cache is never modified.
 
 Precision: T = float32 or float64 throughout (the model's dtype; states in T, as the composition
@@ -36,7 +41,8 @@ returns them for float32 and float64 models).
 Falls back to ``mamba2.composed_step`` (the same results, op by op) for:
     arrays that are not CuPy arrays, or not all of one dtype (float32 or float64): u, the
     params and both cache arrays; batch 0; a cache whose shapes are not cache_shapes(cfg, B);
-    d_state > MAX_N (256); d_conv > KMAX (8); nheads or batch > 65535 (the grid).
+    d_state > MAX_N (256); d_conv > KMAX (8); ngroups > 16 with rmsnorm (out_proj's groups);
+    nheads or batch > 65535 (the grid).
 ``MAMBA_CUPY_FUSED_STEP=0`` turns the fused step off (the backend then offers no mixer_steps,
 read at each step: set it before building a GraphDecoder to time the composition);
 ``MAMBA_NO_FUSED_STEP=1`` does the same for every backend.
@@ -59,6 +65,7 @@ import numpy as np
 
 from mamba_backend_cuda_cupy._compile import ctype, function
 from mamba_backend_cuda_cupy.kernels._common import xp_of
+from mamba_backend_cuda_cupy.kernels.linear import GROUPS_MAX, linear_group_scaled
 
 ENV = "MAMBA_CUPY_FUSED_STEP"
 WARPS = 4            # M2_WARPS in mixer_step.cu
@@ -113,6 +120,9 @@ def unsupported(cfg, batch: int) -> str | None:
         return f"d_state={cfg.d_state} > {MAX_N} (the kernel holds at most {MAX_N} states a row)"
     if cfg.d_conv > KMAX:
         return f"d_conv={cfg.d_conv} > {KMAX} (the kernel's widest conv window)"
+    if cfg.rmsnorm and cfg.ngroups > GROUPS_MAX:
+        return (f"ngroups={cfg.ngroups} > {GROUPS_MAX} with rmsnorm (out_proj's GEMV, which "
+                "divides by the norm, holds at most that many groups)")
     if cfg.nheads > GRID_MAX or batch > GRID_MAX:
         return f"nheads={cfg.nheads} or batch={batch} > {GRID_MAX} (the grid's y and z limit)"
     if batch < 1:
@@ -220,7 +230,6 @@ def mixer(zx, params: dict, cfg, cache: dict, inplace: bool = False):
     else:
         ncs, nss = xp.empty((Bsz, X, K), T), xp.empty((Bsz, H, P, N), T)
     y = xp.empty((Bsz, M + S), T)
-    scr = xp.empty((Bsz, S), T) if cfg.rmsnorm else None
     part = xp.empty((Bsz, H * pl.npb), T) if cfg.rmsnorm else None
     cnt = counters(xp, Bsz * G)
     cw = _contig(xp, params["conv1d.weight"]).reshape(X, K)
@@ -233,10 +242,10 @@ def mixer(zx, params: dict, cfg, cache: dict, inplace: bool = False):
     fn(pl.grid, (pl.threads,),
        (zx, np.int64(zx.strides[0] // zx.itemsize), cs, ncs, cw, cb,
         _contig(xp, params["dt_bias"]), _contig(xp, params["A_log"]), _contig(xp, params["D"]),
-        ss, nss, nw, y, _null() if scr is None else scr, _null() if part is None else part, cnt,
+        ss, nss, nw, y, _null() if part is None else part, cnt,
         i32(H), i32(G), i32(P), i32(N), i32(M), i32(K), i32(bool(cfg.D_has_hdim)),
-        i32(limited), sc(lo), sc(hi), sc(_norm_eps()), i32(bool(cfg.norm_before_gate))))
-    return y, ncs, nss
+        i32(limited), sc(lo), sc(hi), i32(bool(cfg.norm_before_gate))))
+    return y, part, ncs, nss
 
 
 def _norm_eps() -> float:
@@ -252,8 +261,12 @@ def mamba2_step(be, params: dict, cfg, u, cache: dict):
     if not takes(params, cfg, u, cache):
         return mamba2.composed_step(be, params, cfg, u, cache)
     zx = be.ops.linear(u, params["in_proj.weight"], params["in_proj.bias"] if cfg.bias else None)
-    y, ncs, nss = mixer(zx, params, cfg, cache, _INPLACE.get())
-    out = be.ops.linear(y, params["out_proj.weight"], params["out_proj.bias"] if cfg.bias else None)
+    y, part, ncs, nss = mixer(zx, params, cfg, cache, _INPLACE.get())
+    w, bias = params["out_proj.weight"], params["out_proj.bias"] if cfg.bias else None
+    if part is None:
+        out = be.ops.linear(y, w, bias)
+    else:  # the norm's division, folded into out_proj
+        out = linear_group_scaled(y, w, bias, part, cfg.ngroups, cfg.d_mlp, _norm_eps())
     return out, {"conv_state": ncs, "ssm_state": nss}
 
 
