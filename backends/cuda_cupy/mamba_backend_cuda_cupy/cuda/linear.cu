@@ -10,14 +10,16 @@
 // float, double for double). A butterfly shuffle sums them over the warp (fixed order:
 // deterministic), and lane (j * MR + m) % 32 writes Y[m, n0 + j] = sum + bias[n0 + j].
 // Loads in flight: a lane copies its next U = gemv_unroll(MR, NR) vectors of the NR weight rows
-// (U = 16 for MR NR <= 2, 4 up to 8, else 2) with cp.async into its slots of a shared buffer
-// (U NR 16 B a lane: 32 KB a block at most), waits for them all, then computes; every lane runs
-// the same rounds, the vectors past K predicated off. Without that (plain loads, which ptxas
-// interleaves with the FMAs: 1 to 2 weight loads in flight a warp), a narrow GEMV is bound by
-// latency, not bandwidth: out_proj of a 370M Mamba-2 at batch 1 (N = 1024, K = 2048) has 1024
-// warps with ~512 B in flight each (~0.5 MB; ~2.4 MB are needed to cover ~0.8 us of DRAM
-// latency at 3 TB/s): ~0.6 TB/s; with U = 16 its whole row is in flight at once (8 MB), one
-// round trip. The sums are the same, in the same order
+// (U = 8 for MR NR <= 2, 4 up to 8, else 2) with cp.async into its slots of a shared buffer
+// (U NR 16 B a lane: 16 KB a block at most), waits for them all, then computes; its last < U
+// vectors one at a time from registers. Without that (plain loads, which ptxas interleaves with
+// the FMAs: 1 to 2 weight loads in flight a warp), a narrow GEMV is bound by latency, not
+// bandwidth: out_proj of a 370M Mamba-2 at batch 1 (N = 1024, K = 2048) has 1024 warps with
+// ~512 B in flight each (~0.5 MB; ~2.4 MB are needed to cover ~0.8 us of DRAM latency at
+// 3 TB/s): ~0.6 TB/s; with U = 8, ~4 MB in flight. (U = 16 with warp-uniform predicated rounds
+// was tried: its 33 KB of shared memory a block halved in_proj's resident warps, and x's loads,
+// behind a branch each, no longer went out together: 1.3 to 1.6x slower.) The sums are the
+// same, in the same order
 // (lane l: vectors l, l + 32, ... ascending).
 //
 // Group scales (PART not null): the gated RMSNorm of a fused Mamba-2 decode step folded into
@@ -27,6 +29,12 @@
 // group (PART: M rows of npart, row stride npart; added in a fixed order: deterministic).
 // Each warp computes its rows' scales once, after its first weight copies are issued, so their
 // L2 reads overlap the weights' DRAM reads. groups <= GEMV_GROUPS_MAX.
+//
+// Residual epilogue (RO not null; N outputs, rows of stride N): the next layer's add + RMSNorm
+// prepared by this projection (kernels/decode_lm.py): o = Y's value (Y itself written only when
+// not null), r = o + R[m, n] (R null: r = o), RO[m, n] = r, UO[m, n] = r NW2[n], and each
+// block's sum of squares of its r over its n, PART2[m, block] (M rows of gridDim.x; lanes, then
+// warps, added in a fixed order): the group scales (groups 1) of the next projection.
 #include "common.cuh"
 
 #define LINEAR_WARPS 4
@@ -34,7 +42,7 @@
 
 // vectors of each weight row a lane loads before using them (see the header)
 __host__ __device__ constexpr int gemv_unroll(int mr, int nr) {
-  return mr * nr <= 2 ? 16 : (mr * nr <= 8 ? 4 : 2);
+  return mr * nr <= 2 ? 8 : (mr * nr <= 8 ? 4 : 2);
 }
 
 template <typename T, int VEC>
@@ -86,30 +94,43 @@ __device__ __forceinline__ void gemv_group_scales(const T* __restrict__ PART, co
   __syncwarp();
 }
 
-// x[v] *= rs[(k0 + v - skip) / gsz] for the columns k0 + v >= skip
+// x *= rs[(k0 - skip) / gsz] when k0 >= skip: one scale for the whole vector (the host gives
+// VEC > 1 only when skip and gsz are multiples of VEC, so a vector never straddles a group)
 template <typename T, int VEC>
 __device__ __forceinline__ void gemv_scale_cols(T (&x)[VEC], const int k0, const int skip,
                                                 const int gsz, const T* rs) {
+  if (k0 >= skip) {
+    const T r = rs[(k0 - skip) / gsz];
 #pragma unroll
-  for (int v = 0; v < VEC; ++v) {
-    const int k = k0 + v;
-    if (k >= skip) x[v] *= rs[(k - skip) / gsz];
+    for (int v = 0; v < VEC; ++v) x[v] *= r;
   }
 }
 
-template <typename T, int VEC, int MR, int NR>
+// FX: the group scales and the residual epilogue compiled in (false: PART, RO and PART2 are
+// taken as null, and the plain GEMV keeps its 40 registers at MR = NR = 1)
+template <typename T, int VEC, int MR, int NR, bool FX>
 __global__ void __launch_bounds__(LINEAR_WARPS * 32) linear_gemv(
     const T* __restrict__ X, const T* __restrict__ W, const T* __restrict__ bias,
     T* __restrict__ Y, const int M, const int N, const int K, const i64 ldx, const i64 ldw,
     const i64 ldy, const T* __restrict__ PART, const int npart, const int groups,
-    const int skip, const T eps) {
+    const int skip, const T eps, const T* __restrict__ R, T* __restrict__ RO,
+    const T* __restrict__ NW2, T* __restrict__ UO, T* __restrict__ PART2) {
+  if constexpr (!FX) {
+    PART = nullptr;
+    RO = nullptr;
+    PART2 = nullptr;
+  }
   constexpr int U = gemv_unroll(MR, NR);
   __shared__ __align__(16) T sw[LINEAR_WARPS][U][NR][32 * VEC];
   __shared__ T srs[LINEAR_WARPS][MR][GEMV_GROUPS_MAX];
+  __shared__ T ssq_w[LINEAR_WARPS][MR];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int nvec = K / VEC;
   const int gsz = PART != nullptr ? (K - skip) / groups : 1;
   bool scaled = PART == nullptr;  // the warp's scales are computed (or not needed)
+  T ssq[MR];                      // epilogue: the lane's sum of squares of its residual outputs
+#pragma unroll
+  for (int m = 0; m < MR; ++m) ssq[m] = T(0);
   const i64 step = (i64)gridDim.x * LINEAR_WARPS * NR;
   for (i64 n0 = ((i64)blockIdx.x * LINEAR_WARPS + warp) * NR; n0 < N; n0 += step) {
     T acc[NR][MR];
@@ -117,48 +138,83 @@ __global__ void __launch_bounds__(LINEAR_WARPS * 32) linear_gemv(
     for (int j = 0; j < NR; ++j)
 #pragma unroll
       for (int m = 0; m < MR; ++m) acc[j][m] = T(0);
-    // rounds of U vectors a lane (warp-uniform: every lane runs every round, the vectors past
-    // K predicated off): the lane's U x NR weight vectors of the round are copied
+    int kv = lane;
+    // rounds of U vectors: the lane's U x NR weight vectors of the round are copied
     // asynchronously (cp.async) into its own slots of the warp's shared buffer, so they are all
     // in flight together (plain loads into registers, ptxas interleaves with the FMAs, keeping
     // ~2 in flight), then read back into registers; the lane reads only what it copied itself
-    for (int base = 0; base < nvec; base += 32 * U) {
-      const int kv = base + lane;
+    for (; kv + 32 * (U - 1) < nvec; kv += 32 * U) {
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        if (kv + 32 * u < nvec) {
 #pragma unroll
-          for (int j = 0; j < NR; ++j) {
-            const i64 row = n0 + j < N ? n0 + j : (i64)N - 1;  // a real row; sums dropped
-            const T* src = W + row * ldw + (i64)(kv + 32 * u) * VEC;
-            cp_async_vec<T, VEC>(&sw[warp][u][j][lane * VEC], src);
-          }
+        for (int j = 0; j < NR; ++j) {
+          const i64 row = n0 + j < N ? n0 + j : (i64)N - 1;  // a real row; its sums are dropped
+          const T* src = W + row * ldw + (i64)(kv + 32 * u) * VEC;
+          cp_async_vec<T, VEC>(&sw[warp][u][j][lane * VEC], src);
         }
       }
       cp_async_commit();
-      if (!scaled) {  // while the copies are in flight
+      if (!scaled && nvec >= 32 * U) {  // while the copies are in flight (every lane is here)
         gemv_group_scales<T, MR>(PART, npart, groups, M, gsz, eps, srs[warp]);
         scaled = true;
       }
       cp_async_wait_all();
+      T w[U][NR][VEC];
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+#pragma unroll
+        for (int j = 0; j < NR; ++j)
+#pragma unroll
+          for (int v = 0; v < VEC; ++v) w[u][j][v] = sw[warp][u][j][lane * VEC + v];
 #pragma unroll
       for (int m = 0; m < MR; ++m) {
         if (m < M) {
+          T x[U][VEC];
 #pragma unroll
           for (int u = 0; u < U; ++u) {
-            if (kv + 32 * u < nvec) {
-              T x[VEC];
-              load_vec<T, VEC>(X + m * ldx + (i64)(kv + 32 * u) * VEC, x);
-              if (PART != nullptr) {
-                gemv_scale_cols<T, VEC>(x, (kv + 32 * u) * VEC, skip, gsz, srs[warp][m]);
-              }
-#pragma unroll
-              for (int j = 0; j < NR; ++j)
-#pragma unroll
-                for (int v = 0; v < VEC; ++v)
-                  acc[j][m] += sw[warp][u][j][lane * VEC + v] * x[v];
-            }
+            load_vec<T, VEC>(X + m * ldx + (i64)(kv + 32 * u) * VEC, x[u]);
           }
+          if (PART != nullptr) {
+#pragma unroll
+            for (int u = 0; u < U; ++u)
+              gemv_scale_cols<T, VEC>(x[u], (kv + 32 * u) * VEC, skip, gsz, srs[warp][m]);
+          }
+#pragma unroll
+          for (int u = 0; u < U; ++u)
+#pragma unroll
+            for (int j = 0; j < NR; ++j)
+#pragma unroll
+              for (int v = 0; v < VEC; ++v) acc[j][m] += w[u][j][v] * x[u][v];
+        }
+      }
+    }
+    if (!scaled) {  // K too short for a full round: every lane is here
+      gemv_group_scales<T, MR>(PART, npart, groups, M, gsz, eps, srs[warp]);
+      scaled = true;
+    }
+    // the lane's last (< U) vectors, one at a time
+    for (; kv < nvec; kv += 32) {
+      const i64 k = (i64)kv * VEC;
+      T w[NR][VEC];
+#pragma unroll
+      for (int j = 0; j < NR; ++j) {
+        if (n0 + j < N) {
+          load_vec<T, VEC>(W + (n0 + j) * ldw + k, w[j]);
+        } else {
+#pragma unroll
+          for (int v = 0; v < VEC; ++v) w[j][v] = T(0);
+        }
+      }
+#pragma unroll
+      for (int m = 0; m < MR; ++m) {
+        if (m < M) {
+          T x[VEC];
+          load_vec<T, VEC>(X + m * ldx + k, x);
+          if (PART != nullptr) gemv_scale_cols<T, VEC>(x, (int)k, skip, gsz, srs[warp][m]);
+#pragma unroll
+          for (int j = 0; j < NR; ++j)
+#pragma unroll
+            for (int v = 0; v < VEC; ++v) acc[j][m] += w[j][v] * x[v];
         }
       }
     }
@@ -169,17 +225,41 @@ __global__ void __launch_bounds__(LINEAR_WARPS * 32) linear_gemv(
 #pragma unroll
       for (int m = 0; m < MR; ++m) {
         const T s = group_sum(acc[j][m], 32);  // every lane calls it: full-warp shuffles
-        if (m < M && n < N && lane == ((j * MR + m) & 31)) Y[m * ldy + n] = s + b;
+        if (m < M && n < N && lane == ((j * MR + m) & 31)) {
+          const T o = s + b;
+          if (Y != nullptr) Y[m * ldy + n] = o;
+          if (RO != nullptr) {  // the epilogue (see the header)
+            const T r = o + (R != nullptr ? R[(i64)m * N + n] : T(0));
+            RO[(i64)m * N + n] = r;
+            UO[(i64)m * N + n] = r * NW2[n];
+            ssq[m] += r * r;
+          }
+        }
       }
+    }
+  }
+  if (PART2 != nullptr) {  // the block's sums of squares, its warps added in a fixed order
+#pragma unroll
+    for (int m = 0; m < MR; ++m) {
+      const T v = group_sum(ssq[m], 32);
+      if (lane == 0) ssq_w[warp][m] = v;
+    }
+    __syncthreads();
+    if (threadIdx.x < MR && threadIdx.x < M) {
+      T t = T(0);
+#pragma unroll
+      for (int w = 0; w < LINEAR_WARPS; ++w) t += ssq_w[w][threadIdx.x];
+      PART2[(i64)threadIdx.x * gridDim.x + blockIdx.x] = t;
     }
   }
 }
 
 #ifdef MAMBA_CUPY_INSTANTIATE
-#define LINEAR_INST(T, VEC, MR, NR)                                                          \
-  template __global__ void linear_gemv<T, VEC, MR, NR>(const T*, const T*, const T*, T*, int, \
-                                                       int, int, i64, i64, i64, const T*, int, \
-                                                       int, int, T);
+#define LINEAR_INST_FX(T, VEC, MR, NR, FX)                                                     \
+  template __global__ void linear_gemv<T, VEC, MR, NR, FX>(                                      \
+      const T*, const T*, const T*, T*, int, int, int, i64, i64, i64, const T*, int, int, int, T, \
+      const T*, T*, const T*, T*, T*);
+#define LINEAR_INST(T, VEC, MR, NR) LINEAR_INST_FX(T, VEC, MR, NR, false) LINEAR_INST_FX(T, VEC, MR, NR, true)
 // the instances kernels/linear.py asks for: rows_per_warp(MR, itemsize) gives NR
 #define LINEAR_INST_T(T, VEC, NR8)                                                           \
   LINEAR_INST(T, VEC, 1, 1) LINEAR_INST(T, VEC, 2, 1) LINEAR_INST(T, VEC, 4, 2)              \

@@ -163,9 +163,11 @@ def _rows2d(cp, a, wd, K):
     return cp.ascontiguousarray(a, dtype=wd).reshape(-1, K), K
 
 
-def _launch(x, weight, bias, scales=None):
+def _launch(x, weight, bias, scales=None, epilogue=None):
     """The GEMV kernel for any number of rows (chunks of MAX_TILE). Returns (..., K_out) in wd.
-    scales: None, or (part, groups, skip, eps) for ``linear_group_scaled``."""
+    scales: None, or (part, groups, skip, eps) for ``linear_group_scaled``; epilogue: None, or
+    (residual or None, next norm weight) for ``linear_residual_epilogue``, which then returns
+    (residual_out, u, partials) instead."""
     import cupy as cp
 
     K = x.shape[-1]
@@ -176,25 +178,39 @@ def _launch(x, weight, bias, scales=None):
     Wm, ldw = _rows2d(cp, weight, wd, K)
     b = None if bias is None else cp.ascontiguousarray(bias, dtype=wd)
     M = X.shape[0]
-    Y = cp.empty((M, N), wd)
+    fx = scales is not None or epilogue is not None
+    null = np.uint64(0)
+    P, groups, skip, eps, npart = null, 1, 0, 0.0, 0
+    if scales is not None:
+        part, groups, skip, eps = scales
+        P = cp.ascontiguousarray(part, dtype=wd).reshape(M, -1)
+        npart = P.shape[1]
+    itemsize = np.dtype(wd).itemsize
+    # a vector never straddles a scale group: skip and the group size are multiples of it
+    vec = vec_width(itemsize, K, (ldx, ldw, skip, (K - skip) // groups),
+                    (X.data.ptr, Wm.data.ptr))
+    launches = plan(M, N, itemsize)
+    Y = cp.empty((M, N), wd) if epilogue is None else None
+    R = RO = NW2 = UO = P2 = None
+    if epilogue is not None:
+        res, nw2 = epilogue
+        R = None if res is None else cp.ascontiguousarray(res, dtype=wd).reshape(M, N)
+        NW2 = cp.ascontiguousarray(nw2, dtype=wd)
+        RO, UO = cp.empty((M, N), wd), cp.empty((M, N), wd)
+        P2 = cp.empty((M, launches[0][4] if launches else 1), wd)  # every entry written
     if M and N:
-        itemsize = np.dtype(wd).itemsize
-        vec = vec_width(itemsize, K, (ldx, ldw), (X.data.ptr, Wm.data.ptr))
-        i32, i64 = np.int32, np.int64
-        sc = np.dtype(wd).type
-        if scales is None:
-            P, groups, skip, eps = None, 1, 0, 0.0
-        else:
-            part, groups, skip, eps = scales
-            P = cp.ascontiguousarray(part, dtype=wd).reshape(M, -1)
-        npart = 0 if P is None else P.shape[1]
-        for m0, m, mr, nr, blocks in plan(M, N, itemsize):
-            fn = function("linear.cu", f"linear_gemv<{ctype(wd)}, {vec}, {mr}, {nr}>")
+        i32, i64, sc = np.int32, np.int64, np.dtype(wd).type
+        sl = lambda a, m0, m: null if a is None else a[m0:m0 + m]  # noqa: E731
+        for m0, m, mr, nr, blocks in launches:
+            fn = function("linear.cu", f"linear_gemv<{ctype(wd)}, {vec}, {mr}, {nr}, "
+                                       f"{'true' if fx else 'false'}>")
             fn((blocks,), (LINEAR_WARPS * 32,),
-               (X[m0:m0 + m], Wm, b if b is not None else np.uint64(0), Y[m0:m0 + m], i32(m),
-                i32(N), i32(K), i64(ldx), i64(ldw), i64(N),
-                np.uint64(0) if P is None else P[m0:m0 + m], i32(npart), i32(groups), i32(skip),
-                sc(eps)))
+               (X[m0:m0 + m], Wm, b if b is not None else null, sl(Y, m0, m), i32(m), i32(N),
+                i32(K), i64(ldx), i64(ldw), i64(N), P if scales is None else P[m0:m0 + m],
+                i32(npart), i32(groups), i32(skip), sc(eps), sl(R, m0, m), sl(RO, m0, m),
+                null if NW2 is None else NW2, sl(UO, m0, m), sl(P2, m0, m)))
+    if epilogue is not None:
+        return RO, UO, P2
     return Y.reshape(tuple(x.shape[:-1]) + (N,))
 
 
@@ -220,6 +236,16 @@ def linear(x, weight, bias=None):
 GROUPS_MAX = 16  # GEMV_GROUPS_MAX in linear.cu
 
 
+def _check_scales(x, part, groups, skip):
+    K = x.shape[-1]
+    if not (1 <= groups <= GROUPS_MAX) or skip < 0 or skip >= K or (K - skip) % groups:
+        raise ValueError(f"group scales: groups={groups}, skip={skip} for K_in={K}: expected "
+                         f"1 <= groups <= {GROUPS_MAX} dividing K_in - skip > 0")
+    if part.ndim != 2 or part.shape[0] != x.shape[0] or part.shape[1] % groups:
+        raise ValueError(f"group scales: part {tuple(part.shape)}: expected "
+                         f"({x.shape[0]}, a multiple of groups={groups})")
+
+
 def linear_group_scaled(x, weight, bias, part, groups: int, skip: int, eps: float):
     """y = x' W^T + b, x' = x with column k >= skip of row m scaled by
     1 / sqrt(sum(part[m, g npg:(g + 1) npg]) / gsz + eps), g = (k - skip) // gsz,
@@ -229,18 +255,41 @@ def linear_group_scaled(x, weight, bias, part, groups: int, skip: int, eps: floa
 
     x: (M, K_in) CuPy, weight: (K_out, K_in), bias: (K_out,) or None, part: (M, npart);
     1 <= groups <= GROUPS_MAX dividing K_in - skip and npart -> (M, K_out) in the wide dtype."""
-    K = x.shape[-1]
     if x.ndim != 2 or not _takes(x, weight, bias):
         raise ValueError(f"linear_group_scaled: x {tuple(x.shape)} {x.dtype} with weight "
                          f"{tuple(weight.shape)} {weight.dtype}: expected CuPy (M, K_in) and "
                          "(K_out, K_in) arrays of float32 or float64 on one device")
-    if not (1 <= groups <= GROUPS_MAX) or (K - skip) % groups or skip < 0 or skip >= K:
-        raise ValueError(f"linear_group_scaled: groups={groups}, skip={skip} for K_in={K}: "
-                         f"expected 1 <= groups <= {GROUPS_MAX} dividing K_in - skip > 0")
-    if part.ndim != 2 or part.shape[0] != x.shape[0] or part.shape[1] % groups:
-        raise ValueError(f"linear_group_scaled: part {tuple(part.shape)}: expected "
-                         f"({x.shape[0]}, a multiple of groups={groups})")
+    _check_scales(x, part, groups, skip)
     return _launch(x, weight, bias, (part, int(groups), int(skip), float(eps)))
+
+
+def linear_residual_epilogue(x, weight, bias, residual, next_weight, scales=None):
+    """The projection that ends a decode layer, with the next add + RMSNorm's elementwise work:
+
+        o = x' W^T + b (x' = x, or x group-scaled as in ``linear_group_scaled`` with scales =
+        (part, groups, skip, eps)); r = o + residual (residual None: r = o);
+        returns (r, u = r * next_weight, partials), partials (M, blocks): sums of squares of r
+        over each block's outputs, so that sum(partials[m]) = sum(r[m] ** 2).
+
+    The next projection takes u with ``linear_group_scaled(u, ..., partials, 1, 0, eps)``:
+    rmsnorm(r) next_weight, never materialised. x: (M, K_in), weight: (K_out, K_in), bias and
+    next_weight: (K_out,), residual: (M, K_out) or None; CuPy, one float dtype."""
+    if x.ndim != 2 or not _takes(x, weight, bias):
+        raise ValueError(f"linear_residual_epilogue: x {tuple(x.shape)} {x.dtype} with weight "
+                         f"{tuple(weight.shape)} {weight.dtype}: expected CuPy (M, K_in) and "
+                         "(K_out, K_in) arrays of float32 or float64 on one device")
+    M, N = x.shape[0], weight.shape[0]
+    if residual is not None and tuple(residual.shape) != (M, N):
+        raise ValueError(f"linear_residual_epilogue: residual {tuple(residual.shape)}: expected "
+                         f"({M}, {N})")
+    if tuple(next_weight.shape) != (N,):
+        raise ValueError(f"linear_residual_epilogue: next_weight {tuple(next_weight.shape)}: "
+                         f"expected ({N},)")
+    if scales is not None:
+        part, groups, skip, eps = scales
+        _check_scales(x, part, groups, skip)
+        scales = (part, int(groups), int(skip), float(eps))
+    return _launch(x, weight, bias, scales, (residual, next_weight))
 
 
 KERNELS = {"linear": linear}
