@@ -163,6 +163,8 @@ def test_unsupported_config_falls_back_to_the_composition():
     (20, 70, 2, 6, 6),        # two row tiles (16 + 4); K not a multiple of 4 (scalar loads)
     (2, 40, 16, 8, 32),       # GROUPS_MAX groups of 2 channels
     (1, 24, 1, 0, 1),         # K shorter than one round of copies
+    (9, 72, 2, 8, 6),         # one 16-row tile; float64 vectors of 2: only some lanes run a round
+    (8, 136, 4, 8, 8),        # 34 vectors of 4 a row: rounds that not every lane runs
 ])
 def test_group_scaled_gemv_matches_numpy(M, K, groups, skip, npart, dtype):
     """linear_group_scaled: column k >= skip of row m scaled by 1 / sqrt(sum of its group's

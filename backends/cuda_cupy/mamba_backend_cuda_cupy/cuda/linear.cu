@@ -34,7 +34,8 @@
 // prepared by this projection (kernels/decode_lm.py): o = Y's value (Y itself written only when
 // not null), r = o + R[m, n] (R null: r = o), RO[m, n] = r, UO[m, n] = r NW2[n], and each
 // block's sum of squares of its r over its n, PART2[m, block] (M rows of gridDim.x; lanes, then
-// warps, added in a fixed order): the group scales (groups 1) of the next projection.
+// warps, added in a fixed order; row stride ldp2 >= gridDim.x, the host zeroes the entries no
+// block writes): the group scales (groups 1) of the next projection.
 #include "common.cuh"
 
 #define LINEAR_WARPS 4
@@ -106,16 +107,18 @@ __device__ __forceinline__ void gemv_scale_cols(T (&x)[VEC], const int k0, const
   }
 }
 
-// FX: the group scales and the residual epilogue compiled in (false: PART, RO and PART2 are
-// taken as null, and the plain GEMV keeps its 40 registers at MR = NR = 1)
-template <typename T, int VEC, int MR, int NR, bool FX>
+// FX: 0 the plain GEMV (PART, RO and PART2 taken as null: it keeps its 40 registers at
+// MR = NR = 1); 1 one scale a row (groups 1, skip 0: the row's sum is scaled once, at the end)
+// and the epilogue; 2 group scales applied as X is loaded (94 registers at MR = NR = 1) and the
+// epilogue
+template <typename T, int VEC, int MR, int NR, int FX>
 __global__ void __launch_bounds__(LINEAR_WARPS * 32) linear_gemv(
     const T* __restrict__ X, const T* __restrict__ W, const T* __restrict__ bias,
     T* __restrict__ Y, const int M, const int N, const int K, const i64 ldx, const i64 ldw,
     const i64 ldy, const T* __restrict__ PART, const int npart, const int groups,
     const int skip, const T eps, const T* __restrict__ R, T* __restrict__ RO,
-    const T* __restrict__ NW2, T* __restrict__ UO, T* __restrict__ PART2) {
-  if constexpr (!FX) {
+    const T* __restrict__ NW2, T* __restrict__ UO, T* __restrict__ PART2, const int ldp2) {
+  if constexpr (FX == 0) {
     PART = nullptr;
     RO = nullptr;
     PART2 = nullptr;
@@ -138,6 +141,10 @@ __global__ void __launch_bounds__(LINEAR_WARPS * 32) linear_gemv(
     for (int j = 0; j < NR; ++j)
 #pragma unroll
       for (int m = 0; m < MR; ++m) acc[j][m] = T(0);
+    if (!scaled && nvec < 32 * U) {  // no round every lane runs: the scales first
+      gemv_group_scales<T, MR>(PART, npart, groups, M, gsz, eps, srs[warp]);
+      scaled = true;
+    }
     int kv = lane;
     // rounds of U vectors: the lane's U x NR weight vectors of the round are copied
     // asynchronously (cp.async) into its own slots of the warp's shared buffer, so they are all
@@ -154,7 +161,7 @@ __global__ void __launch_bounds__(LINEAR_WARPS * 32) linear_gemv(
         }
       }
       cp_async_commit();
-      if (!scaled && nvec >= 32 * U) {  // while the copies are in flight (every lane is here)
+      if (!scaled) {  // while the copies are in flight (nvec >= 32 U: every lane is here)
         gemv_group_scales<T, MR>(PART, npart, groups, M, gsz, eps, srs[warp]);
         scaled = true;
       }
@@ -174,7 +181,7 @@ __global__ void __launch_bounds__(LINEAR_WARPS * 32) linear_gemv(
           for (int u = 0; u < U; ++u) {
             load_vec<T, VEC>(X + m * ldx + (i64)(kv + 32 * u) * VEC, x[u]);
           }
-          if (PART != nullptr) {
+          if (FX == 2 && PART != nullptr) {
 #pragma unroll
             for (int u = 0; u < U; ++u)
               gemv_scale_cols<T, VEC>(x[u], (kv + 32 * u) * VEC, skip, gsz, srs[warp][m]);
@@ -187,10 +194,6 @@ __global__ void __launch_bounds__(LINEAR_WARPS * 32) linear_gemv(
               for (int v = 0; v < VEC; ++v) acc[j][m] += w[u][j][v] * x[u][v];
         }
       }
-    }
-    if (!scaled) {  // K too short for a full round: every lane is here
-      gemv_group_scales<T, MR>(PART, npart, groups, M, gsz, eps, srs[warp]);
-      scaled = true;
     }
     // the lane's last (< U) vectors, one at a time
     for (; kv < nvec; kv += 32) {
@@ -210,7 +213,9 @@ __global__ void __launch_bounds__(LINEAR_WARPS * 32) linear_gemv(
         if (m < M) {
           T x[VEC];
           load_vec<T, VEC>(X + m * ldx + k, x);
-          if (PART != nullptr) gemv_scale_cols<T, VEC>(x, (int)k, skip, gsz, srs[warp][m]);
+          if (FX == 2 && PART != nullptr) {
+            gemv_scale_cols<T, VEC>(x, (int)k, skip, gsz, srs[warp][m]);
+          }
 #pragma unroll
           for (int j = 0; j < NR; ++j)
 #pragma unroll
@@ -224,7 +229,8 @@ __global__ void __launch_bounds__(LINEAR_WARPS * 32) linear_gemv(
       const T b = (bias != nullptr && n < N) ? bias[n] : T(0);
 #pragma unroll
       for (int m = 0; m < MR; ++m) {
-        const T s = group_sum(acc[j][m], 32);  // every lane calls it: full-warp shuffles
+        T s = group_sum(acc[j][m], 32);  // every lane calls it: full-warp shuffles
+        if (FX == 1 && PART != nullptr) s *= srs[warp][m < M ? m : 0][0];
         if (m < M && n < N && lane == ((j * MR + m) & 31)) {
           const T o = s + b;
           if (Y != nullptr) Y[m * ldy + n] = o;
@@ -249,7 +255,7 @@ __global__ void __launch_bounds__(LINEAR_WARPS * 32) linear_gemv(
       T t = T(0);
 #pragma unroll
       for (int w = 0; w < LINEAR_WARPS; ++w) t += ssq_w[w][threadIdx.x];
-      PART2[(i64)threadIdx.x * gridDim.x + blockIdx.x] = t;
+      PART2[(i64)threadIdx.x * ldp2 + blockIdx.x] = t;
     }
   }
 }
@@ -258,8 +264,9 @@ __global__ void __launch_bounds__(LINEAR_WARPS * 32) linear_gemv(
 #define LINEAR_INST_FX(T, VEC, MR, NR, FX)                                                     \
   template __global__ void linear_gemv<T, VEC, MR, NR, FX>(                                      \
       const T*, const T*, const T*, T*, int, int, int, i64, i64, i64, const T*, int, int, int, T, \
-      const T*, T*, const T*, T*, T*);
-#define LINEAR_INST(T, VEC, MR, NR) LINEAR_INST_FX(T, VEC, MR, NR, false) LINEAR_INST_FX(T, VEC, MR, NR, true)
+      const T*, T*, const T*, T*, T*, int);
+#define LINEAR_INST(T, VEC, MR, NR) \
+  LINEAR_INST_FX(T, VEC, MR, NR, 0) LINEAR_INST_FX(T, VEC, MR, NR, 1) LINEAR_INST_FX(T, VEC, MR, NR, 2)
 // the instances kernels/linear.py asks for: rows_per_warp(MR, itemsize) gives NR
 #define LINEAR_INST_T(T, VEC, NR8)                                                           \
   LINEAR_INST(T, VEC, 1, 1) LINEAR_INST(T, VEC, 2, 1) LINEAR_INST(T, VEC, 4, 2)              \

@@ -178,13 +178,15 @@ def _launch(x, weight, bias, scales=None, epilogue=None):
     Wm, ldw = _rows2d(cp, weight, wd, K)
     b = None if bias is None else cp.ascontiguousarray(bias, dtype=wd)
     M = X.shape[0]
-    fx = scales is not None or epilogue is not None
+    # FX in linear.cu: 0 plain, 1 one scale a row (or none) with the epilogue, 2 group scales
+    fx = 0 if scales is None and epilogue is None else 1
     null = np.uint64(0)
     P, groups, skip, eps, npart = null, 1, 0, 0.0, 0
     if scales is not None:
         part, groups, skip, eps = scales
         P = cp.ascontiguousarray(part, dtype=wd).reshape(M, -1)
         npart = P.shape[1]
+        fx = 1 if groups == 1 and skip == 0 else 2
     itemsize = np.dtype(wd).itemsize
     # a vector never straddles a scale group: skip and the group size are multiples of it
     vec = vec_width(itemsize, K, (ldx, ldw, skip, (K - skip) // groups),
@@ -197,18 +199,20 @@ def _launch(x, weight, bias, scales=None, epilogue=None):
         R = None if res is None else cp.ascontiguousarray(res, dtype=wd).reshape(M, N)
         NW2 = cp.ascontiguousarray(nw2, dtype=wd)
         RO, UO = cp.empty((M, N), wd), cp.empty((M, N), wd)
-        P2 = cp.empty((M, launches[0][4] if launches else 1), wd)  # every entry written
+        # a row a block, for the widest launch (tiles of fewer rows may have more blocks);
+        # zeros where a launch has fewer blocks
+        P2 = cp.zeros((M, max((blocks for *_, blocks in launches), default=1)), wd)
     if M and N:
         i32, i64, sc = np.int32, np.int64, np.dtype(wd).type
         sl = lambda a, m0, m: null if a is None else a[m0:m0 + m]  # noqa: E731
         for m0, m, mr, nr, blocks in launches:
-            fn = function("linear.cu", f"linear_gemv<{ctype(wd)}, {vec}, {mr}, {nr}, "
-                                       f"{'true' if fx else 'false'}>")
+            fn = function("linear.cu", f"linear_gemv<{ctype(wd)}, {vec}, {mr}, {nr}, {fx}>")
             fn((blocks,), (LINEAR_WARPS * 32,),
                (X[m0:m0 + m], Wm, b if b is not None else null, sl(Y, m0, m), i32(m), i32(N),
                 i32(K), i64(ldx), i64(ldw), i64(N), P if scales is None else P[m0:m0 + m],
                 i32(npart), i32(groups), i32(skip), sc(eps), sl(R, m0, m), sl(RO, m0, m),
-                null if NW2 is None else NW2, sl(UO, m0, m), sl(P2, m0, m)))
+                null if NW2 is None else NW2, sl(UO, m0, m), sl(P2, m0, m),
+                i32(0 if P2 is None else P2.shape[1])))
     if epilogue is not None:
         return RO, UO, P2
     return Y.reshape(tuple(x.shape[:-1]) + (N,))
