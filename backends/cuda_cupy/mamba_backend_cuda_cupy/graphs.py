@@ -1,12 +1,11 @@
 """Decoding with CUDA graphs captured through CuPy's stream capture.
 
-    dec = GraphDecoder(be, params, cfg, batch=1)      # warm-up + capture of one decode step
+    dec = GraphDecoder(be, params, cfg, batch=1)      # warm-up + capture of one lm.step
     dec.load_cache(cache)                             # optional: a prefilled cache (lm.forward)
     logits = dec.step(ids)                            # ids (batch,) ints -> logits (batch, V')
 
 The decoder owns static buffers: the token ids, the per-layer cache (updated in place by the
-graph) and the logits. The step is ``decode.step`` (lm.step's contract; for Mamba-2 models
-every RMSNorm folded into a projection, else lm.step itself). It is run (warm-up) and captured inside
+graph) and the logits. The step is run (warm-up) and captured inside
 ``kernels.mixer_steps.inplace_cache()``: the fused Mamba-2 step writes its new states over the
 static cache and returns those very arrays, so the graph holds no copy-back for them; a new cache
 array that is not the static one (other mixers, ``MAMBA_CUPY_FUSED_STEP=0``, a fallback of the
@@ -30,7 +29,6 @@ from __future__ import annotations
 
 from mamba_core.models import lm
 
-from mamba_backend_cuda_cupy import decode
 from mamba_backend_cuda_cupy.kernels.linear import gemv_only
 from mamba_backend_cuda_cupy.kernels.mixer_steps import inplace_cache
 
@@ -75,7 +73,7 @@ class GraphDecoder:
         import cupy as cp
 
         with inplace_cache():
-            logits, new_cache = decode.step(self.be, self.params, self.cfg, self.ids, self.cache)
+            logits, new_cache = lm.step(self.be, self.params, self.cfg, self.ids, self.cache)
         for dst, src in _copies(self.cache, new_cache):
             cp.copyto(dst, src)
         return logits

@@ -29,13 +29,7 @@
 // group (PART: M rows of npart, row stride npart; added in a fixed order: deterministic).
 // Each warp computes its rows' scales once, after its first weight copies are issued, so their
 // L2 reads overlap the weights' DRAM reads. groups <= GEMV_GROUPS_MAX.
-//
-// Residual epilogue (RO not null; N outputs, rows of stride N): the next layer's add + RMSNorm
-// prepared by this projection (kernels/decode_lm.py): o = Y's value (Y itself written only when
-// not null), r = o + R[m, n] (R null: r = o), RO[m, n] = r, UO[m, n] = r NW2[n], and each
-// block's sum of squares of its r over its n, PART2[m, block] (M rows of gridDim.x; lanes, then
-// warps, added in a fixed order; row stride ldp2 >= gridDim.x, the host zeroes the entries no
-// block writes): the group scales (groups 1) of the next projection.
+
 #include "common.cuh"
 
 #define LINEAR_WARPS 4
@@ -107,33 +101,23 @@ __device__ __forceinline__ void gemv_scale_cols(T (&x)[VEC], const int k0, const
   }
 }
 
-// FX: 0 the plain GEMV (PART, RO and PART2 taken as null: it keeps its 40 registers at
-// MR = NR = 1); 1 one scale a row (groups 1, skip 0: the row's sum is scaled once, at the end)
-// and the epilogue; 2 group scales applied as X is loaded (94 registers at MR = NR = 1) and the
-// epilogue
+// FX: 0 the plain GEMV (PART taken as null: it keeps its 40 registers at MR = NR = 1); 1 one
+// scale a row (groups 1, skip 0: the row's sum is scaled once, at the end; 40 registers); 2
+// group scales applied as X is loaded (94 registers at MR = NR = 1)
 template <typename T, int VEC, int MR, int NR, int FX>
 __global__ void __launch_bounds__(LINEAR_WARPS * 32) linear_gemv(
     const T* __restrict__ X, const T* __restrict__ W, const T* __restrict__ bias,
     T* __restrict__ Y, const int M, const int N, const int K, const i64 ldx, const i64 ldw,
     const i64 ldy, const T* __restrict__ PART, const int npart, const int groups,
-    const int skip, const T eps, const T* __restrict__ R, T* __restrict__ RO,
-    const T* __restrict__ NW2, T* __restrict__ UO, T* __restrict__ PART2, const int ldp2) {
-  if constexpr (FX == 0) {
-    PART = nullptr;
-    RO = nullptr;
-    PART2 = nullptr;
-  }
+    const int skip, const T eps) {
+  if constexpr (FX == 0) PART = nullptr;
   constexpr int U = gemv_unroll(MR, NR);
   __shared__ __align__(16) T sw[LINEAR_WARPS][U][NR][32 * VEC];
   __shared__ T srs[LINEAR_WARPS][MR][GEMV_GROUPS_MAX];
-  __shared__ T ssq_w[LINEAR_WARPS][MR];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int nvec = K / VEC;
   const int gsz = PART != nullptr ? (K - skip) / groups : 1;
   bool scaled = PART == nullptr;  // the warp's scales are computed (or not needed)
-  T ssq[MR];                      // epilogue: the lane's sum of squares of its residual outputs
-#pragma unroll
-  for (int m = 0; m < MR; ++m) ssq[m] = T(0);
   const i64 step = (i64)gridDim.x * LINEAR_WARPS * NR;
   for (i64 n0 = ((i64)blockIdx.x * LINEAR_WARPS + warp) * NR; n0 < N; n0 += step) {
     T acc[NR][MR];
@@ -231,31 +215,8 @@ __global__ void __launch_bounds__(LINEAR_WARPS * 32) linear_gemv(
       for (int m = 0; m < MR; ++m) {
         T s = group_sum(acc[j][m], 32);  // every lane calls it: full-warp shuffles
         if (FX == 1 && PART != nullptr) s *= srs[warp][m < M ? m : 0][0];
-        if (m < M && n < N && lane == ((j * MR + m) & 31)) {
-          const T o = s + b;
-          if (Y != nullptr) Y[m * ldy + n] = o;
-          if (RO != nullptr) {  // the epilogue (see the header)
-            const T r = o + (R != nullptr ? R[(i64)m * N + n] : T(0));
-            RO[(i64)m * N + n] = r;
-            UO[(i64)m * N + n] = r * NW2[n];
-            ssq[m] += r * r;
-          }
-        }
+        if (m < M && n < N && lane == ((j * MR + m) & 31)) Y[m * ldy + n] = s + b;
       }
-    }
-  }
-  if (PART2 != nullptr) {  // the block's sums of squares, its warps added in a fixed order
-#pragma unroll
-    for (int m = 0; m < MR; ++m) {
-      const T v = group_sum(ssq[m], 32);
-      if (lane == 0) ssq_w[warp][m] = v;
-    }
-    __syncthreads();
-    if (threadIdx.x < MR && threadIdx.x < M) {
-      T t = T(0);
-#pragma unroll
-      for (int w = 0; w < LINEAR_WARPS; ++w) t += ssq_w[w][threadIdx.x];
-      PART2[(i64)threadIdx.x * ldp2 + blockIdx.x] = t;
     }
   }
 }
@@ -263,8 +224,7 @@ __global__ void __launch_bounds__(LINEAR_WARPS * 32) linear_gemv(
 #ifdef MAMBA_CUPY_INSTANTIATE
 #define LINEAR_INST_FX(T, VEC, MR, NR, FX)                                                     \
   template __global__ void linear_gemv<T, VEC, MR, NR, FX>(                                      \
-      const T*, const T*, const T*, T*, int, int, int, i64, i64, i64, const T*, int, int, int, T, \
-      const T*, T*, const T*, T*, T*, int);
+      const T*, const T*, const T*, T*, int, int, int, i64, i64, i64, const T*, int, int, int, T);
 #define LINEAR_INST(T, VEC, MR, NR) \
   LINEAR_INST_FX(T, VEC, MR, NR, 0) LINEAR_INST_FX(T, VEC, MR, NR, 1) LINEAR_INST_FX(T, VEC, MR, NR, 2)
 // the instances kernels/linear.py asks for: rows_per_warp(MR, itemsize) gives NR

@@ -163,11 +163,9 @@ def _rows2d(cp, a, wd, K):
     return cp.ascontiguousarray(a, dtype=wd).reshape(-1, K), K
 
 
-def _launch(x, weight, bias, scales=None, epilogue=None):
+def _launch(x, weight, bias, scales=None):
     """The GEMV kernel for any number of rows (chunks of MAX_TILE). Returns (..., K_out) in wd.
-    scales: None, or (part, groups, skip, eps) for ``linear_group_scaled``; epilogue: None, or
-    (residual or None, next norm weight) for ``linear_residual_epilogue``, which then returns
-    (residual_out, u, partials) instead."""
+    scales: None, or (part, groups, skip, eps) for ``linear_group_scaled``."""
     import cupy as cp
 
     K = x.shape[-1]
@@ -178,43 +176,27 @@ def _launch(x, weight, bias, scales=None, epilogue=None):
     Wm, ldw = _rows2d(cp, weight, wd, K)
     b = None if bias is None else cp.ascontiguousarray(bias, dtype=wd)
     M = X.shape[0]
-    # FX in linear.cu: 0 plain, 1 one scale a row (or none) with the epilogue, 2 group scales
-    fx = 0 if scales is None and epilogue is None else 1
+    Y = cp.empty((M, N), wd)
     null = np.uint64(0)
-    P, groups, skip, eps, npart = null, 1, 0, 0.0, 0
+    # FX in linear.cu: 0 plain, 1 one scale a row (applied to the sum), 2 group scales
+    fx, P, groups, skip, eps, npart = 0, None, 1, 0, 0.0, 0
     if scales is not None:
         part, groups, skip, eps = scales
         P = cp.ascontiguousarray(part, dtype=wd).reshape(M, -1)
         npart = P.shape[1]
         fx = 1 if groups == 1 and skip == 0 else 2
-    itemsize = np.dtype(wd).itemsize
-    # a vector never straddles a scale group: skip and the group size are multiples of it
-    vec = vec_width(itemsize, K, (ldx, ldw, skip, (K - skip) // groups),
-                    (X.data.ptr, Wm.data.ptr))
-    launches = plan(M, N, itemsize)
-    Y = cp.empty((M, N), wd) if epilogue is None else None
-    R = RO = NW2 = UO = P2 = None
-    if epilogue is not None:
-        res, nw2 = epilogue
-        R = None if res is None else cp.ascontiguousarray(res, dtype=wd).reshape(M, N)
-        NW2 = cp.ascontiguousarray(nw2, dtype=wd)
-        RO, UO = cp.empty((M, N), wd), cp.empty((M, N), wd)
-        # a row a block, for the widest launch (tiles of fewer rows may have more blocks);
-        # zeros where a launch has fewer blocks
-        P2 = cp.zeros((M, max((blocks for *_, blocks in launches), default=1)), wd)
     if M and N:
+        itemsize = np.dtype(wd).itemsize
+        # a vector never straddles a scale group: skip and the group size are multiples of it
+        vec = vec_width(itemsize, K, (ldx, ldw, skip, (K - skip) // groups),
+                        (X.data.ptr, Wm.data.ptr))
         i32, i64, sc = np.int32, np.int64, np.dtype(wd).type
-        sl = lambda a, m0, m: null if a is None else a[m0:m0 + m]  # noqa: E731
-        for m0, m, mr, nr, blocks in launches:
+        for m0, m, mr, nr, blocks in plan(M, N, itemsize):
             fn = function("linear.cu", f"linear_gemv<{ctype(wd)}, {vec}, {mr}, {nr}, {fx}>")
             fn((blocks,), (LINEAR_WARPS * 32,),
-               (X[m0:m0 + m], Wm, b if b is not None else null, sl(Y, m0, m), i32(m), i32(N),
-                i32(K), i64(ldx), i64(ldw), i64(N), P if scales is None else P[m0:m0 + m],
-                i32(npart), i32(groups), i32(skip), sc(eps), sl(R, m0, m), sl(RO, m0, m),
-                null if NW2 is None else NW2, sl(UO, m0, m), sl(P2, m0, m),
-                i32(0 if P2 is None else P2.shape[1])))
-    if epilogue is not None:
-        return RO, UO, P2
+               (X[m0:m0 + m], Wm, b if b is not None else null, Y[m0:m0 + m], i32(m), i32(N),
+                i32(K), i64(ldx), i64(ldw), i64(N), null if P is None else P[m0:m0 + m],
+                i32(npart), i32(groups), i32(skip), sc(eps)))
     return Y.reshape(tuple(x.shape[:-1]) + (N,))
 
 
@@ -265,35 +247,6 @@ def linear_group_scaled(x, weight, bias, part, groups: int, skip: int, eps: floa
                          "(K_out, K_in) arrays of float32 or float64 on one device")
     _check_scales(x, part, groups, skip)
     return _launch(x, weight, bias, (part, int(groups), int(skip), float(eps)))
-
-
-def linear_residual_epilogue(x, weight, bias, residual, next_weight, scales=None):
-    """The projection that ends a decode layer, with the next add + RMSNorm's elementwise work:
-
-        o = x' W^T + b (x' = x, or x group-scaled as in ``linear_group_scaled`` with scales =
-        (part, groups, skip, eps)); r = o + residual (residual None: r = o);
-        returns (r, u = r * next_weight, partials), partials (M, blocks): sums of squares of r
-        over each block's outputs, so that sum(partials[m]) = sum(r[m] ** 2).
-
-    The next projection takes u with ``linear_group_scaled(u, ..., partials, 1, 0, eps)``:
-    rmsnorm(r) next_weight, never materialised. x: (M, K_in), weight: (K_out, K_in), bias and
-    next_weight: (K_out,), residual: (M, K_out) or None; CuPy, one float dtype."""
-    if x.ndim != 2 or not _takes(x, weight, bias):
-        raise ValueError(f"linear_residual_epilogue: x {tuple(x.shape)} {x.dtype} with weight "
-                         f"{tuple(weight.shape)} {weight.dtype}: expected CuPy (M, K_in) and "
-                         "(K_out, K_in) arrays of float32 or float64 on one device")
-    M, N = x.shape[0], weight.shape[0]
-    if residual is not None and tuple(residual.shape) != (M, N):
-        raise ValueError(f"linear_residual_epilogue: residual {tuple(residual.shape)}: expected "
-                         f"({M}, {N})")
-    if tuple(next_weight.shape) != (N,):
-        raise ValueError(f"linear_residual_epilogue: next_weight {tuple(next_weight.shape)}: "
-                         f"expected ({N},)")
-    if scales is not None:
-        part, groups, skip, eps = scales
-        _check_scales(x, part, groups, skip)
-        scales = (part, int(groups), int(skip), float(eps))
-    return _launch(x, weight, bias, scales, (residual, next_weight))
 
 
 KERNELS = {"linear": linear}
