@@ -27,6 +27,7 @@
 #                                                 tests, certificate, decode beside torch_triton
 #   bash benchmarks/gpu/run_device.sh s5d         the fused step's L2 prefetch of out_proj: tests, decode
 #                                                 with and without it, beside torch_triton
+#   bash benchmarks/gpu/run_device.sh s5e         GEMV x loads under the weights' flight: tests, decode
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
 #   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
 # Optional carries: .cache/ with tarballs of an earlier call's ~/.triton/cache
@@ -66,6 +67,21 @@ results_dir() { R="$OUT/r"; mkdir -p "$R"; mv "$OUT/device.txt" "$OUT/backends.t
 job() { local name=$1 t=$2; shift 2; (timeout "$t" "$@" > "$R/$name.log" 2>&1; echo "$name rc=$?" >> "$R/rc.txt") & }
 tmo() { local l=$(( ${DEADLINE:-560} - SECONDS )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 case "${1:-certify}" in
+s5e)
+    # Session 5, fifth call: the L2 prefetch removed (slower: 1.305 against 1.256 ms/token), the
+    # GEMV at one or two rows loads its x while the weights are in flight: tests, decode beside
+    # torch_triton, the kernels alone.
+    results_dir
+    DEADLINE=${DEADLINE:-560}
+    job cupy_tests $(tmo 300) python3 -m pytest -q -rs -p no:cacheprovider backends/cuda_cupy/tests/test_mixer_steps_gpu.py \
+        backends/cuda_cupy/tests/test_gpu.py -k "linear or gemv or graph or decode or step or mixer"
+    wait; cat "$R/rc.txt"; tail -n 2 "$R/cupy_tests.log" | cut -c1-300; grep -E "^(FAILED|ERROR)" "$R/cupy_tests.log" | head | cut -c1-200
+    timeout $(tmo 120) python3 benchmarks/gpu/check_mixer_step.py "$R/mixer_step" > "$R/check_mixer_step.log" 2>&1
+    echo "check_mixer_step rc=$?"; grep -vE "PASS$" "$R/check_mixer_step.log" | cut -c1-300 | tail -n 22
+    GPU_CHECK_PARTS=decode timeout $(tmo 90) python3 backends/cuda_cupy/gpu_check.py "$R/decode" > "$R/decode.log" 2>&1
+    echo "decode rc=$?"; grep -E "decode" "$R/decode.log" | cut -c1-300
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
+    ;;
 s5d)
     # Session 5, fourth call: the whole-model decode step removed (slower: 1.37 against 1.25
     # ms/token), the fused step's L2 prefetch of out_proj's weights: tests, decode with and

@@ -105,13 +105,14 @@ __device__ __forceinline__ void gemv_scale_cols(T (&x)[VEC], const int k0, const
 // scale a row (groups 1, skip 0: the row's sum is scaled once, at the end; 40 registers); 2
 // group scales applied as X is loaded (94 registers at MR = NR = 1)
 template <typename T, int VEC, int MR, int NR, int FX>
-__global__ void __launch_bounds__(LINEAR_WARPS * 32) linear_gemv(
+__global__ void __launch_bounds__(LINEAR_WARPS * 32, (MR == 1 && FX < 2) ? 9 : 1) linear_gemv(
     const T* __restrict__ X, const T* __restrict__ W, const T* __restrict__ bias,
     T* __restrict__ Y, const int M, const int N, const int K, const i64 ldx, const i64 ldw,
     const i64 ldy, const T* __restrict__ PART, const int npart, const int groups,
     const int skip, const T eps) {
   if constexpr (FX == 0) PART = nullptr;
   constexpr int U = gemv_unroll(MR, NR);
+  constexpr bool XPRE = MR * U * VEC <= 64;  // x of the round held in registers (MR <= 2)
   __shared__ __align__(16) T sw[LINEAR_WARPS][U][NR][32 * VEC];
   __shared__ T srs[LINEAR_WARPS][MR][GEMV_GROUPS_MAX];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -145,6 +146,15 @@ __global__ void __launch_bounds__(LINEAR_WARPS * 32) linear_gemv(
         }
       }
       cp_async_commit();
+      // few rows: their x vectors of the round are loaded while the weights are in flight
+      T xp[XPRE ? MR : 1][XPRE ? U : 1][VEC];
+      if constexpr (XPRE) {
+#pragma unroll
+        for (int m = 0; m < MR; ++m)
+#pragma unroll
+          for (int u = 0; u < U; ++u)
+            if (m < M) load_vec<T, VEC>(X + m * ldx + (i64)(kv + 32 * u) * VEC, xp[m][u]);
+      }
       if (!scaled) {  // while the copies are in flight (nvec >= 32 U: every lane is here)
         gemv_group_scales<T, MR>(PART, npart, groups, M, gsz, eps, srs[warp]);
         scaled = true;
@@ -163,7 +173,12 @@ __global__ void __launch_bounds__(LINEAR_WARPS * 32) linear_gemv(
           T x[U][VEC];
 #pragma unroll
           for (int u = 0; u < U; ++u) {
-            load_vec<T, VEC>(X + m * ldx + (i64)(kv + 32 * u) * VEC, x[u]);
+            if constexpr (XPRE) {
+#pragma unroll
+              for (int v = 0; v < VEC; ++v) x[u][v] = xp[m][u][v];
+            } else {
+              load_vec<T, VEC>(X + m * ldx + (i64)(kv + 32 * u) * VEC, x[u]);
+            }
           }
           if (FX == 2 && PART != nullptr) {
 #pragma unroll

@@ -13,7 +13,6 @@
 // blockDim.x = 32 M2_WARPS). Block (pb, h, b), g = h / HG, takes the
 // M2_BP head channels p = pb M2_BP + r (r = warp M2_RPW + i: warp `warp` owns M2_RPW rows),
 // each row's N states held by the warp's lanes (lane l: n = l + 32 j, j < NPT):
-//   0. (PF not null) an L2 prefetch of out_proj's weights, spread over the grid;
 //   1. every load first, together: the rows' states; dt, dt_bias, A_log; the conv windows and
 //      weights of the group's B and C channels (every block of the group reads them, from L2;
 //      M2_BC channels a thread) and of the block's x channels (thread r < M2_BP), z, D and the
@@ -58,8 +57,7 @@ __global__ void __launch_bounds__(M2_WARPS * 32) mamba2_step(
     const T* __restrict__ CB, const T* __restrict__ DTB, const T* __restrict__ ALOG,
     const T* __restrict__ DV, const T* SS, T* NSS, const T* __restrict__ NW, T* Y, T* PART,
     int* CNT, const int H, const int G, const int P, const int N, const int M, const int K,
-    const int d_hp, const int lim, const T lo, const T hi, const int nbg,
-    const char* __restrict__ PF, const i64 pf_bytes) {
+    const int d_hp, const int lim, const T lo, const T hi, const int nbg) {
   constexpr int NBC = M2_BC(NPT);
   __shared__ T sB[32 * NPT], sC[32 * NPT];
   __shared__ T sx[M2_BP], sg[M2_BP], sw[M2_BP], sd[M2_BP];
@@ -73,17 +71,6 @@ __global__ void __launch_bounds__(M2_WARPS * 32) mamba2_step(
   const i64 ldy = (i64)M + S;
   const T* zr = ZX + (i64)b * ldzx;
   const i64 row0 = ((i64)b * H + h) * P;  // state row of (b, h, p = 0)
-
-  // 0. L2 prefetch of pf_bytes from PF (out_proj's weights), 128-byte lines spread over every
-  //    thread of the grid, issued first and never waited for: the step leaves DRAM mostly idle
-  //    (it is bound by latency), and out_proj then finds its weights in L2
-  if (PF != nullptr) {
-    const i64 nth = (i64)gridDim.x * gridDim.y * gridDim.z * blockDim.x;
-    const i64 t = (((i64)b * gridDim.y + h) * gridDim.x + pb) * blockDim.x + tid;
-    for (i64 off = t * 128; off < pf_bytes; off += nth * 128) {
-      asm volatile("prefetch.global.L2 [%0];" ::"l"(PF + off));
-    }
-  }
 
   // 1. every load of the block, issued together (predicated, no branch between them): the
   //    warp's state rows; dt, dt_bias, A_log; the conv windows, weights and biases of the
@@ -250,8 +237,7 @@ __global__ void __launch_bounds__(M2_WARPS * 32) mamba2_step(
 #define M2_INST(T, NPT)                                                                          \
   template __global__ void mamba2_step<T, NPT>(                                                  \
       const T*, i64, const T*, T*, const T*, const T*, const T*, const T*, const T*, const T*,   \
-      T*, const T*, T*, T*, int*, int, int, int, int, int, int, int, int, T, T, int, const char*, \
-      i64);
+      T*, const T*, T*, T*, int*, int, int, int, int, int, int, int, int, T, T, int);
 M2_INST(float, 1) M2_INST(float, 2) M2_INST(float, 4) M2_INST(float, 8)
 M2_INST(double, 1) M2_INST(double, 2) M2_INST(double, 4) M2_INST(double, 8)
 #endif

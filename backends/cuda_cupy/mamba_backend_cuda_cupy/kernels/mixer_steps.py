@@ -35,11 +35,6 @@ windows), or, for the B / C windows every block of a group reads, by the block t
 last ticket of its (b, group) from a counter (after every block of the group has used them).
 Outside the context the input cache is never modified.
 
-L2 prefetch: the step kernel starts by asking L2 for out_proj's weights (``prefetch.global.L2``
-over the whole grid, never waited for): the step is bound by latency and leaves DRAM idle, so
-out_proj reads its weights from L2. ``MAMBA_CUPY_STEP_PREFETCH=0`` turns it off (read at each
-step; for A/B timing).
-
 Precision: T = float32 or float64 throughout (the model's dtype; states in T, as the composition
 returns them for float32 and float64 models).
 
@@ -73,7 +68,6 @@ from mamba_backend_cuda_cupy.kernels._common import xp_of
 from mamba_backend_cuda_cupy.kernels.linear import GROUPS_MAX, linear_group_scaled
 
 ENV = "MAMBA_CUPY_FUSED_STEP"
-PREFETCH_ENV = "MAMBA_CUPY_STEP_PREFETCH"
 WARPS = 4            # M2_WARPS in mixer_step.cu
 ROWS = 16            # M2_BP: head channels per block (M2_WARPS * M2_RPW)
 KMAX = 8             # M2_KMAX: the widest conv window
@@ -250,21 +244,8 @@ def mixer(zx, params: dict, cfg, cache: dict, inplace: bool = False):
         _contig(xp, params["dt_bias"]), _contig(xp, params["A_log"]), _contig(xp, params["D"]),
         ss, nss, nw, y, _null() if part is None else part, cnt,
         i32(H), i32(G), i32(P), i32(N), i32(M), i32(K), i32(bool(cfg.D_has_hdim)),
-        i32(limited), sc(lo), sc(hi), i32(bool(cfg.norm_before_gate)),
-        *_prefetch(params["out_proj.weight"])))
+        i32(limited), sc(lo), sc(hi), i32(bool(cfg.norm_before_gate))))
     return y, part, ncs, nss
-
-
-def prefetch_enabled() -> bool:
-    """False when ``MAMBA_CUPY_STEP_PREFETCH=0`` turns off the step's L2 prefetch of out_proj."""
-    return os.environ.get(PREFETCH_ENV, "1").strip().lower() not in ("0", "false", "off", "no")
-
-
-def _prefetch(w):
-    """(pointer, bytes) of the array the step prefetches into L2, or (0, 0)."""
-    if not prefetch_enabled() or not w.flags.c_contiguous:
-        return np.uint64(0), np.int64(0)
-    return w, np.int64(w.nbytes)
 
 
 def _norm_eps() -> float:
