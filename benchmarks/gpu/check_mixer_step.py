@@ -19,7 +19,9 @@ Parts, in order (each prints its table; ~60 s on an H100 with the NVRTC cache co
           defeat L2 (as decoding through 48 layers does): us a call and GB/s (skipped when the
           budget of 80 s is spent).
 Exit status 1 when any check FAILs. With OUT_DIR, writes OUT_DIR/check_mixer_step.json.
-torch_triton on an H100 in float32 with CUDA graphs: 1.190 ms/token at batch 1, 3.453 at 16.
+Its torch_triton column is a recorded figure, not measured here (torch_triton on an H100 in
+float32 with CUDA graphs, 2026-11-23: 1.190 ms/token at batch 1, 3.453 at 16); gpu_check.py's
+decode part times both backends in one process.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ sys.path.insert(0, str(ROOT / "backends" / "cuda_cupy" / "tests"))
 BUDGET_S = 80.0
 CHECK_CONFIGS = ["g1", "mlp-nbg-limit", "g4-nonorm-k1", "n256-p64"]
 DECODE = dict(d_model=1024, n_layer=48, vocab_size=50280, d_state=128, headdim=64)
-TORCH_TRITON_MS = {1: 1.190, 16: 3.453}  # H100, float32, CUDA graphs (the issue's figures)
+TORCH_TRITON_MS = {1: 1.190, 16: 3.453}  # H100, float32, CUDA graphs, recorded 2026-11-23
 T0 = time.perf_counter()
 REPORT: dict = {"fails": []}
 

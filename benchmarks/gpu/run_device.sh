@@ -28,6 +28,8 @@
 #   bash benchmarks/gpu/run_device.sh s5d         the fused step's L2 prefetch of out_proj: tests, decode
 #                                                 with and without it, beside torch_triton
 #   bash benchmarks/gpu/run_device.sh s5e         GEMV x loads under the weights' flight: tests, decode
+#   bash benchmarks/gpu/run_device.sh s5f         the session's final code: all cuda_cupy GPU tests, certificate,
+#                                                 norms/conv and decode timings
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
 #   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
 # Optional carries: .cache/ with tarballs of an earlier call's ~/.triton/cache
@@ -67,6 +69,25 @@ results_dir() { R="$OUT/r"; mkdir -p "$R"; mv "$OUT/device.txt" "$OUT/backends.t
 job() { local name=$1 t=$2; shift 2; (timeout "$t" "$@" > "$R/$name.log" 2>&1; echo "$name rc=$?" >> "$R/rc.txt") & }
 tmo() { local l=$(( ${DEADLINE:-560} - SECONDS )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 case "${1:-certify}" in
+s5f)
+    # Session 5, last call: the final code (norm and conv kernels reduced to the winners of run
+    # 1, add_rmsnorm's weight loaded with its inputs): every cuda_cupy GPU test and its
+    # certificate, then norms and conv beside torch_triton, decode beside torch_triton.
+    results_dir
+    DEADLINE=${DEADLINE:-560}
+    job cupy_tests $(tmo 330) python3 -m pytest -q -rs -p no:cacheprovider backends/cuda_cupy/tests/
+    job cupy_conf $(tmo 330) env GPU_CHECK_PARTS=conformance python3 backends/cuda_cupy/gpu_check.py "$R/cupy_conf"
+    wait; cat "$R/rc.txt"; for f in "$R"/*.log; do echo "== $f"; tail -n 3 "$f" | cut -c1-300; done
+    grep -E "^(FAILED|ERROR)" "$R/cupy_tests.log" | head | cut -c1-200
+    GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_OPS=rmsnorm_gated,add_rmsnorm,causal_conv1d \
+        timeout $(tmo 100) python3 backends/cuda_cupy/gpu_check.py "$R/bench" > "$R/bench.log" 2>&1
+    echo "bench rc=$?"; grep -E "cuda_cupy|torch_triton" "$R/bench.log" | cut -c1-300
+    GPU_CHECK_PARTS=decode timeout $(tmo 90) python3 backends/cuda_cupy/gpu_check.py "$R/decode" > "$R/decode.log" 2>&1
+    echo "decode rc=$?"; grep -E "decode" "$R/decode.log" | cut -c1-300
+    timeout $(tmo 60) python3 benchmarks/gpu/check_mixer_step.py "$R/mixer_step" > "$R/check_mixer_step.log" 2>&1
+    echo "check_mixer_step rc=$?"; grep -E "^ +(1|16) |linear|mamba2_step" "$R/check_mixer_step.log" | cut -c1-300
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
+    ;;
 s5e)
     # Session 5, fifth call: the L2 prefetch removed (slower: 1.305 against 1.256 ms/token), the
     # GEMV at one or two rows loads its x while the weights are in flight: tests, decode beside
