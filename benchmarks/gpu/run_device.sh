@@ -70,9 +70,8 @@ job() { local name=$1 t=$2; shift 2; (timeout "$t" "$@" > "$R/$name.log" 2>&1; e
 tmo() { local l=$(( ${DEADLINE:-560} - SECONDS )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 case "${1:-certify}" in
 s5f)
-    # Session 5, last call: the final code (norm and conv kernels reduced to the winners of run
-    # 1, add_rmsnorm's weight loaded with its inputs): every cuda_cupy GPU test and its
-    # certificate, then norms and conv beside torch_triton, decode beside torch_triton.
+    # Session 5, last call: the final code: every cuda_cupy GPU test and its certificate, then
+    # norms and conv beside torch_triton, decode beside torch_triton.
     results_dir
     DEADLINE=${DEADLINE:-560}
     job cupy_tests $(tmo 330) python3 -m pytest -q -rs -p no:cacheprovider backends/cuda_cupy/tests/
