@@ -172,6 +172,7 @@ s5a)
     GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_OPS=rmsnorm_gated,add_rmsnorm,causal_conv1d \
         timeout $(tmo 100) python3 backends/cuda_cupy/gpu_check.py "$R/bench" > "$R/bench.log" 2>&1
     echo "bench rc=$?"; grep -E "cuda_cupy|torch_triton" "$R/bench.log" | cut -c1-300
+    # (the v1 kernels this compared were deleted after the session; the part records run 1)
     MAMBA_CUPY_NORM=v1 MAMBA_CUPY_CONV=v1 GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_BACKENDS=cuda_cupy \
         GPU_CHECK_BENCH_OPS=rmsnorm_gated,add_rmsnorm,causal_conv1d \
         timeout $(tmo 60) python3 backends/cuda_cupy/gpu_check.py "$R/bench_v1" > "$R/bench_v1.log" 2>&1

@@ -10,7 +10,7 @@ from mamba_core.ops import REGISTRY
 from mamba_backend_cuda_cupy._compile import disabled_ops, source
 from mamba_backend_cuda_cupy.kernels import _scan, mamba3, ssd
 from mamba_backend_cuda_cupy.kernels import selective_scan as m1
-from mamba_backend_cuda_cupy.kernels.conv1d import blocks, dw_row_blocks
+from mamba_backend_cuda_cupy.kernels.conv1d import blocks, v2_grid
 from mamba_backend_cuda_cupy.kernels.norm import bwd_threads, fwd_threads
 
 TOL = 1e-12  # float64 glue on the NumPy emulation
@@ -43,8 +43,9 @@ def test_norm_and_conv_launch_sizes():
     assert fwd_threads(1) == 32 and fwd_threads(2048) == 256 and fwd_threads(100) == 32
     assert bwd_threads(2048) == 256 and bwd_threads(8192) == 1024 and bwd_threads(8193) is None
     assert blocks(0) == 1 and blocks(256) == 1 and blocks(257) == 2
-    assert dw_row_blocks(0) == 1 and dw_row_blocks(512) == 1 and dw_row_blocks(513) == 2
-    assert dw_row_blocks(8 * 2048) == 32 and dw_row_blocks(10**7) == 64
+    # conv's sequence grid: (B ceil(L / (8 tc)), ceil(C / 32)); its rows are the dw partials
+    assert v2_grid(8, 2048, 2304, 32) == (64, 72) and v2_grid(1, 1, 1, 16) == (1, 1)
+    assert v2_grid(2, 129, 33, 16) == (4, 2)
 
 
 def test_decay_grad_instances_match_the_chunk():
@@ -284,7 +285,9 @@ def test_launch_bounds_cover_the_launches():
     # the kernels cap registers for these block sizes; a larger launch would fail on the device
     assert f"#define MAX_THREADS {_scan.MAX_WARPS * 32}" in source("scan.cu")
     assert f"#define DECAY_MAX_THREADS {_scan.MAX_WARPS * 32}" in source("scan_bwd.cu")
-    assert source("norm.cu").count("void __launch_bounds__(1024)") == 2
+    norm = source("norm.cu")
+    assert "#define NORM_MAX_THREADS 1024" in norm
+    assert norm.count("void __launch_bounds__(NORM_MAX_THREADS)") == 2  # forward and backward
     assert fwd_threads(8192) == 1024 and fwd_threads(8193) is None  # wider groups: the composition
 
 

@@ -5,28 +5,23 @@ Ops (signatures and math: mamba_core/ops/conv1d.py):
     causal_conv1d_step(x, conv_state, weight, bias, activation)        -> (y, new_state)
     causal_conv1d_vjp((dy, dfinal), x, weight, bias, initial_state, activation) -> dict
 
-``MAMBA_CUPY_CONV`` (read at every call) picks the sequence kernels:
-    v2 (default)  blocks of 32 channels x 8 time chunks, a thread a channel over TC consecutive
-                  times (loads of several times issued together; a warp reads 32 consecutive
-                  channels of one time). Forward: one kernel writes y and the final state (x
-                  read once, y written once). Backward: one kernel recomputes du = dy act'(pre)
-                  with a K-1 halo past its chunk, writes dx (and the initial state's gradient,
-                  dfinal added) and its block's dw/db partials (B ceil(L / (8 TC)), K + 1, C);
-                  conv1d_dw_sum adds them in a fixed order (deterministic, no atomics) into dw
-                  (C, K) and db (C). TC: FWD_TIMES and BWD_TIMES below, or
-                  MAMBA_CUPY_CONV_TC="fwd,bwd" (tuning).
-    v1            the previous kernels: a thread per channel and tile of CONV_TT (16) times in the
-                  forward, the final state copied by CuPy; the backward in three kernels (du; the
-                  gradient of every input position into a (B, L + K, C) buffer then sliced and
-                  copied; dw/db partials over up to 64 row blocks, summed by CuPy).
+Kernels: blocks of 32 channels x 8 time chunks, a thread a channel over TC consecutive times
+(loads of several times issued together; a warp reads 32 consecutive channels of one time).
+Forward: one kernel writes y and the final state (x read once, y written once). Backward: one
+kernel recomputes du = dy act'(pre) with a K-1 halo past its chunk, writes dx (and the initial
+state's gradient, dfinal added) and its block's dw/db partials (B ceil(L / (8 TC)), K + 1, C);
+conv1d_dw_sum adds them in a fixed order (deterministic, no atomics) into dw (C, K) and db (C).
+TC: FWD_TIMES and BWD_TIMES below, or MAMBA_CUPY_CONV_TC="fwd,bwd" (tuning). Empty inputs run
+the default composition. The step kernel (conv1d_step) is a thread per (row, channel).
 K <= 8 (the kernels are instantiated for K = 1..8); wider kernels run the default composition.
 
 Memory floors at B=8, L=2048, C=2304 float32 (151 MB an array, ~3.0 TB/s):
     forward           x in, y out                         2 x 151 MB: 0.10 ms
     backward          x, dy in, dx out                    3 x 151 MB: 0.15 ms
         forward + backward                                            0.25 ms
-    (v1's backward moved about 9 x 151 MB: du 3, dx 2 over B (L + K) rows, dw/db 2, the slice
-    copy of dx 2.)
+    Measured (H100, 2026-11-24, benchmarks/results/gpu-20261124-h100 run 7): 0.177 / 0.403 ms
+    (torch_triton 0.176 / 0.644). The backward it replaced, in three kernels moving about
+    9 x 151 MB, took 1.16 ms.
 """
 
 from __future__ import annotations
@@ -40,26 +35,13 @@ from mamba_backend_cuda_cupy.kernels._common import default, runs_here, wide
 
 KMAX = 8
 THREADS = 256
-CONV_TT = 16  # times per thread of the forward and du kernels (CONV_TT in conv1d.cu)
-DW_ROWS_PER_LANE = 64
-DW_MAX_ROW_BLOCKS = 64
-VARIANTS = ("v1", "v2")
 V2_BLOCK = (32, 8)  # (CONV2_TX channels, CONV2_TY time chunks) in conv1d.cu
-FWD_TIMES = 16  # times a thread of the v2 forward
-BWD_TIMES = 32  # times a thread of the v2 backward (its K - 1 halo is recomputed)
-
-
-def variant() -> str:
-    """The kernels MAMBA_CUPY_CONV selects: "v2" (default) or "v1"."""
-    v = os.environ.get("MAMBA_CUPY_CONV", "").strip() or "v2"
-    if v not in VARIANTS:
-        raise ValueError(f"MAMBA_CUPY_CONV={v!r}: expected one of {', '.join(VARIANTS)} "
-                         "(unset it for the default, v2)")
-    return v
+FWD_TIMES = 16  # times a thread of the forward
+BWD_TIMES = 32  # times a thread of the backward (its K - 1 halo is recomputed)
 
 
 def times_per_thread() -> tuple[int, int]:
-    """(forward, backward) times a v2 thread takes: FWD_TIMES, BWD_TIMES, or MAMBA_CUPY_CONV_TC."""
+    """(forward, backward) times a thread takes: FWD_TIMES, BWD_TIMES, or MAMBA_CUPY_CONV_TC."""
     raw = os.environ.get("MAMBA_CUPY_CONV_TC", "").strip()
     if not raw:
         return FWD_TIMES, BWD_TIMES
@@ -74,7 +56,7 @@ def times_per_thread() -> tuple[int, int]:
 
 
 def v2_grid(Bsz: int, L: int, C: int, tc: int) -> tuple[int, int]:
-    """Grid of the v2 kernels: (B * ceil(L / (CONV2_TY tc)), ceil(C / CONV2_TX)); its first
+    """Grid of the sequence kernels: (B * ceil(L / (CONV2_TY tc)), ceil(C / CONV2_TX)); its first
     entry is also the number of dw/db partial rows of the backward."""
     tx, ty = V2_BLOCK
     return Bsz * -(-L // (ty * tc)), -(-C // tx)
@@ -82,11 +64,6 @@ def v2_grid(Bsz: int, L: int, C: int, tc: int) -> tuple[int, int]:
 
 def blocks(n: int, threads: int = THREADS) -> int:
     return max(1, -(-n // threads))
-
-
-def dw_row_blocks(rows: int) -> int:
-    """Row blocks of the dw/db reduction: ~DW_ROWS_PER_LANE rows per lane of 8, at most 64."""
-    return max(1, min(DW_MAX_ROW_BLOCKS, -(-rows // (8 * DW_ROWS_PER_LANE))))
 
 
 def _ptr(a):
@@ -110,24 +87,9 @@ def _prep(cp, x, weight, bias, initial_state, wd):
     return X, W, Bi, I
 
 
-def _final_state(cp, X, I, K, wd):
-    """The last K inputs, oldest first: (B, C, K) (only the last K rows of x are copied)."""
-    Bsz, L, C = X.shape
-    tail = X[:, max(0, L - K):]
-    if L < K:  # the rest from the initial state (zeros without one)
-        head = cp.zeros((Bsz, K, C), wd) if I is None else cp.transpose(I, (0, 2, 1))
-        tail = cp.concatenate([head[:, L:], tail], axis=1)
-    return cp.ascontiguousarray(cp.transpose(tail, (0, 2, 1)))
-
-
-def _tile_grid(Bsz, L, C):
-    """Grid of the forward and du kernels: (B * ceil(L / CONV_TT), ceil(C / THREADS))."""
-    return (Bsz * -(-L // CONV_TT), blocks(C))
-
-
 def causal_conv1d(x, weight, bias=None, initial_state=None, activation=None):
     """Causal depthwise conv1d. x: (B, L, C); weight: (C, K); state: (B, C, K)."""
-    if not _takes(x, weight, bias, initial_state):
+    if not _takes(x, weight, bias, initial_state) or not x.size:  # empty: the composition
         return default("causal_conv1d")(x, weight, bias, initial_state, activation)
     import cupy as cp
 
@@ -136,21 +98,13 @@ def causal_conv1d(x, weight, bias=None, initial_state=None, activation=None):
     wd = wide(cp, x.dtype)
     X, W, Bi, I = _prep(cp, x, weight, bias, initial_state, wd)
     Y = cp.empty((Bsz, L, C), wd)
-    if Bsz * L * C and variant() == "v2":
-        tc = times_per_thread()[0]
-        FIN = cp.empty((Bsz, C, K), wd)  # every slot written by the kernel
-        function("conv1d.cu", f"conv1d_fwd_v2<{ctype(wd)}, {K}>")(
-            v2_grid(Bsz, L, C, tc), V2_BLOCK,
-            (X, W, _ptr(Bi), _ptr(I), Y, FIN, np.int32(Bsz), np.int32(L), np.int32(C),
-             _act(activation), np.int32(tc)))
-        return Y.astype(x.dtype, copy=False), FIN.astype(x.dtype, copy=False)
-    if Bsz * L * C:
-        function("conv1d.cu", f"conv1d_fwd<{ctype(wd)}, {K}>")(
-            _tile_grid(Bsz, L, C), (THREADS,),
-            (X, W, _ptr(Bi), _ptr(I), Y, np.int32(Bsz), np.int32(L), np.int32(C),
-             _act(activation)))
-    fin = _final_state(cp, X, I, K, wd).astype(x.dtype, copy=False)
-    return Y.astype(x.dtype, copy=False), fin
+    FIN = cp.empty((Bsz, C, K), wd)  # every slot written by the kernel
+    tc = times_per_thread()[0]
+    function("conv1d.cu", f"conv1d_fwd_v2<{ctype(wd)}, {K}>")(
+        v2_grid(Bsz, L, C, tc), V2_BLOCK,
+        (X, W, _ptr(Bi), _ptr(I), Y, FIN, np.int32(Bsz), np.int32(L), np.int32(C),
+         _act(activation), np.int32(tc)))
+    return Y.astype(x.dtype, copy=False), FIN.astype(x.dtype, copy=False)
 
 
 def causal_conv1d_step(x, conv_state, weight, bias=None, activation=None):
@@ -179,7 +133,7 @@ def causal_conv1d_step(x, conv_state, weight, bias=None, activation=None):
 def causal_conv1d_vjp(cotangent, x, weight, bias=None, initial_state=None, activation=None):
     """VJP of causal_conv1d; cotangent = (dy | None, dfinal_state | None)."""
     dy, dfin = cotangent
-    if not _takes(x, weight, bias, initial_state, dy, dfin):
+    if not _takes(x, weight, bias, initial_state, dy, dfin) or not x.size:
         return default("causal_conv1d_vjp")(cotangent, x, weight, bias, initial_state, activation)
     import cupy as cp
 
@@ -189,40 +143,11 @@ def causal_conv1d_vjp(cotangent, x, weight, bias=None, initial_state=None, activ
     X, W, Bi, I = _prep(cp, x, weight, bias, initial_state, wd)
     DY = None if dy is None else cp.ascontiguousarray(dy, dtype=wd)
     DF_in = None if dfin is None else cp.ascontiguousarray(dfin, dtype=wd)
-    T = ctype(wd)
-    if Bsz * L * C and variant() == "v2":
-        return _vjp2(cp, X, W, Bi, I, DY, DF_in, activation, x, weight, bias, initial_state, wd)
-    DU = cp.empty((Bsz, L, C), wd)
-    if Bsz * L * C:
-        function("conv1d.cu", f"conv1d_bwd_du<{T}, {K}>")(
-            _tile_grid(Bsz, L, C), (THREADS,),
-            (X, W, _ptr(Bi), _ptr(I), _ptr(DY), DU, np.int32(Bsz), np.int32(L), np.int32(C),
-             _act(activation)))
-    DFULL = cp.empty((Bsz, L + K, C), wd)
-    if Bsz * (L + K) * C:
-        function("conv1d.cu", f"conv1d_bwd_dx<{T}>")(
-            (Bsz * (L + K), blocks(C)), (THREADS,),
-            (DU, W, _ptr(DF_in), DFULL, np.int32(Bsz), np.int32(L), np.int32(C), np.int32(K)))
-    rb = dw_row_blocks(Bsz * L)
-    DWP = cp.zeros((rb, C, K + 1), wd)
-    if C:
-        function("conv1d.cu", f"conv1d_bwd_dw<{T}>")(
-            (blocks(C, 32), rb), (32, 8),
-            (X, _ptr(I), DU, DWP, np.int32(Bsz), np.int32(L), np.int32(C), np.int32(K)))
-    DWB = cp.sum(DWP, axis=0)
-    DW, DB = DWB[:, :K], DWB[:, K]
-    grads = {"x": cp.ascontiguousarray(DFULL[:, K:]).astype(x.dtype, copy=False),
-             "weight": DW.astype(weight.dtype)}
-    if bias is not None:
-        grads["bias"] = DB.astype(bias.dtype)
-    if initial_state is not None:
-        grads["initial_state"] = cp.ascontiguousarray(
-            cp.transpose(DFULL[:, :K], (0, 2, 1))).astype(initial_state.dtype, copy=False)
-    return grads
+    return _vjp(cp, X, W, Bi, I, DY, DF_in, activation, x, weight, bias, initial_state, wd)
 
 
-def _vjp2(cp, X, W, Bi, I, DY, DF_in, activation, x, weight, bias, initial_state, wd):
-    """The v2 backward: one pass over x and dy (conv1d_bwd_v2), then the dw/db partials' sum."""
+def _vjp(cp, X, W, Bi, I, DY, DF_in, activation, x, weight, bias, initial_state, wd):
+    """The backward: one pass over x and dy (conv1d_bwd_v2), then the dw/db partials' sum."""
     Bsz, L, C = X.shape
     K = W.shape[1]
     T = ctype(wd)

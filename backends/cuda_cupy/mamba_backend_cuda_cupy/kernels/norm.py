@@ -13,15 +13,10 @@ into registers, and write weight-gradient partials (row blocks, E) summed in a f
 (deterministic). residual_out is in the wide dtype (float32 for float32, float64 for float64),
 as the default composition gives for those dtypes.
 
-``MAMBA_CUPY_NORM`` (read at every call) picks the kernels:
-    v2 (default)  16-byte vector loads (float4 / double2) where sizes and addresses allow, scalar
-                  otherwise; one paired block reduction a row in the backward; add_rmsnorm's VJP
-                  fused into that one kernel (x + residual, dy, dresidual_out in; dx and the
-                  residual's gradient out); partials summed by a small kernel (rmsnorm_dw_sum),
-                  row blocks sized to one wave of the device.
-    v1            the previous kernels (scalar loads, two reductions a row; add_rmsnorm's VJP adds
-                  x + residual, dx + dresidual_out and copies dx in CuPy passes; CuPy sums the
-                  partials over up to 1024 row blocks).
+Kernels: 16-byte vector loads (float4 / double2) where sizes and addresses allow, scalar
+otherwise; one paired block reduction a row in the backward; add_rmsnorm's VJP fused into that
+one kernel (x + residual, dy, dresidual_out in; dx and the residual's gradient out); partials
+summed by a small kernel (rmsnorm_dw_sum), row blocks sized to one wave of the device.
 
 Memory floors at the benchmark shape (B=8, L=2048, E=2048, float32: 134 MB an array, ~3.0 TB/s):
     gated rmsnorm forward      x, z in; y out                                3 x 134 MB: 0.13 ms
@@ -31,14 +26,14 @@ Memory floors at the benchmark shape (B=8, L=2048, E=2048, float32: 134 MB an ar
     add_rmsnorm backward       x, residual, dy, dresidual_out in;
                                dx, dresidual out (two arrays)                6 x 134 MB: 0.27 ms
         forward + backward                                                               0.45 ms
-    (v1's add_rmsnorm backward moved 11 x 134 MB: x + residual 3, kernel 3, dx + dres_out 3,
-    the residual's copy 2.)
+    Measured (H100, 2026-11-24, benchmarks/results/gpu-20261124-h100 run 7), fwd / fwd+bwd:
+    gated 0.200 / 0.452 ms, add_rmsnorm 0.255 / 0.568 ms (torch_triton 0.237 / 0.621 and
+    0.276 / 0.627). The backward these replaced moved 11 x 134 MB for add_rmsnorm: 1.02 ms.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 
 import numpy as np
 
@@ -46,19 +41,8 @@ from mamba_backend_cuda_cupy._compile import ctype, function
 from mamba_backend_cuda_cupy.kernels._common import default, runs_here, wide
 
 BWD_COLS_PER_THREAD = 8  # NORM_CPT in norm.cu
-MAX_BWD_ROW_BLOCKS = 1024  # v1's row blocks
-VARIANTS = ("v1", "v2")
-VEC_BYTES = 16  # the v2 kernels' vector loads (float4, double2)
+VEC_BYTES = 16  # the kernels' vector loads (float4, double2)
 SM_THREADS, SM_REGS, SM_BLOCKS = 2048, 65536, 32  # per multiprocessor, sm_80 / sm_90
-
-
-def variant() -> str:
-    """The kernels MAMBA_CUPY_NORM selects: "v2" (default) or "v1"."""
-    v = os.environ.get("MAMBA_CUPY_NORM", "").strip() or "v2"
-    if v not in VARIANTS:
-        raise ValueError(f"MAMBA_CUPY_NORM={v!r}: expected one of {', '.join(VARIANTS)} "
-                         "(unset it for the default, v2)")
-    return v
 
 
 def _pow2(n):
@@ -79,7 +63,7 @@ fwd_threads = bwd_threads  # the forward keeps its channels in registers too (no
 
 
 def vec_width(itemsize: int, gs: int, E: int, addresses) -> int:
-    """Channels a v2 thread loads at once: 16 bytes' worth when the group size and the row length
+    """Channels a thread loads at once: 16 bytes' worth when the group size and the row length
     are multiples of it and every array starts on a 16-byte boundary, else 1."""
     v = VEC_BYTES // itemsize
     if v <= 1 or gs % v or E % v or any(a % VEC_BYTES for a in addresses):
@@ -96,7 +80,7 @@ def resident_blocks(regs: int, threads: int) -> int:
 
 
 def bwd_row_blocks(M: int, groups: int, sms: int, per_sm: int) -> int:
-    """Row blocks of the v2 backward: one wave of the device (sms x per_sm blocks over the row
+    """Row blocks of the backward: one wave of the device (sms x per_sm blocks over the row
     blocks x groups grid), at most one a row."""
     return max(1, min(M, (sms * per_sm) // max(1, groups)))
 
@@ -113,7 +97,7 @@ def _sms(device: int) -> int:
 
 @functools.lru_cache(maxsize=None)
 def _bwd_kernel(T: str, V: int, threads: int):
-    """The v2 backward instance and the blocks of it one multiprocessor holds."""
+    """The backward instance and the blocks of it one multiprocessor holds."""
     fn = function("norm.cu", f"rmsnorm_bwd_v2<{T}, {V}>")
     try:
         regs = int(fn.num_regs)
@@ -146,41 +130,15 @@ def _fwd(x, residual, z, weight, eps, gs, nbg):
     RO = cp.empty((M, E), wd) if R is not None else None
     if M and E:
         T, sc = ctype(wd), np.dtype(wd).type
-        if variant() == "v1":
-            fn = function("norm.cu", f"rmsnorm_fwd<{T}>")
-        else:
-            V = vec_width(np.dtype(wd).itemsize, gs, E, _addrs(X, R, Z, W, Y, RO))
-            fn = function("norm.cu", f"rmsnorm_fwd_v2<{T}, {V}>")
+        V = vec_width(np.dtype(wd).itemsize, gs, E, _addrs(X, R, Z, W, Y, RO))
+        fn = function("norm.cu", f"rmsnorm_fwd_v2<{T}, {V}>")
         fn((M, E // gs), (fwd_threads(gs),),
            (X, _ptr(R), _ptr(Z), W, Y, _ptr(RO), np.int32(E), np.int32(gs), sc(eps), np.int32(nbg)))
     return Y, RO, X
 
 
-def _bwd(dy, x, z, weight, eps, gs, nbg):
-    """v1 backward: DX, DZ, DW (CuPy sums the partials)."""
-    import cupy as cp
-
-    E = x.shape[-1]
-    wd = wide(cp, x.dtype, *(a.dtype for a in (z,) if a is not None))
-    X, Z = _rows(cp, x, wd, E), _rows(cp, z, wd, E)
-    M = X.shape[0]
-    DY = cp.zeros((M, E), wd) if dy is None else _rows(cp, dy, wd, E)
-    W = cp.ascontiguousarray(weight, dtype=wd)
-    DX = cp.empty((M, E), wd)
-    DZ = cp.empty((M, E), wd) if Z is not None else None
-    nrb = max(1, min(M, MAX_BWD_ROW_BLOCKS))
-    DWP = cp.zeros((nrb, E), wd)
-    if M:
-        fn = function("norm.cu", f"rmsnorm_bwd<{ctype(wd)}>")
-        sc = np.dtype(wd).type
-        fn((nrb, E // gs), (bwd_threads(gs),),
-           (X, _ptr(Z), W, DY, DX, _ptr(DZ), DWP, np.int64(M), np.int32(E), np.int32(gs), sc(eps),
-            np.int32(nbg)))
-    return DX, DZ, cp.sum(DWP, axis=0)
-
-
-def _bwd2(dy, x, residual, z, dres_out, weight, eps, gs, nbg, wd):
-    """v2 backward in one kernel (+ the partials' sum): DX, DR (residual given), DZ (z given), DW.
+def _bwd(dy, x, residual, z, dres_out, weight, eps, gs, nbg, wd):
+    """The backward in one kernel (+ the partials' sum): DX, DR (residual given), DZ (z given), DW.
 
     v = x (+ residual); DX = d v (+ dres_out); DR: a second array holding DX."""
     import cupy as cp
@@ -238,13 +196,10 @@ def rmsnorm_vjp(dy, x, weight, eps=1e-5, z=None, group_size=None, norm_before_ga
     gs = group_size or x.shape[-1]
     if not _takes(x, gs, dy, weight, z):
         return default("rmsnorm_vjp")(dy, x, weight, eps, z, group_size, norm_before_gate)
-    if variant() == "v1":
-        DX, DZ, DW = _bwd(dy, x, z, weight, eps, gs, bool(norm_before_gate))
-    else:
-        import cupy as cp
+    import cupy as cp
 
-        wd = wide(cp, x.dtype, *(a.dtype for a in (z,) if a is not None))
-        DX, _, DZ, DW = _bwd2(dy, x, None, z, None, weight, eps, gs, bool(norm_before_gate), wd)
+    wd = wide(cp, x.dtype, *(a.dtype for a in (z,) if a is not None))
+    DX, _, DZ, DW = _bwd(dy, x, None, z, None, weight, eps, gs, bool(norm_before_gate), wd)
     out = {"x": DX.reshape(x.shape).astype(x.dtype, copy=False),
            "weight": DW.astype(weight.dtype, copy=False)}
     if z is not None:
@@ -261,22 +216,11 @@ def add_rmsnorm_vjp(cotangent, x, residual, weight, eps=1e-5, residual_in_fp32=T
     import cupy as cp
 
     wd = wide(cp, x.dtype, *(a.dtype for a in (residual,) if a is not None))
-    if variant() == "v2":
-        DX, DR, _, DW = _bwd2(dy, x, residual, None, dres_out, weight, eps, D, False, wd)
-        grads = {"x": DX.reshape(x.shape).astype(x.dtype, copy=False),
-                 "weight": DW.astype(weight.dtype, copy=False)}
-        if residual is not None:  # its own array (DR), as the default composition gives
-            grads["residual"] = DR.reshape(x.shape).astype(residual.dtype, copy=False)
-        return grads
-    xw = x.astype(wd, copy=False)
-    res = xw if residual is None else residual.astype(wd, copy=False) + xw
-    DX, _, DW = _bwd(dy, res, None, weight, eps, D, False)
-    dres = DX.reshape(x.shape)
-    if dres_out is not None:
-        dres += dres_out.astype(wd, copy=False)  # DX is this call's own array
-    grads = {"x": dres.astype(x.dtype, copy=False), "weight": DW.astype(weight.dtype, copy=False)}
-    if residual is not None:
-        grads["residual"] = dres.astype(residual.dtype)
+    DX, DR, _, DW = _bwd(dy, x, residual, None, dres_out, weight, eps, D, False, wd)
+    grads = {"x": DX.reshape(x.shape).astype(x.dtype, copy=False),
+             "weight": DW.astype(weight.dtype, copy=False)}
+    if residual is not None:  # its own array (DR), as the default composition gives
+        grads["residual"] = DR.reshape(x.shape).astype(residual.dtype, copy=False)
     return grads
 
 
