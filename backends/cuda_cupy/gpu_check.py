@@ -305,6 +305,7 @@ def part_decode():
     from mamba_core.models import lm
     from mamba_core.models.config import LMConfig
 
+    from mamba_backend_cuda_cupy import _launch
     from mamba_backend_cuda_cupy.graphs import GraphDecoder
 
     be = _backend()
@@ -342,9 +343,31 @@ def part_decode():
                 ms = _time_cupy(lambda: dec.step(ids), warmup=3, reps=50)
             row["graph_ms_per_token"] = ms
             row["graph_tokens_per_s"] = batch * 1000.0 / ms
+            row["pdl"] = _launch.active()
         except Exception as exc:
             traceback.print_exc()
             row["graph_error"] = f"{type(exc).__name__}: {exc}"
+        if row.get("pdl"):
+            # the same graph captured without programmatic dependent launch (_launch.py): its
+            # time, and its logits against the PDL graph's (the same kernels: bit-identical)
+            try:
+                os.environ[_launch.ENV] = "0"
+                plain = GraphDecoder(be, params, cfg, batch)
+                first = []
+                for d in (dec, plain):
+                    d.load_cache(lm.init_cache(be, cfg, batch))
+                    first.append(cp.asnumpy(d.step(ids)))
+                    d.synchronize()
+                row["graph_nopdl_bit_identical"] = bool(np.array_equal(first[0], first[1]))
+                with plain.stream:
+                    ms = _time_cupy(lambda: plain.step(ids), warmup=3, reps=50)
+                row["graph_nopdl_ms_per_token"] = ms
+                del plain
+            except Exception as exc:
+                traceback.print_exc()
+                row["graph_nopdl_error"] = f"{type(exc).__name__}: {exc}"
+            finally:
+                os.environ.pop(_launch.ENV, None)
         res[f"batch{batch}"] = row
         _log(f"decode batch {batch}: {row}")
     if "torch_triton" in _bench_backends():

@@ -73,4 +73,38 @@ __device__ __forceinline__ void cp_async_wait_all() {
 #endif
 }
 
+// Programmatic dependent launch (PDL, sm_90+; kernels/_launch.py launches with it). A kernel
+// launched so may start while the kernel before it in the stream still runs. Its contract here:
+// before pdl_wait() it issues nothing but L2 prefetches (pdl_prefetch) of its parameters and
+// states, never a load whose value it uses and never a store, so whatever the kernel before it
+// writes, the results are those of stream order. pdl_wait() returns once the kernel before it
+// has completed and its writes are visible (a no-op when the launch had no PDL attribute);
+// pdl_trigger(), called after pdl_wait(), lets the next PDL launch start its prologue. Below
+// sm_90 all three are no-ops (and the host never asks for PDL there).
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// bring the 128-byte line holding p into L2 (no value is read: safe before pdl_wait)
+__device__ __forceinline__ void pdl_prefetch(const void* p) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+#endif
+}
+
+// prefetch `bytes` bytes from p, the group's `width` threads taking one line each in turn
+__device__ __forceinline__ void pdl_prefetch_range(const void* p, const i64 bytes, const int rank,
+                                                   const int width) {
+  const char* c = static_cast<const char*>(p);
+  for (i64 o = (i64)rank * 128; o < bytes; o += (i64)width * 128) pdl_prefetch(c + o);
+}
+
 #endif  // MAMBA_CUPY_COMMON_CUH

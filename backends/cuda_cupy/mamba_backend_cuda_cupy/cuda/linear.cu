@@ -29,6 +29,10 @@
 // group (PART: M rows of npart, row stride npart; added in a fixed order: deterministic).
 // Each warp computes its rows' scales once, after its first weight copies are issued, so their
 // L2 reads overlap the weights' DRAM reads. groups <= GEMV_GROUPS_MAX.
+//
+// Programmatic dependent launch (kernels/_launch.py, common.cuh pdl_wait): before its wait a warp
+// only prefetches the weight rows of its first n0 into L2, so in decode the weights stream in
+// while the kernel before still runs; X, PART and Y are touched only after the wait.
 
 #include "common.cuh"
 
@@ -120,6 +124,16 @@ __global__ void __launch_bounds__(LINEAR_WARPS * 32, (MR == 1 && FX < 2) ? 9 : 1
   const int gsz = PART != nullptr ? (K - skip) / groups : 1;
   bool scaled = PART == nullptr;  // the warp's scales are computed (or not needed)
   const i64 step = (i64)gridDim.x * LINEAR_WARPS * NR;
+  // PDL prologue (common.cuh): the weight rows of the warp's first n0 into L2 while the kernel
+  // before (the norm, or the fused step, in decode) still runs; nothing is read before pdl_wait
+  {
+    const i64 n0 = ((i64)blockIdx.x * LINEAR_WARPS + warp) * NR;
+#pragma unroll
+    for (int j = 0; j < NR; ++j)
+      if (n0 + j < N) pdl_prefetch_range(W + (n0 + j) * ldw, (i64)K * sizeof(T), lane, 32);
+  }
+  pdl_wait();
+  pdl_trigger();
   for (i64 n0 = ((i64)blockIdx.x * LINEAR_WARPS + warp) * NR; n0 < N; n0 += step) {
     T acc[NR][MR];
 #pragma unroll

@@ -27,6 +27,8 @@
 //   5. the group's new B and C conv windows, from the registers of step 1: not in place, by the
 //      group's first block; in place, by the block drawing the last ticket of CNT[b, g]
 //      (atomicAdd after a barrier), which puts the counter back to 0.
+// 0. (before the rest) programmatic dependent launch: the block prefetches its states, conv
+//    windows and weights into L2, then waits for in_proj (common.cuh pdl_wait).
 // No host synchronisation; every launch depends only on shapes: capturable in a CUDA graph.
 // CNT must be zero at launch and is zero again after it; two launches must not run at once on
 // one counter buffer (one stream, or graphs replayed in order).
@@ -71,6 +73,28 @@ __global__ void __launch_bounds__(M2_WARPS * 32) mamba2_step(
   const i64 ldy = (i64)M + S;
   const T* zr = ZX + (i64)b * ldzx;
   const i64 row0 = ((i64)b * H + h) * P;  // state row of (b, h, p = 0)
+
+  // 0. PDL prologue (common.cuh): while in_proj still runs, the warp's state rows (warp 0 also
+  //    the group's B and C conv windows and weights, warp 1 the block's x channels') into L2;
+  //    nothing is read before pdl_wait
+  {
+    const int p0 = pb * M2_BP + warp * M2_RPW;
+    const int rows = P - p0 < M2_RPW ? P - p0 : M2_RPW;
+    if (rows > 0) pdl_prefetch_range(SS + (row0 + p0) * N, (i64)rows * N * sizeof(T), lane, 32);
+    const int px0 = pb * M2_BP, nx = P - px0 < M2_BP ? P - px0 : M2_BP;
+    const i64 cbytes = (i64)N * K * sizeof(T), xbytes = (i64)nx * K * sizeof(T);
+    if (warp == 0) {
+      pdl_prefetch_range(CS + ((i64)b * X + S + g * N) * K, cbytes, lane, 32);
+      pdl_prefetch_range(CS + ((i64)b * X + S + GN + g * N) * K, cbytes, lane, 32);
+      pdl_prefetch_range(CW + (i64)(S + g * N) * K, cbytes, lane, 32);
+      pdl_prefetch_range(CW + (i64)(S + GN + g * N) * K, cbytes, lane, 32);
+    } else if (warp == 1 && nx > 0) {
+      pdl_prefetch_range(CS + ((i64)b * X + h * P + px0) * K, xbytes, lane, 32);
+      pdl_prefetch_range(CW + (i64)(h * P + px0) * K, xbytes, lane, 32);
+    }
+  }
+  pdl_wait();
+  pdl_trigger();
 
   // 1. every load of the block, issued together (predicated, no branch between them): the
   //    warp's state rows; dt, dt_bias, A_log; the conv windows, weights and biases of the

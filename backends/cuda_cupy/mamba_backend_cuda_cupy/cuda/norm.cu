@@ -87,6 +87,10 @@ __global__ void __launch_bounds__(NORM_MAX_THREADS)
   const bool hz = Z != nullptr;
   T v[NORM_CPT], g[NORM_CPT];
   T ss = T(0);
+  // PDL prologue (common.cuh): the weight into L2; nothing is read before pdl_wait
+  pdl_prefetch_range(Wt + c0, (i64)GS * sizeof(T), threadIdx.x, blockDim.x);
+  pdl_wait();
+  pdl_trigger();
 #pragma unroll
   for (int k = 0; k < NV; ++k) {
     const int i = (threadIdx.x + k * blockDim.x) * V;

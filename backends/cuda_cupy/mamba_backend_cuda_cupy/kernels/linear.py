@@ -35,6 +35,7 @@ import threading
 import numpy as np
 
 from mamba_backend_cuda_cupy._compile import ctype, function
+from mamba_backend_cuda_cupy._launch import launch
 from mamba_backend_cuda_cupy.kernels._common import KERNEL_DTYPES, default, runs_here, wide
 
 GEMV_ROWS = 16     # at most this many rows, the kernel runs even outside a capture
@@ -193,10 +194,10 @@ def _launch(x, weight, bias, scales=None):
         i32, i64, sc = np.int32, np.int64, np.dtype(wd).type
         for m0, m, mr, nr, blocks in plan(M, N, itemsize):
             fn = function("linear.cu", f"linear_gemv<{ctype(wd)}, {vec}, {mr}, {nr}, {fx}>")
-            fn((blocks,), (LINEAR_WARPS * 32,),
-               (X[m0:m0 + m], Wm, b if b is not None else null, Y[m0:m0 + m], i32(m), i32(N),
-                i32(K), i64(ldx), i64(ldw), i64(N), null if P is None else P[m0:m0 + m],
-                i32(npart), i32(groups), i32(skip), sc(eps)))
+            launch(fn, (blocks,), (LINEAR_WARPS * 32,),
+                   (X[m0:m0 + m], Wm, b if b is not None else null, Y[m0:m0 + m], i32(m), i32(N),
+                    i32(K), i64(ldx), i64(ldw), i64(N), null if P is None else P[m0:m0 + m],
+                    i32(npart), i32(groups), i32(skip), sc(eps)))
     return Y.reshape(tuple(x.shape[:-1]) + (N,))
 
 

@@ -64,6 +64,7 @@ import os
 import numpy as np
 
 from mamba_backend_cuda_cupy._compile import ctype, function
+from mamba_backend_cuda_cupy._launch import launch
 from mamba_backend_cuda_cupy.kernels._common import xp_of
 from mamba_backend_cuda_cupy.kernels.linear import GROUPS_MAX, linear_group_scaled
 
@@ -239,12 +240,12 @@ def mixer(zx, params: dict, cfg, cache: dict, inplace: bool = False):
     lo, hi = (float(cfg.dt_limit[0]), float(cfg.dt_limit[1])) if limited else (0.0, 0.0)
     i32 = np.int32
     fn = function("mixer_step.cu", f"mamba2_step<{ctype(T)}, {pl.npt}>")
-    fn(pl.grid, (pl.threads,),
-       (zx, np.int64(zx.strides[0] // zx.itemsize), cs, ncs, cw, cb,
-        _contig(xp, params["dt_bias"]), _contig(xp, params["A_log"]), _contig(xp, params["D"]),
-        ss, nss, nw, y, _null() if part is None else part, cnt,
-        i32(H), i32(G), i32(P), i32(N), i32(M), i32(K), i32(bool(cfg.D_has_hdim)),
-        i32(limited), sc(lo), sc(hi), i32(bool(cfg.norm_before_gate))))
+    launch(fn, pl.grid, (pl.threads,),
+           (zx, np.int64(zx.strides[0] // zx.itemsize), cs, ncs, cw, cb,
+            _contig(xp, params["dt_bias"]), _contig(xp, params["A_log"]), _contig(xp, params["D"]),
+            ss, nss, nw, y, _null() if part is None else part, cnt,
+            i32(H), i32(G), i32(P), i32(N), i32(M), i32(K), i32(bool(cfg.D_has_hdim)),
+            i32(limited), sc(lo), sc(hi), i32(bool(cfg.norm_before_gate))))
     return y, part, ncs, nss
 
 

@@ -38,6 +38,7 @@ import functools
 import numpy as np
 
 from mamba_backend_cuda_cupy._compile import ctype, function
+from mamba_backend_cuda_cupy._launch import launch
 from mamba_backend_cuda_cupy.kernels._common import default, runs_here, wide
 
 BWD_COLS_PER_THREAD = 8  # NORM_CPT in norm.cu
@@ -132,8 +133,8 @@ def _fwd(x, residual, z, weight, eps, gs, nbg):
         T, sc = ctype(wd), np.dtype(wd).type
         V = vec_width(np.dtype(wd).itemsize, gs, E, _addrs(X, R, Z, W, Y, RO))
         fn = function("norm.cu", f"rmsnorm_fwd_v2<{T}, {V}>")
-        fn((M, E // gs), (fwd_threads(gs),),
-           (X, _ptr(R), _ptr(Z), W, Y, _ptr(RO), np.int32(E), np.int32(gs), sc(eps), np.int32(nbg)))
+        launch(fn, (M, E // gs), (fwd_threads(gs),),
+               (X, _ptr(R), _ptr(Z), W, Y, _ptr(RO), np.int32(E), np.int32(gs), sc(eps), np.int32(nbg)))
     return Y, RO, X
 
 
