@@ -331,6 +331,8 @@ def part_decode():
         except Exception as exc:
             row["eager_error"] = f"{type(exc).__name__}: {exc}"
         try:
+            if _launch.supported():  # the graph with PDL, whatever the default (_launch.py)
+                os.environ[_launch.ENV] = "1"
             dec = GraphDecoder(be, params, cfg, batch)
             # graph vs eager on the same cache: one step each, logits compared
             cache0 = lm.init_cache(be, cfg, batch)

@@ -25,8 +25,9 @@ them.
 
 A launch the driver refuses (a non-zero CUresult) is made again plainly, with a RuntimeWarning,
 and PDL stays off on that device for the rest of the process.
-``MAMBA_CUPY_PDL=0`` (or false/off/no) launches through CuPy alone (read at each launch: set it
-before building a GraphDecoder to time decode without PDL). PDL is also off below compute
+Off by default until a device run has certified and timed it (``DEFAULT``): ``MAMBA_CUPY_PDL=1``
+turns it on, ``0`` (or false/off/no) launches through CuPy alone (read at each launch: set it
+before building a GraphDecoder). PDL is also off below compute
 capability 9.0 and where libcuda has no cuLaunchKernelEx (drivers before CUDA 12).
 """
 
@@ -67,9 +68,13 @@ class _Config(ctypes.Structure):  # CUlaunchConfig
                 ("attrs", ctypes.POINTER(_Attr)), ("numAttrs", ctypes.c_uint)]
 
 
+#: the switch's value when unset
+DEFAULT = "0"
+
+
 def enabled() -> bool:
-    """False when ``MAMBA_CUPY_PDL=0`` (or false/off/no)."""
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "off", "no")
+    """Whether ``MAMBA_CUPY_PDL`` (default ``DEFAULT``) asks for PDL: anything but 0/false/off/no."""
+    return os.environ.get(ENV, DEFAULT).strip().lower() not in ("0", "false", "off", "no")
 
 
 def dims(d) -> tuple:

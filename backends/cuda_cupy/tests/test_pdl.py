@@ -56,7 +56,7 @@ def test_dims():
             _launch.dims(bad)
 
 
-@pytest.mark.parametrize("raw,on", [(None, True), ("1", True), ("0", False), ("off", False),
+@pytest.mark.parametrize("raw,on", [(None, _launch.DEFAULT == "1"), ("1", True), ("0", False), ("off", False),
                                     ("False", False), ("no", False), ("yes", True)])
 def test_switch(raw, on, monkeypatch):
     if raw is None:
