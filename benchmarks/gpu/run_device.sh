@@ -89,7 +89,9 @@ s6a)
     # Session 6, first call: programmatic dependent launch (_launch.py) for the GEMV, the norm
     # forward and the fused Mamba-2 step: its tests and the fused step's, then decode with and
     # without it beside torch_triton (one process), then the kernels alone. Caches kept for s6b.
+    # PDL on for everything (its default is off until this part has certified and timed it).
     results_dir
+    export MAMBA_CUPY_PDL=1
     DEADLINE=${DEADLINE:-550}
     job cupy_tests $(tmo 290) python3 -m pytest -q -rs -p no:cacheprovider backends/cuda_cupy/tests/test_pdl.py \
         backends/cuda_cupy/tests/test_mixer_steps_gpu.py backends/cuda_cupy/tests/test_gpu.py \
