@@ -93,10 +93,10 @@ s6a)
     results_dir
     export MAMBA_CUPY_PDL=1
     DEADLINE=${DEADLINE:-550}
-    job cupy_tests $(tmo 290) python3 -m pytest -q -rs -p no:cacheprovider backends/cuda_cupy/tests/test_pdl.py \
+    job cupy_tests $(tmo $(( DEADLINE / 2 ))) python3 -m pytest -q -rs -p no:cacheprovider backends/cuda_cupy/tests/test_pdl.py \
         backends/cuda_cupy/tests/test_mixer_steps_gpu.py backends/cuda_cupy/tests/test_gpu.py \
         -k "pdl or mixer or fused or linear or gemv or norm or graph or decode or step"
-    job cupy_conf $(tmo 290) env GPU_CHECK_PARTS=conformance python3 backends/cuda_cupy/gpu_check.py "$R/cupy_conf"
+    job cupy_conf $(tmo $(( DEADLINE / 2 ))) env GPU_CHECK_PARTS=conformance python3 backends/cuda_cupy/gpu_check.py "$R/cupy_conf"
     wait; cat "$R/rc.txt"; for f in "$R"/*.log; do echo "== $f"; tail -n 3 "$f" | cut -c1-300; done
     grep -E "^(FAILED|ERROR)" "$R/cupy_tests.log" | head | cut -c1-300
     GPU_CHECK_PARTS=decode timeout $(tmo 200) python3 backends/cuda_cupy/gpu_check.py "$R/decode" > "$R/decode.log" 2>&1
