@@ -89,7 +89,7 @@ s6a)
     # Session 6, first call: programmatic dependent launch (_launch.py) for the GEMV, the norm
     # forward and the fused Mamba-2 step: its tests and the fused step's, then decode with and
     # without it beside torch_triton (one process), then the kernels alone. Caches kept for s6b.
-    # PDL on for everything (its default is off until this part has certified and timed it).
+    # PDL on for everything (its default was off until this part certified and timed it: run 16).
     results_dir
     export MAMBA_CUPY_PDL=1
     DEADLINE=${DEADLINE:-550}
