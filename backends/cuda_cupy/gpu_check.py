@@ -331,9 +331,8 @@ def part_decode():
         except Exception as exc:
             row["eager_error"] = f"{type(exc).__name__}: {exc}"
         try:
-            if _launch.supported():  # the graph with PDL, whatever the default (_launch.py)
-                os.environ[_launch.ENV] = "1"
-            dec = GraphDecoder(be, params, cfg, batch)
+            # the graph with PDL where the device takes it, whatever the default (_launch.py)
+            dec = _graph_with_pdl(_launch.supported(), GraphDecoder, be, params, cfg, batch)
             # graph vs eager on the same cache: one step each, logits compared
             cache0 = lm.init_cache(be, cfg, batch)
             want, _ = lm.step(be, params, cfg, ids, cache0)
@@ -345,7 +344,7 @@ def part_decode():
                 ms = _time_cupy(lambda: dec.step(ids), warmup=3, reps=50)
             row["graph_ms_per_token"] = ms
             row["graph_tokens_per_s"] = batch * 1000.0 / ms
-            row["pdl"] = _launch.active()
+            row["pdl"] = _launch.supported()  # the graph above was captured with PDL
         except Exception as exc:
             traceback.print_exc()
             row["graph_error"] = f"{type(exc).__name__}: {exc}"
@@ -353,8 +352,7 @@ def part_decode():
             # the same graph captured without programmatic dependent launch (_launch.py): its
             # time, and its logits against the PDL graph's (the same kernels: bit-identical)
             try:
-                os.environ[_launch.ENV] = "0"
-                plain = GraphDecoder(be, params, cfg, batch)
+                plain = _graph_with_pdl(False, GraphDecoder, be, params, cfg, batch)
                 first = []
                 for g in (dec, plain):
                     g.load_cache(lm.init_cache(be, cfg, batch))
@@ -369,13 +367,27 @@ def part_decode():
             except Exception as exc:
                 traceback.print_exc()
                 row["graph_nopdl_error"] = f"{type(exc).__name__}: {exc}"
-            finally:
-                os.environ.pop(_launch.ENV, None)
         res[f"batch{batch}"] = row
         _log(f"decode batch {batch}: {row}")
     if "torch_triton" in _bench_backends():
         res["torch_triton"] = _decode_torch_triton(cfg)
     return res
+
+
+def _graph_with_pdl(on: bool, build, *args):
+    """build(*args) (a GraphDecoder: its capture reads the switch) with MAMBA_CUPY_PDL set to
+    on / off for the build only; the caller's setting is restored after."""
+    from mamba_backend_cuda_cupy import _launch
+
+    prev = os.environ.get(_launch.ENV)
+    os.environ[_launch.ENV] = "1" if on else "0"
+    try:
+        return build(*args)
+    finally:
+        if prev is None:
+            os.environ.pop(_launch.ENV, None)
+        else:
+            os.environ[_launch.ENV] = prev
 
 
 def _decode_torch_triton(cfg):

@@ -25,17 +25,19 @@ them.
 
 A launch the driver refuses (a non-zero CUresult) is made again plainly, with a RuntimeWarning,
 and PDL stays off on that device for the rest of the process.
+
 On by default (``DEFAULT``; certified and timed on an H100 on 2026-12-07, runs 16-19 of
 benchmarks/results/gpu-20261207-h100: every cuda_cupy GPU test and the certificate pass with it,
 decode graphs are bit-identical with and without it, batch-1 decode 1.19 against 1.37 ms a token).
 ``MAMBA_CUPY_PDL=0`` (or false/off/no) launches through CuPy alone (read at each launch: set it
-before building a GraphDecoder). PDL is also off below compute
-capability 9.0 and where libcuda has no cuLaunchKernelEx (drivers before CUDA 12).
+before building a GraphDecoder). PDL is also off below compute capability 9.0 and where libcuda
+has no cuLaunchKernelEx (drivers before CUDA 12).
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import warnings
 
@@ -102,24 +104,21 @@ def c_arg(a):
                     "NumPy scalar (int32, int64, uint64, float32, float64)")
 
 
-_LIB: list = []        # [the cuLaunchKernelEx function, or None when libcuda lacks it]
 _DEVICES: dict = {}    # device id -> whether PDL can be used there
 
 
+@functools.lru_cache(maxsize=None)
 def _driver():
-    if not _LIB:
-        fn = None
-        try:
-            lib = ctypes.CDLL("libcuda.so.1")
-            fn = getattr(lib, "cuLaunchKernelEx", None)
-            if fn is not None:
-                fn.restype = ctypes.c_int
-                fn.argtypes = [ctypes.POINTER(_Config), ctypes.c_void_p,
-                               ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p]
-        except OSError:
-            fn = None
-        _LIB.append(fn)
-    return _LIB[0]
+    """libcuda's cuLaunchKernelEx, or None when there is no libcuda or it lacks the call."""
+    try:
+        fn = getattr(ctypes.CDLL("libcuda.so.1"), "cuLaunchKernelEx", None)
+    except OSError:
+        return None
+    if fn is not None:
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.POINTER(_Config), ctypes.c_void_p,
+                       ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p]
+    return fn
 
 
 def _device_id() -> int:
@@ -146,16 +145,14 @@ def active() -> bool:
     return enabled() and supported()
 
 
-_ATTR: list = []  # the one PDL attribute every launch points at (the driver copies it)
-
-
+@functools.lru_cache(maxsize=None)
 def _attr():
-    if not _ATTR:
-        a = _Attr()
-        a.id = ATTR_PROGRAMMATIC_STREAM_SERIALIZATION
-        a.value.flag = 1
-        _ATTR.append((a, ctypes.pointer(a)))
-    return _ATTR[0][1]
+    """A pointer to the one PDL attribute every launch passes (the driver copies it); the pointer
+    object keeps the struct alive."""
+    a = _Attr()
+    a.id = ATTR_PROGRAMMATIC_STREAM_SERIALIZATION
+    a.value.flag = 1
+    return ctypes.pointer(a)
 
 
 def _launch_ex(fn, grid, block, args) -> int:

@@ -17,7 +17,8 @@ import pytest
 
 from mamba_backend_cuda_cupy import _launch
 from mamba_backend_cuda_cupy._compile import source
-from mamba_backend_cuda_cupy.backend import CudaCupyBackend
+
+from test_mixer_steps_gpu import _backend_or_skip  # the skip with its printed reason
 
 PKG = Path(_launch.__file__).resolve().parent
 
@@ -100,11 +101,7 @@ def test_a_refused_launch_runs_plainly_and_turns_pdl_off(monkeypatch):
 
 # ---- GPU --------------------------------------------------------------------------------------
 def _pdl_backend_or_skip():
-    be = CudaCupyBackend()
-    ok = be.available()
-    if not ok:
-        print(f"SKIP: cuda_cupy not available: {ok.reason}")
-        pytest.skip(f"cuda_cupy not available: {ok.reason}")
+    be = _backend_or_skip()
     if not _launch.supported():
         import cupy
 

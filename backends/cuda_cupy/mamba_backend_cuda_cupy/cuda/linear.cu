@@ -124,17 +124,15 @@ __global__ void __launch_bounds__(LINEAR_WARPS * 32, (MR == 1 && FX < 2) ? 9 : 1
   const int gsz = PART != nullptr ? (K - skip) / groups : 1;
   bool scaled = PART == nullptr;  // the warp's scales are computed (or not needed)
   const i64 step = (i64)gridDim.x * LINEAR_WARPS * NR;
+  const i64 first = ((i64)blockIdx.x * LINEAR_WARPS + warp) * NR;  // the warp's first n0
   // PDL prologue (common.cuh): the weight rows of the warp's first n0 into L2 while the kernel
   // before (the norm, or the fused step, in decode) still runs; nothing is read before pdl_wait
-  {
-    const i64 n0 = ((i64)blockIdx.x * LINEAR_WARPS + warp) * NR;
 #pragma unroll
-    for (int j = 0; j < NR; ++j)
-      if (n0 + j < N) pdl_prefetch_range(W + (n0 + j) * ldw, (i64)K * sizeof(T), lane, 32);
-  }
+  for (int j = 0; j < NR; ++j)
+    if (first + j < N) pdl_prefetch_range(W + (first + j) * ldw, (i64)K * sizeof(T), lane, 32);
   pdl_wait();
   pdl_trigger();
-  for (i64 n0 = ((i64)blockIdx.x * LINEAR_WARPS + warp) * NR; n0 < N; n0 += step) {
+  for (i64 n0 = first; n0 < N; n0 += step) {
     T acc[NR][MR];
 #pragma unroll
     for (int j = 0; j < NR; ++j)
