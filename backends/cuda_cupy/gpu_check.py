@@ -11,6 +11,8 @@ backend is installed and available) with torch.cuda.Event, on the same inputs an
 (float32). GPU_CHECK_BENCH_BACKENDS=cuda_cupy (default: cuda_cupy,torch_triton) limits the bench
 and decode parts to the named backends; GPU_CHECK_BENCH_OPS=selective_scan,... to the named rows,
 in that order; GPU_CHECK_TT_OPS likewise for torch_triton's rows alone.
+GPU_CHECK_BENCH_B sets the batch; GPU_CHECK_BENCH_COMPILE_ONLY=1 runs each row's forward and VJP
+once (JIT/NVRTC compiles) and times nothing: a warm-up beside other timed work.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ import numpy as np
 
 # benchmark shapes of the issue
 BENCH = dict(B=8, L=2048, E=2048, N1=16, H=32, P=64, N=128, G=1, R=4, K=4)
+#: GPU_CHECK_BENCH_B overrides the batch (B=1 with GPU_CHECK_BENCH_COMPILE_ONLY=1 compiles a
+#: backend's kernels for the B=8 rows without timing anything: the kernels do not take B)
+BENCH["B"] = int(os.environ.get("GPU_CHECK_BENCH_B", BENCH["B"]))
 DECODE = dict(d_model=1024, n_layer=48, vocab_size=50280, d_state=128, headdim=64)
 
 
@@ -232,6 +237,14 @@ def _bench_one(be, op, args, kw, timer):
     t0 = time.perf_counter()
     fn(*a, **k)  # the first call compiles (JIT, NVRTC): its wall time is recorded apart
     row["first_call_s"] = round(time.perf_counter() - t0, 2)
+    if os.environ.get("GPU_CHECK_BENCH_COMPILE_ONLY") == "1":  # warm the JIT caches, time nothing
+        vjp = op + "_vjp"
+        if vjp in REGISTRY:
+            out = fn(*a, **k)
+            t0 = time.perf_counter()
+            getattr(be.ops, vjp)(tuple(out) if isinstance(out, tuple) else out, *a, **k)
+            row["vjp_first_call_s"] = round(time.perf_counter() - t0, 2)
+        return row
     row["fwd_ms"] = timer(lambda: fn(*a, **k))
     out = fn(*a, **k)
     vjp = op + "_vjp"

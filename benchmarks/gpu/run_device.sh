@@ -32,15 +32,19 @@
 #                                                 norms/conv and decode timings
 #   bash benchmarks/gpu/run_device.sh s6a         programmatic dependent launch: its tests, decode with and
 #                                                 without it beside torch_triton (session 6)
+#   bash benchmarks/gpu/run_device.sh s7a         review commit's GPU tests, Mamba-1 "tr_fold" sweep and
+#                                                 yardstick, MIMO/SISO beside torch_triton (session 7)
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
 #   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
 # Optional carries: .cache/ with tarballs of an earlier call's ~/.triton/cache
 # (triton_cache.tgz.part*), ~/.cupy/kernel_cache (cupy_cache.tgz) or /tmp/ss_build
 # (ss_build.tgz.part*), restored first to skip JIT/NVRTC/nvcc work; .whl_hf/ with a
 # transformers >= 5.23 wheel for the checkpoint tests.
-# Needs: .whl/ with array_api_compat (not in the device image); for the official yardstick, a
-# mamba_ssm source tree in .official/ (not part of this repository) whose Mamba-1 CUDA scan is
-# built into /tmp/ss_build by .official/build_ss.py when that script is present.
+# Needs: .whl/ with array_api_compat (and einops for mamba_ssm) wheels (not in the device image);
+# for the official yardstick, a mamba_ssm source tree in .official/ (not part of this
+# repository: `git archive HEAD mamba_ssm csrc/selective_scan` of state-spaces/mamba) whose
+# Mamba-1 CUDA scan benchmarks/gpu/build_official_ss.py builds into /tmp/ss_build (older parts
+# call .official/build_ss.py, the untracked script of earlier sessions).
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-out}
@@ -71,6 +75,44 @@ results_dir() { R="$OUT/r"; mkdir -p "$R"; mv "$OUT/device.txt" "$OUT/backends.t
 job() { local name=$1 t=$2; shift 2; (timeout "$t" "$@" > "$R/$name.log" 2>&1; echo "$name rc=$?" >> "$R/rc.txt") & }
 tmo() { local l=$(( ${DEADLINE:-560} - SECONDS )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 case "${1:-certify}" in
+s7a)
+    # Session 7, first call. In the background from the start: the official Mamba-1 CUDA scan
+    # built from .official (benchmarks/gpu/build_official_ss.py) and torch_triton's float32
+    # Mamba-3 MIMO kernels compiled at B=1 (the kernels do not take B: the B=8 rows then hit the
+    # cache). In front: the cuda_cupy PDL/GEMV/mixer GPU tests (the review commit 6d7567d was
+    # never run on a GPU), torch_triton's Mamba-1 kernels on the GPU (the "tr_fold" variant among
+    # them), the Mamba-1 forward sweep in bf16 and float32, the Mamba-1 yardstick under the bf16
+    # sweep's best configs, then MIMO and SISO side by side (cuda_cupy, torch_triton).
+    results_dir
+    DEADLINE=${DEADLINE:-560}
+    (timeout $(tmo 330) python3 benchmarks/gpu/build_official_ss.py .official /tmp/ss_build > "$R/ss_build.log" 2>&1; \
+        echo "ss_build rc=$?" >> "$R/rc.txt") &
+    SS_PID=$!
+    job mimo_warm $(tmo 450) env GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_OPS=mamba3_mimo GPU_CHECK_BENCH_BACKENDS=torch_triton \
+        GPU_CHECK_BENCH_B=1 GPU_CHECK_BENCH_COMPILE_ONLY=1 python3 backends/cuda_cupy/gpu_check.py "$R/mimo_warm"
+    MIMO_PID=$!
+    timeout $(tmo 150) python3 -m pytest -q -rs -p no:cacheprovider backends/cuda_cupy/tests/test_pdl.py \
+        backends/cuda_cupy/tests/test_mixer_steps_gpu.py > "$R/cupy_tests.log" 2>&1
+    echo "cupy_tests rc=$?"; tail -n 2 "$R/cupy_tests.log" | cut -c1-300; grep -E "^(FAILED|ERROR)" "$R/cupy_tests.log" | head | cut -c1-300
+    TRITON_INTERPRET=0 timeout $(tmo 100) python3 -m pytest -q -p no:cacheprovider \
+        backends/torch_triton/tests/test_m1_norm_conv_kernels.py -k "transposed" > "$R/tt_m1_tests.log" 2>&1
+    echo "tt_m1_tests rc=$?"; tail -n 2 "$R/tt_m1_tests.log" | cut -c1-300; grep -E "^(FAILED|ERROR)" "$R/tt_m1_tests.log" | head | cut -c1-300
+    SWEEP_M1_FWD="tr_scan:8:8:1,tr_fold:8:8:1,tr_fold:4:8:1,tr_fold:16:8:1,tr_fold:8:16:1,tr_fold:16:16:1,tr_scan:16:16:1" \
+        SWEEP_M1_BWD="tr:4:16:1" timeout $(tmo 70) python3 benchmarks/gpu/sweep_tt.py "$R/sweep" --parts m1 --budget 60 > "$R/sweep_tt.log" 2>&1
+    echo "sweep rc=$?"; grep -E "m1 (fwd|vjp)" "$R/sweep_tt.log" | cut -c1-200
+    SWEEP_M1_DTYPE=float32 SWEEP_M1_FWD="tr_scan:8:8:1,tr_fold:8:8:1,tr_fold:4:8:1,tr_fold:16:8:1" \
+        SWEEP_M1_BWD="base:8:32:4" timeout $(tmo 50) python3 benchmarks/gpu/sweep_tt.py "$R/sweep32" --parts m1 --budget 40 > "$R/sweep_tt-f32.log" 2>&1
+    echo "sweep32 rc=$?"; grep -E "m1 (fwd|vjp)" "$R/sweep_tt-f32.log" | cut -c1-200
+    wait $SS_PID; tail -n 2 "$R/ss_build.log" | cut -c1-300
+    YARDSTICK_PARTS=mamba1 YARDSTICK_M1_SWEEP="$R/sweep/sweep_tt.json" timeout $(tmo 80) python3 benchmarks/gpu/yardstick.py "$R/yardstick" > "$R/yardstick-mamba1.log" 2>&1
+    echo "yardstick rc=$?"; grep -E "Mamba-1|FAILED" "$R/yardstick-mamba1.log" | cut -c1-250
+    wait $MIMO_PID; grep -E "torch_triton|ERROR" "$R/mimo_warm.log" | cut -c1-300
+    GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_OPS=mamba3_mimo,mamba3_siso timeout $(tmo 120) python3 backends/cuda_cupy/gpu_check.py "$R/bench" > "$R/bench.log" 2>&1
+    echo "bench rc=$?"; grep -E "cuda_cupy|torch_triton" "$R/bench.log" | cut -c1-300
+    cat "$R/rc.txt"
+    (cd "$HOME/.triton" && tar -czf "$OUT/triton_cache.tgz" cache) 2>/dev/null
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
+    ;;
 s6a)
     # Session 6, first call: programmatic dependent launch (_launch.py) for the GEMV, the norm
     # forward and the fused Mamba-2 step: its tests and the fused step's, then decode with and

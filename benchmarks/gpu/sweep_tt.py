@@ -55,7 +55,10 @@ SHARE = {"m1": 0.45, "ssd": 0.17, "decode": 0.38}
 # BE < 32 at one warp (added after run 9): the [NP, BE] state tile then spreads n over
 # 32 / BE lanes (BE = 8: 4 lanes a channel, 4 states each -- cuda_cupy's Mamba-1 layout, 4x the
 # threads), at the price of a short shuffle sum for y.
+# "tr_fold" (session 7): tr_scan with the carry folded into the first offset (fewer instructions).
 M1_FWD = [
+    ("tr_scan", 8, 8, 1), ("tr_fold", 8, 8, 1), ("tr_fold", 4, 8, 1), ("tr_fold", 16, 8, 1),
+    ("tr_fold", 8, 16, 1), ("tr_fold", 16, 16, 1),
     ("tr_scan", 4, 32, 1), ("base", 8, 32, 4),
     ("tr_scan", 4, 8, 1), ("tr", 4, 8, 1), ("tr", 8, 8, 1), ("tr", 4, 16, 1), ("tr_scan", 2, 8, 1),
     ("tr_scan", 4, 8, 2), ("tr", 8, 16, 1), ("tr_scan", 8, 8, 1),

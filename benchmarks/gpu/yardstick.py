@@ -106,6 +106,22 @@ def mamba1():
     off_fbt = bench(off_fb)
     row("Mamba-1 selective scan fwd", ours_f, off_f, f"ours: {note}" if note else "")
     row("Mamba-1 selective scan fwd+bwd", ours_fb, off_fbt, f"ours: {note}" if note else "")
+    # diagnostic: the same bf16 call through our float32 kernels (cast in, cast out; the sweeps
+    # timed float32 faster than bf16 at the same config), to see whether upcasting pays
+    f32 = lambda t: t.float() if t.dtype == bf else t  # noqa: E731
+
+    def up_f():
+        y, h = be.ops.selective_scan(*(f32(a) if torch.is_tensor(a) else a for a in args))
+        return y.to(bf), h
+
+    def up_fb():
+        a32 = tuple(f32(a) if torch.is_tensor(a) else a for a in args)
+        be.ops.selective_scan(*a32)
+        g = be.ops.selective_scan_vjp((dy.float(), None), *a32)
+        return {k: v.to(bf) if v.dtype != bf and k in ("u", "delta", "z", "B", "C") else v for k, v in g.items()}
+
+    row("Mamba-1 fwd, bf16 via float32 kernels", bench(up_f), off_f, "cast in and out inside the timing")
+    row("Mamba-1 fwd+bwd, bf16 via float32 kernels", bench(up_fb), off_fbt, "cast in and out inside the timing")
 
 
 def mamba2():

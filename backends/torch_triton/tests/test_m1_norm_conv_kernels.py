@@ -166,14 +166,14 @@ TR_CASES = {
 
 
 @pytest.mark.parametrize("name,variant", [(k, "tr") for k in TR_CASES] + [
-    (k, "tr_scan") for k in TR_CASES if k != "all,L=37,G=2"])  # (interpreter time)
+    (k, v) for k in TR_CASES if k != "all,L=37,G=2" for v in ("tr_scan", "tr_fold")])  # (interpreter time)
 def test_selective_scan_transposed(name, variant, chunk):
     # T=8 unless the case names one: the interpreter runs the unrolled tokens one by one
     ks.CONFIG["interpret"] = dict(ks.CONFIG["interpret"], variant=variant, T=8)
     run_scan(TR_CASES, name, "float32", step=False)
 
 
-@pytest.mark.parametrize("variant", ["tr", "tr_scan"])
+@pytest.mark.parametrize("variant", ["tr", "tr_scan", "tr_fold"])
 def test_selective_scan_transposed_bf16(variant, chunk):
     ks.CONFIG["interpret"] = dict(ks.CONFIG["interpret"], variant=variant)
     run_scan(TR_CASES, "all,G=2,N=5,T=4,L=11,no softplus", "bfloat16", step=False)
