@@ -179,6 +179,14 @@ def test_selective_scan_transposed_bf16(variant, chunk):
     run_scan(TR_CASES, "all,G=2,N=5,T=4,L=11,no softplus", "bfloat16", step=False)
 
 
+@pytest.mark.parametrize("name", ["all,L=37,G=2", "all,G=2,N=5,T=4,L=11,no softplus"])
+def test_selective_scan_vjp_upcast_bf16(name, chunk):
+    """The bf16 VJP through the float32 kernels (CONFIG "bwd": {"upcast": True}, the GPU
+    default): gradients in the arguments' dtypes, against the reference."""
+    ks.CONFIG["interpret"] = dict(ks.CONFIG["interpret"], upcast=True)
+    run_scan(TR_CASES, name, "bfloat16", step=False)
+
+
 def test_selective_scan_unknown_variant_is_named(chunk, monkeypatch):
     # the config the device in use reads for these float32 inputs
     key = "interpret" if DEV == "cpu" else ("fwd_f32" if "fwd_f32" in ks.CONFIG else "fwd")

@@ -89,10 +89,15 @@ from mamba_backend_torch_triton.kernels._glue import default, last_contig, pow2,
 #: 0.711 ms in bf16 (T=16 BE=16 0.704, T=4 BE=32 1.26, "base" 1.60) and 0.536 ms in float32
 #: ("base" 0.737); VJP "tr" T=4 BE=16 1 warp 7.79 ms in bf16 ("base" 8.24, "tr" T=4 BE=32
 #: 8.56). The float32 VJP keeps "base" (5.17 ms; "tr" not measured in float32).
+#: Session 7 (benchmarks/results/gpu-20261207-h100, run 20): bf16 forward "tr_fold" T=16 BE=16
+#: 0.624 ms (tr_scan T=8 BE=8 0.707); float32 keeps tr_scan (0.533, tr_fold 0.544). The bf16
+#: VJP runs the float32 kernels on float32 copies ("upcast"): the same "base" kernel took 8.25 ms
+#: on bf16 inputs and 5.16 on float32 ones, and the yardstick's forward+backward through float32
+#: (casts included) took 6.34 ms against 8.45 for the bf16 kernels.
 CONFIG = {
-    "fwd": {"T": 8, "BE": 8, "num_warps": 1, "variant": "tr_scan"},
+    "fwd": {"T": 16, "BE": 16, "num_warps": 1, "variant": "tr_fold"},
     "fwd_f32": {"T": 8, "BE": 8, "num_warps": 1, "variant": "tr_scan"},
-    "bwd": {"T": 4, "BE": 16, "num_warps": 1, "variant": "tr"},
+    "bwd": {"upcast": True},
     "bwd_f32": {"T": 8, "BE": 32, "num_warps": 4, "variant": "base"},
     "step": {"BE": 32, "num_warps": 4},
     "interpret": {"T": 64, "BE": 8, "num_warps": 1},  # T capped by pow2(L)
@@ -774,7 +779,8 @@ def selective_scan_vjp(cotangent, u, delta, A, B, C, D=None, z=None, delta_bias=
     """Selective scan VJP. cotangent = (dy (B, L, E) | None, dh_L (B, E, N) | None) -> dict.
 
     Extra memory: the chunk-entry states (B, ceil(L/T), E, NP) float32 and the per-block dB, dC
-    partials (B, L, E/BE, NP) float32 (BE channels per program), besides the gradients.
+    partials (B, L, E/BE, NP) float32 (BE channels per program), besides the gradients; with
+    16-bit inputs under the default "upcast" config, float32 copies of u, delta, z, B, C, dy.
     """
     from mamba_core.ops.selective_scan import _split_cotangent
 
@@ -784,6 +790,13 @@ def selective_scan_vjp(cotangent, u, delta, A, B, C, D=None, z=None, delta_bias=
                                              delta_softplus, initial_state)
     args = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
                 initial_state=initial_state)
+    if u.dtype != torch.float32 and _cfg("bwd", u.device, u.shape[1], u.dtype).get("upcast"):
+        # 16-bit inputs through the float32 kernels (CONFIG "bwd": {"upcast": True}): float32
+        # copies of the 16-bit arrays (and dy), the float32 VJP, its gradients cast back
+        wide = lambda t: t if t is None or t.dtype == torch.float32 else t.float()  # noqa: E731
+        got = selective_scan_vjp((wide(dy), wide(dhL)), *(wide(args[k]) for k in (
+            "u", "delta", "A", "B", "C", "D", "z", "delta_bias")), delta_softplus, wide(initial_state))
+        return {k: v.to(args[k].dtype) for k, v in got.items()}
     u, delta, A, B, C, D, z, delta_bias, initial_state = _prep(
         u, delta, A, B, C, D, z, delta_bias, initial_state)
     Bsz, L, E = u.shape
