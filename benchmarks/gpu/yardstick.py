@@ -229,6 +229,18 @@ def mamba3():
         y.backward(dy[:, :, 0])
 
     off_fbt = bench(off_fb)
+    # where our composition's time goes (each piece alone, on the inputs it sees in ours_full)
+    kbh = (k + kb.to(bf)).unsqueeze(2)
+    y0 = be.ops.mamba3_scan(*scan_args)[0]
+    pieces = {
+        "angles": lambda: be.ops.mamba3_angles(ang, dtv),
+        "bias add (k + kb)": lambda: (k + kb.to(bf)).unsqueeze(2),
+        "rope on B": lambda: be.ops.apply_rope(kbh, phi.unsqueeze(2)),
+        "scan": lambda: be.ops.mamba3_scan(*scan_args),
+        "gate y * silu(z)": lambda: y0[:, :, 0] * torch.nn.functional.silu(z),
+    }
+    RESULTS["m3_pieces_ms"] = {name: bench(fn) for name, fn in pieces.items()}
+    print("Mamba-3 SISO forward pieces (ms):", {k_: round(v_, 4) for k_, v_ in RESULTS["m3_pieces_ms"].items()}, flush=True)
     row("Mamba-3 SISO fwd (angles+rope+scan+gate)", ours_f, off_f, "ours: separate ops")
     row("Mamba-3 SISO scan only fwd", ours_scan, off_f, "official includes rope+gate")
     row("Mamba-3 SISO scan only fwd+bwd", ours_scan_fb, off_fbt, "official includes rope+gate")

@@ -390,6 +390,15 @@ def _tr_bc(P, b, t, g, n, nm, L, spb, spl, spg, EVEN_N: tl.constexpr):
 
 
 @triton.jit
+def _ld_opt(P, m, FULL: tl.constexpr):
+    # a load masked by m, or unmasked when FULL (every lane in bounds)
+    if FULL:
+        return tl.load(P)
+    else:
+        return tl.load(P, mask=m, other=0.0)
+
+
+@triton.jit
 def _ss_fwd_tr_kernel(
     U, DL, AT, BM, CM, DV, Z, DB, H0, Y, HF, HS,
     L, N, Eg, nchunks,
@@ -397,7 +406,7 @@ def _ss_fwd_tr_kernel(
     T: tl.constexpr, BE: tl.constexpr, NP: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, SAVE: tl.constexpr, WRITE_Y: tl.constexpr, SCAN: tl.constexpr = False,
-    EVEN_N: tl.constexpr = False, FOLD: tl.constexpr = False,
+    EVEN_N: tl.constexpr = False, FOLD: tl.constexpr = False, EVEN_L: tl.constexpr = False,
 ):
     # variant "tr" (SCAN=False) / "tr_scan" (SCAN=True) / "tr_fold" (SCAN and FOLD); AT = A^T,
     # (N, E) float32. Every tile
@@ -435,18 +444,20 @@ def _ss_fwd_tr_kernel(
             t = ci * T + rows
             tm = t < L
             te = tl.max_contiguous(t[:, None] * 0 + e[None, :], [1, 1])  # [T, BE], not vectorised
+            # EVEN_L (L a multiple of T): no token masks at all; EVEN_N: no state masks
             tmc = tm[:, None]
-            u = tl.load(U + b * sub + t[:, None] * sul + te, mask=tmc, other=0.0).to(tl.float32)
-            raw = tl.load(DL + b * sdb + t[:, None] * sdl + te, mask=tmc, other=0.0).to(tl.float32)
+            u = _ld_opt(U + b * sub + t[:, None] * sul + te, tmc, EVEN_L).to(tl.float32)
+            raw = _ld_opt(DL + b * sdb + t[:, None] * sdl + te, tmc, EVEN_L).to(tl.float32)
             if HAS_BIAS:
                 raw += bias[None, :]
             dt = raw
             if SOFTPLUS:
                 dt = _softplus(raw)
-            dt = tl.where(tm[:, None], dt, 0.0)
-            bn = tm[:, None] & nm[None, :]
-            Bt = tl.load(BM + b * sbb + t[:, None] * sbl + g * sbg + n[None, :], mask=bn, other=0.0).to(tl.float32)
-            Ct = tl.load(CM + b * scb + t[:, None] * scl + g * scg + n[None, :], mask=bn, other=0.0).to(tl.float32)
+            if not EVEN_L:
+                dt = tl.where(tmc, dt, 0.0)
+            bn = tmc & nm[None, :]
+            Bt = _ld_opt(BM + b * sbb + t[:, None] * sbl + g * sbg + n[None, :], bn, EVEN_L and EVEN_N).to(tl.float32)
+            Ct = _ld_opt(CM + b * scb + t[:, None] * scl + g * scg + n[None, :], bn, EVEN_L and EVEN_N).to(tl.float32)
             a = tl.exp2(dt[:, None, :] * Ax[None, :, :])
             bb = Bt[:, :, None] * (dt * u)[:, None, :]
             if FOLD:
@@ -465,7 +476,7 @@ def _ss_fwd_tr_kernel(
             if HAS_D:
                 ys += Dw[None, :] * u
             if HAS_Z:
-                z = tl.load(Z + b * szb + t[:, None] * szl + te, mask=tmc, other=0.0).to(tl.float32)
+                z = _ld_opt(Z + b * szb + t[:, None] * szl + te, tmc, EVEN_L).to(tl.float32)
                 ys = ys * z / (1.0 + tl.exp(-z))
         else:
             # token by token, unrolled: the loads of the chunk do not depend on h (and no store
@@ -489,7 +500,10 @@ def _ss_fwd_tr_kernel(
         if WRITE_Y:
             t = ci * T + rows
             y_off = tl.max_contiguous(b * syb + t[:, None] * syl + e[None, :], [1, 1])
-            tl.store(Y + y_off, ys.to(Y.dtype.element_ty), mask=(t < L)[:, None])
+            if EVEN_L:
+                tl.store(Y + y_off, ys.to(Y.dtype.element_ty))
+            else:
+                tl.store(Y + y_off, ys.to(Y.dtype.element_ty), mask=(t < L)[:, None])
     if WRITE_Y:
         tl.store(HF + st_off, h, mask=nm[:, None])
 
@@ -695,7 +709,8 @@ def _scan_launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
     dummy = u
     if variant in TRANSPOSED:
         kernel = _ss_fwd_tr_kernel
-        extra = dict(SCAN=variant != "tr", FOLD=variant == "tr_fold", EVEN_N=N == pow2(N))
+        extra = dict(SCAN=variant != "tr", FOLD=variant == "tr_fold", EVEN_N=N == pow2(N),
+                     EVEN_L=variant != "tr" and L % T == 0)
         A = A.t().contiguous().float()  # A^T (N, E): the [NP, BE] tile loads e-contiguous
     else:
         kernel = _ss_fwd_seq_kernel if variant == "seq" else _ss_fwd_kernel
