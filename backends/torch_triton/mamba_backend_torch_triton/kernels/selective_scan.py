@@ -76,6 +76,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from mamba_backend_torch_triton.kernels._glue import default, last_contig, pow2, runs_here
 
@@ -132,6 +133,30 @@ def _softplus(x):
     u = 1.0 + y
     lp = tl.where(u == 1.0, y, tl.log(u) * y / (u - 1.0))  # log1p(y), accurate for small y
     return tl.where(x > 20.0, x, lp)
+
+
+@triton.jit
+def _softplus_f(x, FAST: tl.constexpr):
+    # _softplus; FAST (compiled kernels): the same formula with flush-to-zero ex2 / lg2 and the
+    # approximate divide (CUDA's __expf, __logf, __fdividef), without the range fix-ups of the
+    # IEEE-flavoured forms (x <= 20 here, 1 + y >= 1, u - 1 >= 2^-23 where it divides). The
+    # interpreter has no such functions: it runs _softplus.
+    if FAST:
+        y = libdevice.fast_expf(tl.minimum(x, 20.0))
+        u = 1.0 + y
+        lp = tl.where(u == 1.0, y, libdevice.fast_logf(u) * libdevice.fast_dividef(y, u - 1.0))
+        return tl.where(x > 20.0, x, lp)
+    else:
+        return _softplus(x)
+
+
+@triton.jit
+def _gate_f(y, z, FAST: tl.constexpr):
+    # y * silu(z) = y z / (1 + exp(-z)); FAST as in _softplus_f (exp(-z) = inf gives -0)
+    if FAST:
+        return y * libdevice.fast_dividef(z, 1.0 + libdevice.fast_expf(-z))
+    else:
+        return y * z / (1.0 + tl.exp(-z))
 
 
 @triton.jit
@@ -407,6 +432,7 @@ def _ss_fwd_tr_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, SAVE: tl.constexpr, WRITE_Y: tl.constexpr, SCAN: tl.constexpr = False,
     EVEN_N: tl.constexpr = False, FOLD: tl.constexpr = False, EVEN_L: tl.constexpr = False,
+    FAST: tl.constexpr = False,
 ):
     # variant "tr" (SCAN=False) / "tr_scan" (SCAN=True) / "tr_fold" (SCAN and FOLD); AT = A^T,
     # (N, E) float32. Every tile
@@ -452,7 +478,7 @@ def _ss_fwd_tr_kernel(
                 raw += bias[None, :]
             dt = raw
             if SOFTPLUS:
-                dt = _softplus(raw)
+                dt = _softplus_f(raw, FAST)
             if not EVEN_L:
                 dt = tl.where(tmc, dt, 0.0)
             bn = tmc & nm[None, :]
@@ -477,7 +503,7 @@ def _ss_fwd_tr_kernel(
                 ys += Dw[None, :] * u
             if HAS_Z:
                 z = _ld_opt(Z + b * szb + t[:, None] * szl + te, tmc, EVEN_L).to(tl.float32)
-                ys = ys * z / (1.0 + tl.exp(-z))
+                ys = _gate_f(ys, z, FAST)
         else:
             # token by token, unrolled: the loads of the chunk do not depend on h (and no store
             # comes between them), so they are issued ahead of the recurrence
@@ -710,7 +736,8 @@ def _scan_launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
     if variant in TRANSPOSED:
         kernel = _ss_fwd_tr_kernel
         extra = dict(SCAN=variant != "tr", FOLD=variant == "tr_fold", EVEN_N=N == pow2(N),
-                     EVEN_L=variant != "tr" and L % T == 0)
+                     EVEN_L=variant != "tr" and L % T == 0,
+                     FAST=variant != "tr" and os.environ.get("TRITON_INTERPRET") != "1")
         A = A.t().contiguous().float()  # A^T (N, E): the [NP, BE] tile loads e-contiguous
     else:
         kernel = _ss_fwd_seq_kernel if variant == "seq" else _ss_fwd_kernel
