@@ -10,6 +10,10 @@ dt * |A| ~ 1..10 per token: the summed log-decay is ~ -1000).
 
 mamba3_angles: outputs phi and final_angle; ``step`` applies the op one token at a time carrying
 final_angle. apply_rope: forward only, both pairings, with broadcast leading dims.
+
+mamba3_rope_scan: the scan with groups -> heads, bias and rotation fused in, SISO (interleaved)
+and MIMO (halves), G = 1 and G > 1, with and without biases, odd N with S < N / 2; ``step`` runs
+the prologue per token and mamba3_step from the same initial (state, k, v).
 """
 
 from __future__ import annotations
@@ -112,6 +116,75 @@ def _scan_step(be, inputs) -> dict:
     return {"y": xp.stack(ys, axis=1), "final_state": state, "final_k": k, "final_v": v}
 
 
+# ---- mamba3_rope_scan ---------------------------------------------------------------------
+# The scan with its B/C prologue (groups -> heads, bias, rotation) fused in; step = per token
+# the prologue on that token (heads, bias, apply_rope) and mamba3_step, so the fused op's final_k
+# (a rotated B) is checked as a decode continues from it.
+_ROPE_SCAN_CASES = (
+    Case("SISO,interleaved,G=1,H=2,bias,L=37,Q=8", {"B": 2, "L": 37, "H": 2, "G": 1, "P": 3, "N": 8,
+                                                   "S": 2, "R": 1, "Q": 8, "bias": True, **_FULL,
+                                                   "pairing": "interleaved"}),
+    Case("SISO,G=2,H=4,no bias,bare,L=20,Q=7", {"B": 2, "L": 20, "H": 4, "G": 2, "P": 2, "N": 6, "S": 3,
+                                               "R": 1, "Q": 7, "bias": False, **_BARE, "pairing": "interleaved"}),
+    Case("MIMO R=2,halves,bias,L=29,Q=8", {"B": 2, "L": 29, "H": 2, "G": 1, "P": 2, "N": 8, "S": 2,
+                                           "R": 2, "Q": 8, "bias": True, **_FULL, "pairing": "halves"}),
+    Case("L=1,MIMO R=4,halves,S=N/2,G=2", {"B": 2, "L": 1, "H": 2, "G": 2, "P": 2, "N": 4, "S": 2,
+                                           "R": 4, "Q": 8, "bias": True, **_FULL, "pairing": "halves"}),
+    Case("strong-decay,SISO,odd N,L=256,Q=16", {"B": 2, "L": 256, "H": 2, "G": 1, "P": 2, "N": 5, "S": 2,
+                                                 "R": 1, "Q": 16, "bias": True, **_FULL,
+                                                 "decay": "strong", "pairing": "interleaved"}),
+)
+_ROPE_SCAN_ARGS = _SCAN_ARGS + ("phi", "B_bias", "C_bias", "pairing")
+
+
+def _rope_scan_inputs(case: Case, rng: np.random.Generator) -> dict:
+    Bsz, L, H, G, N, R, S = (case[k] for k in ("B", "L", "H", "G", "N", "R", "S"))
+    inp = _scan_inputs(case, rng)  # x, dt, A, trap, D, mimo_x, initial_* (and per-head B, C)
+    inp["B"] = _unit_rms(rng, (Bsz, L, R, G, N))
+    inp["C"] = _unit_rms(rng, (Bsz, L, R, G, N))
+    inp["phi"] = rng.uniform(0.0, 2.0 * np.pi, (Bsz, L, H, S))
+    if case["bias"]:
+        inp["B_bias"] = 0.5 * rng.standard_normal((R, H, N))
+        inp["C_bias"] = 0.5 * rng.standard_normal((R, H, N))
+    inp["pairing"] = case["pairing"]
+    return inp
+
+
+def _rope_scan_forward(be, inputs) -> dict:
+    kwargs = {k: inputs[k] for k in _ROPE_SCAN_ARGS if k in inputs}
+    y, s, k, v = be.ops.mamba3_rope_scan(**kwargs, chunk_size=inputs["chunk_size"])
+    return {"y": y, "final_state": s, "final_k": k, "final_v": v}
+
+
+def _rope_scan_step(be, inputs) -> dict:
+    from mamba_core.ops.mamba3_fused import heads
+
+    xp = be.xp
+    x, Bm = inputs["x"], inputs["B"]
+    Bsz, L, H, P = x.shape
+    R, N = Bm.shape[2], Bm.shape[4]
+    wide = xp.float64 if x.dtype == xp.float64 else xp.float32
+    state = inputs.get("initial_state")
+    state = xp.zeros((Bsz, H, P, N), dtype=wide) if state is None else state
+    k = inputs.get("initial_k")
+    k = xp.zeros((Bsz, R, H, N), dtype=Bm.dtype) if k is None else k
+    v = inputs.get("initial_v")
+    v = xp.zeros((Bsz, H, P), dtype=x.dtype) if v is None else v
+    ys = []
+    for t in range(L):
+        ph = xp.expand_dims(inputs["phi"][:, t], axis=1)  # (B, 1, H, S)
+        Bt = be.ops.apply_rope(heads(xp, Bm[:, t : t + 1], H, inputs.get("B_bias"))[:, 0], ph,
+                               pairing=inputs["pairing"])
+        Ct = be.ops.apply_rope(heads(xp, inputs["C"][:, t : t + 1], H, inputs.get("C_bias"))[:, 0], ph,
+                               pairing=inputs["pairing"])
+        y, state, k, v = be.ops.mamba3_step(
+            x[:, t], inputs["dt"][:, t], inputs["A"][:, t], inputs["trap"][:, t], Bt, Ct, state, k, v,
+            D=inputs.get("D"), mimo_x=inputs.get("mimo_x"),
+        )
+        ys.append(y)
+    return {"y": xp.stack(ys, axis=1), "final_state": state, "final_k": k, "final_v": v}
+
+
 # ---- mamba3_angles ------------------------------------------------------------------------
 _ANGLE_CASES = (
     Case("L=1,phi0", {"B": 2, "L": 1, "H": 2, "S": 3, "phi0": True}),
@@ -182,6 +255,17 @@ CHECKS = [
         ops=("mamba3_scan", "mamba3_step"),
         doc="Mamba-3 exponential-trapezoidal scan (SISO and MIMO): y, final state, final k and v; "
             "step = mamba3_step unrolled from the same initial (state, k, v)",
+    ),
+    Check(
+        name="op:mamba3_rope_scan",
+        kind="op",
+        cases=_ROPE_SCAN_CASES,
+        make_inputs=_rope_scan_inputs,
+        forward=_rope_scan_forward,
+        step=_rope_scan_step,
+        ops=("mamba3_rope_scan", "apply_rope", "mamba3_step"),
+        doc="Mamba-3 scan with its B/C prologue fused in (groups -> heads, bias, rotation by phi): "
+            "y, final state, final k (rotated) and v; step = the prologue per token, then mamba3_step",
     ),
     Check(
         name="op:mamba3_angles",
