@@ -28,6 +28,8 @@ Forward (u: (B, L, D)):
     y: (B, L, R, H, P); z_r = z * mimo_z[:, r] (SISO: z)
     y_r = y_r * silu(z_r), or with is_outproj_norm rmsnorm_per_head(y_r) * norm.weight * silu(z_r)
     y = sum_r y_r * mimo_o[:, r] (SISO: y_0); out = out_proj(y (B, L, E))
+On a backend with mamba3_rope_scan natively, forward runs the broadcast, bias, rotation and scan
+as that one op, on the per-group normed B, C (the backend reads them once per group).
 Cache: {"angle_state": (B, H, S), "ssm_state": (B, H, P, N)} float32 (float64 for float64),
        {"k_state": (B, R, H, N) (last Bhat), "v_state": (B, H, P) (last raw x)} in the model dtype.
 
@@ -277,23 +279,29 @@ def _split_in(cfg: Config, zxbc):
     return out
 
 
+def _bc_normed(be, cfg: Config, v, norm_w, lead: tuple):
+    """v: lead + (R*G*N,) -> rmsnorm over N: lead + (R, G, N) (per group, before bias/rotation)."""
+    R, G, N = cfg.mimo_rank, cfg.ngroups, cfg.d_state
+    return be.ops.rmsnorm(be.xp.reshape(v, lead + (R, G, N)), norm_w, NORM_EPS)
+
+
 def _bc_heads(be, cfg: Config, v, norm_w, bias, lead: tuple):
     """v: lead + (R*G*N,) -> rmsnorm over N -> G -> H broadcast -> + bias: lead + (R, H, N)."""
     xp = be.xp
     R, G, H, N = cfg.mimo_rank, cfg.ngroups, cfg.nheads, cfg.d_state
-    v = be.ops.rmsnorm(xp.reshape(v, lead + (R, G, N)), norm_w, NORM_EPS)
+    v = _bc_normed(be, cfg, v, norm_w, lead)
     if G != H:
         v = xp.broadcast_to(xp.expand_dims(v, axis=-2), lead + (R, G, H // G, N))
     v = xp.reshape(v, lead + (R, H, N))
     return v + xp.astype(xp.permute_dims(bias, (1, 0, 2)), v.dtype)
 
 
-def _prep_from(be, params: dict, cfg: Config, zxbc, lead: tuple):
+def _prep_from(be, params: dict, cfg: Config, zxbc, lead: tuple, per_group: bool = False):
     """The per-token preprocessing of in_proj's output zxbc (lead + (d_in_proj,)).
 
     lead = (B, L) for forward, (B,) for step. Returns z (lead, H, P), x (lead, H, P), Bb, Cb
-    (lead, R, H, N; normed, biased, not rotated), dt, A, trap (lead, H; >= float32), angles
-    (lead, S; raw).
+    (lead, R, H, N; normed, biased, not rotated -- or, per_group, lead + (R, G, N): normed
+    only, for mamba3_rope_scan), dt, A, trap (lead, H; >= float32), angles (lead, S; raw).
     """
     xp = be.xp
     H, P = cfg.nheads, cfg.headdim
@@ -302,8 +310,12 @@ def _prep_from(be, params: dict, cfg: Config, zxbc, lead: tuple):
     A = decay_rate(xp, xp.astype(dd_A, wide), cfg.A_floor)
     dt = be.ops.softplus(xp.astype(dd_dt, wide) + xp.astype(params["dt_bias"], wide))
     trap = be.ops.sigmoid(xp.astype(trap, wide))
-    Bb = _bc_heads(be, cfg, Bm, params["B_norm.weight"], params["B_bias"], lead)
-    Cb = _bc_heads(be, cfg, Cm, params["C_norm.weight"], params["C_bias"], lead)
+    if per_group:
+        Bb = _bc_normed(be, cfg, Bm, params["B_norm.weight"], lead)
+        Cb = _bc_normed(be, cfg, Cm, params["C_norm.weight"], lead)
+    else:
+        Bb = _bc_heads(be, cfg, Bm, params["B_norm.weight"], params["B_bias"], lead)
+        Cb = _bc_heads(be, cfg, Cm, params["C_norm.weight"], params["C_bias"], lead)
     z = xp.reshape(z, lead + (H, P))
     x = xp.reshape(x, lead + (H, P))
     return z, x, Bb, Cb, dt, A, trap, angles
@@ -376,9 +388,35 @@ def _new_cache(be, u, angle_state, ssm_state, k_state, v_state) -> dict:
 
 # ---- forward and step ---------------------------------------------------------------------
 def forward(be, params: dict, cfg: Config, u, cache: dict | None = None):
-    """u: (B, L, D) -> (out (B, L, D), new cache). With a cache, continues from it."""
+    """u: (B, L, D) -> (out (B, L, D), new cache). With a cache, continues from it.
+
+    A backend with mamba3_rope_scan natively runs the B/C prologue (groups -> heads, bias,
+    rotation) inside its scan (``_forward_fused``); otherwise the separate ops run, as in
+    forward_train (which keeps them: backward needs the rotated B and C)."""
+    if be.ops.is_native("mamba3_rope_scan"):
+        return _forward_fused(be, params, cfg, u, cache)
     out, new_cache, _ = forward_train(be, params, cfg, u, cache)
     return out, new_cache
+
+
+def _forward_fused(be, params: dict, cfg: Config, u, cache: dict | None = None):
+    """forward through mamba3_rope_scan: B and C enter per group, the biases per head."""
+    xp = be.xp
+    Bsz, L = u.shape[0], u.shape[1]
+    c = {k: v for k, v in (cache or {}).items() if v is not None}
+    zxbc = be.ops.linear(u, params["in_proj.weight"])
+    z, x, Bn, Cn, dt, A, trap, angles = _prep_from(be, params, cfg, zxbc, (Bsz, L), per_group=True)
+    phi, angle_state = be.ops.mamba3_angles(angles, dt, c.get("angle_state"))
+    y, ssm_state, k_state, v_state = be.ops.mamba3_rope_scan(
+        x, dt, A, trap, Bn, Cn, phi, B_bias=xp.permute_dims(params["B_bias"], (1, 0, 2)),
+        C_bias=xp.permute_dims(params["C_bias"], (1, 0, 2)), D=params["D"],
+        mimo_x=params["mimo_x"] if cfg.is_mimo else None, chunk_size=cfg.chunk_size,
+        initial_state=c.get("ssm_state"), initial_k=c.get("k_state"), initial_v=c.get("v_state"),
+        pairing=cfg.rope_pairing,
+    )
+    y_gated = _mix(be, params, cfg, _gate(be, params, cfg, y, _gate_z(be, params, cfg, z)))
+    out = be.ops.linear(y_gated, params["out_proj.weight"])
+    return out, _new_cache(be, u, angle_state, ssm_state, k_state, v_state)
 
 
 def forward_train(be, params: dict, cfg: Config, u, cache: dict | None = None):
