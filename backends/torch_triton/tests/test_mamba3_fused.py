@@ -1,0 +1,125 @@
+"""torch_triton's mamba3_rope_scan (the scan kernel with the B/C prologue fused in) against the
+float64 reference, in the Triton interpreter (TRITON_INTERPRET=1) or on a GPU.
+
+Beyond the conformance cases: several P blocks (P > 64), N not a power of two with S < N / 2,
+S = 0 (nothing rotated), G = H and G < H, bf16 inputs with float32 biases, the float64 fallback,
+and the fused op against the separate ops on the same inputs (both through this backend).
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed")
+pytest.importorskip("triton", reason="triton is not installed")
+
+if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+    pytest.skip("no CUDA device and TRITON_INTERPRET is not 1", allow_module_level=True)
+
+from mamba_core.ops import mamba3_fused as core  # noqa: E402
+
+from mamba_backend_torch_triton.kernels import mamba3 as M3  # noqa: E402
+from mamba_backend_torch_triton.kernels import mamba3_fused as F  # noqa: E402
+from mamba_backend_torch_triton.kernels import rope as RO  # noqa: E402
+
+DEV = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+TOL = {torch.float32: 2e-4, torch.bfloat16: 4e-2}
+
+CASES = {
+    "SISO,G=1,H=2,bias,h0/k0/v0": dict(L=19, H=2, G=1, P=3, N=8, S=2, R=1, Q=8, bias=True, init=True),
+    "SISO,G=2,H=4,odd N,no bias": dict(L=13, H=4, G=2, P=2, N=7, S=2, R=1, Q=4, bias=False, init=False),
+    "SISO,S=0": dict(L=9, H=2, G=2, P=2, N=4, S=0, R=1, Q=4, bias=True, init=False),
+    "MIMO R=2,halves,bias": dict(L=11, H=2, G=1, P=2, N=8, S=3, R=2, Q=4, bias=True, init=True,
+                                 pairing="halves"),
+    "P=80 (two P blocks)": dict(L=5, H=1, G=1, P=80, N=4, S=1, R=1, Q=4, bias=True, init=True),
+}
+
+
+def inputs(c, dtype=torch.float32):
+    rng = np.random.default_rng(zlib.crc32(repr(sorted(c.items())).encode()))
+    Bz, L, H, G, P, N, S, R = 2, c["L"], c["H"], c["G"], c["P"], c["N"], c["S"], c["R"]
+    a = dict(
+        x=rng.standard_normal((Bz, L, H, P)), dt=np.exp(rng.uniform(np.log(1e-3), np.log(0.5), (Bz, L, H))),
+        A=-np.exp(rng.uniform(-2.0, 1.5, (Bz, L, H))), trap=rng.uniform(0.0, 1.0, (Bz, L, H)),
+        B=rng.standard_normal((Bz, L, R, G, N)), C=rng.standard_normal((Bz, L, R, G, N)),
+        phi=rng.uniform(0.0, 2 * np.pi, (Bz, L, H, S)),
+    )
+    kw = dict(B_bias=0.5 * rng.standard_normal((R, H, N)) if c["bias"] else None,
+              C_bias=0.5 * rng.standard_normal((R, H, N)) if c["bias"] else None,
+              D=rng.standard_normal(H), mimo_x=0.5 + 0.3 * rng.standard_normal((H, R, P)) if R > 1 else None,
+              chunk_size=c["Q"], pairing=c.get("pairing", "interleaved"))
+    if c["init"]:
+        kw.update(initial_state=rng.standard_normal((Bz, H, P, N)), initial_k=rng.standard_normal((Bz, R, H, N)),
+                  initial_v=rng.standard_normal((Bz, H, P)))
+
+    def t(v, narrow=True):
+        if not isinstance(v, np.ndarray):
+            return v
+        return torch.from_numpy(v).to(dtype if narrow else torch.float32).to(DEV)
+
+    wide = {"dt", "A", "trap", "phi", "B_bias", "C_bias", "D", "initial_state"}
+    ta = {k: t(v, k not in wide) for k, v in a.items()}
+    tk = {k: t(v, k not in wide) for k, v in kw.items()}
+    # the reference sees the values the kernels see (16-bit inputs rounded first)
+    ra = {k: v.double().cpu().numpy() for k, v in ta.items()}
+    rk = {k: (v.double().cpu().numpy() if isinstance(v, torch.Tensor) else v) for k, v in tk.items()}
+    return ta, tk, ra, rk
+
+
+def rel(got, want):
+    got = got.detach().double().cpu().numpy()
+    want = np.asarray(want, np.float64)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    if want.size == 0:  # S = 0: nothing rotated, an empty phi gradient
+        return 0.0
+    scale = np.abs(want).max()
+    return float(np.abs(got - want).max() / (scale if scale > 0 else 1.0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_forward_and_vjp_against_reference(name, dtype):
+    ta, tk, ra, rk = inputs(CASES[name], dtype)
+    got = F.mamba3_rope_scan(*ta.values(), **tk)
+    want = core.mamba3_rope_scan_ref(*ra.values(), **rk)
+    for g, w, what in zip(got, want, ("y", "final_state", "final_k", "final_v")):
+        assert rel(g, w) < TOL[dtype], (what, rel(g, w))
+    assert got[0].dtype == dtype and got[1].dtype == torch.float32
+    rng = np.random.default_rng(1)
+    cot = tuple(rng.standard_normal(tuple(w.shape)) for w in want)
+    tcot = tuple(torch.from_numpy(c).to(g.dtype).to(DEV) for c, g in zip(cot, got))
+    gg = F.mamba3_rope_scan_vjp(tcot, *ta.values(), **tk)
+    rcot = tuple(c.double().cpu().numpy() for c in tcot)
+    gw = core.mamba3_rope_scan_vjp_ref(rcot, *ra.values(), **rk)
+    assert set(gg) == set(gw), (sorted(gg), sorted(gw))
+    for k in gw:
+        assert rel(gg[k], gw[k]) < (TOL[dtype] if dtype == torch.float32 else 6e-2), (k, rel(gg[k], gw[k]))
+
+
+def test_fused_equals_separate_ops():
+    """The fused kernel against this backend's own bias + apply_rope + mamba3_scan."""
+    import array_api_compat.torch as xpt
+
+    ta, tk, _, _ = inputs(CASES["SISO,G=2,H=4,odd N,no bias"])
+    got = F.mamba3_rope_scan(*ta.values(), **tk)
+    ph = ta["phi"][:, :, None]
+    Bh = RO.apply_rope(core.heads(xpt, ta["B"], 4, tk["B_bias"]), ph, tk["pairing"])
+    Ch = RO.apply_rope(core.heads(xpt, ta["C"], 4, tk["C_bias"]), ph, tk["pairing"])
+    sk = {k: tk[k] for k in ("D", "mimo_x", "chunk_size") if k in tk}
+    want = M3.mamba3_scan(ta["x"], ta["dt"], ta["A"], ta["trap"], Bh, Ch, **sk)
+    for g, w in zip(got, want):
+        assert rel(g, w.double().cpu().numpy()) < 1e-5
+
+
+def test_float64_runs_the_default_composition():
+    ta, tk, ra, rk = inputs(CASES["SISO,S=0"], torch.float64)
+    got = F.mamba3_rope_scan(*ta.values(), **tk)
+    want = core.mamba3_rope_scan_ref(*ra.values(), **rk)
+    assert got[0].dtype == torch.float64
+    assert rel(got[0], want[0]) < 1e-10
