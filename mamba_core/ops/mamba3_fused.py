@@ -127,7 +127,7 @@ def mamba3_rope_scan_vjp_ref(cotangent, x, dt, A, trap, B, C, phi, B_bias=None, 
 def mamba3_rope_scan(xp, x, dt, A, trap, B, C, phi, B_bias=None, C_bias=None, D=None, mimo_x=None,
                      chunk_size=64, initial_state=None, initial_k=None, initial_v=None,
                      pairing="interleaved"):
-    """Mamba-3 scan with the B/C prologue (group -> head, bias, rotation) fused in."""
+    """mamba3_scan after heads + bias + apply_rope. B, C: (B, L, R, G, N); phi: (B, L, H, S); biases: (R, H, N)."""
     return compose(xp, lambda v, p, pr: rope.apply_rope(xp, v, p, pr),
                    lambda *a, **k: m3.mamba3_scan(xp, *a, **k), x, dt, A, trap, B, C, phi,
                    B_bias, C_bias, D, mimo_x, chunk_size, initial_state, initial_k, initial_v,
@@ -137,7 +137,7 @@ def mamba3_rope_scan(xp, x, dt, A, trap, B, C, phi, B_bias=None, C_bias=None, D=
 def mamba3_rope_scan_vjp(xp, cotangent, x, dt, A, trap, B, C, phi, B_bias=None, C_bias=None,
                          D=None, mimo_x=None, chunk_size=64, initial_state=None, initial_k=None,
                          initial_v=None, pairing="interleaved"):
-    """mamba3_rope_scan's VJP: recompute the rotated B, C; the scan's VJP; the rotations' VJPs."""
+    """mamba3_rope_scan backward: cotangent as mamba3_scan_vjp's -> dict (B, C per group; phi; biases)."""
     return compose_vjp(xp, lambda v, p, pr: rope.apply_rope(xp, v, p, pr),
                        lambda dy, v, p, pr: rope.apply_rope_vjp(xp, dy, v, p, pr),
                        lambda *a, **k: m3.mamba3_scan_vjp(xp, *a, **k), cotangent, x, dt, A, trap,
