@@ -78,11 +78,13 @@ job() { local name=$1 t=$2; shift 2; (timeout "$t" "$@" > "$R/$name.log" 2>&1; e
 tmo() { local l=$(( ${DEADLINE:-560} - SECONDS )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 case "${1:-certify}" in
 s7b)
-    # Session 7, second call: the new Mamba-1 defaults (bf16 forward tr_fold T=16 BE=16 with
-    # unmasked chunks when T divides L, the bf16 VJP through the float32 kernels): torch_triton's
-    # Mamba-1 GPU tests, its Mamba-1 certificate entries (both dtypes), the forward sweep, the
-    # yardstick (Mamba-1 and Mamba-3, with where our Mamba-3 forward's time goes); cuda_cupy's
-    # SISO beside torch_triton's opt-in tf32x3 dots, compiled in the background first.
+    # Session 7, second call: the new Mamba-1 defaults (bf16 forward tr_fold T=16 BE=16, unmasked
+    # chunks when T divides L, fast softplus/gate; the bf16 VJP through the float32 kernels) and
+    # mamba3_rope_scan (the Mamba-3 scan with its B/C prologue fused in, and the mixer's forward
+    # through it): torch_triton's GPU tests and certificate entries for both, the yardstick
+    # (Mamba-1; Mamba-3 fused, separate, and where the time goes), cuda_cupy's SISO beside
+    # torch_triton's opt-in tf32x3 dots (compiled in the background first), cuda_cupy's
+    # certificate entry for the new op.
     results_dir
     DEADLINE=${DEADLINE:-560}
     (timeout $(tmo 330) python3 benchmarks/gpu/build_official_ss.py .official /tmp/ss_build > "$R/ss_build.log" 2>&1; \
@@ -91,23 +93,24 @@ s7b)
     job siso_warm $(tmo 400) env MAMBA_TRITON_FP32_DOT=tf32x3 GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_OPS=mamba3_siso \
         GPU_CHECK_BENCH_BACKENDS=torch_triton GPU_CHECK_BENCH_B=1 GPU_CHECK_BENCH_COMPILE_ONLY=1 python3 backends/cuda_cupy/gpu_check.py "$R/siso_warm"
     SISO_PID=$!
-    TRITON_INTERPRET=0 timeout $(tmo 150) python3 -m pytest -q -p no:cacheprovider \
-        backends/torch_triton/tests/test_m1_norm_conv_kernels.py -k "selective" > "$R/tt_m1_tests.log" 2>&1
-    echo "tt_m1_tests rc=$?"; tail -n 2 "$R/tt_m1_tests.log" | cut -c1-300; grep -E "^(FAILED|ERROR)" "$R/tt_m1_tests.log" | head | cut -c1-300
-    timeout $(tmo 150) mamba-conformance torch_triton --dtype bfloat16 --dtype float32 --only op:selective_scan \
-        --only mixer:mamba1 --only lm:mamba1 --only op:mamba3_rope_scan --only 'mixer:mamba3*' \
-        --json "$R/torch_triton.gpu.mamba1.certificate.json" > "$R/tt_m1_cert.log" 2>&1
-    echo "tt_m1_cert rc=$?"; tail -n 4 "$R/tt_m1_cert.log" | cut -c1-300
-    SWEEP_M1_FWD="tr_fold:16:16:1,tr_scan:8:8:1,tr_fold:8:8:1" SWEEP_M1_BWD="tr:4:16:1" \
-        timeout $(tmo 50) python3 benchmarks/gpu/sweep_tt.py "$R/sweep" --parts m1 --budget 40 > "$R/sweep_tt.log" 2>&1
-    echo "sweep rc=$?"; grep -E "m1 (fwd|vjp)" "$R/sweep_tt.log" | cut -c1-200
+    TRITON_INTERPRET=0 timeout $(tmo 120) python3 -m pytest -q -p no:cacheprovider \
+        backends/torch_triton/tests/test_m1_norm_conv_kernels.py backends/torch_triton/tests/test_mamba3_fused.py \
+        -k "selective or rope_scan or fused or reference or float64" > "$R/tt_tests.log" 2>&1
+    echo "tt_tests rc=$?"; tail -n 2 "$R/tt_tests.log" | cut -c1-300; grep -E "^(FAILED|ERROR)" "$R/tt_tests.log" | head | cut -c1-300
+    timeout $(tmo 170) mamba-conformance torch_triton --dtype bfloat16 --dtype float32 --only op:selective_scan \
+        --only mixer:mamba1 --only lm:mamba1 --only op:mamba3_rope_scan --only 'mixer:mamba3*' --only 'lm:mamba3*' \
+        --json "$R/torch_triton.gpu.s7.certificate.json" > "$R/tt_cert.log" 2>&1
+    echo "tt_cert rc=$?"; tail -n 3 "$R/tt_cert.log" | cut -c1-300; grep -E "FAIL|ERROR" "$R/tt_cert.log" | head | cut -c1-300
     wait $SS_PID; tail -n 1 "$R/ss_build.log" | cut -c1-300
     YARDSTICK_PARTS=mamba1,mamba3 YARDSTICK_M3_AUTOTUNE=reduced timeout $(tmo 150) python3 benchmarks/gpu/yardstick.py "$R/yardstick" > "$R/yardstick.log" 2>&1
-    echo "yardstick rc=$?"; grep -E "Mamba-|FAILED|pieces" "$R/yardstick.log" | cut -c1-250
+    echo "yardstick rc=$?"; grep -E "Mamba-|FAILED|pieces|rope_scan" "$R/yardstick.log" | cut -c1-250
     wait $SISO_PID; grep -E "torch_triton|ERROR" "$R/siso_warm.log" | cut -c1-300
-    MAMBA_TRITON_FP32_DOT=tf32x3 GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_OPS=mamba3_siso timeout $(tmo 100) \
+    MAMBA_TRITON_FP32_DOT=tf32x3 GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_OPS=mamba3_siso timeout $(tmo 90) \
         python3 backends/cuda_cupy/gpu_check.py "$R/bench" > "$R/bench.log" 2>&1
     echo "bench rc=$?"; grep -E "cuda_cupy|torch_triton" "$R/bench.log" | cut -c1-300
+    timeout $(tmo 60) mamba-conformance cuda_cupy --only op:mamba3_rope_scan --json "$R/cuda_cupy.gpu.rope_scan.certificate.json" \
+        > "$R/cupy_cert.log" 2>&1
+    echo "cupy_cert rc=$?"; tail -n 2 "$R/cupy_cert.log" | cut -c1-300
     cat "$R/rc.txt"
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
     ;;
