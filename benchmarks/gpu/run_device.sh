@@ -104,13 +104,13 @@ s7b)
     wait $SS_PID; tail -n 1 "$R/ss_build.log" | cut -c1-300
     YARDSTICK_PARTS=mamba1,mamba3 YARDSTICK_M3_AUTOTUNE=reduced timeout $(tmo 150) python3 benchmarks/gpu/yardstick.py "$R/yardstick" > "$R/yardstick.log" 2>&1
     echo "yardstick rc=$?"; grep -E "Mamba-|FAILED|pieces|rope_scan" "$R/yardstick.log" | cut -c1-250
+    timeout $(tmo 100) mamba-conformance cuda_cupy --only op:mamba3_rope_scan --only 'mixer:mamba3*' --only 'lm:mamba3*' \
+        --json "$R/cuda_cupy.gpu.s7.certificate.json" > "$R/cupy_cert.log" 2>&1
+    echo "cupy_cert rc=$?"; tail -n 2 "$R/cupy_cert.log" | cut -c1-300
     wait $SISO_PID; grep -E "torch_triton|ERROR" "$R/siso_warm.log" | cut -c1-300
     MAMBA_TRITON_FP32_DOT=tf32x3 GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_OPS=mamba3_siso timeout $(tmo 90) \
         python3 backends/cuda_cupy/gpu_check.py "$R/bench" > "$R/bench.log" 2>&1
     echo "bench rc=$?"; grep -E "cuda_cupy|torch_triton" "$R/bench.log" | cut -c1-300
-    timeout $(tmo 100) mamba-conformance cuda_cupy --only op:mamba3_rope_scan --only 'mixer:mamba3*' --only 'lm:mamba3*' \
-        --json "$R/cuda_cupy.gpu.s7.certificate.json" > "$R/cupy_cert.log" 2>&1
-    echo "cupy_cert rc=$?"; tail -n 2 "$R/cupy_cert.log" | cut -c1-300
     cat "$R/rc.txt"
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
     ;;
