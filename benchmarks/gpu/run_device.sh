@@ -93,10 +93,8 @@ s7b)
     job siso_warm $(tmo 400) env MAMBA_TRITON_FP32_DOT=tf32x3 GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_OPS=mamba3_siso \
         GPU_CHECK_BENCH_BACKENDS=torch_triton GPU_CHECK_BENCH_B=1 GPU_CHECK_BENCH_COMPILE_ONLY=1 python3 backends/cuda_cupy/gpu_check.py "$R/siso_warm"
     SISO_PID=$!
-    TRITON_INTERPRET=0 timeout $(tmo 120) python3 -m pytest -q -p no:cacheprovider \
-        backends/torch_triton/tests/test_m1_norm_conv_kernels.py backends/torch_triton/tests/test_mamba3_fused.py \
-        -k "selective or rope_scan or fused or reference or float64" > "$R/tt_tests.log" 2>&1
-    echo "tt_tests rc=$?"; tail -n 2 "$R/tt_tests.log" | cut -c1-300; grep -E "^(FAILED|ERROR)" "$R/tt_tests.log" | head | cut -c1-300
+    # (the pytest GPU tests of run 20 were dropped here for device time: the certificate entries
+    # below check the same kernels against the reference, forward, step and gradient)
     timeout $(tmo 170) mamba-conformance torch_triton --dtype bfloat16 --dtype float32 --only op:selective_scan \
         --only mixer:mamba1 --only op:mamba3_rope_scan --only 'mixer:mamba3*' \
         --json "$R/torch_triton.gpu.s7.certificate.json" > "$R/tt_cert.log" 2>&1
