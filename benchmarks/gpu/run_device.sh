@@ -95,7 +95,7 @@ s7b)
     SISO_PID=$!
     # (the pytest GPU tests of run 20 were dropped here for device time: the certificate entries
     # below check the same kernels against the reference, forward, step and gradient)
-    timeout $(tmo 110) mamba-conformance torch_triton --dtype bfloat16 --dtype float32 --only op:selective_scan \
+    MAMBA_TRITON_FUSED_ROPE_SCAN=1 timeout $(tmo 110) mamba-conformance torch_triton --dtype bfloat16 --dtype float32 --only op:selective_scan \
         --only op:mamba3_rope_scan --only 'mixer:mamba3*' \
         --json "$R/torch_triton.gpu.s7.certificate.json" > "$R/tt_cert.log" 2>&1
     echo "tt_cert rc=$?"; tail -n 3 "$R/tt_cert.log" | cut -c1-300; grep -E "FAIL|ERROR" "$R/tt_cert.log" | head | cut -c1-300

@@ -224,7 +224,6 @@ def mamba3():
     scan_args = (v, dtv, Av, trap, Bh, Ch, D, None, 64)
     ours_scan = bench(lambda: be.ops.mamba3_scan(*scan_args))
     ours_scan_fb = bench(lambda: (be.ops.mamba3_scan(*scan_args), be.ops.mamba3_scan_vjp((dy, None, None, None), *scan_args)))
-    ours_f = bench(ours_full)
     # official layouts: ADT, DT, Trap as (B, H, L); angles per head (B, L, H, S) raw
     ADT = (Av * dtv).transpose(1, 2).contiguous()
     DT = dtv.transpose(1, 2).contiguous()
@@ -252,10 +251,18 @@ def mamba3():
     RESULTS["m3_pieces_ms"] = {name: bench(fn) for name, fn in pieces.items()}
     print("Mamba-3 SISO forward pieces (ms):", {k_: round(v_, 4) for k_, v_ in RESULTS["m3_pieces_ms"].items()}, flush=True)
     phi0, _ = be.ops.mamba3_angles(ang, dtv)
-    RESULTS["m3_pieces_ms"]["rope_scan (fused)"] = bench(lambda: be.ops.mamba3_rope_scan(
-        v, dtv, Av, trap, k.unsqueeze(2), q.unsqueeze(2), phi0, B_bias=kb3, C_bias=qb3, D=D, chunk_size=64))
-    print("  rope_scan (fused):", round(RESULTS["m3_pieces_ms"]["rope_scan (fused)"], 4), flush=True)
-    row("Mamba-3 SISO fwd (angles+rope+scan+gate)", ours_f, off_f, "ours: angles, mamba3_rope_scan, gate")
+    old_sw = os.environ.get("MAMBA_TRITON_FUSED_ROPE_SCAN")
+    for sw in ("1", "0"):  # torch_triton's fused kernel, then its default (the composition)
+        os.environ["MAMBA_TRITON_FUSED_ROPE_SCAN"] = sw
+        RESULTS["m3_pieces_ms"][f"rope_scan (switch {sw})"] = bench(lambda: be.ops.mamba3_rope_scan(
+            v, dtv, Av, trap, k.unsqueeze(2), q.unsqueeze(2), phi0, B_bias=kb3, C_bias=qb3, D=D, chunk_size=64))
+        print(f"  rope_scan (switch {sw}):", round(RESULTS["m3_pieces_ms"][f"rope_scan (switch {sw})"], 4), flush=True)
+        row(f"Mamba-3 SISO fwd, fused kernel {'on' if sw == '1' else 'off'}", bench(ours_full), off_f,
+            "ours: angles, mamba3_rope_scan, gate")
+    if old_sw is None:
+        os.environ.pop("MAMBA_TRITON_FUSED_ROPE_SCAN", None)
+    else:
+        os.environ["MAMBA_TRITON_FUSED_ROPE_SCAN"] = old_sw
     row("Mamba-3 SISO fwd, separate ops", bench(ours_separate), off_f, "ours: angles, bias, 2 ropes, scan, gate")
     row("Mamba-3 SISO scan only fwd", ours_scan, off_f, "official includes rope+gate")
     row("Mamba-3 SISO scan only fwd+bwd", ours_scan_fb, off_fbt, "official includes rope+gate")

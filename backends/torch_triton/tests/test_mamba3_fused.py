@@ -82,9 +82,16 @@ def rel(got, want):
     return float(np.abs(got - want).max() / (scale if scale > 0 else 1.0))
 
 
+@pytest.fixture(params=["fused", "composed"])
+def path(request, monkeypatch):
+    """Both paths of the op: the fused kernel (MAMBA_TRITON_FUSED_ROPE_SCAN=1) and the default."""
+    monkeypatch.setenv("MAMBA_TRITON_FUSED_ROPE_SCAN", "1" if request.param == "fused" else "0")
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("name", list(CASES))
-def test_forward_and_vjp_against_reference(name, dtype):
+def test_forward_and_vjp_against_reference(name, dtype, path):
     ta, tk, ra, rk = inputs(CASES[name], dtype)
     got = F.mamba3_rope_scan(*ta.values(), **tk)
     want = core.mamba3_rope_scan_ref(*ra.values(), **rk)
@@ -102,10 +109,11 @@ def test_forward_and_vjp_against_reference(name, dtype):
         assert rel(gg[k], gw[k]) < (TOL[dtype] if dtype == torch.float32 else 6e-2), (k, rel(gg[k], gw[k]))
 
 
-def test_fused_equals_separate_ops():
+def test_fused_equals_separate_ops(monkeypatch):
     """The fused kernel against this backend's own bias + apply_rope + mamba3_scan."""
     import array_api_compat.torch as xpt
 
+    monkeypatch.setenv("MAMBA_TRITON_FUSED_ROPE_SCAN", "1")
     ta, tk, _, _ = inputs(CASES["SISO,G=2,H=4,odd N,no bias"])
     got = F.mamba3_rope_scan(*ta.values(), **tk)
     ph = ta["phi"][:, :, None]
@@ -115,6 +123,13 @@ def test_fused_equals_separate_ops():
     want = M3.mamba3_scan(ta["x"], ta["dt"], ta["A"], ta["trap"], Bh, Ch, **sk)
     for g, w in zip(got, want):
         assert rel(g, w.double().cpu().numpy()) < 1e-5
+
+
+def test_switch_is_checked(monkeypatch):
+    monkeypatch.setenv("MAMBA_TRITON_FUSED_ROPE_SCAN", "yes")
+    ta, tk, _, _ = inputs(CASES["SISO,S=0"])
+    with pytest.raises(ValueError, match="MAMBA_TRITON_FUSED_ROPE_SCAN"):
+        F.mamba3_rope_scan(*ta.values(), **tk)
 
 
 def test_float64_runs_the_default_composition():

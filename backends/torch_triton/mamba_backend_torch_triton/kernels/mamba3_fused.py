@@ -13,6 +13,14 @@ L=2048, H=32, N=128, bf16, G=1) the bias adds and the two rotations write 2 x 13
 reads them back, against 2 x 4 MB of B, C and 67 MB of phi read here. k_L (the last token's
 rotated B) comes from apply_rope on that token alone.
 
+Switch: MAMBA_TRITON_FUSED_ROPE_SCAN=1 runs the fused kernel; the default (0) runs the same
+composition over this backend's kernels (bias in torch, apply_rope twice, mamba3_scan), because
+the fused kernel has not been timed on a GPU yet: compiled for sm_90 (Triton 3.9, bf16, N = 128,
+Qk = 64) its chunk loop is 6.5k SASS instructions with ~800 register spill loads and stores,
+against 2.7k for mamba3_scan's (which spills too), so it may well be slower until its tiles are
+slimmed (the bias rows hoisted out of the loop, the cos/sin tiles' live range cut). Read at every
+call.
+
 VJP: the composition (``compose_vjp``) over this backend's kernels: the rotated B and C are
 recomputed by apply_rope, then mamba3_scan_vjp and apply_rope_vjp; the group and bias
 gradients are sums in torch.
@@ -23,18 +31,28 @@ phi in float64, run the core's default composition.
 
 from __future__ import annotations
 
+import os
+
 import array_api_compat.torch as xpt
 
 from mamba_core.ops import mamba3_fused as core
 
 from mamba_backend_torch_triton.kernels._scan_common import fallback, launch_fitting
 from mamba_backend_torch_triton.kernels.mamba3 import (
-    _fits, _key, _run_fwd, _s_start, _supported, mamba3_scan_vjp,
+    _fits, _key, _run_fwd, _s_start, _supported, mamba3_scan, mamba3_scan_vjp,
 )
 from mamba_backend_torch_triton.kernels.rope import apply_rope, apply_rope_vjp
 
 FALLBACKS = "mamba3_rope_scan/mamba3_rope_scan_vjp: as mamba3_scan (float64, non-CUDA devices, " \
             "P > 256, N > 256 or R > 16) -> the core's default composition"
+
+
+def fused_enabled() -> bool:
+    """MAMBA_TRITON_FUSED_ROPE_SCAN=1: the fused kernel (default 0: the composition)."""
+    v = os.environ.get("MAMBA_TRITON_FUSED_ROPE_SCAN", "0")
+    if v not in ("0", "1"):
+        raise ValueError(f"MAMBA_TRITON_FUSED_ROPE_SCAN={v!r}: expected 0 or 1")
+    return v == "1"
 
 
 def mamba3_rope_scan(x, dt, A, trap, B, C, phi, B_bias=None, C_bias=None, D=None, mimo_x=None,
@@ -46,6 +64,8 @@ def mamba3_rope_scan(x, dt, A, trap, B, C, phi, B_bias=None, C_bias=None, D=None
     if not _supported(x, B, dt, A, trap, C, phi, B_bias, C_bias, D, mimo_x, initial_state,
                       initial_k, initial_v):
         return fallback("mamba3_rope_scan")(*args)
+    if not fused_enabled():
+        return core.compose(xpt, apply_rope, mamba3_scan, *args)
     Bsz, L, H, P = x.shape
     R, N = B.shape[2], B.shape[4]
     S0, _ = _s_start(x, dt, trap, initial_state, initial_k, initial_v, mimo_x, Bsz, H, P, N)
