@@ -57,6 +57,7 @@ import numpy as np
 from mamba_core.models import init
 from mamba_core.models.mixer import fused_step, known_fields, require, zero_cache
 from mamba_core.ops._dtypes import wide as _wide
+from mamba_core.ops.mamba3_fused import heads, heads_vjp
 
 LAYER = "Mamba3"
 
@@ -288,12 +289,7 @@ def _bc_normed(be, cfg: Config, v, norm_w, lead: tuple):
 def _bc_heads(be, cfg: Config, v, norm_w, bias, lead: tuple):
     """v: lead + (R*G*N,) -> rmsnorm over N -> G -> H broadcast -> + bias: lead + (R, H, N)."""
     xp = be.xp
-    R, G, H, N = cfg.mimo_rank, cfg.ngroups, cfg.nheads, cfg.d_state
-    v = _bc_normed(be, cfg, v, norm_w, lead)
-    if G != H:
-        v = xp.broadcast_to(xp.expand_dims(v, axis=-2), lead + (R, G, H // G, N))
-    v = xp.reshape(v, lead + (R, H, N))
-    return v + xp.astype(xp.permute_dims(bias, (1, 0, 2)), v.dtype)
+    return heads(xp, _bc_normed(be, cfg, v, norm_w, lead), cfg.nheads, xp.permute_dims(bias, (1, 0, 2)))
 
 
 def _prep_from(be, params: dict, cfg: Config, zxbc, lead: tuple, per_group: bool = False):
@@ -414,9 +410,7 @@ def _forward_fused(be, params: dict, cfg: Config, u, cache: dict | None = None):
         initial_state=c.get("ssm_state"), initial_k=c.get("k_state"), initial_v=c.get("v_state"),
         pairing=cfg.rope_pairing,
     )
-    y_gated = _mix(be, params, cfg, _gate(be, params, cfg, y, _gate_z(be, params, cfg, z)))
-    out = be.ops.linear(y_gated, params["out_proj.weight"])
-    return out, _new_cache(be, u, angle_state, ssm_state, k_state, v_state)
+    return _finish(be, params, cfg, y, z), _new_cache(be, u, angle_state, ssm_state, k_state, v_state)
 
 
 def forward_train(be, params: dict, cfg: Config, u, cache: dict | None = None):
@@ -505,10 +499,10 @@ def _bc_heads_vjp(be, cfg: Config, dv, v, norm_w, bias):
     """The reverse of _bc_heads. dv: (B, L, R, H, N) gradient of its output; v: its input
     (B, L, R*G*N). Returns (dv_in (B, L, R*G*N), dnorm_w (N,), dbias (H, R, N))."""
     xp = be.xp
-    R, G, H, N = cfg.mimo_rank, cfg.ngroups, cfg.nheads, cfg.d_state
+    R, G, N = cfg.mimo_rank, cfg.ngroups, cfg.d_state
     lead = tuple(v.shape[:-1])
-    dbias = xp.permute_dims(_sum_bl(xp, dv), (1, 0, 2))  # + bias (R, H, N) <- (H, R, N)
-    dn = xp.sum(xp.reshape(dv, lead + (R, G, H // G, N)), axis=-2)  # G -> H broadcast: sum the heads
+    dn, dbias = heads_vjp(xp, dv, G)  # G -> H broadcast: each group's heads summed; bias (R, H, N)
+    dbias = xp.permute_dims(dbias, (1, 0, 2))  # <- (H, R, N)
     g = be.ops.rmsnorm_vjp(xp.astype(dn, v.dtype), xp.reshape(v, lead + (R, G, N)), norm_w, NORM_EPS)
     return (xp.reshape(g["x"], lead + (R * G * N,)), xp.astype(g["weight"], norm_w.dtype),
             xp.astype(dbias, bias.dtype))

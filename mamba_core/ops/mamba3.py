@@ -704,15 +704,16 @@ def _check_mimo(op, d, mimo_x, B):
         d.check("mimo_x", mimo_x, ("H", "R", "P"))
 
 
-def validate_mamba3_scan(x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_size=64,
-                         initial_state=None, initial_k=None, initial_v=None):
-    op = "mamba3_scan"
+def check_scan_args(op, x, dt, A, trap, B, C, D, mimo_x, chunk_size, initial_state, initial_k,
+                    initial_v, bc_dims=("B", "L", "R", "H", "N")) -> Dims:
+    """The mamba3_scan argument checks (also mamba3_rope_scan's, whose B, C have bc_dims);
+    returns the Dims for further checks. Floating dtypes are the caller's to check."""
     d = Dims(op)
     d.check("x", x, ("B", "L", "H", "P"))
     for name, arr in (("dt", dt), ("A", A), ("trap", trap)):
         d.check(name, arr, ("B", "L", "H"))
-    d.check("B", B, ("B", "L", "R", "H", "N"))
-    d.check("C", C, ("B", "L", "R", "H", "N"))
+    d.check("B", B, bc_dims)
+    d.check("C", C, bc_dims)
     if d["L"] < 1:
         raise ShapeError(f"{op}: the sequence must have L >= 1 tokens, got x shape {tuple(x.shape)}")
     d.check("D", D, ("H",), optional=True)
@@ -721,6 +722,26 @@ def validate_mamba3_scan(x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_size=6
     d.check("initial_k", initial_k, ("B", "R", "H", "N"), optional=True)
     d.check("initial_v", initial_v, ("B", "H", "P"), optional=True)
     _positive_int(op, "chunk_size", chunk_size)
+    return d
+
+
+def check_scan_cotangent(op, d: Dims, cotangent):
+    """mamba3_scan_vjp's cotangent (dy, dfinal_state, dfinal_k, dfinal_v) against d's dims."""
+    dy, dS, dk, dv = _unpack_scan_cotangent(cotangent)
+    cots = (("dy (cotangent[0])", dy, ("B", "L", "R", "H", "P")),
+            ("dfinal_state (cotangent[1])", dS, ("B", "H", "P", "N")),
+            ("dfinal_k (cotangent[2])", dk, ("B", "R", "H", "N")),
+            ("dfinal_v (cotangent[3])", dv, ("B", "H", "P")))
+    for name, arr, dims in cots:
+        d.check(name, arr, dims, optional=True)
+        check_floating(op, name, arr)
+
+
+def validate_mamba3_scan(x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_size=64,
+                         initial_state=None, initial_k=None, initial_v=None):
+    op = "mamba3_scan"
+    check_scan_args(op, x, dt, A, trap, B, C, D, mimo_x, chunk_size, initial_state, initial_k,
+                    initial_v)
     for name, arr in dict(x=x, dt=dt, A=A, trap=trap, B=B, C=C, D=D, mimo_x=mimo_x,
                           initial_state=initial_state, initial_k=initial_k, initial_v=initial_v).items():
         check_floating(op, name, arr)
@@ -761,17 +782,10 @@ def validate_mamba3_scan_vjp(cotangent, x, dt, A, trap, B, C, D=None, mimo_x=Non
     validate_mamba3_scan(x, dt, A, trap, B, C, D, mimo_x, chunk_size, initial_state, initial_k,
                          initial_v)
     op = "mamba3_scan_vjp"
-    dy, dS, dk, dv = _unpack_scan_cotangent(cotangent)
     d = Dims(op)
     d.check("x", x, ("B", "L", "H", "P"))
     d.check("B", B, ("B", "L", "R", "H", "N"))
-    cots = (("dy (cotangent[0])", dy, ("B", "L", "R", "H", "P")),
-            ("dfinal_state (cotangent[1])", dS, ("B", "H", "P", "N")),
-            ("dfinal_k (cotangent[2])", dk, ("B", "R", "H", "N")),
-            ("dfinal_v (cotangent[3])", dv, ("B", "H", "P")))
-    for name, arr, dims in cots:
-        d.check(name, arr, dims, optional=True)
-        check_floating(op, name, arr)
+    check_scan_cotangent(op, d, cotangent)
 
 
 def validate_mamba3_angles_vjp(cotangent, angles, dt, initial_angle=None):

@@ -33,26 +33,28 @@ import numpy as np
 from mamba_core.errors import ShapeError
 from mamba_core.ops import mamba3 as m3
 from mamba_core.ops import rope
-from mamba_core.ops._checks import Dims, check_floating
+from mamba_core.ops._checks import check_floating
 from mamba_core.ops.spec import OpSpec, register
 
 _SCAN_KW = ("D", "mimo_x", "chunk_size", "initial_state", "initial_k", "initial_v")
 
 
 def heads(xp, v, H: int, bias=None):
-    """(B, L, R, G, N) per group -> (B, L, R, H, N) per head (+ bias (R, H, N) in v's dtype)."""
-    Bsz, L, R, G, N = v.shape
+    """lead + (R, G, N) per group -> lead + (R, H, N) per head (head h reads group h // (H / G)),
+    + bias (R, H, N) in v's dtype."""
+    lead, (R, G, N) = tuple(v.shape[:-3]), tuple(v.shape[-3:])
     if G != H:
-        v = xp.broadcast_to(xp.expand_dims(v, axis=4), (Bsz, L, R, G, H // G, N))
-    v = xp.reshape(v, (Bsz, L, R, H, N))
+        v = xp.broadcast_to(xp.expand_dims(v, axis=-2), lead + (R, G, H // G, N))
+    v = xp.reshape(v, lead + (R, H, N))
     return v if bias is None else v + xp.astype(bias, v.dtype)
 
 
 def heads_vjp(xp, g, G: int):
-    """The reverse of ``heads``: g (B, L, R, H, N) -> (dv (B, L, R, G, N), dbias (R, H, N))."""
-    Bsz, L, R, H, N = g.shape
-    dv = xp.sum(xp.reshape(g, (Bsz, L, R, G, H // G, N)), axis=4)
-    return dv, xp.sum(g, axis=(0, 1))
+    """The reverse of ``heads``: g lead + (R, H, N) -> (dv lead + (R, G, N): each group's heads
+    summed, dbias (R, H, N): summed over the leading dims)."""
+    lead, (R, H, N) = tuple(g.shape[:-3]), tuple(g.shape[-3:])
+    dv = xp.sum(xp.reshape(g, lead + (R, G, H // G, N)), axis=-2)
+    return dv, xp.sum(g, axis=tuple(range(len(lead))))
 
 
 def compose(xp, rope_fn, scan_fn, x, dt, A, trap, B, C, phi, B_bias=None, C_bias=None, D=None,
@@ -148,15 +150,9 @@ def mamba3_rope_scan_vjp(xp, cotangent, x, dt, A, trap, B, C, phi, B_bias=None, 
 # ---- validation ---------------------------------------------------------------------------
 def _validate(op, x, dt, A, trap, B, C, phi, B_bias, C_bias, D, mimo_x, chunk_size, initial_state,
               initial_k, initial_v, pairing):
-    d = Dims(op)
-    d.check("x", x, ("B", "L", "H", "P"))
-    for name, arr in (("dt", dt), ("A", A), ("trap", trap)):
-        d.check(name, arr, ("B", "L", "H"))
-    d.check("B", B, ("B", "L", "R", "G", "N"))
-    d.check("C", C, ("B", "L", "R", "G", "N"))
+    d = m3.check_scan_args(op, x, dt, A, trap, B, C, D, mimo_x, chunk_size, initial_state,
+                           initial_k, initial_v, bc_dims=("B", "L", "R", "G", "N"))
     d.check("phi", phi, ("B", "L", "H", "S"))
-    if d["L"] < 1:
-        raise ShapeError(f"{op}: the sequence must have L >= 1 tokens, got x shape {tuple(x.shape)}")
     if d["H"] % d["G"]:
         raise ShapeError(f"{op}: the groups of 'B' and 'C' (G={d['G']}, shape {tuple(B.shape)}) must "
                          f"divide the heads of 'x' (H={d['H']}, shape {tuple(x.shape)})")
@@ -167,12 +163,6 @@ def _validate(op, x, dt, A, trap, B, C, phi, B_bias, C_bias, D, mimo_x, chunk_si
                          f"needs 2 S <= N{' and N even for pairing halves' if pairing == 'halves' else ''}")
     d.check("B_bias", B_bias, ("R", "H", "N"), optional=True)
     d.check("C_bias", C_bias, ("R", "H", "N"), optional=True)
-    d.check("D", D, ("H",), optional=True)
-    m3._check_mimo(op, d, mimo_x, B)
-    d.check("initial_state", initial_state, ("B", "H", "P", "N"), optional=True)
-    d.check("initial_k", initial_k, ("B", "R", "H", "N"), optional=True)
-    d.check("initial_v", initial_v, ("B", "H", "P"), optional=True)
-    m3._positive_int(op, "chunk_size", chunk_size)
     for name, arr in dict(x=x, dt=dt, A=A, trap=trap, B=B, C=C, phi=phi, B_bias=B_bias,
                           C_bias=C_bias, D=D, mimo_x=mimo_x, initial_state=initial_state,
                           initial_k=initial_k, initial_v=initial_v).items():
@@ -193,13 +183,7 @@ def validate_mamba3_rope_scan_vjp(cotangent, x, dt, A, trap, B, C, phi, B_bias=N
     op = "mamba3_rope_scan_vjp"
     d = _validate(op, x, dt, A, trap, B, C, phi, B_bias, C_bias, D, mimo_x, chunk_size,
                   initial_state, initial_k, initial_v, pairing)
-    dy, dS, dk, dv = m3._unpack_scan_cotangent(cotangent)
-    d.check("dy (cotangent[0])", dy, ("B", "L", "R", "H", "P"), optional=True)
-    d.check("dfinal_state (cotangent[1])", dS, ("B", "H", "P", "N"), optional=True)
-    d.check("dfinal_k (cotangent[2])", dk, ("B", "R", "H", "N"), optional=True)
-    d.check("dfinal_v (cotangent[3])", dv, ("B", "H", "P"), optional=True)
-    for name, arr in (("dy", dy), ("dfinal_state", dS), ("dfinal_k", dk), ("dfinal_v", dv)):
-        check_floating(op, name, arr)
+    m3.check_scan_cotangent(op, d, cotangent)
 
 
 register(OpSpec("mamba3_rope_scan", "mamba3", mamba3_rope_scan_ref, mamba3_rope_scan,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mamba_core.ops.mamba3_fused import heads
 from mamba_conformance.check import Case, Check
 
 # ---- mamba3_scan --------------------------------------------------------------------------
@@ -94,8 +95,9 @@ def _scan_forward(be, inputs) -> dict:
     return {"y": y, "final_state": s, "final_k": k, "final_v": v}
 
 
-def _scan_step(be, inputs) -> dict:
-    xp = be.xp
+def _initial_carry(xp, inputs):
+    """The (state, k, v) a step walk starts from: the case's initial ones, zeros where absent
+    (H from x; R and N from B, which may be per head or per group)."""
     x, Bm = inputs["x"], inputs["B"]
     Bsz, L, H, P = x.shape
     R, N = Bm.shape[2], Bm.shape[4]
@@ -106,6 +108,14 @@ def _scan_step(be, inputs) -> dict:
     k = xp.zeros((Bsz, R, H, N), dtype=Bm.dtype) if k is None else k
     v = inputs.get("initial_v")
     v = xp.zeros((Bsz, H, P), dtype=x.dtype) if v is None else v
+    return state, k, v
+
+
+def _scan_step(be, inputs) -> dict:
+    xp = be.xp
+    x, Bm = inputs["x"], inputs["B"]
+    L = x.shape[1]
+    state, k, v = _initial_carry(xp, inputs)
     ys = []
     for t in range(L):
         y, state, k, v = be.ops.mamba3_step(
@@ -157,25 +167,16 @@ def _rope_scan_forward(be, inputs) -> dict:
 
 
 def _rope_scan_step(be, inputs) -> dict:
-    from mamba_core.ops.mamba3_fused import heads
-
     xp = be.xp
     x, Bm = inputs["x"], inputs["B"]
-    Bsz, L, H, P = x.shape
-    R, N = Bm.shape[2], Bm.shape[4]
-    wide = xp.float64 if x.dtype == xp.float64 else xp.float32
-    state = inputs.get("initial_state")
-    state = xp.zeros((Bsz, H, P, N), dtype=wide) if state is None else state
-    k = inputs.get("initial_k")
-    k = xp.zeros((Bsz, R, H, N), dtype=Bm.dtype) if k is None else k
-    v = inputs.get("initial_v")
-    v = xp.zeros((Bsz, H, P), dtype=x.dtype) if v is None else v
+    L, H = x.shape[1], x.shape[2]
+    state, k, v = _initial_carry(xp, inputs)  # B per group or per head: R and N are its dims 2, 4
     ys = []
     for t in range(L):
         ph = xp.expand_dims(inputs["phi"][:, t], axis=1)  # (B, 1, H, S)
-        Bt = be.ops.apply_rope(heads(xp, Bm[:, t : t + 1], H, inputs.get("B_bias"))[:, 0], ph,
+        Bt = be.ops.apply_rope(heads(xp, Bm[:, t], H, inputs.get("B_bias")), ph,
                                pairing=inputs["pairing"])
-        Ct = be.ops.apply_rope(heads(xp, inputs["C"][:, t : t + 1], H, inputs.get("C_bias"))[:, 0], ph,
+        Ct = be.ops.apply_rope(heads(xp, inputs["C"][:, t], H, inputs.get("C_bias")), ph,
                                pairing=inputs["pairing"])
         y, state, k, v = be.ops.mamba3_step(
             x[:, t], inputs["dt"][:, t], inputs["A"][:, t], inputs["trap"][:, t], Bt, Ct, state, k, v,

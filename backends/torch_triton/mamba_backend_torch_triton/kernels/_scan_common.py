@@ -30,13 +30,9 @@ import os
 import torch
 import triton.language as tl
 
-from mamba_backend_torch_triton.kernels._glue import default
+from mamba_backend_torch_triton.kernels._glue import default, interpreting  # noqa: F401 (re-exported)
 
 _FAST = (torch.float32, torch.bfloat16, torch.float16)
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def can_run(x, *others) -> bool:

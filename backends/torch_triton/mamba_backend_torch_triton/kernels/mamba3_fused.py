@@ -78,7 +78,7 @@ def mamba3_rope_scan(x, dt, A, trap, B, C, phi, B_bias=None, C_bias=None, D=None
                              rope=rope))
     if res is None:
         return fallback("mamba3_rope_scan")(*args)
-    k_last = apply_rope(core.heads(xpt, B[:, -1:], H, B_bias), phi[:, -1:, None], pairing)[:, 0]
+    k_last = apply_rope(core.heads(xpt, B[:, -1], H, B_bias), phi[:, -1, None], pairing)
     return res[0], res[1], k_last, x[:, -1]
 
 

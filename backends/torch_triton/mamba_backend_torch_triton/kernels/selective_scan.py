@@ -71,14 +71,12 @@ accurate log1p.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from mamba_backend_torch_triton.kernels._glue import default, last_contig, pow2, runs_here
+from mamba_backend_torch_triton.kernels._glue import default, interpreting, last_contig, pow2, runs_here
 
 #: launch shapes: chunk T, channels per program BE (capped; BE always divides E/G), warps, and
 #: the forward kernel's variant (see the module docstring); read at every call, so a sweep
@@ -217,7 +215,7 @@ def _ss_fwd_kernel(
                 y += Dw[None, :] * u
             if HAS_Z:
                 z = tl.load(Z + b * szb + t[:, None] * szl + e[None, :], mask=tm[:, None], other=0.0).to(tl.float32)
-                y = y * z / (1.0 + tl.exp(-z))
+                y = _gate_f(y, z, False)
             tl.store(Y + b * syb + t[:, None] * syl + e[None, :], y.to(Y.dtype.element_ty), mask=tm[:, None])
         h = tl.sum(tl.where((rows == T - 1)[:, None, None], hs, 0.0), axis=0)
     if WRITE_Y:
@@ -276,7 +274,7 @@ def _ss_fwd_seq_kernel(
                     y += Dw * u
                 if HAS_Z:
                     z = tl.load(Z + b * szb + t * szl + e, mask=tm, other=0.0).to(tl.float32)
-                    y = y * z / (1.0 + tl.exp(-z))
+                    y = _gate_f(y, z, False)
                 tl.store(Y + b * syb + t * syl + e, y.to(Y.dtype.element_ty), mask=tm)
     if WRITE_Y:
         tl.store(HF + st_off, h, mask=nm[None, :])
@@ -518,7 +516,7 @@ def _ss_fwd_tr_kernel(
                     Cv = _tr_bc(CM, b, t, g, n, nm, L, scb, scl, scg, EVEN_N)
                     y = tl.sum(h * Cv[:, None], axis=0) + Dw * u
                     if HAS_Z:
-                        y = y * z / (1.0 + tl.exp(-z))
+                        y = _gate_f(y, z, False)
                     ys = tl.where((rows == j)[:, None], y[None, :], ys)
         if SAVE:  # (B, nchunks, NP, E): e contiguous
             hs_off = tl.max_contiguous(((b * nchunks + ci) * NP + n[:, None]) * E + e[None, :], [1, 1])
@@ -692,7 +690,7 @@ def _ss_step_kernel(
         y += tl.load(DV + e).to(tl.float32) * u
     if HAS_Z:
         z = tl.load(Z + b * szb + e).to(tl.float32)
-        y = y * z / (1.0 + tl.exp(-z))
+        y = _gate_f(y, z, False)
     tl.store(Y + b * E + e, y.to(Y.dtype.element_ty))
 
 
@@ -737,7 +735,7 @@ def _scan_launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
         kernel = _ss_fwd_tr_kernel
         extra = dict(SCAN=variant != "tr", FOLD=variant == "tr_fold", EVEN_N=N == pow2(N),
                      EVEN_L=variant != "tr" and L % T == 0,
-                     FAST=variant != "tr" and os.environ.get("TRITON_INTERPRET") != "1")
+                     FAST=variant != "tr" and not interpreting())
         A = A.t().contiguous().float()  # A^T (N, E): the [NP, BE] tile loads e-contiguous
     else:
         kernel = _ss_fwd_seq_kernel if variant == "seq" else _ss_fwd_kernel
