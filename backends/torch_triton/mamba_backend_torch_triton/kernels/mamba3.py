@@ -33,10 +33,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
 
 from mamba_backend_torch_triton.kernels._scan_common import (
-    c as _c, can_run, dot_dtype, dot_precision, fallback, interpreting, launch_fitting, num_warps, pow2,
+    c as _c, can_run, dot_dtype, dot_precision, fallback, launch_fitting, num_warps, pow2,
 )
 
 FALLBACKS = "mamba3_scan/mamba3_scan_vjp/mamba3_step: float64 inputs, non-CUDA devices (CPU " \
@@ -70,88 +69,21 @@ def _chunk_coefs(dt_ptr, A_ptr, tr_ptr, b, h, t, rk, rv, L, H):
 
 
 @triton.jit
-def _rope_cols(j, N, S, ROPE: tl.constexpr, HALVES: tl.constexpr):
-    # the fused prologue's column order (ROPE): internal column j < S holds pair j's first
-    # component, S <= j < 2 S its second, then the pass-through components; returns (col: the
-    # original column of j, partner: the original column of its pair's other component, rot:
-    # j < 2 S, sgn: -1 for a first component (a' = a cos - b sin), +1 for a second (b' = b cos
-    # + a sin), ang: j's angle index). Without ROPE the identity (nothing rotated).
-    if ROPE:
-        first = j < S
-        second = (j >= S) & (j < 2 * S)
-        i = tl.where(first, j, j - S)
-        if HALVES:
-            half = N // 2
-            col = tl.where(first, i, tl.where(second, half + i, tl.where(j < half + S, j - S, j)))
-            partner = tl.where(first, half + i, i)
-        else:
-            col = tl.where(first, 2 * i, tl.where(second, 2 * i + 1, j))
-            partner = tl.where(first, 2 * i + 1, 2 * i)
-        return col, partner, first | second, tl.where(first, -1.0, 1.0), i
-    else:
-        return j, j, j < 0, tl.full(j.shape, 1.0, tl.float32), j
-
-
-@triton.jit
-def _bc_tile(ptr, bias_ptr, b, t, rk, grp, h, rv, nm, L, G, H, N, col, partner, rot, sgn, cs, sn,
-             R: tl.constexpr, ROPE: tl.constexpr, HAS_BIAS: tl.constexpr):
-    # rows (t, r) of B or C: group grp's components in the fused prologue's column order,
-    # + the head's bias, rotated (float32); without ROPE, grp = h and G = H (per-head input)
-    base = (((b * L + t) * R + rk) * G + grp)[:, None] * N
-    m = rv[:, None] & nm[None, :]
-    v = tl.load(ptr + base + col[None, :], mask=m, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bo = ((rk * H + h) * N)[:, None]
-        v += tl.load(bias_ptr + bo + col[None, :], mask=m, other=0.0).to(tl.float32)
-    if ROPE:
-        mr = m & rot[None, :]
-        w = tl.load(ptr + base + partner[None, :], mask=mr, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            w += tl.load(bias_ptr + bo + partner[None, :], mask=mr, other=0.0).to(tl.float32)
-        v = tl.where(rot[None, :], v * cs + sgn[None, :] * w * sn, v)
-    return v
-
-
-@triton.jit
-def _angle_tile(phi_ptr, b, t, h, rv, rot, ang, L, H, S, FAST: tl.constexpr):
-    # cos and sin of the angles each (row, internal column) rotates by: phi (B, L, H, S), reduced
-    # to [-pi, pi) first (the hardware sin/cos are accurate there; phi from mamba3_angles is in
-    # [0, 2 pi) already); FAST: the hardware's approximate sin/cos (|error| ~1e-6)
-    m = rv[:, None] & rot[None, :]
-    ph = tl.load(phi_ptr + ((b * L + t) * H + h)[:, None] * S + ang[None, :], mask=m, other=0.0).to(tl.float32)
-    ph = ph - 6.283185307179586 * tl.floor(ph * 0.15915494309189535 + 0.5)
-    if FAST:
-        return libdevice.fast_cosf(ph), libdevice.fast_sinf(ph)
-    else:
-        return tl.cos(ph), tl.sin(ph)
-
-
-@triton.jit
 def _m3_fwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, s0_ptr,
-            y_ptr, sfin_ptr, sin_ptr, phi_ptr, bb_ptr, cb_ptr,
-            L, H, P, N, nc, G, S_ROT,
+            y_ptr, sfin_ptr, sin_ptr,
+            L, H, P, N, nc,
             R: tl.constexpr, QK: tl.constexpr, BQR: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
             HAS_D: tl.constexpr, HAS_MX: tl.constexpr, WRITE_Y: tl.constexpr,
-            STORE_STATES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
-            ROPE: tl.constexpr = False, HALVES: tl.constexpr = False, HAS_BB: tl.constexpr = False,
-            HAS_CB: tl.constexpr = False, FAST: tl.constexpr = False):
-    # ROPE (mamba3_rope_scan): B, C are per group (B, L, R, G, N); each chunk's tiles get the
-    # head's bias and the rotation by phi (B, L, H, S_ROT) in registers (_bc_tile), in a column
-    # order that puts each pair's components S_ROT apart (_rope_cols); the state tile is carried
-    # in that order (a permutation of N, under which the chunk's products are unchanged) and
-    # loaded and stored through it. Otherwise B, C are per head and G = H.
+            STORE_STATES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     b = pid // H
     h = pid % H
-    grp = h // (H // G)
     offs_p = tl.program_id(1) * BP + tl.arange(0, BP)
     offs_n = tl.arange(0, BN)
     pm = offs_p < P
     nm = offs_n < N
     pn = pm[:, None] & nm[None, :]
-    col, partner, rot, sgn, ang = _rope_cols(offs_n, N, S_ROT, ROPE, HALVES)
-    rot = rot & nm
-    st_off = ((b * H + h) * P + offs_p[:, None]) * N + col[None, :]
+    st_off = ((b * H + h) * P + offs_p[:, None]) * N + offs_n[None, :]
     S = tl.load(s0_ptr + st_off, mask=pn, other=0.0).to(tl.float32)
     if HAS_D:
         Dh = tl.load(D_ptr + h).to(tl.float32)
@@ -164,16 +96,12 @@ def _m3_fwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, s0_ptr,
         v = tl.load(x_ptr + tok[:, None] * P + offs_p[None, :], mask=vm, other=0.0).to(tl.float32)
         if HAS_MX:
             v = v * tl.load(mx_ptr + (h * R + rk)[:, None] * P + offs_p[None, :], mask=vm, other=0.0).to(tl.float32)
-        cs = 0.0
-        sn = 0.0
-        if ROPE:
-            cs, sn = _angle_tile(phi_ptr, b, t, h, rv, rot, ang, L, H, S_ROT, FAST)
-        Bm = _bc_tile(B_ptr, bb_ptr, b, t, rk, grp, h, rv, nm, L, G, H, N, col, partner, rot, sgn,
-                      cs, sn, R, ROPE, HAS_BB).to(DT)
+        bc = (((b * L + t) * R + rk) * H + h)[:, None] * N + offs_n[None, :]
+        bm = rv[:, None] & nm[None, :]
+        Bm = tl.load(B_ptr + bc, mask=bm, other=0.0).to(DT)
         f = tl.exp(cum_last - cum)
         if WRITE_Y:
-            Cm = _bc_tile(C_ptr, cb_ptr, b, t, rk, grp, h, rv, nm, L, G, H, N, col, partner, rot,
-                          sgn, cs, sn, R, ROPE, HAS_CB).to(DT)
+            Cm = tl.load(C_ptr + bc, mask=bm, other=0.0).to(DT)
             ti = tk[:, None]
             tj = tk[None, :]
             low = ti >= tj
@@ -186,7 +114,7 @@ def _m3_fwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, s0_ptr,
                 y += Dh * v
             yo = (((b * L + t) * R + rk) * H + h)[:, None] * P + offs_p[None, :]
             tl.store(y_ptr + yo, y.to(y_ptr.dtype.element_ty), mask=vm)
-        if STORE_STATES:  # (never with ROPE: the VJP recomputes through the separate ops)
+        if STORE_STATES:
             so = (((b * nc + c) * H + h) * P + offs_p[:, None]) * N + offs_n[None, :]
             tl.store(sin_ptr + so, S, mask=pn)
         S = tl.exp(cum_last) * S + tl.dot(tl.trans((v * (f * scale)[:, None]).to(DT)), Bm,
@@ -390,13 +318,9 @@ def _key(kind, x, B, chunk_size, *flags):
     return ("m3", kind, x.dtype, x.shape[-1], B.shape[2], B.shape[4], int(chunk_size), flags)
 
 
-def _run_fwd(x, dt, A, trap, B, C, D, mimo_x, chunk_size, S0, write_y, store_states, stages=3,
-             rope=None):
-    """Launch _m3_fwd. rope: None (B, C per head (B, L, R, H, N)), or a dict for the fused
-    prologue of mamba3_rope_scan: phi (B, L, H, S), B_bias / C_bias (R, H, N) or None, pairing;
-    B, C are then per group (B, L, R, G, N)."""
+def _run_fwd(x, dt, A, trap, B, C, D, mimo_x, chunk_size, S0, write_y, store_states, stages=3):
     Bsz, L, H, P = x.shape
-    R, G, N = B.shape[2], B.shape[3], B.shape[4]
+    R, N = B.shape[2], B.shape[4]
     qk, bqr = _layout(chunk_size, R)
     nc = triton.cdiv(L, qk)
     x, dt, A, trap, B, C, D, mimo_x = (_c(t) for t in (x, dt, A, trap, B, C, D, mimo_x))
@@ -407,22 +331,12 @@ def _run_fwd(x, dt, A, trap, B, C, D, mimo_x, chunk_size, S0, write_y, store_sta
     sfin = torch.empty((Bsz, H, P, N), dtype=torch.float32, device=dev)
     sin = torch.empty((Bsz, nc, H, P, N), dtype=torch.float32, device=dev) if store_states else sfin
     dummy = x
-    extra = {}
-    phi = bb = cb = dummy
-    S_rot = 0
-    if rope is not None:
-        phi = _c(rope["phi"])
-        bb = _c(rope["B_bias"]) if rope["B_bias"] is not None else dummy
-        cb = _c(rope["C_bias"]) if rope["C_bias"] is not None else dummy
-        S_rot = phi.shape[-1]
-        extra = dict(ROPE=True, HALVES=rope["pairing"] == "halves", HAS_BB=rope["B_bias"] is not None,
-                     HAS_CB=rope["C_bias"] is not None, FAST=not interpreting())
     _m3_fwd[(Bsz * H, triton.cdiv(P, BP))](
         x, dt, A, trap, B, C, D if D is not None else dummy, mimo_x if mimo_x is not None else dummy,
-        S0, y, sfin, sin, phi, bb, cb, L, H, P, N, nc, G if rope is not None else H, S_rot,
+        S0, y, sfin, sin, L, H, P, N, nc,
         R=R, QK=qk, BQR=bqr, BP=BP, BN=BN, HAS_D=D is not None, HAS_MX=mimo_x is not None,
         WRITE_Y=write_y, STORE_STATES=store_states, DT=dot_dtype(x.dtype),
-        PREC=dot_precision(x.dtype), num_warps=num_warps(bqr, BN), num_stages=stages, **extra,
+        PREC=dot_precision(x.dtype), num_warps=num_warps(bqr, BN), num_stages=stages,
     )
     return y, sfin, sin, qk, bqr, nc
 

@@ -5,21 +5,26 @@ Ops (contract: mamba_core/ops/mamba3_fused.py):
                      initial_state, initial_k, initial_v, pairing) -> (y, S_L, k_L, v_L)
     mamba3_rope_scan_vjp(cotangent, <the same>) -> dict
 
-Forward: mamba3.py's ``_m3_fwd`` with ROPE on. Each chunk loads the B and C rows of the head's
-group (B, L, R, G, N: shared by H / G heads, so mostly L2 hits), adds the head's bias and rotates
-the pairs by phi in registers, then runs the same chunk math as mamba3_scan. Against the separate
-ops this skips writing and reading the per-head copies: at the Mamba-3 SISO benchmark shape (B=8,
-L=2048, H=32, N=128, bf16, G=1) the bias adds and the two rotations write 2 x 134 MB and the scan
-reads them back, against 2 x 4 MB of B, C and 67 MB of phi read here. k_L (the last token's
-rotated B) comes from apply_rope on that token alone.
+Forward: ``_rope_scan_fwd``, mamba3.py's ``_m3_fwd`` chunk math with the B and C tiles built in
+the kernel. Each chunk loads the B and C rows of the head's group (B, L, R, G, N: shared by
+H / G heads, so mostly L2 hits), adds the head's bias (loaded once per program when R = 1) and
+rotates the pairs by phi in registers. The N columns are kept as three tiles: the pairs' first
+components, their second components (so a rotation is elementwise between two tiles of the same
+shape, with one cos/sin tile of width S), and the pass-through components; every N-wide product
+of the scan is the sum of three, and the state is carried as three tiles. Against the separate
+ops this skips writing and reading the per-head copies: at the Mamba-3 SISO benchmark shape
+(B=8, L=2048, H=32, N=128, S=32, bf16, G=1) the bias adds and the two rotations write
+2 x 134 MB and the scan reads them back, against 2 x 4 MB of B, C and 67 MB of (float32) phi
+read here.
+k_L (the last token's rotated B) comes from apply_rope on that token alone.
 
 Switch: MAMBA_TRITON_FUSED_ROPE_SCAN=1 runs the fused kernel; the default (0) runs the same
-composition over this backend's kernels (bias in torch, apply_rope twice, mamba3_scan), because
-the fused kernel has not been timed on a GPU yet: compiled for sm_90 (Triton 3.9, bf16, N = 128,
-Qk = 64) its chunk loop is 6.5k SASS instructions with ~800 register spill loads and stores,
-against 2.7k for mamba3_scan's (which spills too), so it may well be slower until its tiles are
-slimmed (the bias rows hoisted out of the loop, the cos/sin tiles' live range cut). Read at every
-call.
+composition over this backend's kernels (bias in torch, apply_rope twice, mamba3_scan) until the
+fused kernel is timed on a GPU. Compiled for sm_90 (Triton 3.9, bf16, N = 128, S = 32, Qk = 64,
+8 warps) its chunk loop is 3.2k SASS instructions with 141 spill loads, against 2.7k and 94 for
+mamba3_scan's (a first version with one N-wide tile in a permuted column order, the partner
+components gathered and N-wide cos/sin tiles, was 6.5k with ~800 spill loads and stores). Read
+at every call.
 
 VJP: the composition (``compose_vjp``) over this backend's kernels: the rotated B and C are
 recomputed by apply_rope, then mamba3_scan_vjp and apply_rope_vjp; the group and bias
@@ -34,12 +39,18 @@ from __future__ import annotations
 import os
 
 import array_api_compat.torch as xpt
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
 
 from mamba_core.ops import mamba3_fused as core
 
-from mamba_backend_torch_triton.kernels._scan_common import fallback, launch_fitting
+from mamba_backend_torch_triton.kernels._scan_common import (
+    c as _c, dot_dtype, dot_precision, fallback, interpreting, launch_fitting, num_warps, pow2,
+)
 from mamba_backend_torch_triton.kernels.mamba3 import (
-    _fits, _key, _run_fwd, _s_start, _supported, mamba3_scan, mamba3_scan_vjp,
+    _chunk_coefs, _fits, _key, _layout, _rows, _s_start, _supported, mamba3_scan, mamba3_scan_vjp,
 )
 from mamba_backend_torch_triton.kernels.rope import apply_rope, apply_rope_vjp
 
@@ -53,6 +64,189 @@ def fused_enabled() -> bool:
     if v not in ("0", "1"):
         raise ValueError(f"MAMBA_TRITON_FUSED_ROPE_SCAN={v!r}: expected 0 or 1")
     return v == "1"
+
+
+@triton.jit
+def _pair_cols(i, N, HALVES: tl.constexpr):
+    # the original columns of pair i's two components
+    if HALVES:
+        return i, N // 2 + i
+    else:
+        return 2 * i, 2 * i + 1
+
+
+@triton.jit
+def _pass_cols(j, N, S, HALVES: tl.constexpr):
+    # the original column of pass-through component j (j < N - 2 S): interleaved, 2 S + j; halves,
+    # columns S .. N/2 - 1 then N/2 + S .. N - 1
+    if HALVES:
+        return tl.where(j < N // 2 - S, S + j, 2 * S + j)
+    else:
+        return 2 * S + j
+
+
+@triton.jit
+def _bias_rows(ptr, rk, h, H, N, c1, c2, c3, im, qm, HAS: tl.constexpr, ROT: tl.constexpr,
+               PASS: tl.constexpr):
+    # the head's bias (R, H, N) at rank rk (a row vector per rank) in the three column groups;
+    # 0.0 where absent
+    b1 = 0.0
+    b2 = 0.0
+    b3 = 0.0
+    if HAS:
+        o = ((rk * H + h) * N)[:, None]
+        if ROT:
+            b1 = tl.load(ptr + o + c1[None, :], mask=im[None, :], other=0.0).to(tl.float32)
+            b2 = tl.load(ptr + o + c2[None, :], mask=im[None, :], other=0.0).to(tl.float32)
+        if PASS:
+            b3 = tl.load(ptr + o + c3[None, :], mask=qm[None, :], other=0.0).to(tl.float32)
+    return b1, b2, b3
+
+
+@triton.jit
+def _group_tiles(ptr, base, rv, c1, c2, c3, im, qm, b1, b2, b3, cs, sn, DT: tl.constexpr,
+                 ROT: tl.constexpr, PASS: tl.constexpr):
+    # rows (t, r) of the group's B or C + the head's bias: the pairs' first and second components
+    # rotated by the rows' angles (cos cs, sin sn), and the pass-through components, cast to DT
+    x1 = 0.0
+    x2 = 0.0
+    x3 = 0.0
+    if ROT:
+        m = rv[:, None] & im[None, :]
+        a = tl.load(ptr + base + c1[None, :], mask=m, other=0.0).to(tl.float32) + b1
+        z = tl.load(ptr + base + c2[None, :], mask=m, other=0.0).to(tl.float32) + b2
+        x1 = (a * cs - z * sn).to(DT)
+        x2 = (z * cs + a * sn).to(DT)
+    if PASS:
+        m3 = rv[:, None] & qm[None, :]
+        x3 = (tl.load(ptr + base + c3[None, :], mask=m3, other=0.0).to(tl.float32) + b3).to(DT)
+    return x1, x2, x3
+
+
+@triton.jit
+def _rope_scan_fwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, s0_ptr, phi_ptr,
+                   bb_ptr, cb_ptr, y_ptr, sfin_ptr,
+                   L, H, P, N, G, S, nc,
+                   R: tl.constexpr, QK: tl.constexpr, BQR: tl.constexpr, BP: tl.constexpr,
+                   BS: tl.constexpr, BQ: tl.constexpr, ROT: tl.constexpr, PASS: tl.constexpr,
+                   HALVES: tl.constexpr, HAS_BB: tl.constexpr, HAS_CB: tl.constexpr,
+                   HAS_D: tl.constexpr, HAS_MX: tl.constexpr, DT: tl.constexpr,
+                   PREC: tl.constexpr, FAST: tl.constexpr):
+    # One program per (batch, head, P block), chunks in order (mamba3.py's _m3_fwd with its B/C
+    # tiles built here). The N columns are split in three groups, each its own tile: the pairs'
+    # first components (BS wide), their second components (BS), the pass-through ones (BQ);
+    # every N-wide product of _m3_fwd is the sum of three, and the state is three tiles.
+    pid = tl.program_id(0).to(tl.int64)
+    b = pid // H
+    h = pid % H
+    grp = h // (H // G)
+    offs_p = tl.program_id(1) * BP + tl.arange(0, BP)
+    pm = offs_p < P
+    i = tl.arange(0, BS)
+    im = i < S
+    c1, c2 = _pair_cols(i, N, HALVES)
+    j = tl.arange(0, BQ)
+    qm = j < N - 2 * S
+    c3 = _pass_cols(j, N, S, HALVES)
+    st = ((b * H + h) * P + offs_p[:, None]) * N
+    S1 = tl.load(s0_ptr + st + c1[None, :], mask=pm[:, None] & im[None, :], other=0.0)
+    S2 = tl.load(s0_ptr + st + c2[None, :], mask=pm[:, None] & im[None, :], other=0.0)
+    S3 = tl.load(s0_ptr + st + c3[None, :], mask=pm[:, None] & qm[None, :], other=0.0)
+    if HAS_D:
+        Dh = tl.load(D_ptr + h).to(tl.float32)
+    if R == 1:  # one bias row per head: loaded once
+        r0 = tl.zeros((1,), tl.int64)
+        hb1, hb2, hb3 = _bias_rows(bb_ptr, r0, h, H, N, c1, c2, c3, im, qm, HAS_BB, ROT, PASS)
+        hc1, hc2, hc3 = _bias_rows(cb_ptr, r0, h, H, N, c1, c2, c3, im, qm, HAS_CB, ROT, PASS)
+    for c in range(0, nc):
+        rows, tk, rk, t, rv = _rows(b, h, c, L, H, R, QK, BQR)
+        tok, a_row, gamma, scale = _chunk_coefs(dt_ptr, A_ptr, tr_ptr, b, h, t, rk, rv, L, H)
+        cum = tl.cumsum(a_row, 0)
+        cum_last = tl.sum(a_row, 0)
+        vm = rv[:, None] & pm[None, :]
+        v = tl.load(x_ptr + tok[:, None] * P + offs_p[None, :], mask=vm, other=0.0).to(tl.float32)
+        if HAS_MX:
+            v = v * tl.load(mx_ptr + (h * R + rk)[:, None] * P + offs_p[None, :], mask=vm,
+                            other=0.0).to(tl.float32)
+        cs = 0.0
+        sn = 0.0
+        if ROT:  # phi (B, L, H, S) -> the rows' angles, reduced to [-pi, pi) for the hardware sin/cos
+            ph = tl.load(phi_ptr + (tok * S)[:, None] + i[None, :], mask=rv[:, None] & im[None, :],
+                         other=0.0).to(tl.float32)
+            ph = ph - 6.283185307179586 * tl.floor(ph * 0.15915494309189535 + 0.5)
+            if FAST:
+                cs = libdevice.fast_cosf(ph)
+                sn = libdevice.fast_sinf(ph)
+            else:
+                cs = tl.cos(ph)
+                sn = tl.sin(ph)
+        if R == 1:
+            bb1, bb2, bb3 = hb1, hb2, hb3
+            cb1, cb2, cb3 = hc1, hc2, hc3
+        else:
+            bb1, bb2, bb3 = _bias_rows(bb_ptr, rk, h, H, N, c1, c2, c3, im, qm, HAS_BB, ROT, PASS)
+            cb1, cb2, cb3 = _bias_rows(cb_ptr, rk, h, H, N, c1, c2, c3, im, qm, HAS_CB, ROT, PASS)
+        base = ((((b * L + t) * R + rk) * G + grp) * N)[:, None]
+        B1, B2, B3 = _group_tiles(B_ptr, base, rv, c1, c2, c3, im, qm, bb1, bb2, bb3, cs, sn, DT,
+                                  ROT, PASS)
+        C1, C2, C3 = _group_tiles(C_ptr, base, rv, c1, c2, c3, im, qm, cb1, cb2, cb3, cs, sn, DT,
+                                  ROT, PASS)
+        ti = tk[:, None]
+        tj = tk[None, :]
+        low = ti >= tj
+        ex = tl.where(low, tl.exp(tl.where(low, cum[:, None] - cum[None, :], 0.0)), 0.0)
+        w = ex * tl.where(ti == tj, gamma[None, :], scale[None, :])
+        CB = tl.zeros((BQR, BQR), tl.float32)
+        CS = tl.zeros((BQR, BP), tl.float32)
+        if ROT:
+            CB = tl.dot(C1, tl.trans(B1), CB, input_precision=PREC)
+            CB = tl.dot(C2, tl.trans(B2), CB, input_precision=PREC)
+            CS = tl.dot(C1, tl.trans(S1.to(DT)), CS, input_precision=PREC)
+            CS = tl.dot(C2, tl.trans(S2.to(DT)), CS, input_precision=PREC)
+        if PASS:
+            CB = tl.dot(C3, tl.trans(B3), CB, input_precision=PREC)
+            CS = tl.dot(C3, tl.trans(S3.to(DT)), CS, input_precision=PREC)
+        y = tl.dot((CB * w).to(DT), v.to(DT), input_precision=PREC) + tl.exp(cum)[:, None] * CS
+        if HAS_D:
+            y += Dh * v
+        yo = (((b * L + t) * R + rk) * H + h)[:, None] * P + offs_p[None, :]
+        tl.store(y_ptr + yo, y.to(y_ptr.dtype.element_ty), mask=vm)
+        u = tl.trans((v * (tl.exp(cum_last - cum) * scale)[:, None]).to(DT))
+        decay = tl.exp(cum_last)
+        if ROT:
+            S1 = decay * S1 + tl.dot(u, B1, input_precision=PREC)
+            S2 = decay * S2 + tl.dot(u, B2, input_precision=PREC)
+        if PASS:
+            S3 = decay * S3 + tl.dot(u, B3, input_precision=PREC)
+    tl.store(sfin_ptr + st + c1[None, :], S1, mask=pm[:, None] & im[None, :])
+    tl.store(sfin_ptr + st + c2[None, :], S2, mask=pm[:, None] & im[None, :])
+    tl.store(sfin_ptr + st + c3[None, :], S3, mask=pm[:, None] & qm[None, :])
+
+
+def _run_fused(x, dt, A, trap, B, C, phi, B_bias, C_bias, D, mimo_x, pairing, chunk_size, S0,
+               stages):
+    """Launch _rope_scan_fwd; returns (y (B, L, R, H, P), final state (B, H, P, N) float32)."""
+    Bsz, L, H, P = x.shape
+    R, G, N = B.shape[2], B.shape[3], B.shape[4]
+    S = phi.shape[-1]
+    qk, bqr = _layout(chunk_size, R)
+    x, dt, A, trap, B, C, phi, B_bias, C_bias, D, mimo_x = (
+        _c(t) for t in (x, dt, A, trap, B, C, phi, B_bias, C_bias, D, mimo_x))
+    BP = min(pow2(P), 64)
+    y = torch.empty((Bsz, L, R, H, P), dtype=x.dtype, device=x.device)
+    sfin = torch.empty((Bsz, H, P, N), dtype=torch.float32, device=x.device)
+    dummy = x
+    _rope_scan_fwd[(Bsz * H, triton.cdiv(P, BP))](
+        x, dt, A, trap, B, C, dummy if D is None else D, dummy if mimo_x is None else mimo_x, S0, phi,
+        dummy if B_bias is None else B_bias, dummy if C_bias is None else C_bias, y, sfin,
+        L, H, P, N, G, S, triton.cdiv(L, qk),
+        R=R, QK=qk, BQR=bqr, BP=BP, BS=pow2(S), BQ=pow2(N - 2 * S), ROT=S > 0, PASS=N > 2 * S,
+        HALVES=pairing == "halves", HAS_BB=B_bias is not None, HAS_CB=C_bias is not None,
+        HAS_D=D is not None, HAS_MX=mimo_x is not None, DT=dot_dtype(x.dtype),
+        PREC=dot_precision(x.dtype), FAST=not interpreting(), num_warps=num_warps(bqr, pow2(N)),
+        num_stages=stages,
+    )
+    return y, sfin
 
 
 def mamba3_rope_scan(x, dt, A, trap, B, C, phi, B_bias=None, C_bias=None, D=None, mimo_x=None,
@@ -69,13 +263,12 @@ def mamba3_rope_scan(x, dt, A, trap, B, C, phi, B_bias=None, C_bias=None, D=None
     Bsz, L, H, P = x.shape
     R, N = B.shape[2], B.shape[4]
     S0, _ = _s_start(x, dt, trap, initial_state, initial_k, initial_v, mimo_x, Bsz, H, P, N)
-    rope = dict(phi=phi, B_bias=B_bias, C_bias=C_bias, pairing=pairing)
     res, _ = launch_fitting(
         _key("rope_fwd", x, B, chunk_size, D is not None, mimo_x is not None, pairing,
-             B_bias is not None, C_bias is not None, B.shape[3]),
+             B_bias is not None, C_bias is not None, B.shape[3], phi.shape[-1]),
         _fits(chunk_size, R),
-        lambda cfg: _run_fwd(x, dt, A, trap, B, C, D, mimo_x, cfg[0], S0, True, False, cfg[1],
-                             rope=rope))
+        lambda cfg: _run_fused(x, dt, A, trap, B, C, phi, B_bias, C_bias, D, mimo_x, pairing, cfg[0],
+                               S0, cfg[1]))
     if res is None:
         return fallback("mamba3_rope_scan")(*args)
     k_last = apply_rope(core.heads(xpt, B[:, -1], H, B_bias), phi[:, -1, None], pairing)
