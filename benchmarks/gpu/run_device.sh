@@ -112,6 +112,7 @@ s7b)
         python3 backends/cuda_cupy/gpu_check.py "$R/bench" > "$R/bench.log" 2>&1
     echo "bench rc=$?"; grep -E "cuda_cupy|torch_triton" "$R/bench.log" | cut -c1-300
     cat "$R/rc.txt"
+    (cd "$HOME/.triton" && tar -czf "$OUT/triton_cache.tgz" cache) 2>/dev/null
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
     ;;
 s7a)

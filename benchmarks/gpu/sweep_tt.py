@@ -16,6 +16,12 @@ Parts (each writes OUT_DIR/sweep_tt.json when it ends, so a timeout keeps what w
   ssd     Mamba-2 SSD scan, bf16, B=8 L=2048 H=32 P=64 N=128 G=1, D, dt_bias, softplus: forward
           and fwd+bwd at chunk_size 64 and 256 (256 runs as sub-chunks; the launch config each
           ended with is recorded).
+  m3      Mamba-3 SISO scan's VJP, bf16, B=8 L=2048 H=32 P=64 N=128 R=1 (B, C per head, D):
+          the forward once, then mamba3_scan_vjp over a grid of kernels/mamba3.CONFIG["bwd"]
+          (chunk cap, num_warps, stages; "-" keeps the default), each config's gradients
+          compared with the first's. SWEEP_M3="chunk:warps:stages,..." replaces the grid;
+          SWEEP_M3_WARM=1 only compiles (B=1; the kernels do not take B, so a later process
+          at B=8 hits Triton's cache): one such process a config compiles the grid in parallel.
   decode  ~370M random-weight Mamba-2 LM (d_model 1024, 48 layers, vocab 50280, d_state 128,
           headdim 64, bf16) through graphs.CudaGraphDecoder at batch 1 and 16: fused step on
           and off (MAMBA_NO_FUSED_STEP=1), ms/token and tokens/s, the fused logits against the
@@ -38,9 +44,9 @@ import sys
 import time
 import traceback
 
-PARTS = ("m1", "ssd", "decode")
+PARTS = ("m1", "ssd", "m3", "decode")
 #: share of the time budget each part may use (what one part leaves goes to the next)
-SHARE = {"m1": 0.45, "ssd": 0.17, "decode": 0.38}
+SHARE = {"m1": 0.45, "ssd": 0.17, "m3": 0.3, "decode": 0.38}
 
 # Mamba-1 forward configs, most promising first: (variant, T, BE, num_warps). The baseline
 # (the current CONFIG default) comes first; variants (kernels/selective_scan.py docstring):
@@ -99,6 +105,22 @@ def _env_grid(name, default):
     return grid
 
 
+# Mamba-3 VJP launches (kernels/mamba3.CONFIG["bwd"]): (chunk cap, num_warps, stages), None =
+# the default. The backward is one program per (batch, head) walking the chunks in reverse with
+# the (P, N) state gradient in registers; at Qk = 64, N = 128 its tiles spill, so smaller
+# chunks and other warp counts are the first things to try.
+M3_BWD = [(None, 8, None), (None, 4, None), (32, 8, None), (32, 4, None), (None, 8, 2),
+          (32, 8, 2), (16, 4, None), (16, 8, None)]
+
+
+def _m3_grid():
+    raw = os.environ.get("SWEEP_M3", "").strip()
+    if not raw:
+        return M3_BWD
+    conv = lambda v: None if v in ("-", "", "None") else int(v)  # noqa: E731
+    return [tuple(conv(v) for v in item.strip().split(":")) for item in raw.split(",")]
+
+
 M2_STEP = [{"BP": 8, "num_warps": 4}, {"BP": 32, "num_warps": 4}, {"BP": 64, "num_warps": 8},
            {"BP": 16, "num_warps": 2}]
 
@@ -109,6 +131,7 @@ RUN = {
     "dev": "cuda", "smoke": False,
     "m1": dict(B=8, L=2048, E=2048, N=16),
     "ssd": dict(B=8, L=2048, H=32, P=64, N=128),
+    "m3": dict(B=8, L=2048, H=32, P=64, N=128),
     "lm": dict(d_model=1024, n_layer=48, vocab_size=50280,
                ssm_cfg={"layer": "Mamba2", "d_state": 128, "headdim": 64, "expand": 2}),
     "batches": (1, 16),
@@ -117,6 +140,7 @@ SMOKE = {
     "dev": "cpu", "smoke": True,
     "m1": dict(B=1, L=12, E=8, N=4),
     "ssd": dict(B=1, L=40, H=2, P=4, N=8),
+    "m3": dict(B=1, L=40, H=2, P=4, N=8),
     "lm": dict(d_model=16, n_layer=2, vocab_size=11,
                ssm_cfg={"layer": "Mamba2", "d_state": 8, "headdim": 4, "expand": 2}),
     "batches": (1, 2),
@@ -275,7 +299,70 @@ def part_ssd(deadline):
         print(f"  ssd chunk {Q}: {entry}", flush=True)
 
 
-# ---- (c) decode -----------------------------------------------------------------------------------
+# ---- (c) Mamba-3 SISO VJP --------------------------------------------------------------------------
+def part_m3(deadline):
+    import torch
+
+    from mamba_backend_torch_triton.kernels import mamba3 as M3
+
+    B, L, H, P, N = (RUN["m3"][k] for k in ("B", "L", "H", "P", "N"))
+    warm = os.environ.get("SWEEP_M3_WARM") == "1"
+    if warm:
+        B = 1
+    dev, bf = RUN["dev"], torch.bfloat16
+    g = torch.Generator(device=dev).manual_seed(3)
+    x = torch.randn(B, L, H, P, device=dev, dtype=bf, generator=g)
+    dt = torch.nn.functional.softplus(torch.rand(B, L, H, device=dev, generator=g) * 2 - 4)
+    A = -(torch.rand(B, L, H, device=dev, generator=g) + 0.5)
+    trap = torch.rand(B, L, H, device=dev, generator=g)
+    Bm = torch.randn(B, L, 1, H, N, device=dev, dtype=bf, generator=g)
+    Cm = torch.randn(B, L, 1, H, N, device=dev, dtype=bf, generator=g)
+    D = torch.ones(H, device=dev)
+    dy = torch.randn(B, L, 1, H, P, device=dev, dtype=bf, generator=g)
+    args = (x, dt, A, trap, Bm, Cm, D, None, 64)
+    cot = (dy, None, None, None)
+    saved = dict(M3.CONFIG["bwd"])
+    out = {"shape": dict(B=B, L=L, H=H, P=P, N=N, R=1, dtype="bfloat16"), "bwd": []}
+    RESULTS["parts"]["m3"] = out
+    try:
+        M3.mamba3_scan(*args)
+        if not warm:
+            out["fwd_ms"] = _bench(lambda: M3.mamba3_scan(*args))
+        ref = None
+        for chunk, w, st in _grid(_m3_grid()):
+            if time.time() > deadline:
+                out["skipped"] = out.get("skipped", 0) + 1
+                continue
+            M3.CONFIG["bwd"] = {"chunk": chunk, "num_warps": w or saved["num_warps"], "stages": st}
+            entry = {"chunk": chunk, "num_warps": w, "stages": st}
+            try:
+                t0 = time.time()
+                gr = M3.mamba3_scan_vjp(cot, *args)
+                if dev == "cuda":
+                    torch.cuda.synchronize()
+                entry["first_call_s"] = round(time.time() - t0, 1)
+                if not warm:
+                    if ref is None:
+                        ref = gr
+                    entry["rel_vs_first"] = max(_rel(gr[k], ref[k]) for k in ref)
+                    entry["vjp_ms"] = _bench(lambda: M3.mamba3_scan_vjp(cot, *args))
+                    entry["fwd_bwd_ms"] = out["fwd_ms"] + entry["vjp_ms"]
+            except Exception as exc:  # noqa: BLE001
+                entry["error"] = f"{type(exc).__name__}: {exc}"[:200]
+            out["bwd"].append(entry)
+            _save()
+            print(f"  m3 vjp chunk={chunk} warps={w} stages={st}: {entry.get('vjp_ms', float('nan')):.3f} ms  "
+                  f"rel {entry.get('rel_vs_first', float('nan')):.1e}  first call {entry.get('first_call_s')} s"
+                  f"  {entry.get('error', '')}", flush=True)
+        ok = [e for e in out["bwd"] if "vjp_ms" in e and e["rel_vs_first"] < 2e-2]
+        out["best"] = min(ok, key=lambda e: e["vjp_ms"]) if ok else None
+        if out["best"]:
+            RESULTS["best"]["m3_vjp"] = out["best"]
+    finally:
+        M3.CONFIG["bwd"] = saved
+
+
+# ---- (d) decode -----------------------------------------------------------------------------------
 def part_decode(deadline):
     import numpy as np
     import torch
@@ -376,6 +463,11 @@ def _table():
         s = b.get(f"ssd_chunk{Q}")
         if s and s.get("fwd_ms") is not None:
             lines.append(f"  SSD chunk {Q:<4d}    fwd {s['fwd_ms']:.3f}   fwd+bwd {s.get('fwd_bwd_ms') or float('nan'):.3f}")
+    m3 = RESULTS["parts"].get("m3", {})
+    if m3.get("best"):
+        f = m3["best"]
+        lines.append(f"  Mamba-3 SISO VJP  best {f['vjp_ms']:.3f}  (chunk={f['chunk']}, warps={f['num_warps']}, "
+                     f"stages={f['stages']}); fwd {m3['fwd_ms']:.3f}, fwd+bwd {f['fwd_bwd_ms']:.3f}")
     for batch in RUN["batches"]:
         d = b.get(f"decode_b{batch}_ms")
         if d:
@@ -427,7 +519,7 @@ def main(argv=None) -> int:
     RESULTS["device"] = {"name": "cpu (--smoke)" if args.smoke else torch.cuda.get_device_name(),
                          "torch": torch.__version__, "triton": triton.__version__,
                          "budget_s": args.budget}
-    fns = {"m1": part_m1, "ssd": part_ssd, "decode": part_decode}
+    fns = {"m1": part_m1, "ssd": part_ssd, "m3": part_m3, "decode": part_decode}
     left_share = sum(SHARE[p] for p in parts)
     for p in parts:
         now = time.time()

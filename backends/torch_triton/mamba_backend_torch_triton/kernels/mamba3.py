@@ -42,6 +42,12 @@ FALLBACKS = "mamba3_scan/mamba3_scan_vjp/mamba3_step: float64 inputs, non-CUDA d
             "without TRITON_INTERPRET=1), P > 256, N > 256 or R > 16 -> the core's default composition"
 _MAX_DIM = 256
 
+#: The backward's launch, set by measurement (benchmarks/gpu/sweep_tt.py --parts m3):
+#: "chunk" caps the chunk that the backward and its state recompute run at (None: the call's
+#: chunk_size; the gradients are the same up to rounding, as any chunking of the scan is);
+#: "num_warps"; "stages" the software-pipelining depth tried first (None: 3), before 1.
+CONFIG = {"bwd": {"chunk": None, "num_warps": 8, "stages": None}}
+
 
 @triton.jit
 def _rows(b, h, c, L, H, R: tl.constexpr, QK: tl.constexpr, BQR: tl.constexpr):
@@ -298,17 +304,17 @@ def _s_start(x, dt, trap, initial_state, initial_k, initial_v, mimo_x, Bsz, H, P
     return S.contiguous(), u0
 
 
-def _fits(chunk_size, R):
+def _fits(chunk_size, R, stages=3):
     """Launch candidates (chunk cap, num_stages) from the fastest down (see launch_fitting):
-    the chunk halves down to the smallest layout, each with Triton's default pipelining (3) and
-    then none (1). float32 at N = 128 needs them: the backward at Qk = 64 asked for 299 KB of
-    shared memory on an H100 (227 KB allowed)."""
+    the chunk halves down to the smallest layout, each with ``stages`` of software pipelining
+    (Triton's default 3) and then none (1). float32 at N = 128 needs them: the backward at
+    Qk = 64 asked for 299 KB of shared memory on an H100 (227 KB allowed)."""
     out, cap, seen = [], int(chunk_size), set()
     while True:
         qk = _layout(cap, R)[0]
         if qk not in seen:
             seen.add(qk)
-            out += [(cap, 3), (cap, 1)]
+            out += [(cap, stages), (cap, 1)] if stages != 1 else [(cap, 1)]
         if cap <= 1 or qk * R <= 16:
             return out
         cap = max(1, min(cap, qk) // 2)
@@ -375,15 +381,23 @@ def mamba3_scan_vjp(cotangent, x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_
     xc, dtc, Ac, trc, Bc, Cc, Dc, mxc = (_c(t) for t in (x, dt, A, trap, B, C, D, mimo_x))
     dy, dS_L = _c(dy), _c(dS_L)
     dev, f32 = x.device, torch.float32
-    dv = torch.empty((Bsz, L, R, H, P), dtype=f32, device=dev)
-    dBr = torch.empty((Bsz, L, R, H, N), dtype=f32, device=dev)
-    dCr = torch.zeros((Bsz, L, R, H, N), dtype=f32, device=dev) if dy is None else torch.empty_like(dBr)
+    # the kernel stores dB, dC (and dv when no ranks are folded) in the output dtype: one
+    # rounding of the float32 accumulators either way, without a float32 copy and a cast pass
+    # (at the benchmark shape, 16-bit inputs: 1.3 GB less traffic)
+    siso = mimo_x is None and R == 1
+    dv = torch.empty((Bsz, L, R, H, P), dtype=x.dtype if siso else f32, device=dev)
+    dBr = torch.empty((Bsz, L, R, H, N), dtype=B.dtype, device=dev)
+    dCr = torch.zeros((Bsz, L, R, H, N), dtype=C.dtype, device=dev) if dy is None else \
+        torch.empty((Bsz, L, R, H, N), dtype=C.dtype, device=dev)
     dg = torch.empty((Bsz, L, R, H), dtype=f32, device=dev)
     dsc = torch.empty((Bsz, L, R, H), dtype=f32, device=dev)
     da = torch.empty((Bsz, L, H), dtype=f32, device=dev)
     dD = torch.empty((Bsz, H), dtype=f32, device=dev)
     dS0 = torch.empty((Bsz, H, P, N), dtype=f32, device=dev)
     dummy = dv
+    conf = CONFIG["bwd"]
+    chunk_b = int(chunk_size) if conf.get("chunk") is None else min(int(chunk_size), int(conf["chunk"]))
+    warps = int(conf.get("num_warps") or 8)
 
     def launch(cfg):
         # the recompute runs at the backward's chunk: its entering states are per chunk
@@ -395,13 +409,14 @@ def mamba3_scan_vjp(cotangent, x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_
             dv, dBr, dCr, dg, dsc, da, dD, dS0, L, H, P, N, nc,
             R=R, QK=qk, BQR=bqr, BP=pow2(P), BN=pow2(N), HAS_D=D is not None,
             HAS_MX=mimo_x is not None, HAS_DY=dy is not None, HAS_DSL=dS_L is not None,
-            DT=dot_dtype(x.dtype), PREC=dot_precision(x.dtype), num_warps=8, num_stages=stages,
+            DT=dot_dtype(x.dtype), PREC=dot_precision(x.dtype), num_warps=warps, num_stages=stages,
         )
         return True
 
     done, _ = launch_fitting(
-        _key("bwd", x, B, chunk_size, D is not None, mimo_x is not None, dy is not None, dS_L is not None),
-        _fits(chunk_size, R), launch)
+        _key("bwd", x, B, chunk_b, D is not None, mimo_x is not None, dy is not None, dS_L is not None,
+             warps, conf.get("stages")),
+        _fits(chunk_b, R, conf.get("stages") or 3), launch)
     if done is None:
         return fallback("mamba3_scan_vjp")(cotangent, x, dt, A, trap, B, C, D, mimo_x, chunk_size,
                                            initial_state, initial_k, initial_v)
@@ -424,7 +439,7 @@ def mamba3_scan_vjp(cotangent, x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_
         dx[:, -1] += dv_L.float()
     dB = dBr
     if dk_L is not None:
-        dB[:, -1] += dk_L.float()
+        dB[:, -1] = (dB[:, -1].float() + dk_L.float()).to(dB.dtype)
     out["x"] = dx.to(x.dtype)
     out["dt"] = (da * Aw + dgamma * trw + dowed * (1.0 - trw)).to(dt.dtype)
     out["A"] = (da * dtw).to(A.dtype)
