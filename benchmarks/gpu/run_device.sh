@@ -35,7 +35,8 @@
 #   bash benchmarks/gpu/run_device.sh s7a         review commit's GPU tests, Mamba-1 "tr_fold" sweep and
 #                                                 yardstick, MIMO/SISO beside torch_triton (session 7)
 #   bash benchmarks/gpu/run_device.sh s7b         the new Mamba-1 defaults: GPU tests, certificate entries, sweep,
-#                                                 yardstick (Mamba-1, Mamba-3 pieces), SISO beside tf32x3
+#                                                 yardstick (Mamba-1, Mamba-3 pieces), SISO beside tf32x3,
+#                                                 the Mamba-3 VJP launch sweep (session 8)
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
 #   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
 # Optional carries: .cache/ with tarballs of an earlier call's ~/.triton/cache
@@ -93,6 +94,10 @@ s7b)
     job siso_warm $(tmo 400) env MAMBA_TRITON_FP32_DOT=tf32x3 GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_OPS=mamba3_siso \
         GPU_CHECK_BENCH_BACKENDS=torch_triton GPU_CHECK_BENCH_B=1 GPU_CHECK_BENCH_COMPILE_ONLY=1 python3 backends/cuda_cupy/gpu_check.py "$R/siso_warm"
     SISO_PID=$!
+    # the Mamba-3 VJP launch grid (sweep_tt.py m3), compiled one process a config at B=1
+    for cfg in -:8:- -:4:- 32:8:- 32:4:- -:8:2 32:8:2 16:4:- 16:8:-; do
+        job "m3warm_${cfg//[:-]/_}" $(tmo 300) env SWEEP_M3=$cfg SWEEP_M3_WARM=1 python3 benchmarks/gpu/sweep_tt.py "$R/m3warm" --parts m3 --budget 280
+    done
     # (the pytest GPU tests of run 20 were dropped here for device time: the certificate entries
     # below check the same kernels against the reference, forward, step and gradient)
     MAMBA_TRITON_FUSED_ROPE_SCAN=1 timeout $(tmo 110) mamba-conformance torch_triton --dtype bfloat16 --dtype float32 --only op:selective_scan \
@@ -111,6 +116,8 @@ s7b)
     MAMBA_TRITON_FP32_DOT=tf32x3 GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_OPS=mamba3_siso timeout $(tmo 90) \
         python3 backends/cuda_cupy/gpu_check.py "$R/bench" > "$R/bench.log" 2>&1
     echo "bench rc=$?"; grep -E "cuda_cupy|torch_triton" "$R/bench.log" | cut -c1-300
+    timeout $(tmo 60) python3 benchmarks/gpu/sweep_tt.py "$R/m3sweep" --parts m3 --budget 55 > "$R/sweep_m3.log" 2>&1
+    echo "sweep m3 rc=$?"; grep -E "m3 vjp|Mamba-3" "$R/sweep_m3.log" | cut -c1-200
     cat "$R/rc.txt"
     (cd "$HOME/.triton" && tar -czf "$OUT/triton_cache.tgz" cache) 2>/dev/null
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
