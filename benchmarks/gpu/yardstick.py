@@ -264,6 +264,31 @@ def mamba3():
     else:
         os.environ["MAMBA_TRITON_FUSED_ROPE_SCAN"] = old_sw
     row("Mamba-3 SISO fwd, separate ops", bench(ours_separate), off_f, "ours: angles, bias, 2 ropes, scan, gate")
+
+    # the whole op both ways, as the official's backward does it: angles, rope_scan and the gate
+    # forward, then the gate's VJP (torch), mamba3_rope_scan_vjp, mamba3_angles_vjp
+    def ours_full_fb():
+        phi_, _ = be.ops.mamba3_angles(ang, dtv)
+        rs = (v, dtv, Av, trap, k.unsqueeze(2), q.unsqueeze(2), phi_)
+        kw = dict(B_bias=kb3, C_bias=qb3, D=D, chunk_size=64)
+        y = be.ops.mamba3_rope_scan(*rs, **kw)[0][:, :, 0]
+        zf = z.float()
+        sz = torch.sigmoid(zf)
+        out = (y.float() * zf * sz).to(bf)
+        do = dy[:, :, 0].float()
+        dz = (do * y.float() * sz * (1 + zf * (1 - sz))).to(bf)
+        gr = be.ops.mamba3_rope_scan_vjp(((do * zf * sz).to(bf).unsqueeze(2), None, None, None), *rs, **kw)
+        ga = be.ops.mamba3_angles_vjp((gr["phi"], None), ang, dtv)
+        return out, dz, gr, ga
+
+    for sw in ("1", "0"):
+        os.environ["MAMBA_TRITON_FUSED_ROPE_SCAN"] = sw
+        row(f"Mamba-3 SISO fwd+bwd, whole op, fused kernel {'on' if sw == '1' else 'off'}", bench(ours_full_fb),
+            off_fbt, "ours: angles, rope_scan, gate and their VJPs")
+    if old_sw is None:
+        os.environ.pop("MAMBA_TRITON_FUSED_ROPE_SCAN", None)
+    else:
+        os.environ["MAMBA_TRITON_FUSED_ROPE_SCAN"] = old_sw
     row("Mamba-3 SISO scan only fwd", ours_scan, off_f, "official includes rope+gate")
     row("Mamba-3 SISO scan only fwd+bwd", ours_scan_fb, off_fbt, "official includes rope+gate")
 
