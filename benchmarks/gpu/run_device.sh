@@ -95,7 +95,7 @@ s7b)
         GPU_CHECK_BENCH_BACKENDS=torch_triton GPU_CHECK_BENCH_B=1 GPU_CHECK_BENCH_COMPILE_ONLY=1 python3 backends/cuda_cupy/gpu_check.py "$R/siso_warm"
     SISO_PID=$!
     # the Mamba-3 VJP launch grid (sweep_tt.py m3), compiled one process a config at B=1
-    for cfg in -:8:- -:4:- 32:8:- 32:4:- -:8:2 32:8:2 16:4:- 16:8:-; do
+    for cfg in -:8:- 32:8:- 16:8:- 32:8:2 16:8:2 32:16:- 16:16:- -:16:-; do
         job "m3warm_${cfg//[:-]/_}" $(tmo 300) env SWEEP_M3=$cfg SWEEP_M3_WARM=1 python3 benchmarks/gpu/sweep_tt.py "$R/m3warm" --parts m3 --budget 280
     done
     # (the pytest GPU tests of run 20 were dropped here for device time: the certificate entries
