@@ -45,8 +45,10 @@ _MAX_DIM = 256
 #: The backward's launch, set by measurement (benchmarks/gpu/sweep_tt.py --parts m3):
 #: "chunk" caps the chunk that the backward and its state recompute run at (None: the call's
 #: chunk_size; the gradients are the same up to rounding, as any chunking of the scan is);
-#: "num_warps"; "stages" the software-pipelining depth tried first (None: 3), before 1.
-CONFIG = {"bwd": {"chunk": None, "num_warps": 8, "stages": None}}
+#: "num_warps"; "stages" the software-pipelining depth tried first (None: 3), before 1;
+#: "states16": the recomputed entering states kept in the inputs' dtype when it is 16-bit
+#: (half the bytes and registers; the backward's dots take them in that dtype anyway).
+CONFIG = {"bwd": {"chunk": None, "num_warps": 8, "stages": None, "states16": True}}
 
 
 @triton.jit
@@ -168,7 +170,7 @@ def _m3_bwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, sin_ptr, 
         Bm = tl.load(B_ptr + bc, mask=bm, other=0.0).to(DT)
         Cm = tl.load(C_ptr + bc, mask=bm, other=0.0).to(DT)
         so = (((b * nc + c) * H + h) * P + offs_p[:, None]) * N + offs_n[None, :]
-        Sin = tl.load(sin_ptr + so, mask=pn, other=0.0)
+        Sin = tl.load(sin_ptr + so, mask=pn, other=0.0).to(tl.float32)
         # masked cumulative sums (not differences of cum): the backward's sums cancel
         seg = tl.cumsum(tl.where(rows[:, None] > rows[None, :], a_row[:, None], 0.0), 0)
         e = tl.exp(cum)
@@ -335,7 +337,11 @@ def _run_fwd(x, dt, A, trap, B, C, D, mimo_x, chunk_size, S0, write_y, store_sta
     dev = x.device
     y = torch.empty((Bsz, L, R, H, P), dtype=x.dtype, device=dev) if write_y else x
     sfin = torch.empty((Bsz, H, P, N), dtype=torch.float32, device=dev)
-    sin = torch.empty((Bsz, nc, H, P, N), dtype=torch.float32, device=dev) if store_states else sfin
+    # the entering states for the backward: in the inputs' dtype when it is 16-bit (the backward
+    # feeds them to 16-bit dots anyway; only da's sum(dS * S) sees the rounding), else float32
+    sdt = x.dtype if x.dtype in (torch.bfloat16, torch.float16) and CONFIG["bwd"].get("states16", True) \
+        else torch.float32
+    sin = torch.empty((Bsz, nc, H, P, N), dtype=sdt, device=dev) if store_states else sfin
     dummy = x
     _m3_fwd[(Bsz * H, triton.cdiv(P, BP))](
         x, dt, A, trap, B, C, D if D is not None else dummy, mimo_x if mimo_x is not None else dummy,
@@ -415,7 +421,7 @@ def mamba3_scan_vjp(cotangent, x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_
 
     done, _ = launch_fitting(
         _key("bwd", x, B, chunk_b, D is not None, mimo_x is not None, dy is not None, dS_L is not None,
-             warps, conf.get("stages")),
+             warps, conf.get("stages"), conf.get("states16", True)),
         _fits(chunk_b, R, conf.get("stages") or 3), launch)
     if done is None:
         return fallback("mamba3_scan_vjp")(cotangent, x, dt, A, trap, B, C, D, mimo_x, chunk_size,
