@@ -170,23 +170,20 @@ def _m3_bwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, sin_ptr, 
         Bm = tl.load(B_ptr + bc, mask=bm, other=0.0).to(DT)
         Cm = tl.load(C_ptr + bc, mask=bm, other=0.0).to(DT)
         so = (((b * nc + c) * H + h) * P + offs_p[:, None]) * N + offs_n[None, :]
-        Sin = tl.load(sin_ptr + so, mask=pn, other=0.0).to(tl.float32)
         # masked cumulative sums (not differences of cum): the backward's sums cancel
         seg = tl.cumsum(tl.where(rows[:, None] > rows[None, :], a_row[:, None], 0.0), 0)
         e = tl.exp(cum)
         f = tl.exp(tl.sum(tl.where(rows[:, None] == BQR - 1, seg, 0.0), 0))
         total = tl.exp(cum_last)
         to_end = f * scale
-        BG = tl.dot(Bm, tl.trans(dS.to(DT)), input_precision=PREC)  # (QR, P)
-        dv = to_end[:, None] * BG
-        dB = to_end[:, None] * tl.dot(v.to(DT), dS.to(DT), input_precision=PREC)
-        dto_end = tl.sum(v * BG, 1)
-        dscale = f * dto_end
-        dend = to_end * dto_end
-        # cum_last - cum_s = sum over rows m > s of a_m: exclusive cumsum; the total feeds all
-        da = tl.sum(tl.where(rows[:, None] > rows[None, :], dend[None, :], 0.0), 1)
-        da += total * tl.sum(tl.sum(dS * Sin, 1), 0)
+        dSd = dS.to(DT)
+        # In this order each (QR, N) result is stored before the next is formed, and the
+        # entering state is loaded last, so fewer tiles are live at once (register spills).
+        # (1) the in-chunk (QR, QR) terms: dv's share, dgamma, dscale's and da's shares
         dgam = tl.zeros((BQR,), dtype=tl.float32)
+        dscale = tl.zeros((BQR,), dtype=tl.float32)
+        da = tl.zeros((BQR,), dtype=tl.float32)
+        dv = tl.zeros((BQR, BP), dtype=tl.float32)
         if HAS_DY:
             ti = tk[:, None]
             tj = tk[None, :]
@@ -198,32 +195,45 @@ def _m3_bwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, sin_ptr, 
             yo = row_tok[:, None] * P + offs_p[None, :]
             dy = tl.load(dy_ptr + yo, mask=vm, other=0.0).to(tl.float32)
             dyD = dy.to(DT)
-            CS = tl.dot(Cm, tl.trans(Sin.to(DT)), input_precision=PREC)  # (QR, P)
-            dv += tl.dot(tl.trans(W.to(DT)), dyD, input_precision=PREC) + Dh * dy
-            dD_acc += tl.sum(dy * v, 1)
             dSc = tl.dot(dyD, tl.trans(v.to(DT)), input_precision=PREC)  # (QR, QR)
-            dCB = dSc * w
-            dC = e[:, None] * tl.dot(dyD, Sin.to(DT), input_precision=PREC)
-            dC += tl.dot(dCB.to(DT), Bm, input_precision=PREC)
-            dB += tl.dot(tl.trans(dCB.to(DT)), Cm, input_precision=PREC)
+            dCB = (dSc * w).to(DT)
             dcoef = dSc * CB * ex
             dgam = tl.sum(tl.where(ti == tj, dcoef, 0.0), 0)
-            dscale += tl.sum(tl.where(ti > tj, dcoef, 0.0), 0)
+            dscale = tl.sum(tl.where(ti > tj, dcoef, 0.0), 0)
             # seg(i, j) = sum over rows j < m <= i of a_m: da_m = sum_{i >= m} sum_{j < m} dseg
-            dseg = dSc * W
-            rect = tl.cumsum(dseg, 0, reverse=True)
-            da += tl.sum(tl.where(rows[:, None] > rows[None, :], rect, 0.0), 1)
-            da += tl.cumsum(e * tl.sum(dy * CS, 1), 0, reverse=True)
-            tl.store(dC_ptr + bc, dC, mask=bm)
-            dS_new = total * dS + tl.dot(tl.trans((dy * e[:, None]).to(DT)), Cm, input_precision=PREC)
-        else:
-            dS_new = total * dS
-        tl.store(dv_ptr + row_tok[:, None] * P + offs_p[None, :], dv, mask=vm)
+            rect = tl.cumsum(dSc * W, 0, reverse=True)
+            da = tl.sum(tl.where(rows[:, None] > rows[None, :], rect, 0.0), 1)
+            dv = tl.dot(tl.trans(W.to(DT)), dyD, input_precision=PREC) + Dh * dy
+            dD_acc += tl.sum(dy * v, 1)
+        # (2) dB: through the state gradient, and the in-chunk share
+        dB = to_end[:, None] * tl.dot(v.to(DT), dSd, input_precision=PREC)
+        if HAS_DY:
+            dB += tl.dot(tl.trans(dCB), Cm, input_precision=PREC)
         tl.store(dB_ptr + bc, dB, mask=bm)
+        # (3) dv through the state gradient, and what the decays to the chunk's end owe
+        BG = tl.dot(Bm, tl.trans(dSd), input_precision=PREC)  # (QR, P)
+        dv += to_end[:, None] * BG
+        tl.store(dv_ptr + row_tok[:, None] * P + offs_p[None, :], dv, mask=vm)
+        dto_end = tl.sum(v * BG, 1)
+        dscale += f * dto_end
+        # cum_last - cum_s = sum over rows m > s of a_m: exclusive cumsum; the total feeds all
+        da += tl.sum(tl.where(rows[:, None] > rows[None, :], (to_end * dto_end)[None, :], 0.0), 1)
+        # (4) the terms through the entering state: dC, da's last shares
+        Sin = tl.load(sin_ptr + so, mask=pn, other=0.0).to(tl.float32)
+        da += total * tl.sum(tl.sum(dS * Sin, 1), 0)
+        if HAS_DY:
+            SinD = Sin.to(DT)
+            dC = e[:, None] * tl.dot(dyD, SinD, input_precision=PREC)
+            dC += tl.dot(dCB, Bm, input_precision=PREC)
+            tl.store(dC_ptr + bc, dC, mask=bm)
+            CS = tl.dot(Cm, tl.trans(SinD), input_precision=PREC)  # (QR, P)
+            da += tl.cumsum(e * tl.sum(dy * CS, 1), 0, reverse=True)
+            dS = total * dS + tl.dot(tl.trans((dy * e[:, None]).to(DT)), Cm, input_precision=PREC)
+        else:
+            dS = total * dS
         tl.store(dg_ptr + row_tok, dgam, mask=rv)
         tl.store(dsc_ptr + row_tok, dscale, mask=rv)
         tl.store(da_ptr + tok, da, mask=rv & (rk == 0))
-        dS = dS_new
     tl.store(ds0_ptr + st_off, dS, mask=pn)
     tl.store(dD_ptr + pid, tl.sum(dD_acc, 0))
 
