@@ -37,6 +37,8 @@
 #   bash benchmarks/gpu/run_device.sh s7b         the new Mamba-1 defaults: GPU tests, certificate entries, sweep,
 #                                                 yardstick (Mamba-1, Mamba-3 pieces), SISO beside tf32x3,
 #                                                 the Mamba-3 VJP launch sweep (session 8)
+#   bash benchmarks/gpu/run_device.sh s8a         the Mamba-3 VJP's new default: certificate entries, yardstick with
+#                                                 the backward's pieces, VJP sweep, SISO cuda_cupy beside torch_triton
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
 #   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
 # Optional carries: .cache/ with tarballs of an earlier call's ~/.triton/cache
@@ -78,6 +80,40 @@ results_dir() { R="$OUT/r"; mkdir -p "$R"; mv "$OUT/device.txt" "$OUT/backends.t
 job() { local name=$1 t=$2; shift 2; (timeout "$t" "$@" > "$R/$name.log" 2>&1; echo "$name rc=$?" >> "$R/rc.txt") & }
 tmo() { local l=$(( ${DEADLINE:-560} - SECONDS )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 case "${1:-certify}" in
+s8a)
+    # Session 8, second call: the Mamba-3 VJP at its new default (chunk 16, 8 warps, 2 stages,
+    # 16-bit entering states, the reordered loop, gradients stored in the output dtype):
+    # torch_triton's certificate entries for the scans and the Mamba-3 mixers (bf16, float32;
+    # in the background, beside the timings: small shapes), the Mamba-3 yardstick with the
+    # backward's pieces, the VJP sweep around the default, and cuda_cupy's float32 SISO beside
+    # torch_triton's (default IEEE dots, then tf32x3), each compiled first in the background.
+    results_dir
+    DEADLINE=${DEADLINE:-560}
+    for cfg in 16:8:2 16:8:1 16:4:2 16:4:1 16:8:3 32:8:1; do
+        job "m3warm_${cfg//[:-]/_}" $(tmo 250) env SWEEP_M3=$cfg SWEEP_M3_WARM=1 python3 benchmarks/gpu/sweep_tt.py "$R/m3warm" --parts m3 --budget 240
+    done
+    job siso_ieee_warm $(tmo 380) env GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_OPS=mamba3_siso GPU_CHECK_BENCH_BACKENDS=torch_triton \
+        GPU_CHECK_BENCH_B=1 GPU_CHECK_BENCH_COMPILE_ONLY=1 python3 backends/cuda_cupy/gpu_check.py "$R/siso_ieee_warm"
+    job siso_tf32x3_warm $(tmo 380) env MAMBA_TRITON_FP32_DOT=tf32x3 GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_OPS=mamba3_siso \
+        GPU_CHECK_BENCH_BACKENDS=torch_triton GPU_CHECK_BENCH_B=1 GPU_CHECK_BENCH_COMPILE_ONLY=1 python3 backends/cuda_cupy/gpu_check.py "$R/siso_tf32x3_warm"
+    job tt_cert $(tmo 520) mamba-conformance torch_triton --dtype bfloat16 --dtype float32 --only op:selective_scan \
+        --only op:mamba3_scan --only op:mamba3_rope_scan --only 'mixer:mamba3*' --json "$R/torch_triton.gpu.s8.certificate.json"
+    CERT_PID=$!
+    YARDSTICK_PARTS=mamba3 YARDSTICK_M3_AUTOTUNE=reduced timeout $(tmo 150) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m3" > "$R/yardstick-m3.log" 2>&1
+    echo "yardstick m3 rc=$?"; grep -E "Mamba-|FAILED|pieces|rope_scan" "$R/yardstick-m3.log" | cut -c1-300
+    timeout $(tmo 60) python3 benchmarks/gpu/sweep_tt.py "$R/m3sweep" --parts m3 --budget 55 > "$R/sweep_m3.log" 2>&1
+    echo "sweep m3 rc=$?"; grep -E "m3 vjp|Mamba-3" "$R/sweep_m3.log" | cut -c1-200
+    for w in siso_ieee siso_tf32x3; do grep -E "torch_triton|ERROR" "$R/${w}_warm.log" | cut -c1-300; done
+    GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_OPS=mamba3_siso timeout $(tmo 70) \
+        python3 backends/cuda_cupy/gpu_check.py "$R/bench_ieee" > "$R/bench_ieee.log" 2>&1
+    echo "bench ieee rc=$?"; grep -E "cuda_cupy|torch_triton" "$R/bench_ieee.log" | cut -c1-300
+    MAMBA_TRITON_FP32_DOT=tf32x3 GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_OPS=mamba3_siso GPU_CHECK_BENCH_BACKENDS=torch_triton \
+        timeout $(tmo 50) python3 backends/cuda_cupy/gpu_check.py "$R/bench_tf32x3" > "$R/bench_tf32x3.log" 2>&1
+    echo "bench tf32x3 rc=$?"; grep -E "cuda_cupy|torch_triton" "$R/bench_tf32x3.log" | cut -c1-300
+    wait $CERT_PID; tail -n 3 "$R/tt_cert.log" | cut -c1-300; grep -E "FAIL|ERROR" "$R/tt_cert.log" | head | cut -c1-300
+    cat "$R/rc.txt"
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
+    ;;
 s7b)
     # Session 7, second call: the new Mamba-1 defaults (bf16 forward tr_fold T=16 BE=16, unmasked
     # chunks when T divides L, fast softplus/gate; the bf16 VJP through the float32 kernels) and

@@ -285,6 +285,22 @@ def mamba3():
         os.environ["MAMBA_TRITON_FUSED_ROPE_SCAN"] = sw
         row(f"Mamba-3 SISO fwd+bwd, whole op, fused kernel {'on' if sw == '1' else 'off'}", bench(ours_full_fb),
             off_fbt, "ours: angles, rope_scan, gate and their VJPs")
+    # where the whole op's backward goes (each piece alone, on the inputs it sees there)
+    rs0 = (v, dtv, Av, trap, k.unsqueeze(2), q.unsqueeze(2), phi0)
+    kw0 = dict(B_bias=kb3, C_bias=qb3, D=D, chunk_size=64)
+    dyy = dy
+    g0 = be.ops.mamba3_rope_scan_vjp((dyy, None, None, None), *rs0, **kw0)
+    zf0 = z.float()
+    bwd_pieces = {
+        "mamba3_scan_vjp (per-head B, C)": lambda: be.ops.mamba3_scan_vjp((dyy, None, None, None), *scan_args),
+        "mamba3_rope_scan_vjp": lambda: be.ops.mamba3_rope_scan_vjp((dyy, None, None, None), *rs0, **kw0),
+        "mamba3_angles_vjp": lambda: be.ops.mamba3_angles_vjp((g0["phi"], None), ang, dtv),
+        "gate fwd + VJP (torch)": lambda: (y0[:, :, 0].float() * zf0 * torch.sigmoid(zf0),
+                                           dy[:, :, 0].float() * y0[:, :, 0].float() * torch.sigmoid(zf0)),
+    }
+    RESULTS["m3_bwd_pieces_ms"] = {name: bench(fn) for name, fn in bwd_pieces.items()}
+    print("Mamba-3 SISO backward pieces (ms):",
+          {k_: round(v_, 4) for k_, v_ in RESULTS["m3_bwd_pieces_ms"].items()}, flush=True)
     if old_sw is None:
         os.environ.pop("MAMBA_TRITON_FUSED_ROPE_SCAN", None)
     else:
