@@ -238,6 +238,8 @@ def mamba3():
         y.backward(dy[:, :, 0])
 
     off_fbt = bench(off_fb)
+    from mamba_backend_torch_triton.kernels.mamba3_bc import bc_heads_rope as _bc_heads_rope
+
     # where our composition's time goes (each piece alone, on the inputs it sees in ours_full)
     kbh = (k + kb.to(bf)).unsqueeze(2)
     y0 = be.ops.mamba3_scan(*scan_args)[0]
@@ -245,6 +247,7 @@ def mamba3():
         "angles": lambda: be.ops.mamba3_angles(ang, dtv),
         "bias add (k + kb)": lambda: (k + kb.to(bf)).unsqueeze(2),
         "rope on B": lambda: be.ops.apply_rope(kbh, phi.unsqueeze(2)),
+        "bc_heads_rope (B and C, one kernel)": lambda: _bc_heads_rope(k.unsqueeze(2), q.unsqueeze(2), phi, kb3, qb3, H),
         "scan": lambda: be.ops.mamba3_scan(*scan_args),
         "gate y * silu(z)": lambda: y0[:, :, 0] * torch.nn.functional.silu(z),
     }

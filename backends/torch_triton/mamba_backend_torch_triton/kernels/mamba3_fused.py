@@ -52,10 +52,14 @@ from mamba_backend_torch_triton.kernels._scan_common import (
 from mamba_backend_torch_triton.kernels.mamba3 import (
     _chunk_coefs, _fits, _key, _layout, _rows, _s_start, _supported, mamba3_scan, mamba3_scan_vjp,
 )
+from mamba_backend_torch_triton.kernels.mamba3_bc import bc_heads_rope, bc_heads_rope_vjp
 from mamba_backend_torch_triton.kernels.rope import apply_rope, apply_rope_vjp
 
 FALLBACKS = "mamba3_rope_scan/mamba3_rope_scan_vjp: as mamba3_scan (float64, non-CUDA devices, " \
             "P > 256, N > 256 or R > 16) -> the core's default composition"
+
+
+_PAIRINGS = ("interleaved", "halves")
 
 
 def fused_enabled() -> bool:
@@ -258,8 +262,12 @@ def mamba3_rope_scan(x, dt, A, trap, B, C, phi, B_bias=None, C_bias=None, D=None
     if not _supported(x, B, dt, A, trap, C, phi, B_bias, C_bias, D, mimo_x, initial_state,
                       initial_k, initial_v):
         return fallback("mamba3_rope_scan")(*args)
-    if not fused_enabled():
+    if pairing not in _PAIRINGS:
         return core.compose(xpt, apply_rope, mamba3_scan, *args)
+    if not fused_enabled():
+        Bh, Ch = bc_heads_rope(B, C, phi, B_bias, C_bias, x.shape[2], pairing)
+        return mamba3_scan(x, dt, A, trap, Bh, Ch, D, mimo_x, chunk_size, initial_state, initial_k,
+                           initial_v)
     Bsz, L, H, P = x.shape
     R, N = B.shape[2], B.shape[4]
     S0, _ = _s_start(x, dt, trap, initial_state, initial_k, initial_v, mimo_x, Bsz, H, P, N)
@@ -278,10 +286,25 @@ def mamba3_rope_scan(x, dt, A, trap, B, C, phi, B_bias=None, C_bias=None, D=None
 def mamba3_rope_scan_vjp(cotangent, x, dt, A, trap, B, C, phi, B_bias=None, C_bias=None, D=None,
                          mimo_x=None, chunk_size=64, initial_state=None, initial_k=None,
                          initial_v=None, pairing="interleaved"):
-    """mamba3_rope_scan's VJP through this backend's apply_rope, mamba3_scan_vjp, apply_rope_vjp."""
-    return core.compose_vjp(xpt, apply_rope, apply_rope_vjp, mamba3_scan_vjp, cotangent, x, dt, A,
-                            trap, B, C, phi, B_bias, C_bias, D, mimo_x, chunk_size, initial_state,
-                            initial_k, initial_v, pairing)
+    """mamba3_rope_scan's VJP: the per-head B and C recomputed (bc_heads_rope), mamba3_scan_vjp,
+    then bc_heads_rope_vjp (the rotations, head sums and bias sums in one kernel)."""
+    if pairing not in _PAIRINGS or not _supported(x, B, dt, A, trap, C, phi, B_bias, C_bias, D, mimo_x,
+                                                   initial_state, initial_k, initial_v):
+        return core.compose_vjp(xpt, apply_rope, apply_rope_vjp, mamba3_scan_vjp, cotangent, x, dt, A,
+                                trap, B, C, phi, B_bias, C_bias, D, mimo_x, chunk_size, initial_state,
+                                initial_k, initial_v, pairing)
+    Bh, Ch = bc_heads_rope(B, C, phi, B_bias, C_bias, x.shape[2], pairing)
+    gs = mamba3_scan_vjp(cotangent, x, dt, A, trap, Bh, Ch, D=D, mimo_x=mimo_x, chunk_size=chunk_size,
+                         initial_state=initial_state, initial_k=initial_k, initial_v=initial_v)
+    dB, dC, dBb, dCb, dphi = bc_heads_rope_vjp(gs.pop("B"), gs.pop("C"), B, C, phi, B_bias, C_bias,
+                                               pairing)
+    out = dict(gs)
+    out["B"], out["C"], out["phi"] = dB, dC, dphi
+    if B_bias is not None:
+        out["B_bias"] = dBb
+    if C_bias is not None:
+        out["C_bias"] = dCb
+    return out
 
 
 KERNELS = {"mamba3_rope_scan": mamba3_rope_scan, "mamba3_rope_scan_vjp": mamba3_rope_scan_vjp}

@@ -1,0 +1,277 @@
+"""Mamba-3's B/C prologue as one kernel for B and C: groups to heads, bias, rotation; and its VJP.
+
+What mamba3_rope_scan composes before its scan (mamba_core/ops/mamba3_fused.py ``compose``):
+    Bh[b, t, r, h] = rope(B[b, t, r, h // (H / G)] + B_bias[r, h], phi[b, t, h])   (and C)
+written here as
+
+    bc_heads_rope(B, C, phi, B_bias, C_bias, H, pairing) -> (Bh, Ch)        (B, L, R, H, N) each
+    bc_heads_rope_vjp(dBh, dCh, B, C, phi, B_bias, C_bias, pairing)
+        -> (dB (B, L, R, G, N), dC, dB_bias (R, H, N) | None, dC_bias | None, dphi (B, L, H, S))
+
+One program per (batch, block of T tokens, group, rank) loads the group's B and C rows once and
+walks the group's H / G heads: per head it adds the bias, takes cos and sin of the head's
+angles once for both B and C, and rotates (forward) or rotates back (VJP). The VJP sums the
+heads' gradients into the group's in registers, writes each head's angle gradient (the B and
+C shares added) and a per-program partial of the bias gradients (summed by torch:
+deterministic). The N columns are three tiles, as in mamba3_fused's kernel: the pairs' first
+components, their second components, the pass-through ones (``_pair_cols``, ``_pass_cols``).
+The bias is added in float32 (the composition adds it in the inputs' dtype).
+
+Against the composition this replaces, per direction: two bias adds in torch, two apply_rope
+(and in the VJP two apply_rope_vjp, the head sums and the bias sums in torch). Floor (SISO
+benchmark shape B=8, L=2048, H=32, N=128, S=32, bf16, G=1): the forward reads phi (67 MB,
+float32) and writes Bh, Ch (2 x 134 MB): ~335 MB, ~0.11 ms at 3 TB/s; the VJP reads dBh, dCh
+and phi and writes dphi: ~470 MB, ~0.16 ms.
+
+Fallback: what the callers check (mamba3_rope_scan's ``_supported``), and S = 0 or an odd
+layout are handled by the constexpr flags; any other shape runs the composition.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+from mamba_backend_torch_triton.kernels._scan_common import c as _c, interpreting, pow2
+
+#: tokens per program and warps, read at every call ("interpret": the CPU)
+CONFIG = {"bc": {"T": 32, "num_warps": 4}, "interpret": {"T": 16, "num_warps": 1}}
+
+
+@triton.jit
+def _cols(N, S, BS: tl.constexpr, BQ: tl.constexpr, HALVES: tl.constexpr):
+    # column indices of the three tiles: pairs' first and second components, pass-through
+    i = tl.arange(0, BS)
+    im = i < S
+    if HALVES:
+        c1 = i
+        c2 = N // 2 + i
+    else:
+        c1 = 2 * i
+        c2 = 2 * i + 1
+    j = tl.arange(0, BQ)
+    qm = j < N - 2 * S
+    if HALVES:
+        c3 = tl.where(j < N // 2 - S, S + j, 2 * S + j)
+    else:
+        c3 = 2 * S + j
+    return i, im, c1, c2, j, qm, c3
+
+
+@triton.jit
+def _load3(ptr, base, tm, c1, c2, c3, im, qm, ROT: tl.constexpr, PASS: tl.constexpr):
+    # a (T, N) row block as three float32 tiles (0.0 where a group is absent)
+    x1 = 0.0
+    x2 = 0.0
+    x3 = 0.0
+    if ROT:
+        m = tm[:, None] & im[None, :]
+        x1 = tl.load(ptr + base + c1[None, :], mask=m, other=0.0).to(tl.float32)
+        x2 = tl.load(ptr + base + c2[None, :], mask=m, other=0.0).to(tl.float32)
+    if PASS:
+        x3 = tl.load(ptr + base + c3[None, :], mask=tm[:, None] & qm[None, :], other=0.0).to(tl.float32)
+    return x1, x2, x3
+
+
+@triton.jit
+def _bias3(ptr, off, c1, c2, c3, im, qm, HAS: tl.constexpr, ROT: tl.constexpr, PASS: tl.constexpr):
+    # one bias row (N,) as three row vectors (float32; 0.0 where absent)
+    b1 = 0.0
+    b2 = 0.0
+    b3 = 0.0
+    if HAS:
+        if ROT:
+            b1 = tl.load(ptr + off + c1, mask=im, other=0.0).to(tl.float32)[None, :]
+            b2 = tl.load(ptr + off + c2, mask=im, other=0.0).to(tl.float32)[None, :]
+        if PASS:
+            b3 = tl.load(ptr + off + c3, mask=qm, other=0.0).to(tl.float32)[None, :]
+    return b1, b2, b3
+
+
+@triton.jit
+def _store3(ptr, base, tm, c1, c2, c3, im, qm, x1, x2, x3, ROT: tl.constexpr, PASS: tl.constexpr):
+    if ROT:
+        m = tm[:, None] & im[None, :]
+        tl.store(ptr + base + c1[None, :], x1.to(ptr.dtype.element_ty), mask=m)
+        tl.store(ptr + base + c2[None, :], x2.to(ptr.dtype.element_ty), mask=m)
+    if PASS:
+        tl.store(ptr + base + c3[None, :], x3.to(ptr.dtype.element_ty), mask=tm[:, None] & qm[None, :])
+
+
+@triton.jit
+def _cos_sin(phi_ptr, tok, i, tm, im, S, FAST: tl.constexpr):
+    # the (T, BS) angles of the rows' head, reduced to [-pi, pi) for the hardware sin/cos
+    ph = tl.load(phi_ptr + (tok * S)[:, None] + i[None, :], mask=tm[:, None] & im[None, :],
+                 other=0.0).to(tl.float32)
+    ph = ph - 6.283185307179586 * tl.floor(ph * 0.15915494309189535 + 0.5)
+    if FAST:
+        return libdevice.fast_cosf(ph), libdevice.fast_sinf(ph)
+    return tl.cos(ph), tl.sin(ph)
+
+
+@triton.jit
+def _bc_fwd(B_ptr, C_ptr, phi_ptr, bb_ptr, cb_ptr, Bh_ptr, Ch_ptr, L, H, G, N, S, nT,
+            R: tl.constexpr, T: tl.constexpr, BS: tl.constexpr, BQ: tl.constexpr,
+            ROT: tl.constexpr, PASS: tl.constexpr, HALVES: tl.constexpr, HAS_BB: tl.constexpr,
+            HAS_CB: tl.constexpr, FAST: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(1).to(tl.int64)
+    r = tl.program_id(2).to(tl.int64)
+    b = pid // nT
+    t = (pid % nT) * T + tl.arange(0, T)
+    tm = t < L
+    i, im, c1, c2, j, qm, c3 = _cols(N, S, BS, BQ, HALVES)
+    gbase = ((((b * L + t) * R + r) * G + g) * N)[:, None]
+    B1, B2, B3 = _load3(B_ptr, gbase, tm, c1, c2, c3, im, qm, ROT, PASS)
+    C1, C2, C3 = _load3(C_ptr, gbase, tm, c1, c2, c3, im, qm, ROT, PASS)
+    HG = H // G
+    for hh in range(0, HG):
+        h = g * HG + hh
+        bb1, bb2, bb3 = _bias3(bb_ptr, (r * H + h) * N, c1, c2, c3, im, qm, HAS_BB, ROT, PASS)
+        cb1, cb2, cb3 = _bias3(cb_ptr, (r * H + h) * N, c1, c2, c3, im, qm, HAS_CB, ROT, PASS)
+        hbase = ((((b * L + t) * R + r) * H + h) * N)[:, None]
+        cs = 1.0
+        sn = 0.0
+        if ROT:
+            cs, sn = _cos_sin(phi_ptr, (b * L + t) * H + h, i, tm, im, S, FAST)
+        a, z = B1 + bb1, B2 + bb2
+        _store3(Bh_ptr, hbase, tm, c1, c2, c3, im, qm, a * cs - z * sn, z * cs + a * sn, B3 + bb3, ROT, PASS)
+        a, z = C1 + cb1, C2 + cb2
+        _store3(Ch_ptr, hbase, tm, c1, c2, c3, im, qm, a * cs - z * sn, z * cs + a * sn, C3 + cb3, ROT, PASS)
+
+
+@triton.jit
+def _bc_vjp(dBh_ptr, dCh_ptr, B_ptr, C_ptr, phi_ptr, bb_ptr, cb_ptr,
+            dB_ptr, dC_ptr, dbb_ptr, dcb_ptr, dphi_ptr, L, H, G, N, S, nT,
+            R: tl.constexpr, T: tl.constexpr, BS: tl.constexpr, BQ: tl.constexpr,
+            ROT: tl.constexpr, PASS: tl.constexpr, HALVES: tl.constexpr, HAS_BB: tl.constexpr,
+            HAS_CB: tl.constexpr, FAST: tl.constexpr):
+    # y1 = a cos - z sin, y2 = z cos + a sin (a, z = the pair + bias): da = dy1 cos + dy2 sin,
+    # dz = dy2 cos - dy1 sin, dphi = dy2 y1 - dy1 y2; pass-through components: dx = dy
+    pid = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(1).to(tl.int64)
+    r = tl.program_id(2).to(tl.int64)
+    b = pid // nT
+    t = (pid % nT) * T + tl.arange(0, T)
+    tm = t < L
+    i, im, c1, c2, j, qm, c3 = _cols(N, S, BS, BQ, HALVES)
+    gbase = ((((b * L + t) * R + r) * G + g) * N)[:, None]
+    B1, B2, B3 = _load3(B_ptr, gbase, tm, c1, c2, c3, im, qm, ROT, PASS)
+    C1, C2, C3 = _load3(C_ptr, gbase, tm, c1, c2, c3, im, qm, ROT, PASS)
+    gB1 = tl.zeros((T, BS), tl.float32)
+    gB2 = tl.zeros((T, BS), tl.float32)
+    gB3 = tl.zeros((T, BQ), tl.float32)
+    gC1 = tl.zeros((T, BS), tl.float32)
+    gC2 = tl.zeros((T, BS), tl.float32)
+    gC3 = tl.zeros((T, BQ), tl.float32)
+    HG = H // G
+    for hh in range(0, HG):
+        h = g * HG + hh
+        hbase = ((((b * L + t) * R + r) * H + h) * N)[:, None]
+        tok = (b * L + t) * H + h
+        dphi = tl.zeros((T, BS), tl.float32)
+        cs = 1.0
+        sn = 0.0
+        if ROT:
+            cs, sn = _cos_sin(phi_ptr, tok, i, tm, im, S, FAST)
+        # B
+        bb1, bb2, bb3 = _bias3(bb_ptr, (r * H + h) * N, c1, c2, c3, im, qm, HAS_BB, ROT, PASS)
+        d1, d2, d3 = _load3(dBh_ptr, hbase, tm, c1, c2, c3, im, qm, ROT, PASS)
+        if ROT:
+            a = B1 + bb1
+            z = B2 + bb2
+            dphi += d2 * (a * cs - z * sn) - d1 * (z * cs + a * sn)
+            e1 = d1 * cs + d2 * sn
+            e2 = d2 * cs - d1 * sn
+            gB1 += e1
+            gB2 += e2
+        if PASS:
+            gB3 += d3
+        if HAS_BB:  # this program's share of dB_bias[r, h]: its tokens summed
+            po = ((pid * R + r) * H + h) * N
+            if ROT:
+                tl.store(dbb_ptr + po + c1, tl.sum(e1, 0), mask=im)
+                tl.store(dbb_ptr + po + c2, tl.sum(e2, 0), mask=im)
+            if PASS:
+                tl.store(dbb_ptr + po + c3, tl.sum(d3, 0), mask=qm)
+        # C
+        cb1, cb2, cb3 = _bias3(cb_ptr, (r * H + h) * N, c1, c2, c3, im, qm, HAS_CB, ROT, PASS)
+        d1, d2, d3 = _load3(dCh_ptr, hbase, tm, c1, c2, c3, im, qm, ROT, PASS)
+        if ROT:
+            a = C1 + cb1
+            z = C2 + cb2
+            dphi += d2 * (a * cs - z * sn) - d1 * (z * cs + a * sn)
+            e1 = d1 * cs + d2 * sn
+            e2 = d2 * cs - d1 * sn
+            gC1 += e1
+            gC2 += e2
+        if PASS:
+            gC3 += d3
+        if HAS_CB:
+            po = ((pid * R + r) * H + h) * N
+            if ROT:
+                tl.store(dcb_ptr + po + c1, tl.sum(e1, 0), mask=im)
+                tl.store(dcb_ptr + po + c2, tl.sum(e2, 0), mask=im)
+            if PASS:
+                tl.store(dcb_ptr + po + c3, tl.sum(d3, 0), mask=qm)
+        if ROT:  # (B, L, H, R, S): this rank's share of the head's angle gradient
+            tl.store(dphi_ptr + ((tok * R + r) * S)[:, None] + i[None, :], dphi,
+                     mask=tm[:, None] & im[None, :])
+    _store3(dB_ptr, gbase, tm, c1, c2, c3, im, qm, gB1, gB2, gB3, ROT, PASS)
+    _store3(dC_ptr, gbase, tm, c1, c2, c3, im, qm, gC1, gC2, gC3, ROT, PASS)
+
+
+def _meta(B, phi, pairing):
+    Bsz, L, R, G, N = B.shape
+    S = phi.shape[-1]
+    cfg = CONFIG["interpret"] if B.device.type == "cpu" else CONFIG["bc"]
+    T = min(int(cfg["T"]), pow2(L, 1))
+    nT = triton.cdiv(L, T)
+    meta = dict(R=R, T=T, BS=pow2(max(S, 1)), BQ=pow2(max(N - 2 * S, 1)), ROT=S > 0, PASS=N > 2 * S,
+                HALVES=pairing == "halves", FAST=not interpreting(), num_warps=int(cfg["num_warps"]))
+    return (Bsz * nT, G, R), nT, meta
+
+
+def bc_heads_rope(B, C, phi, B_bias, C_bias, H: int, pairing: str = "interleaved"):
+    """B, C (Bsz, L, R, G, N) per group; phi (Bsz, L, H, S); biases (R, H, N) or None ->
+    (Bh, Ch) (Bsz, L, R, H, N) in B's and C's dtypes: each head's group rows + its bias, S pairs
+    rotated by the head's angles (``pairing`` "interleaved" or "halves"), the rest copied."""
+    Bsz, L, R, G, N = B.shape
+    S = phi.shape[-1]
+    B, C, phi, B_bias, C_bias = (_c(t) for t in (B, C, phi, B_bias, C_bias))
+    Bh = torch.empty((Bsz, L, R, H, N), dtype=B.dtype, device=B.device)
+    Ch = torch.empty((Bsz, L, R, H, N), dtype=C.dtype, device=C.device)
+    if Bh.numel() == 0:
+        return Bh, Ch
+    grid, nT, meta = _meta(B, phi, pairing)
+    _bc_fwd[grid](B, C, phi, B if B_bias is None else B_bias, C if C_bias is None else C_bias, Bh, Ch,
+                  L, H, G, N, S, nT, HAS_BB=B_bias is not None, HAS_CB=C_bias is not None, **meta)
+    return Bh, Ch
+
+
+def bc_heads_rope_vjp(dBh, dCh, B, C, phi, B_bias, C_bias, pairing: str = "interleaved"):
+    """The VJP of bc_heads_rope: dBh, dCh (Bsz, L, R, H, N) -> (dB, dC (Bsz, L, R, G, N) in B's
+    and C's dtypes, dB_bias, dC_bias (R, H, N) in the biases' dtypes or None, dphi (Bsz, L, H, S)
+    in phi's dtype; the B and C shares summed, and over the ranks)."""
+    Bsz, L, R, G, N = B.shape
+    H, S = phi.shape[2], phi.shape[-1]
+    dBh, dCh, B, C, phi, B_bias, C_bias = (_c(t) for t in (dBh, dCh, B, C, phi, B_bias, C_bias))
+    dev, f32 = B.device, torch.float32
+    grid, nT, meta = _meta(B, phi, pairing)
+    dB = torch.empty_like(B)
+    dC = torch.empty_like(C)
+    nb = Bsz * nT
+    dbb = torch.empty((nb, R, H, N), dtype=f32, device=dev) if B_bias is not None else None
+    dcb = torch.empty((nb, R, H, N), dtype=f32, device=dev) if C_bias is not None else None
+    one = R == 1 and phi.dtype in (f32, torch.bfloat16, torch.float16)
+    dphi = torch.empty((Bsz, L, H, R, S), dtype=phi.dtype if one else f32, device=dev)
+    if B.numel() > 0 and H > 0:
+        _bc_vjp[grid](dBh, dCh, B, C, phi, B if B_bias is None else B_bias, C if C_bias is None else C_bias,
+                      dB, dC, dB if dbb is None else dbb, dB if dcb is None else dcb, dphi,
+                      L, H, G, N, S, nT, HAS_BB=B_bias is not None, HAS_CB=C_bias is not None, **meta)
+    dphi = dphi[:, :, :, 0] if R == 1 else dphi.sum(3)
+    dB_bias = None if dbb is None else dbb.sum(0).to(B_bias.dtype)
+    dC_bias = None if dcb is None else dcb.sum(0).to(C_bias.dtype)
+    return dB, dC, dB_bias, dC_bias, dphi.to(phi.dtype)
