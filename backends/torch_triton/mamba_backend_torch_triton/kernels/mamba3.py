@@ -18,7 +18,10 @@ starting from S'_{-1} = initial_state + dt_0 (1 - trap_0) sum_r v_{-1,r} k_{-1,r
 torch). The backward (one program per (batch, head), chunks in reverse, entering states from
 the forward kernel run with STORE_STATES) writes per-row dv, dB, dC, dgamma, dscale and per-token
 da; torch then folds ranks (dx, dmimo_x), shifts dscale into the owed term and forms ddt, dA,
-dtrap and the initial k/v gradients (elementwise, O(B L H)).
+dtrap and the initial k/v gradients (elementwise, O(B L H)). The backward and its state
+recompute run at their own chunk (CONFIG["bwd"]: 16 tokens; at 64 its (QR, QR) tiles spill),
+keep the entering states in 16 bits for 16-bit inputs, and store dB, dC (and dv when no ranks
+are folded) in the output dtype.
 The step kernel: one program per (batch, head, P block), the R rank outer products unrolled.
 
 Floor (SISO, B=8, L=2048, H=32, P=64, N=128, bf16; B, C per head (B L R H N)): bytes x, y 2 x

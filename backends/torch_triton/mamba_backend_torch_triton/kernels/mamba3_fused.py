@@ -18,17 +18,19 @@ ops this skips writing and reading the per-head copies: at the Mamba-3 SISO benc
 read here.
 k_L (the last token's rotated B) comes from apply_rope on that token alone.
 
-Switch: MAMBA_TRITON_FUSED_ROPE_SCAN=1 runs the fused kernel; the default (0) runs the same
-composition over this backend's kernels (bias in torch, apply_rope twice, mamba3_scan) until the
-fused kernel is timed on a GPU. Compiled for sm_90 (Triton 3.9, bf16, N = 128, S = 32, Qk = 64,
-8 warps) its chunk loop is 3.2k SASS instructions with 141 spill loads, against 2.7k and 94 for
-mamba3_scan's (a first version with one N-wide tile in a permuted column order, the partner
-components gathered and N-wide cos/sin tiles, was 6.5k with ~800 spill loads and stores). Read
-at every call.
+Switch: MAMBA_TRITON_FUSED_ROPE_SCAN=1 runs the fused kernel; the default (0) writes the
+per-head B and C with mamba3_bc's one kernel for both (groups to heads, bias, rotation), then
+runs mamba3_scan. On an H100 (run 22, bf16, the benchmark shape) the fused kernel took 1.069 ms
+against 1.002 for the composition of that time (bias in torch, apply_rope twice, mamba3_scan),
+so it stays off. Compiled for sm_90 (Triton 3.9, bf16, N = 128, S = 32, Qk = 64, 8 warps) its
+chunk loop is 3.2k SASS instructions with 141 spill loads, against 2.7k and 94 for
+mamba3_scan's: the prologue's registers cost the scan more than the bytes it saves. Read at
+every call.
 
-VJP: the composition (``compose_vjp``) over this backend's kernels: the rotated B and C are
-recomputed by apply_rope, then mamba3_scan_vjp and apply_rope_vjp; the group and bias
-gradients are sums in torch.
+VJP: the per-head B and C recomputed by mamba3_bc's forward kernel, mamba3_scan_vjp, then
+mamba3_bc's VJP kernel (rotations back, the heads' sums into their group, the bias partials,
+the angle gradients of B and C added). Pairings other than "interleaved" / "halves" and what
+mamba3_scan does not take go through the core's composition.
 
 Fallback: what mamba3_scan falls back on (float64, non-CUDA devices, P, N > 256, R > 16), and
 phi in float64, run the core's default composition.
