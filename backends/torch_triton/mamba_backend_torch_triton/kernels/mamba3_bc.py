@@ -112,10 +112,9 @@ def _cos_sin(phi_ptr, tok, i, tm, im, S, FAST: tl.constexpr):
 
 
 @triton.jit
-def _bc_fwd(B_ptr, C_ptr, phi_ptr, bb_ptr, cb_ptr, Bh_ptr, Ch_ptr, L, H, G, N, S, nT,
-            R: tl.constexpr, T: tl.constexpr, BS: tl.constexpr, BQ: tl.constexpr,
-            ROT: tl.constexpr, PASS: tl.constexpr, HALVES: tl.constexpr, HAS_BB: tl.constexpr,
-            HAS_CB: tl.constexpr, FAST: tl.constexpr):
+def _program(B_ptr, C_ptr, L, G, N, S, nT, R: tl.constexpr, T: tl.constexpr, BS: tl.constexpr,
+             BQ: tl.constexpr, ROT: tl.constexpr, PASS: tl.constexpr, HALVES: tl.constexpr):
+    # this program's (batch, token block, group, rank), its columns, and the group's B and C rows
     pid = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1).to(tl.int64)
     r = tl.program_id(2).to(tl.int64)
@@ -126,6 +125,46 @@ def _bc_fwd(B_ptr, C_ptr, phi_ptr, bb_ptr, cb_ptr, Bh_ptr, Ch_ptr, L, H, G, N, S
     gbase = ((((b * L + t) * R + r) * G + g) * N)[:, None]
     B1, B2, B3 = _load3(B_ptr, gbase, tm, c1, c2, c3, im, qm, ROT, PASS)
     C1, C2, C3 = _load3(C_ptr, gbase, tm, c1, c2, c3, im, qm, ROT, PASS)
+    return pid, g, r, b, t, tm, i, im, c1, c2, qm, c3, gbase, B1, B2, B3, C1, C2, C3
+
+
+@triton.jit
+def _rotate_back(ptr, hbase, tm, c1, c2, c3, im, qm, x1, x2, bias_ptr, boff, cs, sn,
+                 HAS: tl.constexpr, ROT: tl.constexpr, PASS: tl.constexpr):
+    # one head's gradient rows of B (or C) rotated back: (dx1, dx2, dx3, its angle gradient)
+    b1, b2, b3 = _bias3(bias_ptr, boff, c1, c2, c3, im, qm, HAS, ROT, PASS)
+    d1, d2, d3 = _load3(ptr, hbase, tm, c1, c2, c3, im, qm, ROT, PASS)
+    e1 = 0.0
+    e2 = 0.0
+    dphi = 0.0
+    if ROT:
+        a = x1 + b1
+        z = x2 + b2
+        dphi = d2 * (a * cs - z * sn) - d1 * (z * cs + a * sn)
+        e1 = d1 * cs + d2 * sn
+        e2 = d2 * cs - d1 * sn
+    return e1, e2, d3, dphi
+
+
+@triton.jit
+def _bias_share(ptr, po, c1, c2, c3, im, qm, e1, e2, e3, HAS: tl.constexpr, ROT: tl.constexpr,
+                PASS: tl.constexpr):
+    # this program's share of one bias row's gradient: its tokens summed
+    if HAS:
+        if ROT:
+            tl.store(ptr + po + c1, tl.sum(e1, 0), mask=im)
+            tl.store(ptr + po + c2, tl.sum(e2, 0), mask=im)
+        if PASS:
+            tl.store(ptr + po + c3, tl.sum(e3, 0), mask=qm)
+
+
+@triton.jit
+def _bc_fwd(B_ptr, C_ptr, phi_ptr, bb_ptr, cb_ptr, Bh_ptr, Ch_ptr, L, H, G, N, S, nT,
+            R: tl.constexpr, T: tl.constexpr, BS: tl.constexpr, BQ: tl.constexpr,
+            ROT: tl.constexpr, PASS: tl.constexpr, HALVES: tl.constexpr, HAS_BB: tl.constexpr,
+            HAS_CB: tl.constexpr, FAST: tl.constexpr):
+    pid, g, r, b, t, tm, i, im, c1, c2, qm, c3, gbase, B1, B2, B3, C1, C2, C3 = _program(
+        B_ptr, C_ptr, L, G, N, S, nT, R, T, BS, BQ, ROT, PASS, HALVES)
     HG = H // G
     for hh in range(0, HG):
         h = g * HG + hh
@@ -150,16 +189,8 @@ def _bc_vjp(dBh_ptr, dCh_ptr, B_ptr, C_ptr, phi_ptr, bb_ptr, cb_ptr,
             HAS_CB: tl.constexpr, FAST: tl.constexpr):
     # y1 = a cos - z sin, y2 = z cos + a sin (a, z = the pair + bias): da = dy1 cos + dy2 sin,
     # dz = dy2 cos - dy1 sin, dphi = dy2 y1 - dy1 y2; pass-through components: dx = dy
-    pid = tl.program_id(0).to(tl.int64)
-    g = tl.program_id(1).to(tl.int64)
-    r = tl.program_id(2).to(tl.int64)
-    b = pid // nT
-    t = (pid % nT) * T + tl.arange(0, T)
-    tm = t < L
-    i, im, c1, c2, j, qm, c3 = _cols(N, S, BS, BQ, HALVES)
-    gbase = ((((b * L + t) * R + r) * G + g) * N)[:, None]
-    B1, B2, B3 = _load3(B_ptr, gbase, tm, c1, c2, c3, im, qm, ROT, PASS)
-    C1, C2, C3 = _load3(C_ptr, gbase, tm, c1, c2, c3, im, qm, ROT, PASS)
+    pid, g, r, b, t, tm, i, im, c1, c2, qm, c3, gbase, B1, B2, B3, C1, C2, C3 = _program(
+        B_ptr, C_ptr, L, G, N, S, nT, R, T, BS, BQ, ROT, PASS, HALVES)
     gB1 = tl.zeros((T, BS), tl.float32)
     gB2 = tl.zeros((T, BS), tl.float32)
     gB3 = tl.zeros((T, BQ), tl.float32)
@@ -171,54 +202,31 @@ def _bc_vjp(dBh_ptr, dCh_ptr, B_ptr, C_ptr, phi_ptr, bb_ptr, cb_ptr,
         h = g * HG + hh
         hbase = ((((b * L + t) * R + r) * H + h) * N)[:, None]
         tok = (b * L + t) * H + h
-        dphi = tl.zeros((T, BS), tl.float32)
+        boff = (r * H + h) * N
+        po = ((pid * R + r) * H + h) * N  # this program's row of the bias partials
         cs = 1.0
         sn = 0.0
         if ROT:
             cs, sn = _cos_sin(phi_ptr, tok, i, tm, im, S, FAST)
-        # B
-        bb1, bb2, bb3 = _bias3(bb_ptr, (r * H + h) * N, c1, c2, c3, im, qm, HAS_BB, ROT, PASS)
-        d1, d2, d3 = _load3(dBh_ptr, hbase, tm, c1, c2, c3, im, qm, ROT, PASS)
+        e1, e2, e3, dpb = _rotate_back(dBh_ptr, hbase, tm, c1, c2, c3, im, qm, B1, B2, bb_ptr, boff,
+                                       cs, sn, HAS_BB, ROT, PASS)
+        _bias_share(dbb_ptr, po, c1, c2, c3, im, qm, e1, e2, e3, HAS_BB, ROT, PASS)
         if ROT:
-            a = B1 + bb1
-            z = B2 + bb2
-            dphi += d2 * (a * cs - z * sn) - d1 * (z * cs + a * sn)
-            e1 = d1 * cs + d2 * sn
-            e2 = d2 * cs - d1 * sn
             gB1 += e1
             gB2 += e2
         if PASS:
-            gB3 += d3
-        if HAS_BB:  # this program's share of dB_bias[r, h]: its tokens summed
-            po = ((pid * R + r) * H + h) * N
-            if ROT:
-                tl.store(dbb_ptr + po + c1, tl.sum(e1, 0), mask=im)
-                tl.store(dbb_ptr + po + c2, tl.sum(e2, 0), mask=im)
-            if PASS:
-                tl.store(dbb_ptr + po + c3, tl.sum(d3, 0), mask=qm)
-        # C
-        cb1, cb2, cb3 = _bias3(cb_ptr, (r * H + h) * N, c1, c2, c3, im, qm, HAS_CB, ROT, PASS)
-        d1, d2, d3 = _load3(dCh_ptr, hbase, tm, c1, c2, c3, im, qm, ROT, PASS)
+            gB3 += e3
+        e1, e2, e3, dpc = _rotate_back(dCh_ptr, hbase, tm, c1, c2, c3, im, qm, C1, C2, cb_ptr, boff,
+                                       cs, sn, HAS_CB, ROT, PASS)
+        _bias_share(dcb_ptr, po, c1, c2, c3, im, qm, e1, e2, e3, HAS_CB, ROT, PASS)
         if ROT:
-            a = C1 + cb1
-            z = C2 + cb2
-            dphi += d2 * (a * cs - z * sn) - d1 * (z * cs + a * sn)
-            e1 = d1 * cs + d2 * sn
-            e2 = d2 * cs - d1 * sn
             gC1 += e1
             gC2 += e2
-        if PASS:
-            gC3 += d3
-        if HAS_CB:
-            po = ((pid * R + r) * H + h) * N
-            if ROT:
-                tl.store(dcb_ptr + po + c1, tl.sum(e1, 0), mask=im)
-                tl.store(dcb_ptr + po + c2, tl.sum(e2, 0), mask=im)
-            if PASS:
-                tl.store(dcb_ptr + po + c3, tl.sum(d3, 0), mask=qm)
-        if ROT:  # (B, L, H, R, S): this rank's share of the head's angle gradient
-            tl.store(dphi_ptr + ((tok * R + r) * S)[:, None] + i[None, :], dphi,
+            # (B, L, H, R, S): this rank's share of the head's angle gradient, B's and C's added
+            tl.store(dphi_ptr + ((tok * R + r) * S)[:, None] + i[None, :], dpb + dpc,
                      mask=tm[:, None] & im[None, :])
+        if PASS:
+            gC3 += e3
     _store3(dB_ptr, gbase, tm, c1, c2, c3, im, qm, gB1, gB2, gB3, ROT, PASS)
     _store3(dC_ptr, gbase, tm, c1, c2, c3, im, qm, gC1, gC2, gC3, ROT, PASS)
 
