@@ -39,6 +39,7 @@
 #                                                 the Mamba-3 VJP launch sweep (session 8)
 #   bash benchmarks/gpu/run_device.sh s8a         the Mamba-3 VJP's new default: certificate entries, yardstick with
 #                                                 the backward's pieces, VJP sweep, SISO cuda_cupy beside torch_triton
+#   bash benchmarks/gpu/run_device.sh s8b         s8a without the cuda_cupy benches (a short device budget)
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
 #   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
 # Optional carries: .cache/ with tarballs of an earlier call's ~/.triton/cache
@@ -80,6 +81,25 @@ results_dir() { R="$OUT/r"; mkdir -p "$R"; mv "$OUT/device.txt" "$OUT/backends.t
 job() { local name=$1 t=$2; shift 2; (timeout "$t" "$@" > "$R/$name.log" 2>&1; echo "$name rc=$?" >> "$R/rc.txt") & }
 tmo() { local l=$(( ${DEADLINE:-560} - SECONDS )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 case "${1:-certify}" in
+s8b)
+    # s8a without the cuda_cupy SISO benches (for a short device budget): the torch_triton
+    # certificate entries in the background, the Mamba-3 yardstick, a 3-config VJP sweep.
+    results_dir
+    DEADLINE=${DEADLINE:-340}
+    for cfg in 16:8:2 16:8:1 16:4:2; do
+        job "m3warm_${cfg//[:-]/_}" $(tmo 200) env SWEEP_M3=$cfg SWEEP_M3_WARM=1 python3 benchmarks/gpu/sweep_tt.py "$R/m3warm" --parts m3 --budget 190
+    done
+    job tt_cert $(tmo $(( DEADLINE - 25 ))) mamba-conformance torch_triton --dtype bfloat16 --dtype float32 --only op:selective_scan \
+        --only op:mamba3_scan --only op:mamba3_rope_scan --only 'mixer:mamba3*' --json "$R/torch_triton.gpu.s8.certificate.json"
+    CERT_PID=$!
+    YARDSTICK_PARTS=mamba3 YARDSTICK_M3_AUTOTUNE=reduced timeout $(tmo 150) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m3" > "$R/yardstick-m3.log" 2>&1
+    echo "yardstick m3 rc=$?"; grep -E "Mamba-|FAILED|pieces|rope_scan" "$R/yardstick-m3.log" | cut -c1-300
+    SWEEP_M3=16:8:2,16:8:1,16:4:2 timeout $(tmo 40) python3 benchmarks/gpu/sweep_tt.py "$R/m3sweep" --parts m3 --budget 35 > "$R/sweep_m3.log" 2>&1
+    echo "sweep m3 rc=$?"; grep -E "m3 vjp|Mamba-3" "$R/sweep_m3.log" | cut -c1-200
+    wait $CERT_PID; tail -n 3 "$R/tt_cert.log" | cut -c1-300; grep -E "FAIL|ERROR" "$R/tt_cert.log" | head | cut -c1-300
+    cat "$R/rc.txt"
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
+    ;;
 s8a)
     # Session 8, second call: the Mamba-3 VJP at its new default (chunk 16, 8 warps, 2 stages,
     # 16-bit entering states, the reordered loop, gradients stored in the output dtype):
