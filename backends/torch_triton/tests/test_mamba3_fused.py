@@ -1,5 +1,6 @@
-"""torch_triton's mamba3_rope_scan (the scan kernel with the B/C prologue fused in) against the
-float64 reference, in the Triton interpreter (TRITON_INTERPRET=1) or on a GPU.
+"""torch_triton's mamba3_rope_scan against the float64 reference, in the Triton interpreter
+(TRITON_INTERPRET=1) or on a GPU, along its three paths: the scan kernel with the B/C prologue
+fused in, the default (mamba3_bc's B/C kernels, then the scan) and the separate ops.
 
 Beyond the conformance cases: several P blocks (P > 64), N not a power of two with S < N / 2,
 S = 0 (nothing rotated), G = H and G < H, bf16 inputs with float32 biases, the float64 fallback,
@@ -82,10 +83,12 @@ def rel(got, want):
     return float(np.abs(got - want).max() / (scale if scale > 0 else 1.0))
 
 
-@pytest.fixture(params=["fused", "composed"])
+@pytest.fixture(params=["fused", "composed", "separate"])
 def path(request, monkeypatch):
-    """Both paths of the op: the fused kernel (MAMBA_TRITON_FUSED_ROPE_SCAN=1) and the default."""
+    """The op's three paths: the fused kernel (MAMBA_TRITON_FUSED_ROPE_SCAN=1), the default (the
+    B/C kernels of mamba3_bc, then the scan) and the separate ops (MAMBA_TRITON_BC_KERNEL=0)."""
     monkeypatch.setenv("MAMBA_TRITON_FUSED_ROPE_SCAN", "1" if request.param == "fused" else "0")
+    monkeypatch.setenv("MAMBA_TRITON_BC_KERNEL", "0" if request.param == "separate" else "1")
     return request.param
 
 
@@ -125,10 +128,11 @@ def test_fused_equals_separate_ops(monkeypatch):
         assert rel(g, w.double().cpu().numpy()) < 1e-5
 
 
-def test_switch_is_checked(monkeypatch):
-    monkeypatch.setenv("MAMBA_TRITON_FUSED_ROPE_SCAN", "yes")
+@pytest.mark.parametrize("switch", ["MAMBA_TRITON_FUSED_ROPE_SCAN", "MAMBA_TRITON_BC_KERNEL"])
+def test_switch_is_checked(monkeypatch, switch):
+    monkeypatch.setenv(switch, "yes")
     ta, tk, _, _ = inputs(CASES["SISO,S=0"])
-    with pytest.raises(ValueError, match="MAMBA_TRITON_FUSED_ROPE_SCAN"):
+    with pytest.raises(ValueError, match=switch):
         F.mamba3_rope_scan(*ta.values(), **tk)
 
 

@@ -18,14 +18,16 @@ ops this skips writing and reading the per-head copies: at the Mamba-3 SISO benc
 read here.
 k_L (the last token's rotated B) comes from apply_rope on that token alone.
 
-Switch: MAMBA_TRITON_FUSED_ROPE_SCAN=1 runs the fused kernel; the default (0) writes the
-per-head B and C with mamba3_bc's one kernel for both (groups to heads, bias, rotation), then
-runs mamba3_scan. On an H100 (run 22, bf16, the benchmark shape) the fused kernel took 1.069 ms
+Switches (read at every call): MAMBA_TRITON_FUSED_ROPE_SCAN=1 runs the fused kernel; the
+default (0) writes the per-head B and C with mamba3_bc's one kernel for both (groups to heads,
+bias, rotation), then runs mamba3_scan. MAMBA_TRITON_BC_KERNEL=0 replaces mamba3_bc's kernels
+(forward and VJP) by the separate ops they fuse (bias adds in torch, apply_rope, apply_rope_vjp,
+the sums in torch): they are checked in the interpreter and compiled for sm_90, not yet run on a
+GPU, and this steps around them if they misbehave there. On an H100 (run 22, bf16, the benchmark shape) the fused kernel took 1.069 ms
 against 1.002 for the composition of that time (bias in torch, apply_rope twice, mamba3_scan),
 so it stays off. Compiled for sm_90 (Triton 3.9, bf16, N = 128, S = 32, Qk = 64, 8 warps) its
 chunk loop is 3.2k SASS instructions with 141 spill loads, against 2.7k and 94 for
-mamba3_scan's: the prologue's registers cost the scan more than the bytes it saves. Read at
-every call.
+mamba3_scan's: the prologue's registers cost the scan more than the bytes it saves.
 
 VJP: the per-head B and C recomputed by mamba3_bc's forward kernel, mamba3_scan_vjp, then
 mamba3_bc's VJP kernel (rotations back, the heads' sums into their group, the bias partials,
@@ -64,12 +66,23 @@ FALLBACKS = "mamba3_rope_scan/mamba3_rope_scan_vjp: as mamba3_scan (float64, non
 _PAIRINGS = ("interleaved", "halves")
 
 
+def _switch(name: str, default: str) -> bool:
+    v = os.environ.get(name, default)
+    if v not in ("0", "1"):
+        raise ValueError(f"{name}={v!r}: expected 0 or 1")
+    return v == "1"
+
+
 def fused_enabled() -> bool:
     """MAMBA_TRITON_FUSED_ROPE_SCAN=1: the fused kernel (default 0: the composition)."""
-    v = os.environ.get("MAMBA_TRITON_FUSED_ROPE_SCAN", "0")
-    if v not in ("0", "1"):
-        raise ValueError(f"MAMBA_TRITON_FUSED_ROPE_SCAN={v!r}: expected 0 or 1")
-    return v == "1"
+    return _switch("MAMBA_TRITON_FUSED_ROPE_SCAN", "0")
+
+
+def bc_enabled() -> bool:
+    """MAMBA_TRITON_BC_KERNEL=0: the composition's B/C prologue and its VJP as separate ops (bias
+    adds in torch, apply_rope and apply_rope_vjp twice, head and bias sums in torch) instead of
+    mamba3_bc's two kernels (default 1)."""
+    return _switch("MAMBA_TRITON_BC_KERNEL", "1")
 
 
 @triton.jit
@@ -264,7 +277,7 @@ def mamba3_rope_scan(x, dt, A, trap, B, C, phi, B_bias=None, C_bias=None, D=None
     if not _supported(x, B, dt, A, trap, C, phi, B_bias, C_bias, D, mimo_x, initial_state,
                       initial_k, initial_v):
         return fallback("mamba3_rope_scan")(*args)
-    if pairing not in _PAIRINGS:
+    if pairing not in _PAIRINGS or not (fused_enabled() or bc_enabled()):
         return core.compose(xpt, apply_rope, mamba3_scan, *args)
     if not fused_enabled():
         Bh, Ch = bc_heads_rope(B, C, phi, B_bias, C_bias, x.shape[2], pairing)
@@ -290,8 +303,8 @@ def mamba3_rope_scan_vjp(cotangent, x, dt, A, trap, B, C, phi, B_bias=None, C_bi
                          initial_v=None, pairing="interleaved"):
     """mamba3_rope_scan's VJP: the per-head B and C recomputed (bc_heads_rope), mamba3_scan_vjp,
     then bc_heads_rope_vjp (the rotations, head sums and bias sums in one kernel)."""
-    if pairing not in _PAIRINGS or not _supported(x, B, dt, A, trap, C, phi, B_bias, C_bias, D, mimo_x,
-                                                   initial_state, initial_k, initial_v):
+    if pairing not in _PAIRINGS or not bc_enabled() or not _supported(
+            x, B, dt, A, trap, C, phi, B_bias, C_bias, D, mimo_x, initial_state, initial_k, initial_v):
         return core.compose_vjp(xpt, apply_rope, apply_rope_vjp, mamba3_scan_vjp, cotangent, x, dt, A,
                                 trap, B, C, phi, B_bias, C_bias, D, mimo_x, chunk_size, initial_state,
                                 initial_k, initial_v, pairing)
