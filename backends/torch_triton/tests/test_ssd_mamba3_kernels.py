@@ -195,6 +195,22 @@ def test_mamba3_scan_forward_and_vjp(name):
         assert rel(g[k], g_ref[k]) < TOL["float32"], k
 
 
+@pytest.mark.parametrize("conf", [dict(chunk=None, num_warps=8, stages=None), dict(chunk=16, num_warps=4, stages=2),
+                                  dict(chunk=32, num_warps=8, stages=1)], ids=["call's chunk", "16", "32"])
+def test_mamba3_scan_vjp_any_backward_launch(monkeypatch, conf):
+    """The backward runs at its own chunk and launch (CONFIG["bwd"]): the gradients do not depend
+    on them (the call's chunk is 64 here, so every cap changes the layout)."""
+    monkeypatch.setitem(M3.CONFIG, "bwd", dict(conf, states16=True))
+    rng = np.random.default_rng(11)
+    args, kw = m3_inputs(rng, L=70, H=2, P=3, N=4, R=2, Q=64)
+    ref = REGISTRY["mamba3_scan"].reference(**args, **kw)
+    cot = tuple(rng.standard_normal(r.shape) for r in ref)
+    g_ref = REGISTRY["mamba3_scan_vjp"].reference(cot, **args, **kw)
+    g = M3.mamba3_scan_vjp(tuple(to_t(c) for c in cot), **tt(args), **tt(kw))
+    for k in g_ref:
+        assert rel(g[k], g_ref[k]) < TOL["float32"], k
+
+
 def test_mamba3_scan_vjp_state_cotangent_only():
     rng = np.random.default_rng(7)
     args, kw = m3_inputs(rng, L=21, H=2, P=2, N=3, R=2, Q=8)
