@@ -2,6 +2,9 @@
 differences of forward in float64 (reference and cpu_numpy backends), for every parameter, for u
 and for the initial cache; dcache; L = 1 and L not divisible by chunk_size; ngroups < nheads,
 rope_fraction 1, out-norm, an active A_floor; cpu_numpy float32 against the reference in float64.
+The reference backend has mamba3_rope_scan natively, so its training pass runs that op and its
+VJP; cpu_numpy's runs the separate ops (apply_rope, mamba3_scan): both paths meet the finite
+differences.
 
 The scalar differentiated is f = sum(y * w) + sum over the final cache entries of (entry * w_c),
 with the angle state entering as cos/sin of it (its stored value jumps at the mod 2 pi wrap; the

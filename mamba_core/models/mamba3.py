@@ -28,8 +28,9 @@ Forward (u: (B, L, D)):
     y: (B, L, R, H, P); z_r = z * mimo_z[:, r] (SISO: z)
     y_r = y_r * silu(z_r), or with is_outproj_norm rmsnorm_per_head(y_r) * norm.weight * silu(z_r)
     y = sum_r y_r * mimo_o[:, r] (SISO: y_0); out = out_proj(y (B, L, E))
-On a backend with mamba3_rope_scan natively, forward runs the broadcast, bias, rotation and scan
-as that one op, on the per-group normed B, C (the backend reads them once per group).
+On a backend with mamba3_rope_scan natively, forward and forward_train run the broadcast, bias,
+rotation and scan as that one op, on the per-group normed B, C (the backend reads them once per
+group), and backward runs its VJP.
 Cache: {"angle_state": (B, H, S), "ssm_state": (B, H, P, N)} float32 (float64 for float64),
        {"k_state": (B, R, H, N) (last Bhat), "v_state": (B, H, P) (last raw x)} in the model dtype.
 
@@ -386,31 +387,21 @@ def _new_cache(be, u, angle_state, ssm_state, k_state, v_state) -> dict:
 def forward(be, params: dict, cfg: Config, u, cache: dict | None = None):
     """u: (B, L, D) -> (out (B, L, D), new cache). With a cache, continues from it.
 
-    A backend with mamba3_rope_scan natively runs the B/C prologue (groups -> heads, bias,
-    rotation) inside its scan (``_forward_fused``); otherwise the separate ops run, as in
-    forward_train (which keeps them: backward needs the rotated B and C)."""
-    if be.ops.is_native("mamba3_rope_scan"):
-        return _forward_fused(be, params, cfg, u, cache)
+    ``forward_train`` without what it saves (saving keeps references, computes nothing)."""
     out, new_cache, _ = forward_train(be, params, cfg, u, cache)
     return out, new_cache
 
 
-def _forward_fused(be, params: dict, cfg: Config, u, cache: dict | None = None):
-    """forward through mamba3_rope_scan: B and C enter per group, the biases per head."""
+def _rope_scan(be, params: dict, cfg: Config, x, dt, A, trap, Bn, Cn, phi, c: dict):
+    """mamba3_rope_scan on the per-group normed B, C (the biases per head, (R, H, N))."""
     xp = be.xp
-    Bsz, L = u.shape[0], u.shape[1]
-    c = {k: v for k, v in (cache or {}).items() if v is not None}
-    zxbc = be.ops.linear(u, params["in_proj.weight"])
-    z, x, Bn, Cn, dt, A, trap, angles = _prep_from(be, params, cfg, zxbc, (Bsz, L), per_group=True)
-    phi, angle_state = be.ops.mamba3_angles(angles, dt, c.get("angle_state"))
-    y, ssm_state, k_state, v_state = be.ops.mamba3_rope_scan(
+    return be.ops.mamba3_rope_scan(
         x, dt, A, trap, Bn, Cn, phi, B_bias=xp.permute_dims(params["B_bias"], (1, 0, 2)),
         C_bias=xp.permute_dims(params["C_bias"], (1, 0, 2)), D=params["D"],
         mimo_x=params["mimo_x"] if cfg.is_mimo else None, chunk_size=cfg.chunk_size,
         initial_state=c.get("ssm_state"), initial_k=c.get("k_state"), initial_v=c.get("v_state"),
         pairing=cfg.rope_pairing,
     )
-    return _finish(be, params, cfg, y, z), _new_cache(be, u, angle_state, ssm_state, k_state, v_state)
 
 
 def forward_train(be, params: dict, cfg: Config, u, cache: dict | None = None):
@@ -427,26 +418,35 @@ def forward_train(be, params: dict, cfg: Config, u, cache: dict | None = None):
         "y_scan"   (B, L, R, H, P)        the scan's output (the gate's input)
         "y_gated"  (B, L, E)              out_proj's input
         "angle_state", "ssm_state", "k_state", "v_state"   the initial cache, when one was given
-    No scan state is saved: mamba3_scan_vjp recomputes them from its inputs.
+    On a backend with mamba3_rope_scan natively, the B/C prologue (groups -> heads, bias,
+    rotation) runs inside that op and "phi" is (B, L, H, S), "Bn", "Cn" (B, L, R, G, N) (normed,
+    per group) replace "Bb", "Cb", "Bh", "Ch": backward then runs mamba3_rope_scan_vjp.
+    No scan state is saved: the scans' VJPs recompute them from their inputs.
     """
     xp = be.xp
     Bsz, L = u.shape[0], u.shape[1]
     c = {k: v for k, v in (cache or {}).items() if v is not None}
     zxbc = be.ops.linear(u, params["in_proj.weight"])
-    z, x, Bb, Cb, dt, A, trap, angles = _prep_from(be, params, cfg, zxbc, (Bsz, L))
+    fused = be.ops.is_native("mamba3_rope_scan")
+    z, x, Bb, Cb, dt, A, trap, angles = _prep_from(be, params, cfg, zxbc, (Bsz, L), per_group=fused)
     phi, angle_state = be.ops.mamba3_angles(angles, dt, c.get("angle_state"))
-    phi = xp.expand_dims(phi, axis=2)  # (B, L, 1, H, S): the same angle for every rank
-    Bh = be.ops.apply_rope(Bb, phi, pairing=cfg.rope_pairing)
-    Ch = be.ops.apply_rope(Cb, phi, pairing=cfg.rope_pairing)
-    y, ssm_state, k_state, v_state = be.ops.mamba3_scan(
-        x, dt, A, trap, Bh, Ch, D=params["D"], mimo_x=params["mimo_x"] if cfg.is_mimo else None,
-        chunk_size=cfg.chunk_size, initial_state=c.get("ssm_state"), initial_k=c.get("k_state"),
-        initial_v=c.get("v_state"),
-    )
+    if fused:
+        y, ssm_state, k_state, v_state = _rope_scan(be, params, cfg, x, dt, A, trap, Bb, Cb, phi, c)
+        rope = {"Bn": Bb, "Cn": Cb}
+    else:
+        phi = xp.expand_dims(phi, axis=2)  # (B, L, 1, H, S): the same angle for every rank
+        Bh = be.ops.apply_rope(Bb, phi, pairing=cfg.rope_pairing)
+        Ch = be.ops.apply_rope(Cb, phi, pairing=cfg.rope_pairing)
+        y, ssm_state, k_state, v_state = be.ops.mamba3_scan(
+            x, dt, A, trap, Bh, Ch, D=params["D"], mimo_x=params["mimo_x"] if cfg.is_mimo else None,
+            chunk_size=cfg.chunk_size, initial_state=c.get("ssm_state"), initial_k=c.get("k_state"),
+            initial_v=c.get("v_state"),
+        )
+        rope = {"Bb": Bb, "Cb": Cb, "Bh": Bh, "Ch": Ch}
     y_gated = _mix(be, params, cfg, _gate(be, params, cfg, y, _gate_z(be, params, cfg, z)))
     out = be.ops.linear(y_gated, params["out_proj.weight"])
-    saved = {"u": u, "zxbc": zxbc, "dt": dt, "A": A, "trap": trap, "phi": phi,
-             "Bb": Bb, "Cb": Cb, "Bh": Bh, "Ch": Ch, "y_scan": y, "y_gated": y_gated}
+    saved = {"u": u, "zxbc": zxbc, "dt": dt, "A": A, "trap": trap, "phi": phi, **rope,
+             "y_scan": y, "y_gated": y_gated}
     saved.update({k: c[k] for k in CACHE_KEYS if k in c})
     return out, _new_cache(be, u, angle_state, ssm_state, k_state, v_state), saved
 
@@ -495,17 +495,23 @@ def _sum_bl(xp, a):
     return xp.sum(a, axis=(0, 1))
 
 
+def _bc_norm_vjp(be, cfg: Config, dn, v, norm_w):
+    """The reverse of _bc_normed. dn: (B, L, R, G, N) gradient of its output; v: its input
+    (B, L, R*G*N). Returns (dv_in (B, L, R*G*N), dnorm_w (N,))."""
+    xp = be.xp
+    R, G, N = cfg.mimo_rank, cfg.ngroups, cfg.d_state
+    lead = tuple(v.shape[:-1])
+    g = be.ops.rmsnorm_vjp(xp.astype(dn, v.dtype), xp.reshape(v, lead + (R, G, N)), norm_w, NORM_EPS)
+    return xp.reshape(g["x"], lead + (R * G * N,)), xp.astype(g["weight"], norm_w.dtype)
+
+
 def _bc_heads_vjp(be, cfg: Config, dv, v, norm_w, bias):
     """The reverse of _bc_heads. dv: (B, L, R, H, N) gradient of its output; v: its input
     (B, L, R*G*N). Returns (dv_in (B, L, R*G*N), dnorm_w (N,), dbias (H, R, N))."""
     xp = be.xp
-    R, G, N = cfg.mimo_rank, cfg.ngroups, cfg.d_state
-    lead = tuple(v.shape[:-1])
-    dn, dbias = heads_vjp(xp, dv, G)  # G -> H broadcast: each group's heads summed; bias (R, H, N)
-    dbias = xp.permute_dims(dbias, (1, 0, 2))  # <- (H, R, N)
-    g = be.ops.rmsnorm_vjp(xp.astype(dn, v.dtype), xp.reshape(v, lead + (R, G, N)), norm_w, NORM_EPS)
-    return (xp.reshape(g["x"], lead + (R * G * N,)), xp.astype(g["weight"], norm_w.dtype),
-            xp.astype(dbias, bias.dtype))
+    dn, dbias = heads_vjp(xp, dv, cfg.ngroups)  # G -> H: each group's heads summed; bias (R, H, N)
+    dv_in, dnorm_w = _bc_norm_vjp(be, cfg, dn, v, norm_w)
+    return dv_in, dnorm_w, xp.astype(xp.permute_dims(dbias, (1, 0, 2)), bias.dtype)  # bias <- (H, R, N)
 
 
 def backward(be, params: dict, cfg: Config, saved: dict, dy, dcache: dict | None = None):
@@ -580,37 +586,49 @@ def backward(be, params: dict, cfg: Config, saved: dict, dy, dcache: dict | None
     else:
         dz = dzr[:, :, 0]
 
-    # y, S_L, k_L, v_L = mamba3_scan(...)
-    Bh, Ch = saved["Bh"], saved["Ch"]
+    # y, S_L, k_L, v_L = mamba3_scan(...), after Bh, Ch = apply_rope(Bb, phi), apply_rope(Cb, phi)
+    # (or all of it as mamba3_rope_scan on the per-group Bn, Cn)
     xh = xp.reshape(x, (Bsz, L, H, P))
 
     def cot(k, like):  # a final-cache gradient, in the dtype of the op output it flows into
         return xp.astype(dcache[k], like.dtype) if k in dcache else None
 
-    gs = be.ops.mamba3_scan_vjp(
-        (xp.astype(d_scan, y.dtype), cot("ssm_state", dt), cot("k_state", Bh), cot("v_state", xh)),
-        xh, dt, A, trap, Bh, Ch, D=params["D"], mimo_x=params["mimo_x"] if cfg.is_mimo else None,
-        chunk_size=cfg.chunk_size, initial_state=init.get("ssm_state"), initial_k=init.get("k_state"),
-        initial_v=init.get("v_state"),
-    )
+    fused = "Bn" in saved
+    k_like = saved["Bn"] if fused else saved["Bh"]
+    cotangent = (xp.astype(d_scan, y.dtype), cot("ssm_state", dt), cot("k_state", k_like), cot("v_state", xh))
+    scan_kw = dict(D=params["D"], mimo_x=params["mimo_x"] if cfg.is_mimo else None, chunk_size=cfg.chunk_size,
+                   initial_state=init.get("ssm_state"), initial_k=init.get("k_state"),
+                   initial_v=init.get("v_state"))
+    if fused:
+        gs = be.ops.mamba3_rope_scan_vjp(
+            cotangent, xh, dt, A, trap, saved["Bn"], saved["Cn"], phi,
+            B_bias=xp.permute_dims(params["B_bias"], (1, 0, 2)), C_bias=xp.permute_dims(params["C_bias"], (1, 0, 2)),
+            pairing=cfg.rope_pairing, **scan_kw)
+        dphi = xp.astype(gs["phi"], wide)
+    else:
+        gs = be.ops.mamba3_scan_vjp(cotangent, xh, dt, A, trap, saved["Bh"], saved["Ch"], **scan_kw)
+        gb = be.ops.apply_rope_vjp(gs["B"], saved["Bb"], phi, pairing=cfg.rope_pairing)
+        gc = be.ops.apply_rope_vjp(gs["C"], saved["Cb"], phi, pairing=cfg.rope_pairing)
+        dphi = xp.reshape(xp.astype(gb["phi"], wide) + xp.astype(gc["phi"], wide), (Bsz, L, H, S))
     dparams["D"] = gs["D"]
     if cfg.is_mimo:
         dparams["mimo_x"] = gs["mimo_x"]
-
-    # Bh, Ch = apply_rope(Bb, phi), apply_rope(Cb, phi)
-    gb = be.ops.apply_rope_vjp(gs["B"], saved["Bb"], phi, pairing=cfg.rope_pairing)
-    gc = be.ops.apply_rope_vjp(gs["C"], saved["Cb"], phi, pairing=cfg.rope_pairing)
-    dphi = xp.reshape(xp.astype(gb["phi"], wide) + xp.astype(gc["phi"], wide), (Bsz, L, H, S))
 
     # phi, angle_L = mamba3_angles(angles, dt, angle_0)
     ga = be.ops.mamba3_angles_vjp((dphi, cot("angle_state", dphi)), angles, dt, init.get("angle_state"))
     ddt = xp.astype(gs["dt"], wide) + xp.astype(ga["dt"], wide)
 
-    # Bb, Cb = rmsnorm -> G->H -> + bias
-    dBm, dparams["B_norm.weight"], dparams["B_bias"] = _bc_heads_vjp(
-        be, cfg, gb["x"], Bm, params["B_norm.weight"], params["B_bias"])
-    dCm, dparams["C_norm.weight"], dparams["C_bias"] = _bc_heads_vjp(
-        be, cfg, gc["x"], Cm, params["C_norm.weight"], params["C_bias"])
+    # Bb, Cb = rmsnorm -> G->H -> + bias (mamba3_rope_scan_vjp has summed the heads and biases)
+    if fused:
+        dBm, dparams["B_norm.weight"] = _bc_norm_vjp(be, cfg, gs["B"], Bm, params["B_norm.weight"])
+        dCm, dparams["C_norm.weight"] = _bc_norm_vjp(be, cfg, gs["C"], Cm, params["C_norm.weight"])
+        dparams["B_bias"] = xp.permute_dims(gs["B_bias"], (1, 0, 2))
+        dparams["C_bias"] = xp.permute_dims(gs["C_bias"], (1, 0, 2))
+    else:
+        dBm, dparams["B_norm.weight"], dparams["B_bias"] = _bc_heads_vjp(
+            be, cfg, gb["x"], Bm, params["B_norm.weight"], params["B_bias"])
+        dCm, dparams["C_norm.weight"], dparams["C_bias"] = _bc_heads_vjp(
+            be, cfg, gc["x"], Cm, params["C_norm.weight"], params["C_bias"])
 
     # dt = softplus(dd_dt + dt_bias); trap = sigmoid(trap_in); A = -max(heavy_tail(dd_A), A_floor)
     d_pre = be.ops.softplus_vjp(ddt, xp.astype(dd_dt, wide) + xp.astype(params["dt_bias"], wide))["x"]
