@@ -37,8 +37,9 @@
 #   bash benchmarks/gpu/run_device.sh s7b         the new Mamba-1 defaults: GPU tests, certificate entries, sweep,
 #                                                 yardstick (Mamba-1, Mamba-3 pieces), SISO beside tf32x3,
 #                                                 the Mamba-3 VJP launch sweep (session 8)
-#   bash benchmarks/gpu/run_device.sh s8a         the Mamba-3 VJP's new default: certificate entries, yardstick with
-#                                                 the backward's pieces, VJP sweep, SISO cuda_cupy beside torch_triton
+#   bash benchmarks/gpu/run_device.sh s8a         the Mamba-3 VJP's new default and B/C kernels: certificate entries
+#                                                 (both GPU backends), yardstick with the backward's pieces, VJP sweep,
+#                                                 SISO cuda_cupy beside torch_triton
 #   bash benchmarks/gpu/run_device.sh s8b         s8a without the cuda_cupy benches (a short device budget)
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
 #   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
@@ -120,9 +121,13 @@ s8a)
         GPU_CHECK_BENCH_B=1 GPU_CHECK_BENCH_COMPILE_ONLY=1 python3 backends/cuda_cupy/gpu_check.py "$R/siso_ieee_warm"
     job siso_tf32x3_warm $(tmo 380) env MAMBA_TRITON_FP32_DOT=tf32x3 GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_OPS=mamba3_siso \
         GPU_CHECK_BENCH_BACKENDS=torch_triton GPU_CHECK_BENCH_B=1 GPU_CHECK_BENCH_COMPILE_ONLY=1 python3 backends/cuda_cupy/gpu_check.py "$R/siso_tf32x3_warm"
-    job tt_cert $(tmo 520) mamba-conformance torch_triton --dtype bfloat16 --dtype float32 --only op:selective_scan \
-        --only op:mamba3_scan --only op:mamba3_rope_scan --only 'mixer:mamba3*' --json "$R/torch_triton.gpu.s8.certificate.json"
-    CERT_PID=$!
+    for dt in bfloat16 float32; do
+        job "tt_cert_$dt" $(tmo 520) mamba-conformance torch_triton -v --dtype $dt --only op:selective_scan \
+            --only op:mamba3_scan --only op:mamba3_rope_scan --only 'mixer:mamba3*' --json "$R/torch_triton.gpu.s8.$dt.certificate.json"
+    done
+    # the Mamba-3 mixers' training pass now runs cuda_cupy's mamba3_rope_scan_vjp
+    job cupy_cert $(tmo 200) mamba-conformance cuda_cupy -v --only op:mamba3_rope_scan --only 'mixer:mamba3*' \
+        --json "$R/cuda_cupy.gpu.s8.certificate.json"
     YARDSTICK_PARTS=mamba3 YARDSTICK_M3_AUTOTUNE=reduced timeout $(tmo 150) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m3" > "$R/yardstick-m3.log" 2>&1
     echo "yardstick m3 rc=$?"; grep -E "Mamba-|FAILED|pieces|rope_scan" "$R/yardstick-m3.log" | cut -c1-300
     timeout $(tmo 60) python3 benchmarks/gpu/sweep_tt.py "$R/m3sweep" --parts m3 --budget 55 > "$R/sweep_m3.log" 2>&1
@@ -134,7 +139,8 @@ s8a)
     MAMBA_TRITON_FP32_DOT=tf32x3 GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_OPS=mamba3_siso GPU_CHECK_BENCH_BACKENDS=torch_triton \
         timeout $(tmo 50) python3 backends/cuda_cupy/gpu_check.py "$R/bench_tf32x3" > "$R/bench_tf32x3.log" 2>&1
     echo "bench tf32x3 rc=$?"; grep -E "cuda_cupy|torch_triton" "$R/bench_tf32x3.log" | cut -c1-300
-    wait $CERT_PID; tail -n 3 "$R/tt_cert.log" | cut -c1-300; grep -E "FAIL|ERROR" "$R/tt_cert.log" | head | cut -c1-300
+    wait
+    for f in tt_cert_bfloat16 tt_cert_float32 cupy_cert; do tail -n 2 "$R/$f.log" | cut -c1-300; grep -E "FAIL|ERROR" "$R/$f.log" | head -5 | cut -c1-300; done
     cat "$R/rc.txt"
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
     ;;
