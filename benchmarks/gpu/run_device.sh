@@ -125,6 +125,10 @@ s8a)
         job "tt_cert_$dt" $(tmo 520) mamba-conformance torch_triton -v --dtype $dt --only op:selective_scan \
             --only op:mamba3_scan --only op:mamba3_rope_scan --only 'mixer:mamba3*' --json "$R/torch_triton.gpu.s8.$dt.certificate.json"
     done
+    # the compiled kernels' own tests (B/C kernels, the three rope_scan paths, the scan's VJP launches)
+    job tt_m3_tests $(tmo 400) env TRITON_INTERPRET=0 python3 -m pytest -q -rs -p no:cacheprovider \
+        backends/torch_triton/tests/test_mamba3_bc.py backends/torch_triton/tests/test_mamba3_fused.py \
+        backends/torch_triton/tests/test_ssd_mamba3_kernels.py -k "mamba3 or bc"
     # the Mamba-3 mixers' training pass now runs cuda_cupy's mamba3_rope_scan_vjp
     job cupy_cert $(tmo 200) mamba-conformance cuda_cupy -v --only op:mamba3_rope_scan --only 'mixer:mamba3*' \
         --json "$R/cuda_cupy.gpu.s8.certificate.json"
@@ -140,7 +144,7 @@ s8a)
         timeout $(tmo 50) python3 backends/cuda_cupy/gpu_check.py "$R/bench_tf32x3" > "$R/bench_tf32x3.log" 2>&1
     echo "bench tf32x3 rc=$?"; grep -E "cuda_cupy|torch_triton" "$R/bench_tf32x3.log" | cut -c1-300
     wait
-    for f in tt_cert_bfloat16 tt_cert_float32 cupy_cert; do tail -n 2 "$R/$f.log" | cut -c1-300; grep -E "FAIL|ERROR" "$R/$f.log" | head -5 | cut -c1-300; done
+    for f in tt_cert_bfloat16 tt_cert_float32 cupy_cert tt_m3_tests; do tail -n 2 "$R/$f.log" | cut -c1-300; grep -E "FAIL|ERROR" "$R/$f.log" | head -5 | cut -c1-300; done
     cat "$R/rc.txt"
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
     ;;
