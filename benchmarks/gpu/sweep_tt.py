@@ -16,8 +16,9 @@ Parts (each writes OUT_DIR/sweep_tt.json when it ends, so a timeout keeps what w
   ssd     Mamba-2 SSD scan, bf16, B=8 L=2048 H=32 P=64 N=128 G=1, D, dt_bias, softplus: forward
           and fwd+bwd at chunk_size 64 and 256 (256 runs as sub-chunks; the launch config each
           ended with is recorded).
-  m3      Mamba-3 SISO scan's VJP, bf16, B=8 L=2048 H=32 P=64 N=128 R=1 (B, C per head, D):
-          the forward once, then mamba3_scan_vjp over a grid of kernels/mamba3.CONFIG["bwd"]
+  m3      Mamba-3 SISO scan, bf16, B=8 L=2048 H=32 P=64 N=128 R=1 (B, C per head, D): the
+          forward over a grid of kernels/mamba3.CONFIG["fwd"] (SWEEP_M3_FWD, the same format
+          as SWEEP_M3), then mamba3_scan_vjp over a grid of kernels/mamba3.CONFIG["bwd"]
           (chunk cap, num_warps, stages; "-" keeps the default), each config's gradients
           compared with the first's. SWEEP_M3="chunk:warps:stages,..." replaces the grid;
           SWEEP_M3_WARM=1 only compiles (B=1; the kernels do not take B, so a later process
@@ -116,12 +117,15 @@ def _env_grid(name, default):
 # chunk 64 3.42, chunk 32 2.62-2.94, 16 warps 7-14. The grid now looks around the default
 # (chunk 16 is the smallest layout at R = 1: Qk R >= 16 rows).
 M3_BWD = [(16, 8, 2), (16, 8, 1), (16, 4, 2), (16, 4, 1), (16, 8, 3), (32, 8, 1)]
+# Forward launches (CONFIG["fwd"], the same knobs), not yet timed: compiled for sm_90 the
+# forward spills 329 loads and stores at chunk 64, 32 at chunk 32, none at 16 (8 warps).
+M3_FWD = [(None, None, None), (32, 8, None), (16, 8, None), (32, 8, 2), (16, 8, 2)]
 
 
-def _m3_grid():
-    raw = os.environ.get("SWEEP_M3", "").strip()
+def _m3_grid(name="SWEEP_M3", default=M3_BWD):
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return M3_BWD
+        return default
     conv = lambda v: None if v in ("-", "", "None") else int(v)  # noqa: E731
     return [tuple(conv(v) for v in item.strip().split(":")) for item in raw.split(",")]
 
@@ -327,9 +331,28 @@ def part_m3(deadline):
     args = (x, dt, A, trap, Bm, Cm, D, None, 64)
     cot = (dy, None, None, None)
     saved = dict(M3.CONFIG["bwd"])
-    out = {"shape": dict(B=B, L=L, H=H, P=P, N=N, R=1, dtype="bfloat16"), "bwd": []}
+    saved_f = dict(M3.CONFIG["fwd"])
+    out = {"shape": dict(B=B, L=L, H=H, P=P, N=N, R=1, dtype="bfloat16"), "fwd": [], "bwd": []}
     RESULTS["parts"]["m3"] = out
     try:
+        ref_y = None
+        for chunk, w, st in _grid(_m3_grid("SWEEP_M3_FWD", M3_FWD)):
+            if time.time() > deadline:
+                continue
+            M3.CONFIG["fwd"] = {"chunk": chunk, "num_warps": w, "stages": st}
+            entry = {"chunk": chunk, "num_warps": w, "stages": st}
+            try:
+                y = M3.mamba3_scan(*args)[0]
+                if not warm:
+                    ref_y = y if ref_y is None else ref_y
+                    entry["rel_vs_first"] = _rel(y, ref_y)
+                    entry["ms"] = _bench(lambda: M3.mamba3_scan(*args))
+            except Exception as exc:  # noqa: BLE001
+                entry["error"] = f"{type(exc).__name__}: {exc}"[:200]
+            out["fwd"].append(entry)
+            print(f"  m3 fwd chunk={chunk} warps={w} stages={st}: {entry.get('ms', float('nan')):.3f} ms  "
+                  f"rel {entry.get('rel_vs_first', float('nan')):.1e}  {entry.get('error', '')}", flush=True)
+        M3.CONFIG["fwd"] = saved_f
         M3.mamba3_scan(*args)
         if not warm:
             out["fwd_ms"] = _bench(lambda: M3.mamba3_scan(*args))
@@ -365,6 +388,7 @@ def part_m3(deadline):
             RESULTS["best"]["m3_vjp"] = out["best"]
     finally:
         M3.CONFIG["bwd"] = saved
+        M3.CONFIG["fwd"] = saved_f
 
 
 # ---- (d) decode -----------------------------------------------------------------------------------
@@ -469,6 +493,11 @@ def _table():
         if s and s.get("fwd_ms") is not None:
             lines.append(f"  SSD chunk {Q:<4d}    fwd {s['fwd_ms']:.3f}   fwd+bwd {s.get('fwd_bwd_ms') or float('nan'):.3f}")
     m3 = RESULTS["parts"].get("m3", {})
+    fw = [e for e in m3.get("fwd", []) if "ms" in e]
+    if fw:
+        f = min(fw, key=lambda e: e["ms"])
+        lines.append(f"  Mamba-3 SISO fwd  best {f['ms']:.3f}  (chunk={f['chunk']}, warps={f['num_warps']}, "
+                     f"stages={f['stages']}); first config {fw[0]['ms']:.3f}")
     if m3.get("best"):
         f = m3["best"]
         lines.append(f"  Mamba-3 SISO VJP  best {f['vjp_ms']:.3f}  (chunk={f['chunk']}, warps={f['num_warps']}, "

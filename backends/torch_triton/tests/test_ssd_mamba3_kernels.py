@@ -211,6 +211,19 @@ def test_mamba3_scan_vjp_any_backward_launch(monkeypatch, conf):
         assert rel(g[k], g_ref[k]) < TOL["float32"], k
 
 
+@pytest.mark.parametrize("conf", [dict(chunk=32, num_warps=8, stages=2), dict(chunk=16, num_warps=4, stages=None)],
+                         ids=["32", "16"])
+def test_mamba3_scan_forward_any_launch(monkeypatch, conf):
+    """The forward's own chunk and launch (CONFIG["fwd"]) change only the rounding."""
+    monkeypatch.setitem(M3.CONFIG, "fwd", conf)
+    rng = np.random.default_rng(12)
+    args, kw = m3_inputs(rng, L=70, H=2, P=3, N=4, R=2, Q=64)
+    ref = REGISTRY["mamba3_scan"].reference(**args, **kw)
+    got = M3.mamba3_scan(**tt(args), **tt(kw))
+    for g, r in zip(got, ref):
+        assert rel(g, r) < TOL["float32"]
+
+
 def test_mamba3_scan_vjp_state_cotangent_only():
     rng = np.random.default_rng(7)
     args, kw = m3_inputs(rng, L=21, H=2, P=2, N=3, R=2, Q=8)

@@ -56,7 +56,11 @@ _MAX_DIM = 256
 #: the call's chunk 64 (chunk 32: 2.62-2.94; 16 warps: 7-14 ms). At chunk 64 the (QR, QR)
 #: tiles spill: compiled for sm_90, 9.6k SASS instructions a chunk with 1.6k spill loads and
 #: stores, against 3.7k and ~120 at chunk 16.
-CONFIG = {"bwd": {"chunk": 16, "num_warps": 8, "stages": 2, "states16": True}}
+#: "fwd": the same knobs for mamba3_scan's forward (None: the call's chunk, warps by tile size,
+#: stages 3): not yet swept on a GPU. Compiled for sm_90 (bf16, Qk R x N = 64 x 128, 8 warps)
+#: its chunk loop spills 329 loads and stores at chunk 64, 32 at chunk 32 and none at 16.
+CONFIG = {"bwd": {"chunk": 16, "num_warps": 8, "stages": 2, "states16": True},
+          "fwd": {"chunk": None, "num_warps": None, "stages": None}}
 
 
 @triton.jit
@@ -344,7 +348,8 @@ def _key(kind, x, B, chunk_size, *flags):
     return ("m3", kind, x.dtype, x.shape[-1], B.shape[2], B.shape[4], int(chunk_size), flags)
 
 
-def _run_fwd(x, dt, A, trap, B, C, D, mimo_x, chunk_size, S0, write_y, store_states, stages=3):
+def _run_fwd(x, dt, A, trap, B, C, D, mimo_x, chunk_size, S0, write_y, store_states, stages=3,
+             warps=None):
     Bsz, L, H, P = x.shape
     R, N = B.shape[2], B.shape[4]
     qk, bqr = _layout(chunk_size, R)
@@ -366,7 +371,7 @@ def _run_fwd(x, dt, A, trap, B, C, D, mimo_x, chunk_size, S0, write_y, store_sta
         S0, y, sfin, sin, L, H, P, N, nc,
         R=R, QK=qk, BQR=bqr, BP=BP, BN=BN, HAS_D=D is not None, HAS_MX=mimo_x is not None,
         WRITE_Y=write_y, STORE_STATES=store_states, DT=dot_dtype(x.dtype),
-        PREC=dot_precision(x.dtype), num_warps=num_warps(bqr, BN), num_stages=stages,
+        PREC=dot_precision(x.dtype), num_warps=warps or num_warps(bqr, BN), num_stages=stages,
     )
     return y, sfin, sin, qk, bqr, nc
 
@@ -380,9 +385,13 @@ def mamba3_scan(x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_size=64, initia
     Bsz, L, H, P = x.shape
     N = B.shape[4]
     S0, _ = _s_start(x, dt, trap, initial_state, initial_k, initial_v, mimo_x, Bsz, H, P, N)
+    conf = CONFIG["fwd"]
+    chunk_f = int(chunk_size) if conf.get("chunk") is None else min(int(chunk_size), int(conf["chunk"]))
+    warps = conf.get("num_warps")
     res, _ = launch_fitting(
-        _key("fwd", x, B, chunk_size, D is not None, mimo_x is not None), _fits(chunk_size, B.shape[2]),
-        lambda cfg: _run_fwd(x, dt, A, trap, B, C, D, mimo_x, cfg[0], S0, True, False, cfg[1]))
+        _key("fwd", x, B, chunk_f, D is not None, mimo_x is not None, warps, conf.get("stages")),
+        _fits(chunk_f, B.shape[2], conf.get("stages") or 3),
+        lambda cfg: _run_fwd(x, dt, A, trap, B, C, D, mimo_x, cfg[0], S0, True, False, cfg[1], warps))
     if res is None:
         return fallback("mamba3_scan")(x, dt, A, trap, B, C, D, mimo_x, chunk_size, initial_state,
                                        initial_k, initial_v)
