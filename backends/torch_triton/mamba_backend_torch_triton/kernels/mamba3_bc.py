@@ -14,7 +14,8 @@ angles once for both B and C, and rotates (forward) or rotates back (VJP). The V
 heads' gradients into the group's in registers, writes each head's angle gradient (the B and
 C shares added) and a per-program partial of the bias gradients (summed by torch:
 deterministic). The N columns are three tiles, as in mamba3_fused's kernel: the pairs' first
-components, their second components, the pass-through ones (``_pair_cols``, ``_pass_cols``).
+components, their second components, the pass-through ones (``_pair_cols``, ``_pass_cols``,
+shared with mamba3_fused's kernel, as are ``_cos_sin`` and ``_rot``).
 The bias is added in float32 (the composition adds it in the inputs' dtype).
 
 Against the composition this replaces, per direction: two bias adds in torch, two apply_rope
@@ -46,23 +47,37 @@ CONFIG = {"bc": {"T": 16, "num_warps": 4}, "interpret": {"T": 16, "num_warps": 1
 
 
 @triton.jit
+def _pair_cols(i, N, HALVES: tl.constexpr):
+    # the original columns of pair i's two components
+    if HALVES:
+        return i, N // 2 + i
+    else:
+        return 2 * i, 2 * i + 1
+
+
+@triton.jit
+def _pass_cols(j, N, S, HALVES: tl.constexpr):
+    # the original column of pass-through component j (j < N - 2 S): interleaved, 2 S + j; halves,
+    # columns S .. N/2 - 1 then N/2 + S .. N - 1
+    if HALVES:
+        return tl.where(j < N // 2 - S, S + j, 2 * S + j)
+    else:
+        return 2 * S + j
+
+
+@triton.jit
 def _cols(N, S, BS: tl.constexpr, BQ: tl.constexpr, HALVES: tl.constexpr):
     # column indices of the three tiles: pairs' first and second components, pass-through
     i = tl.arange(0, BS)
-    im = i < S
-    if HALVES:
-        c1 = i
-        c2 = N // 2 + i
-    else:
-        c1 = 2 * i
-        c2 = 2 * i + 1
+    c1, c2 = _pair_cols(i, N, HALVES)
     j = tl.arange(0, BQ)
-    qm = j < N - 2 * S
-    if HALVES:
-        c3 = tl.where(j < N // 2 - S, S + j, 2 * S + j)
-    else:
-        c3 = 2 * S + j
-    return i, im, c1, c2, j, qm, c3
+    return i, i < S, c1, c2, j, j < N - 2 * S, _pass_cols(j, N, S, HALVES)
+
+
+@triton.jit
+def _rot(a, z, cs, sn):
+    # a pair (a, z) rotated by the angle whose cos and sin are cs, sn
+    return a * cs - z * sn, z * cs + a * sn
 
 
 @triton.jit
@@ -143,11 +158,9 @@ def _rotate_back(ptr, hbase, tm, c1, c2, c3, im, qm, x1, x2, bias_ptr, boff, cs,
     e2 = 0.0
     dphi = 0.0
     if ROT:
-        a = x1 + b1
-        z = x2 + b2
-        dphi = d2 * (a * cs - z * sn) - d1 * (z * cs + a * sn)
-        e1 = d1 * cs + d2 * sn
-        e2 = d2 * cs - d1 * sn
+        y1, y2 = _rot(x1 + b1, x2 + b2, cs, sn)
+        dphi = d2 * y1 - d1 * y2
+        e1, e2 = _rot(d1, d2, cs, -sn)  # the inverse rotation
     return e1, e2, d3, dphi
 
 
@@ -180,10 +193,10 @@ def _bc_fwd(B_ptr, C_ptr, phi_ptr, bb_ptr, cb_ptr, Bh_ptr, Ch_ptr, L, H, G, N, S
         sn = 0.0
         if ROT:
             cs, sn = _cos_sin(phi_ptr, (b * L + t) * H + h, i, tm, im, S, FAST)
-        a, z = B1 + bb1, B2 + bb2
-        _store3(Bh_ptr, hbase, tm, c1, c2, c3, im, qm, a * cs - z * sn, z * cs + a * sn, B3 + bb3, ROT, PASS)
-        a, z = C1 + cb1, C2 + cb2
-        _store3(Ch_ptr, hbase, tm, c1, c2, c3, im, qm, a * cs - z * sn, z * cs + a * sn, C3 + cb3, ROT, PASS)
+        y1, y2 = _rot(B1 + bb1, B2 + bb2, cs, sn)
+        _store3(Bh_ptr, hbase, tm, c1, c2, c3, im, qm, y1, y2, B3 + bb3, ROT, PASS)
+        y1, y2 = _rot(C1 + cb1, C2 + cb2, cs, sn)
+        _store3(Ch_ptr, hbase, tm, c1, c2, c3, im, qm, y1, y2, C3 + cb3, ROT, PASS)
 
 
 @triton.jit
@@ -192,8 +205,8 @@ def _bc_vjp(dBh_ptr, dCh_ptr, B_ptr, C_ptr, phi_ptr, bb_ptr, cb_ptr,
             R: tl.constexpr, T: tl.constexpr, BS: tl.constexpr, BQ: tl.constexpr,
             ROT: tl.constexpr, PASS: tl.constexpr, HALVES: tl.constexpr, HAS_BB: tl.constexpr,
             HAS_CB: tl.constexpr, FAST: tl.constexpr):
-    # y1 = a cos - z sin, y2 = z cos + a sin (a, z = the pair + bias): da = dy1 cos + dy2 sin,
-    # dz = dy2 cos - dy1 sin, dphi = dy2 y1 - dy1 y2; pass-through components: dx = dy
+    # y1 = a cos - z sin, y2 = z cos + a sin (a, z = the pair + bias): (da, dz) = (dy1, dy2)
+    # rotated by -phi, dphi = dy2 y1 - dy1 y2; pass-through components: dx = dy
     pid, g, r, b, t, tm, i, im, c1, c2, qm, c3, gbase, B1, B2, B3, C1, C2, C3 = _program(
         B_ptr, C_ptr, L, G, N, S, nT, R, T, BS, BQ, ROT, PASS, HALVES)
     gB1 = tl.zeros((T, BS), tl.float32)
@@ -278,8 +291,8 @@ def bc_heads_rope_vjp(dBh, dCh, B, C, phi, B_bias, C_bias, pairing: str = "inter
     nb = Bsz * nT
     dbb = torch.empty((nb, R, H, N), dtype=f32, device=dev) if B_bias is not None else None
     dcb = torch.empty((nb, R, H, N), dtype=f32, device=dev) if C_bias is not None else None
-    one = R == 1 and phi.dtype in (f32, torch.bfloat16, torch.float16)
-    dphi = torch.empty((Bsz, L, H, R, S), dtype=phi.dtype if one else f32, device=dev)
+    # one rank: written in phi's dtype; several: float32 shares, summed below
+    dphi = torch.empty((Bsz, L, H, R, S), dtype=phi.dtype if R == 1 else f32, device=dev)
     if B.numel() > 0 and H > 0:
         _bc_vjp[grid](dBh, dCh, B, C, phi, B if B_bias is None else B_bias, C if C_bias is None else C_bias,
                       dB, dC, dB if dbb is None else dbb, dB if dcb is None else dcb, dphi,

@@ -23,9 +23,9 @@ default (0) writes the per-head B and C with mamba3_bc's one kernel for both (gr
 bias, rotation), then runs mamba3_scan. MAMBA_TRITON_BC_KERNEL=0 replaces mamba3_bc's kernels
 (forward and VJP) by the separate ops they fuse (bias adds in torch, apply_rope, apply_rope_vjp,
 the sums in torch): they are checked in the interpreter and compiled for sm_90, not yet run on a
-GPU, and this steps around them if they misbehave there. On an H100 (run 22, bf16, the benchmark shape) the fused kernel took 1.069 ms
-against 1.002 for the composition of that time (bias in torch, apply_rope twice, mamba3_scan),
-so it stays off. Compiled for sm_90 (Triton 3.9, bf16, N = 128, S = 32, Qk = 64, 8 warps) its
+GPU, and this steps around them if they misbehave there. On an H100 (run 22, bf16, the
+benchmark shape) the fused kernel took 1.069 ms against 1.002 for the composition of that time
+(bias in torch, apply_rope twice, mamba3_scan), so it stays off. Compiled for sm_90 (Triton 3.9, bf16, N = 128, S = 32, Qk = 64, 8 warps) its
 chunk loop is 3.2k SASS instructions with 141 spill loads, against 2.7k and 94 for
 mamba3_scan's: the prologue's registers cost the scan more than the bytes it saves.
 
@@ -46,7 +46,6 @@ import array_api_compat.torch as xpt
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
 
 from mamba_core.ops import mamba3_fused as core
 
@@ -56,7 +55,9 @@ from mamba_backend_torch_triton.kernels._scan_common import (
 from mamba_backend_torch_triton.kernels.mamba3 import (
     _chunk_coefs, _fits, _key, _layout, _rows, _s_start, _supported, mamba3_scan, mamba3_scan_vjp,
 )
-from mamba_backend_torch_triton.kernels.mamba3_bc import bc_heads_rope, bc_heads_rope_vjp
+from mamba_backend_torch_triton.kernels.mamba3_bc import (
+    _cos_sin, _pair_cols, _pass_cols, _rot, bc_heads_rope, bc_heads_rope_vjp,
+)
 from mamba_backend_torch_triton.kernels.rope import apply_rope, apply_rope_vjp
 
 FALLBACKS = "mamba3_rope_scan/mamba3_rope_scan_vjp: as mamba3_scan (float64, non-CUDA devices, " \
@@ -83,25 +84,6 @@ def bc_enabled() -> bool:
     adds in torch, apply_rope and apply_rope_vjp twice, head and bias sums in torch) instead of
     mamba3_bc's two kernels (default 1)."""
     return _switch("MAMBA_TRITON_BC_KERNEL", "1")
-
-
-@triton.jit
-def _pair_cols(i, N, HALVES: tl.constexpr):
-    # the original columns of pair i's two components
-    if HALVES:
-        return i, N // 2 + i
-    else:
-        return 2 * i, 2 * i + 1
-
-
-@triton.jit
-def _pass_cols(j, N, S, HALVES: tl.constexpr):
-    # the original column of pass-through component j (j < N - 2 S): interleaved, 2 S + j; halves,
-    # columns S .. N/2 - 1 then N/2 + S .. N - 1
-    if HALVES:
-        return tl.where(j < N // 2 - S, S + j, 2 * S + j)
-    else:
-        return 2 * S + j
 
 
 @triton.jit
@@ -134,8 +116,9 @@ def _group_tiles(ptr, base, rv, c1, c2, c3, im, qm, b1, b2, b3, cs, sn, DT: tl.c
         m = rv[:, None] & im[None, :]
         a = tl.load(ptr + base + c1[None, :], mask=m, other=0.0).to(tl.float32) + b1
         z = tl.load(ptr + base + c2[None, :], mask=m, other=0.0).to(tl.float32) + b2
-        x1 = (a * cs - z * sn).to(DT)
-        x2 = (z * cs + a * sn).to(DT)
+        y1, y2 = _rot(a, z, cs, sn)
+        x1 = y1.to(DT)
+        x2 = y2.to(DT)
     if PASS:
         m3 = rv[:, None] & qm[None, :]
         x3 = (tl.load(ptr + base + c3[None, :], mask=m3, other=0.0).to(tl.float32) + b3).to(DT)
@@ -189,16 +172,8 @@ def _rope_scan_fwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, s0
                             other=0.0).to(tl.float32)
         cs = 0.0
         sn = 0.0
-        if ROT:  # phi (B, L, H, S) -> the rows' angles, reduced to [-pi, pi) for the hardware sin/cos
-            ph = tl.load(phi_ptr + (tok * S)[:, None] + i[None, :], mask=rv[:, None] & im[None, :],
-                         other=0.0).to(tl.float32)
-            ph = ph - 6.283185307179586 * tl.floor(ph * 0.15915494309189535 + 0.5)
-            if FAST:
-                cs = libdevice.fast_cosf(ph)
-                sn = libdevice.fast_sinf(ph)
-            else:
-                cs = tl.cos(ph)
-                sn = tl.sin(ph)
+        if ROT:  # phi (B, L, H, S) -> cos and sin of the rows' angles
+            cs, sn = _cos_sin(phi_ptr, tok, i, rv, im, S, FAST)
         if R == 1:
             bb1, bb2, bb3 = hb1, hb2, hb3
             cb1, cb2, cb3 = hc1, hc2, hc3
