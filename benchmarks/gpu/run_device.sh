@@ -102,7 +102,7 @@ s8b)
     YARDSTICK_PARTS=mamba3 YARDSTICK_M3_AUTOTUNE=reduced timeout $(tmo 150) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m3" > "$R/yardstick-m3.log" 2>&1
     echo "yardstick m3 rc=$?"; grep -E "Mamba-|FAILED|pieces|rope_scan" "$R/yardstick-m3.log" | cut -c1-300
     SWEEP_M3_FWD=-:-:-,32:8:-,16:8:- SWEEP_M3=16:8:2,16:8:1,16:4:2 timeout $(tmo 40) python3 benchmarks/gpu/sweep_tt.py "$R/m3sweep" --parts m3 --budget 35 > "$R/sweep_m3.log" 2>&1
-    echo "sweep m3 rc=$?"; grep -E "m3 (fwd|vjp)|Mamba-3" "$R/sweep_m3.log" | cut -c1-200
+    echo "sweep m3 rc=$?"; grep -E "m3 (fwd|bwd)|Mamba-3" "$R/sweep_m3.log" | cut -c1-200
     wait
     for dt in bfloat16 float32; do tail -n 2 "$R/tt_cert_$dt.log" | cut -c1-300; grep -cE "PASS" "$R/tt_cert_$dt.log"; grep -E "FAIL|ERROR" "$R/tt_cert_$dt.log" | head -5 | cut -c1-300; done
     cat "$R/rc.txt"
@@ -141,7 +141,7 @@ s8a)
     YARDSTICK_PARTS=mamba3 YARDSTICK_M3_AUTOTUNE=reduced timeout $(tmo 150) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m3" > "$R/yardstick-m3.log" 2>&1
     echo "yardstick m3 rc=$?"; grep -E "Mamba-|FAILED|pieces|rope_scan" "$R/yardstick-m3.log" | cut -c1-300
     timeout $(tmo 60) python3 benchmarks/gpu/sweep_tt.py "$R/m3sweep" --parts m3 --budget 55 > "$R/sweep_m3.log" 2>&1
-    echo "sweep m3 rc=$?"; grep -E "m3 (fwd|vjp)|Mamba-3" "$R/sweep_m3.log" | cut -c1-200
+    echo "sweep m3 rc=$?"; grep -E "m3 (fwd|bwd)|Mamba-3" "$R/sweep_m3.log" | cut -c1-200
     for w in siso_ieee siso_tf32x3; do grep -E "torch_triton|ERROR" "$R/${w}_warm.log" | cut -c1-300; done
     GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_OPS=mamba3_siso timeout $(tmo 70) \
         python3 backends/cuda_cupy/gpu_check.py "$R/bench_ieee" > "$R/bench_ieee.log" 2>&1
@@ -193,7 +193,7 @@ s7b)
         python3 backends/cuda_cupy/gpu_check.py "$R/bench" > "$R/bench.log" 2>&1
     echo "bench rc=$?"; grep -E "cuda_cupy|torch_triton" "$R/bench.log" | cut -c1-300
     timeout $(tmo 60) python3 benchmarks/gpu/sweep_tt.py "$R/m3sweep" --parts m3 --budget 55 > "$R/sweep_m3.log" 2>&1
-    echo "sweep m3 rc=$?"; grep -E "m3 (fwd|vjp)|Mamba-3" "$R/sweep_m3.log" | cut -c1-200
+    echo "sweep m3 rc=$?"; grep -E "m3 (fwd|bwd)|Mamba-3" "$R/sweep_m3.log" | cut -c1-200
     cat "$R/rc.txt"
     (cd "$HOME/.triton" && tar -czf "$OUT/triton_cache.tgz" cache) 2>/dev/null
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"

@@ -335,60 +335,54 @@ def part_m3(deadline):
     out = {"shape": dict(B=B, L=L, H=H, P=P, N=N, R=1, dtype="bfloat16"), "fwd": [], "bwd": []}
     RESULTS["parts"]["m3"] = out
     try:
-        ref_y = None
-        for chunk, w, st in _grid(_m3_grid("SWEEP_M3_FWD", M3_FWD)):
-            if time.time() > deadline:
-                continue
-            M3.CONFIG["fwd"] = {"chunk": chunk, "num_warps": w, "stages": st}
-            entry = {"chunk": chunk, "num_warps": w, "stages": st}
-            try:
-                y = M3.mamba3_scan(*args)[0]
-                if not warm:
-                    ref_y = y if ref_y is None else ref_y
-                    entry["rel_vs_first"] = _rel(y, ref_y)
-                    entry["ms"] = _bench(lambda: M3.mamba3_scan(*args))
-            except Exception as exc:  # noqa: BLE001
-                entry["error"] = f"{type(exc).__name__}: {exc}"[:200]
-            out["fwd"].append(entry)
-            print(f"  m3 fwd chunk={chunk} warps={w} stages={st}: {entry.get('ms', float('nan')):.3f} ms  "
-                  f"rel {entry.get('rel_vs_first', float('nan')):.1e}  {entry.get('error', '')}", flush=True)
+        _m3_launches(M3, "fwd", _m3_grid("SWEEP_M3_FWD", M3_FWD), lambda: M3.mamba3_scan(*args)[0], _rel,
+                     deadline, warm, out["fwd"])
         M3.CONFIG["fwd"] = saved_f
         M3.mamba3_scan(*args)
         if not warm:
             out["fwd_ms"] = _bench(lambda: M3.mamba3_scan(*args))
-        ref = None
-        for chunk, w, st in _grid(_m3_grid()):
-            if time.time() > deadline:
-                out["skipped"] = out.get("skipped", 0) + 1
-                continue
-            M3.CONFIG["bwd"] = {"chunk": chunk, "num_warps": w or saved["num_warps"], "stages": st}
-            entry = {"chunk": chunk, "num_warps": w, "stages": st}
-            try:
-                t0 = time.time()
-                gr = M3.mamba3_scan_vjp(cot, *args)
-                if dev == "cuda":
-                    torch.cuda.synchronize()
-                entry["first_call_s"] = round(time.time() - t0, 1)
-                if not warm:
-                    if ref is None:
-                        ref = gr
-                    entry["rel_vs_first"] = max(_rel(gr[k], ref[k]) for k in ref)
-                    entry["vjp_ms"] = _bench(lambda: M3.mamba3_scan_vjp(cot, *args))
-                    entry["fwd_bwd_ms"] = out["fwd_ms"] + entry["vjp_ms"]
-            except Exception as exc:  # noqa: BLE001
-                entry["error"] = f"{type(exc).__name__}: {exc}"[:200]
-            out["bwd"].append(entry)
-            _save()
-            print(f"  m3 vjp chunk={chunk} warps={w} stages={st}: {entry.get('vjp_ms', float('nan')):.3f} ms  "
-                  f"rel {entry.get('rel_vs_first', float('nan')):.1e}  first call {entry.get('first_call_s')} s"
-                  f"  {entry.get('error', '')}", flush=True)
-        ok = [e for e in out["bwd"] if "vjp_ms" in e and e["rel_vs_first"] < 2e-2]
-        out["best"] = min(ok, key=lambda e: e["vjp_ms"]) if ok else None
+        _m3_launches(M3, "bwd", _m3_grid(), lambda: M3.mamba3_scan_vjp(cot, *args),
+                     lambda g, r: max(_rel(g[k], r[k]) for k in r), deadline, warm, out["bwd"])
+        ok = [e for e in out["bwd"] if "ms" in e and e["rel_vs_first"] < 2e-2]
+        out["best"] = min(ok, key=lambda e: e["ms"]) if ok else None
         if out["best"]:
+            out["best"]["fwd_bwd_ms"] = out["fwd_ms"] + out["best"]["ms"]
             RESULTS["best"]["m3_vjp"] = out["best"]
     finally:
         M3.CONFIG["bwd"] = saved
         M3.CONFIG["fwd"] = saved_f
+
+
+def _m3_launches(M3, kind, grid, call, rel_of, deadline, warm, entries):
+    """Time ``call`` under each (chunk, warps, stages) of ``grid`` set in M3.CONFIG[kind]; each
+    result is compared with the first config's (rel_of); warm: only compile (first call)."""
+    import torch
+
+    base = dict(M3.CONFIG[kind])
+    ref = None
+    for chunk, w, st in _grid(grid):
+        if time.time() > deadline:
+            continue
+        M3.CONFIG[kind] = dict(base, chunk=chunk, num_warps=w, stages=st)
+        entry = {"chunk": chunk, "num_warps": w, "stages": st}
+        try:
+            t0 = time.time()
+            got = call()
+            if RUN["dev"] == "cuda":
+                torch.cuda.synchronize()
+            entry["first_call_s"] = round(time.time() - t0, 1)
+            if not warm:
+                ref = got if ref is None else ref
+                entry["rel_vs_first"] = rel_of(got, ref)
+                entry["ms"] = _bench(call)
+        except Exception as exc:  # noqa: BLE001
+            entry["error"] = f"{type(exc).__name__}: {exc}"[:200]
+        entries.append(entry)
+        _save()
+        print(f"  m3 {kind} chunk={chunk} warps={w} stages={st}: {entry.get('ms', float('nan')):.3f} ms  "
+              f"rel {entry.get('rel_vs_first', float('nan')):.1e}  first call {entry.get('first_call_s')} s"
+              f"  {entry.get('error', '')}", flush=True)
+    M3.CONFIG[kind] = base
 
 
 # ---- (d) decode -----------------------------------------------------------------------------------
@@ -500,7 +494,7 @@ def _table():
                      f"stages={f['stages']}); first config {fw[0]['ms']:.3f}")
     if m3.get("best"):
         f = m3["best"]
-        lines.append(f"  Mamba-3 SISO VJP  best {f['vjp_ms']:.3f}  (chunk={f['chunk']}, warps={f['num_warps']}, "
+        lines.append(f"  Mamba-3 SISO VJP  best {f['ms']:.3f}  (chunk={f['chunk']}, warps={f['num_warps']}, "
                      f"stages={f['stages']}); fwd {m3['fwd_ms']:.3f}, fwd+bwd {f['fwd_bwd_ms']:.3f}")
     for batch in RUN["batches"]:
         d = b.get(f"decode_b{batch}_ms")
