@@ -11,6 +11,7 @@ own try/except so one failure does not hide the rest. Writes OUT_DIR/yardstick.j
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -22,6 +23,20 @@ import triton
 
 B, L, E, H, P, N1, N = 8, 2048, 2048, 32, 64, 16, 128
 RESULTS: dict = {"device": None, "rows": [], "errors": {}}
+
+
+@contextlib.contextmanager
+def _env(name, value):
+    """The environment variable ``name`` set to ``value`` inside the block, then restored."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
 
 
 def bench(fn):
@@ -203,11 +218,15 @@ def mamba3():
     # ours: the same work as the official entry point = angles, bias, rope on B and C, scan, gate;
     # B, C enter per group (B, L, R=1, G=1, N) with the per-head biases (R, H, N)
     kb3, qb3 = kb.unsqueeze(0), qb.unsqueeze(0)
+    rs_kw = dict(B_bias=kb3, C_bias=qb3, D=D, chunk_size=64)
+
+    def rs_args(phi_):
+        """mamba3_rope_scan's positional arguments at these angles."""
+        return (v, dtv, Av, trap, k.unsqueeze(2), q.unsqueeze(2), phi_)
 
     def ours_full():
         phi, _ = be.ops.mamba3_angles(ang, dtv)
-        y = be.ops.mamba3_rope_scan(v, dtv, Av, trap, k.unsqueeze(2), q.unsqueeze(2), phi, B_bias=kb3,
-                                    C_bias=qb3, D=D, chunk_size=64)[0]
+        y = be.ops.mamba3_rope_scan(*rs_args(phi), **rs_kw)[0]
         return y[:, :, 0] * torch.nn.functional.silu(z)
 
     # the same through the separate ops (what the mixer ran before mamba3_rope_scan)
@@ -247,67 +266,54 @@ def mamba3():
         "angles": lambda: be.ops.mamba3_angles(ang, dtv),
         "bias add (k + kb)": lambda: (k + kb.to(bf)).unsqueeze(2),
         "rope on B": lambda: be.ops.apply_rope(kbh, phi.unsqueeze(2)),
-        "bc_heads_rope (B and C, one kernel)": lambda: _bc_heads_rope(k.unsqueeze(2), q.unsqueeze(2), phi, kb3, qb3, H),
+        "bc_heads_rope (B and C, one kernel)": lambda: _bc_heads_rope(k.unsqueeze(2), q.unsqueeze(2), phi, kb3, qb3,
+                                                                      H),
         "scan": lambda: be.ops.mamba3_scan(*scan_args),
         "gate y * silu(z)": lambda: y0[:, :, 0] * torch.nn.functional.silu(z),
     }
     RESULTS["m3_pieces_ms"] = {name: bench(fn) for name, fn in pieces.items()}
     print("Mamba-3 SISO forward pieces (ms):", {k_: round(v_, 4) for k_, v_ in RESULTS["m3_pieces_ms"].items()}, flush=True)
     phi0, _ = be.ops.mamba3_angles(ang, dtv)
-    old_sw = os.environ.get("MAMBA_TRITON_FUSED_ROPE_SCAN")
     for sw in ("1", "0"):  # torch_triton's fused kernel, then its default (the composition)
-        os.environ["MAMBA_TRITON_FUSED_ROPE_SCAN"] = sw
-        RESULTS["m3_pieces_ms"][f"rope_scan (switch {sw})"] = bench(lambda: be.ops.mamba3_rope_scan(
-            v, dtv, Av, trap, k.unsqueeze(2), q.unsqueeze(2), phi0, B_bias=kb3, C_bias=qb3, D=D, chunk_size=64))
-        print(f"  rope_scan (switch {sw}):", round(RESULTS["m3_pieces_ms"][f"rope_scan (switch {sw})"], 4), flush=True)
-        row(f"Mamba-3 SISO fwd, fused kernel {'on' if sw == '1' else 'off'}", bench(ours_full), off_f,
-            "ours: angles, mamba3_rope_scan, gate")
-    if old_sw is None:
-        os.environ.pop("MAMBA_TRITON_FUSED_ROPE_SCAN", None)
-    else:
-        os.environ["MAMBA_TRITON_FUSED_ROPE_SCAN"] = old_sw
+        with _env("MAMBA_TRITON_FUSED_ROPE_SCAN", sw):
+            RESULTS["m3_pieces_ms"][f"rope_scan (switch {sw})"] = bench(
+                lambda: be.ops.mamba3_rope_scan(*rs_args(phi0), **rs_kw))
+            print(f"  rope_scan (switch {sw}):", round(RESULTS["m3_pieces_ms"][f"rope_scan (switch {sw})"], 4), flush=True)
+            row(f"Mamba-3 SISO fwd, fused kernel {'on' if sw == '1' else 'off'}", bench(ours_full), off_f,
+                "ours: angles, mamba3_rope_scan, gate")
     row("Mamba-3 SISO fwd, separate ops", bench(ours_separate), off_f, "ours: angles, bias, 2 ropes, scan, gate")
 
+    def gate_fb(y, do):
+        """out = y silu(z) and its VJP (dy, dz) through the backend's ops, as the mixer runs them."""
+        s_ = be.ops.silu(z)
+        return y * s_, do * s_, be.ops.silu_vjp(do * y, z)["x"]
+
     # the whole op both ways, as the official's backward does it: angles, rope_scan and the gate
-    # forward, then the gate's VJP (torch), mamba3_rope_scan_vjp, mamba3_angles_vjp
+    # forward, then the gate's VJP, mamba3_rope_scan_vjp, mamba3_angles_vjp
     def ours_full_fb():
         phi_, _ = be.ops.mamba3_angles(ang, dtv)
-        rs = (v, dtv, Av, trap, k.unsqueeze(2), q.unsqueeze(2), phi_)
-        kw = dict(B_bias=kb3, C_bias=qb3, D=D, chunk_size=64)
-        y = be.ops.mamba3_rope_scan(*rs, **kw)[0][:, :, 0]
-        zf = z.float()
-        sz = torch.sigmoid(zf)
-        out = (y.float() * zf * sz).to(bf)
-        do = dy[:, :, 0].float()
-        dz = (do * y.float() * sz * (1 + zf * (1 - sz))).to(bf)
-        gr = be.ops.mamba3_rope_scan_vjp(((do * zf * sz).to(bf).unsqueeze(2), None, None, None), *rs, **kw)
+        y = be.ops.mamba3_rope_scan(*rs_args(phi_), **rs_kw)[0][:, :, 0]
+        out, dyy, dz = gate_fb(y, dy[:, :, 0])
+        gr = be.ops.mamba3_rope_scan_vjp((dyy.unsqueeze(2), None, None, None), *rs_args(phi_), **rs_kw)
         ga = be.ops.mamba3_angles_vjp((gr["phi"], None), ang, dtv)
         return out, dz, gr, ga
 
     for sw in ("1", "0"):
-        os.environ["MAMBA_TRITON_FUSED_ROPE_SCAN"] = sw
-        row(f"Mamba-3 SISO fwd+bwd, whole op, fused kernel {'on' if sw == '1' else 'off'}", bench(ours_full_fb),
-            off_fbt, "ours: angles, rope_scan, gate and their VJPs")
+        with _env("MAMBA_TRITON_FUSED_ROPE_SCAN", sw):
+            row(f"Mamba-3 SISO fwd+bwd, whole op, fused kernel {'on' if sw == '1' else 'off'}",
+                bench(ours_full_fb), off_fbt, "ours: angles, rope_scan, gate and their VJPs")
     # where the whole op's backward goes (each piece alone, on the inputs it sees there)
-    rs0 = (v, dtv, Av, trap, k.unsqueeze(2), q.unsqueeze(2), phi0)
-    kw0 = dict(B_bias=kb3, C_bias=qb3, D=D, chunk_size=64)
-    dyy = dy
-    g0 = be.ops.mamba3_rope_scan_vjp((dyy, None, None, None), *rs0, **kw0)
-    zf0 = z.float()
+    cot0 = (dy, None, None, None)
+    g0 = be.ops.mamba3_rope_scan_vjp(cot0, *rs_args(phi0), **rs_kw)
     bwd_pieces = {
-        "mamba3_scan_vjp (per-head B, C)": lambda: be.ops.mamba3_scan_vjp((dyy, None, None, None), *scan_args),
-        "mamba3_rope_scan_vjp": lambda: be.ops.mamba3_rope_scan_vjp((dyy, None, None, None), *rs0, **kw0),
+        "mamba3_scan_vjp (per-head B, C)": lambda: be.ops.mamba3_scan_vjp(cot0, *scan_args),
+        "mamba3_rope_scan_vjp": lambda: be.ops.mamba3_rope_scan_vjp(cot0, *rs_args(phi0), **rs_kw),
         "mamba3_angles_vjp": lambda: be.ops.mamba3_angles_vjp((g0["phi"], None), ang, dtv),
-        "gate fwd + VJP (torch)": lambda: (y0[:, :, 0].float() * zf0 * torch.sigmoid(zf0),
-                                           dy[:, :, 0].float() * y0[:, :, 0].float() * torch.sigmoid(zf0)),
+        "gate and its VJP": lambda: gate_fb(y0[:, :, 0], dy[:, :, 0]),
     }
     RESULTS["m3_bwd_pieces_ms"] = {name: bench(fn) for name, fn in bwd_pieces.items()}
     print("Mamba-3 SISO backward pieces (ms):",
           {k_: round(v_, 4) for k_, v_ in RESULTS["m3_bwd_pieces_ms"].items()}, flush=True)
-    if old_sw is None:
-        os.environ.pop("MAMBA_TRITON_FUSED_ROPE_SCAN", None)
-    else:
-        os.environ["MAMBA_TRITON_FUSED_ROPE_SCAN"] = old_sw
     row("Mamba-3 SISO scan only fwd", ours_scan, off_f, "official includes rope+gate")
     row("Mamba-3 SISO scan only fwd+bwd", ours_scan_fb, off_fbt, "official includes rope+gate")
 
