@@ -1,6 +1,6 @@
 """torch_triton's Mamba-3 B/C prologue kernels (kernels/mamba3_bc.py) against the float64
-composition they replace (heads + bias + apply_rope, and its gradients by torch autograd), in the
-Triton interpreter (TRITON_INTERPRET=1) or on a GPU.
+composition they replace (the core's heads + bias, the rotation's reference and their VJPs), in
+the Triton interpreter (TRITON_INTERPRET=1) or on a GPU.
 
 Cases: G = 1 and G = H / 2, ranks R = 1 and 3, "interleaved" and "halves" pairings, S = 0
 (nothing rotated), S < N / 2 with N odd (pass-through columns), biases present or absent, L not a
@@ -21,7 +21,7 @@ pytest.importorskip("triton", reason="triton is not installed")
 if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
     pytest.skip("no CUDA device and TRITON_INTERPRET is not 1", allow_module_level=True)
 
-import array_api_compat.torch as xpt  # noqa: E402
+import numpy as np  # noqa: E402
 
 from mamba_core.ops import mamba3_fused as core  # noqa: E402
 from mamba_core.ops import rope  # noqa: E402
@@ -53,15 +53,20 @@ def _case(c, seed=0):
 
 
 def _reference(c, B, C, phi, bb, cb, dBh, dCh):
-    """Forward and gradients of the composition in float64 (torch autograd)."""
-    leaves = [None if t is None else t.clone().requires_grad_() for t in (B, C, phi, bb, cb)]
-    Bl, Cl, pl, bbl, cbl = leaves
-    ph = pl.unsqueeze(2)
-    Bh = rope.apply_rope(xpt, core.heads(xpt, Bl, c["H"], bbl), ph, c["pairing"])
-    Ch = rope.apply_rope(xpt, core.heads(xpt, Cl, c["H"], cbl), ph, c["pairing"])
-    ((Bh * dBh).sum() + (Ch * dCh).sum()).backward()
-    grads = [None if t is None else t.grad for t in leaves]
-    return Bh.detach(), Ch.detach(), grads
+    """Forward and gradients of the composition in float64: the core's heads / heads_vjp and the
+    rotation's reference and reference VJP (mamba_core.ops.rope)."""
+    np64 = lambda t: None if t is None else t.numpy()  # noqa: E731
+    ph = np64(phi)[:, :, None]  # (B, L, 1, H, S): the same angle for every rank
+    outs, grads, dphi = [], [], 0.0
+    for v, bias, dv in ((B, bb, dBh), (C, cb, dCh)):
+        vb = core.heads(np, np64(v), c["H"], np64(bias))
+        outs.append(torch.from_numpy(rope.apply_rope_ref(vb, ph, c["pairing"])))
+        g = rope.apply_rope_vjp_ref(np64(dv), vb, ph, c["pairing"])
+        dgroup, dbias = core.heads_vjp(np, g["x"], c["G"])
+        grads.append((torch.from_numpy(dgroup), None if bias is None else torch.from_numpy(dbias)))
+        dphi = dphi + g["phi"][:, :, 0]
+    (gB, gbb), (gC, gcb) = grads
+    return outs[0], outs[1], (gB, gC, torch.from_numpy(np.asarray(dphi)), gbb, gcb)
 
 
 def _rel(a, b):
