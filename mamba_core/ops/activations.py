@@ -69,16 +69,16 @@ def softplus(xp, x):
 
 # ---- derivatives and VJPs: references (float64 NumPy) --------------------------------------
 def sigmoid_grad_ref(x):
-    """d sigmoid / dx = s (1 - s)."""
-    s = sigmoid_ref(x)
-    return s * (1.0 - s)
+    """d sigmoid / dx = s (1 - s), with 1 - s as sigmoid(-x): no cancellation in the tails (by
+    subtraction, 1 - s keeps no digits past |x| ~ 37 even in float64)."""
+    x = np.asarray(x, dtype=np.float64)
+    return sigmoid_ref(x) * sigmoid_ref(-x)
 
 
 def silu_grad_ref(x):
-    """d silu / dx = s (1 + x (1 - s))."""
+    """d silu / dx = s (1 + x (1 - s)), with 1 - s as sigmoid(-x) (see sigmoid_grad_ref)."""
     x = np.asarray(x, dtype=np.float64)
-    s = sigmoid_ref(x)
-    return s * (1.0 + x * (1.0 - s))
+    return sigmoid_ref(x) * (1.0 + x * sigmoid_ref(-x))
 
 
 def softplus_grad_ref(x):
