@@ -55,11 +55,14 @@ _MAX_DIM = 256
 #: gpu-20261207-h100): the VJP at chunk 16, 8 warps, 2 stages takes 2.08 ms against 3.42 at
 #: the call's chunk 64 (chunk 32: 2.62-2.94; 16 warps: 7-14 ms). At chunk 64 the (QR, QR)
 #: tiles spill: compiled for sm_90, 9.6k SASS instructions a chunk with 1.6k spill loads and
-#: stores, against 3.7k and ~120 at chunk 16.
+#: stores, against 3.7k and ~120 at chunk 16. Run 23 (same shape, after the reordered loop and
+#: 16-bit states): chunk 16 with 4 warps and 1 stage 1.66 ms, 4 warps / 2 stages 1.81, 8 warps
+#: / 2 stages 2.09, chunk 32 / 8 warps / 1 stage 1.97.
 #: "fwd": the same knobs for mamba3_scan's forward (None: the call's chunk, warps by tile size,
-#: stages 3): not yet swept on a GPU. Compiled for sm_90 (bf16, Qk R x N = 64 x 128, 8 warps)
-#: its chunk loop spills 329 loads and stores at chunk 64, 32 at chunk 32 and none at 16.
-CONFIG = {"bwd": {"chunk": 16, "num_warps": 8, "stages": 2, "states16": True},
+#: stages 3). Compiled for sm_90 (bf16, Qk R x N = 64 x 128, 8 warps) its chunk loop spills
+#: 329 loads and stores at chunk 64, 32 at chunk 32 and none at 16; run 23 timed the default
+#: (chunk 64) at 0.449 ms, chunk 32 / 8 warps 0.440, chunk 16 / 8 warps 0.610: kept.
+CONFIG = {"bwd": {"chunk": 16, "num_warps": 4, "stages": 1, "states16": True},
           "fwd": {"chunk": None, "num_warps": None, "stages": None}}
 
 
