@@ -4,7 +4,9 @@ the Triton interpreter (TRITON_INTERPRET=1) or on a GPU.
 
 Cases: G = 1 and G = H / 2, ranks R = 1 and 3, "interleaved" and "halves" pairings, S = 0
 (nothing rotated), S < N / 2 with N odd (pass-through columns), biases present or absent, L not a
-multiple of the token block, bf16 inputs.
+multiple of the token block, bf16 inputs; each with every head of a group in one program
+(HB = None, the VJP's group sums complete in the kernel) and with blocks of 1 or 2 heads (the
+VJP's float32 partials summed by torch; 2 heads with H / G = 3 falls back to 1).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np  # noqa: E402
 from mamba_core.ops import mamba3_fused as core  # noqa: E402
 from mamba_core.ops import rope  # noqa: E402
 
+from mamba_backend_torch_triton.kernels import mamba3_bc as BC  # noqa: E402
 from mamba_backend_torch_triton.kernels.mamba3_bc import bc_heads_rope, bc_heads_rope_vjp  # noqa: E402
 
 DEV = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
@@ -74,9 +77,12 @@ def _rel(a, b):
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
 
+@pytest.mark.parametrize("hb", [None, 1, 2], ids=["HB=all", "HB=1", "HB=2"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("name", list(CASES))
-def test_bc_heads_rope_and_vjp_match_the_composition(name, dtype):
+def test_bc_heads_rope_and_vjp_match_the_composition(name, dtype, hb, monkeypatch):
+    for which in ("bc", "bc_vjp", "interpret"):
+        monkeypatch.setitem(BC.CONFIG, which, dict(BC.CONFIG[which], HB=hb))
     c = CASES[name]
     B, C, phi, bb, cb, dBh, dCh = _case(c)
     Bh_r, Ch_r, (gB, gC, gphi, gbb, gcb) = _reference(c, B, C, phi, bb, cb, dBh, dCh)

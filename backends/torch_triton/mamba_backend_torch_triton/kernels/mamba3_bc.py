@@ -8,8 +8,8 @@ written here as
     bc_heads_rope_vjp(dBh, dCh, B, C, phi, B_bias, C_bias, pairing)
         -> (dB (B, L, R, G, N), dC, dB_bias (R, H, N) | None, dC_bias | None, dphi (B, L, H, S))
 
-One program per (batch, block of T tokens, group, rank) loads the group's B and C rows once and
-walks the group's H / G heads: per head it adds the bias, takes cos and sin of the head's
+One program per (batch, block of T tokens, block of HB heads of one group, rank) loads the
+group's B and C rows once and walks its HB heads (by default all H / G of the group): per head it adds the bias, takes cos and sin of the head's
 angles once for both B and C, and rotates (forward) or rotates back (VJP). The VJP sums the
 heads' gradients into the group's in registers, writes each head's angle gradient (the B and
 C shares added) and a per-program partial of the bias gradients (summed by torch:
@@ -32,6 +32,8 @@ MAMBA_TRITON_BC_KERNEL=0 sends mamba3_rope_scan back to the separate ops.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -39,11 +41,15 @@ from triton.language.extra import libdevice
 
 from mamba_backend_torch_triton.kernels._scan_common import c as _c, interpreting, pow2
 
-#: tokens per program and warps, read at every call ("interpret": the CPU). Not yet timed on a
-#: GPU. Compiled for sm_90 (Triton 3.9, bf16, N = 128, S = 32): T = 16 with 4 warps (or 32 with
-#: 8) keeps both kernels in registers (184 and 255 a thread, no spills); T = 32 with 4 warps
-#: spills ~290 loads and stores in the VJP.
-CONFIG = {"bc": {"T": 16, "num_warps": 4}, "interpret": {"T": 16, "num_warps": 1}}
+#: tokens per program T, warps, and heads per program HB (None: all H / G heads of a group; else
+#: the largest divisor of H / G not above it -- more programs, and in the VJP float32 partial
+#: sums over head blocks that torch adds), per kernel, read at every call ("interpret": the
+#: CPU). Registers compiled for sm_90 (bf16, N = 128, S = 32) scale with the elements a thread
+#: holds, T N / (32 warps): 184 / 255 (forward / VJP) at T = 16 with 4 warps, 89 / 128 at T = 16
+#: with 8 warps, 53 / 80 at T = 8 with 8 warps. At 184 and 255 an SM keeps two 4-warp programs:
+#: run 23 timed the forward at 0.61 ms (H100, SISO shape), 5.5x its floor.
+CONFIG = {"bc": {"T": 8, "num_warps": 8, "HB": None}, "bc_vjp": {"T": 8, "num_warps": 8, "HB": None},
+          "interpret": {"T": 16, "num_warps": 1, "HB": None}}
 
 
 @triton.jit
@@ -132,12 +138,15 @@ def _cos_sin(phi_ptr, tok, i, tm, im, S, FAST: tl.constexpr):
 
 
 @triton.jit
-def _program(B_ptr, C_ptr, L, G, N, S, nT, R: tl.constexpr, T: tl.constexpr, BS: tl.constexpr,
-             BQ: tl.constexpr, ROT: tl.constexpr, PASS: tl.constexpr, HALVES: tl.constexpr):
-    # this program's (batch, token block, group, rank), its columns, and the group's B and C rows
+def _program(B_ptr, C_ptr, L, H, G, N, S, nT, R: tl.constexpr, T: tl.constexpr, HB: tl.constexpr,
+             BS: tl.constexpr, BQ: tl.constexpr, ROT: tl.constexpr, PASS: tl.constexpr,
+             HALVES: tl.constexpr):
+    # this program's (batch, token block, block of HB heads of one group, rank), its columns, and
+    # the group's B and C rows
     pid = tl.program_id(0).to(tl.int64)
-    g = tl.program_id(1).to(tl.int64)
+    hb = tl.program_id(1).to(tl.int64)
     r = tl.program_id(2).to(tl.int64)
+    g = (hb * HB) // (H // G)
     b = pid // nT
     t = (pid % nT) * T + tl.arange(0, T)
     tm = t < L
@@ -145,7 +154,7 @@ def _program(B_ptr, C_ptr, L, G, N, S, nT, R: tl.constexpr, T: tl.constexpr, BS:
     gbase = ((((b * L + t) * R + r) * G + g) * N)[:, None]
     B1, B2, B3 = _load3(B_ptr, gbase, tm, c1, c2, c3, im, qm, ROT, PASS)
     C1, C2, C3 = _load3(C_ptr, gbase, tm, c1, c2, c3, im, qm, ROT, PASS)
-    return pid, g, r, b, t, tm, i, im, c1, c2, qm, c3, gbase, B1, B2, B3, C1, C2, C3
+    return pid, hb, r, b, t, tm, i, im, c1, c2, qm, c3, gbase, B1, B2, B3, C1, C2, C3
 
 
 @triton.jit
@@ -178,14 +187,13 @@ def _bias_share(ptr, po, c1, c2, c3, im, qm, e1, e2, e3, HAS: tl.constexpr, ROT:
 
 @triton.jit
 def _bc_fwd(B_ptr, C_ptr, phi_ptr, bb_ptr, cb_ptr, Bh_ptr, Ch_ptr, L, H, G, N, S, nT,
-            R: tl.constexpr, T: tl.constexpr, BS: tl.constexpr, BQ: tl.constexpr,
+            R: tl.constexpr, T: tl.constexpr, HB: tl.constexpr, BS: tl.constexpr, BQ: tl.constexpr,
             ROT: tl.constexpr, PASS: tl.constexpr, HALVES: tl.constexpr, HAS_BB: tl.constexpr,
             HAS_CB: tl.constexpr, FAST: tl.constexpr):
-    pid, g, r, b, t, tm, i, im, c1, c2, qm, c3, gbase, B1, B2, B3, C1, C2, C3 = _program(
-        B_ptr, C_ptr, L, G, N, S, nT, R, T, BS, BQ, ROT, PASS, HALVES)
-    HG = H // G
-    for hh in range(0, HG):
-        h = g * HG + hh
+    pid, hb, r, b, t, tm, i, im, c1, c2, qm, c3, gbase, B1, B2, B3, C1, C2, C3 = _program(
+        B_ptr, C_ptr, L, H, G, N, S, nT, R, T, HB, BS, BQ, ROT, PASS, HALVES)
+    for hh in range(0, HB):
+        h = hb * HB + hh
         bb1, bb2, bb3 = _bias3(bb_ptr, (r * H + h) * N, c1, c2, c3, im, qm, HAS_BB, ROT, PASS)
         cb1, cb2, cb3 = _bias3(cb_ptr, (r * H + h) * N, c1, c2, c3, im, qm, HAS_CB, ROT, PASS)
         hbase = ((((b * L + t) * R + r) * H + h) * N)[:, None]
@@ -201,23 +209,24 @@ def _bc_fwd(B_ptr, C_ptr, phi_ptr, bb_ptr, cb_ptr, Bh_ptr, Ch_ptr, L, H, G, N, S
 
 @triton.jit
 def _bc_vjp(dBh_ptr, dCh_ptr, B_ptr, C_ptr, phi_ptr, bb_ptr, cb_ptr,
-            dB_ptr, dC_ptr, dbb_ptr, dcb_ptr, dphi_ptr, L, H, G, N, S, nT,
-            R: tl.constexpr, T: tl.constexpr, BS: tl.constexpr, BQ: tl.constexpr,
+            dB_ptr, dC_ptr, dbb_ptr, dcb_ptr, dphi_ptr, L, H, G, N, S, nT, nO,
+            R: tl.constexpr, T: tl.constexpr, HB: tl.constexpr, BS: tl.constexpr, BQ: tl.constexpr,
             ROT: tl.constexpr, PASS: tl.constexpr, HALVES: tl.constexpr, HAS_BB: tl.constexpr,
             HAS_CB: tl.constexpr, FAST: tl.constexpr):
     # y1 = a cos - z sin, y2 = z cos + a sin (a, z = the pair + bias): (da, dz) = (dy1, dy2)
-    # rotated by -phi, dphi = dy2 y1 - dy1 y2; pass-through components: dx = dy
-    pid, g, r, b, t, tm, i, im, c1, c2, qm, c3, gbase, B1, B2, B3, C1, C2, C3 = _program(
-        B_ptr, C_ptr, L, G, N, S, nT, R, T, BS, BQ, ROT, PASS, HALVES)
+    # rotated by -phi, dphi = dy2 y1 - dy1 y2; pass-through components: dx = dy. The HB heads'
+    # gradients of the group rows are summed here and written as row block hb of dB, dC
+    # (B, L, R, nO = H / HB, N): the group's rows when HB = H / G, else partials torch sums
+    pid, hb, r, b, t, tm, i, im, c1, c2, qm, c3, gbase, B1, B2, B3, C1, C2, C3 = _program(
+        B_ptr, C_ptr, L, H, G, N, S, nT, R, T, HB, BS, BQ, ROT, PASS, HALVES)
     gB1 = tl.zeros((T, BS), tl.float32)
     gB2 = tl.zeros((T, BS), tl.float32)
     gB3 = tl.zeros((T, BQ), tl.float32)
     gC1 = tl.zeros((T, BS), tl.float32)
     gC2 = tl.zeros((T, BS), tl.float32)
     gC3 = tl.zeros((T, BQ), tl.float32)
-    HG = H // G
-    for hh in range(0, HG):
-        h = g * HG + hh
+    for hh in range(0, HB):
+        h = hb * HB + hh
         hbase = ((((b * L + t) * R + r) * H + h) * N)[:, None]
         tok = (b * L + t) * H + h
         boff = (r * H + h) * N
@@ -245,19 +254,22 @@ def _bc_vjp(dBh_ptr, dCh_ptr, B_ptr, C_ptr, phi_ptr, bb_ptr, cb_ptr,
                      mask=tm[:, None] & im[None, :])
         if PASS:
             gC3 += e3
-    _store3(dB_ptr, gbase, tm, c1, c2, c3, im, qm, gB1, gB2, gB3, ROT, PASS)
-    _store3(dC_ptr, gbase, tm, c1, c2, c3, im, qm, gC1, gC2, gC3, ROT, PASS)
+    obase = ((((b * L + t) * R + r) * nO + hb) * N)[:, None]
+    _store3(dB_ptr, obase, tm, c1, c2, c3, im, qm, gB1, gB2, gB3, ROT, PASS)
+    _store3(dC_ptr, obase, tm, c1, c2, c3, im, qm, gC1, gC2, gC3, ROT, PASS)
 
 
-def _meta(B, phi, pairing):
+def _meta(B, phi, H, which):
     Bsz, L, R, G, N = B.shape
     S = phi.shape[-1]
-    cfg = CONFIG["interpret"] if B.device.type == "cpu" else CONFIG["bc"]
+    cfg = CONFIG["interpret"] if B.device.type == "cpu" else CONFIG[which]
     T = min(int(cfg["T"]), pow2(L, 1))
+    HG = H // G
+    HB = HG if cfg.get("HB") is None else max(1, math.gcd(HG, int(cfg["HB"])))
     nT = triton.cdiv(L, T)
-    meta = dict(R=R, T=T, BS=pow2(max(S, 1)), BQ=pow2(max(N - 2 * S, 1)), ROT=S > 0, PASS=N > 2 * S,
-                HALVES=pairing == "halves", FAST=not interpreting(), num_warps=int(cfg["num_warps"]))
-    return (Bsz * nT, G, R), nT, meta
+    meta = dict(R=R, T=T, HB=HB, BS=pow2(max(S, 1)), BQ=pow2(max(N - 2 * S, 1)), ROT=S > 0, PASS=N > 2 * S,
+                FAST=not interpreting(), num_warps=int(cfg["num_warps"]))
+    return (Bsz * nT, H // HB, R), nT, meta
 
 
 def bc_heads_rope(B, C, phi, B_bias, C_bias, H: int, pairing: str = "interleaved"):
@@ -271,9 +283,10 @@ def bc_heads_rope(B, C, phi, B_bias, C_bias, H: int, pairing: str = "interleaved
     Ch = torch.empty((Bsz, L, R, H, N), dtype=C.dtype, device=C.device)
     if Bh.numel() == 0:
         return Bh, Ch
-    grid, nT, meta = _meta(B, phi, pairing)
+    grid, nT, meta = _meta(B, phi, H, "bc")
     _bc_fwd[grid](B, C, phi, B if B_bias is None else B_bias, C if C_bias is None else C_bias, Bh, Ch,
-                  L, H, G, N, S, nT, HAS_BB=B_bias is not None, HAS_CB=C_bias is not None, **meta)
+                  L, H, G, N, S, nT, HAS_BB=B_bias is not None, HAS_CB=C_bias is not None,
+                  HALVES=pairing == "halves", **meta)
     return Bh, Ch
 
 
@@ -285,9 +298,13 @@ def bc_heads_rope_vjp(dBh, dCh, B, C, phi, B_bias, C_bias, pairing: str = "inter
     H, S = phi.shape[2], phi.shape[-1]
     dBh, dCh, B, C, phi, B_bias, C_bias = (_c(t) for t in (dBh, dCh, B, C, phi, B_bias, C_bias))
     dev, f32 = B.device, torch.float32
-    grid, nT, meta = _meta(B, phi, pairing)
-    dB = torch.empty_like(B)
-    dC = torch.empty_like(C)
+    grid, nT, meta = _meta(B, phi, H, "bc_vjp")
+    nO = grid[1]
+    if nO == G:  # one program block per group: the sums are complete, written in the dtypes
+        dB, dC = torch.empty_like(B), torch.empty_like(C)
+    else:  # float32 partials over head blocks, summed below
+        dB = torch.empty((Bsz, L, R, nO, N), dtype=f32, device=dev)
+        dC = torch.empty((Bsz, L, R, nO, N), dtype=f32, device=dev)
     nb = Bsz * nT
     dbb = torch.empty((nb, R, H, N), dtype=f32, device=dev) if B_bias is not None else None
     dcb = torch.empty((nb, R, H, N), dtype=f32, device=dev) if C_bias is not None else None
@@ -296,7 +313,11 @@ def bc_heads_rope_vjp(dBh, dCh, B, C, phi, B_bias, C_bias, pairing: str = "inter
     if B.numel() > 0 and H > 0:
         _bc_vjp[grid](dBh, dCh, B, C, phi, B if B_bias is None else B_bias, C if C_bias is None else C_bias,
                       dB, dC, dB if dbb is None else dbb, dB if dcb is None else dcb, dphi,
-                      L, H, G, N, S, nT, HAS_BB=B_bias is not None, HAS_CB=C_bias is not None, **meta)
+                      L, H, G, N, S, nT, nO, HAS_BB=B_bias is not None, HAS_CB=C_bias is not None,
+                      HALVES=pairing == "halves", **meta)
+    if nO != G:
+        dB = dB.view(Bsz, L, R, G, nO // G, N).sum(4).to(B.dtype)
+        dC = dC.view(Bsz, L, R, G, nO // G, N).sum(4).to(C.dtype)
     dphi = dphi[:, :, :, 0] if R == 1 else dphi.sum(3)
     dB_bias = None if dbb is None else dbb.sum(0).to(B_bias.dtype)
     dC_bias = None if dcb is None else dcb.sum(0).to(C_bias.dtype)
