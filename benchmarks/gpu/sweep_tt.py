@@ -23,6 +23,12 @@ Parts (each writes OUT_DIR/sweep_tt.json when it ends, so a timeout keeps what w
           compared with the first's. SWEEP_M3="chunk:warps:stages,..." replaces the grid;
           SWEEP_M3_WARM=1 only compiles (B=1; the kernels do not take B, so a later process
           at B=8 hits Triton's cache): one such process a config compiles the grid in parallel.
+  bc      Mamba-3's B/C prologue kernels (kernels/mamba3_bc.py) at the m3 shape, G=1, S=32
+          (B and C per group, float32 angles and biases): bc_heads_rope over a grid of
+          CONFIG["bc"] (tokens T, warps, heads per program HB; "-" for HB: a whole group),
+          then bc_heads_rope_vjp over CONFIG["bc_vjp"], each config's outputs compared with
+          the first's. SWEEP_BC / SWEEP_BC_VJP="T:warps:HB,..." replace the grids;
+          SWEEP_M3_WARM=1 only compiles, as for m3.
   decode  ~370M random-weight Mamba-2 LM (d_model 1024, 48 layers, vocab 50280, d_state 128,
           headdim 64, bf16) through graphs.CudaGraphDecoder at batch 1 and 16: fused step on
           and off (MAMBA_NO_FUSED_STEP=1), ms/token and tokens/s, the fused logits against the
@@ -45,9 +51,9 @@ import sys
 import time
 import traceback
 
-PARTS = ("m1", "ssd", "m3", "decode")
+PARTS = ("m1", "ssd", "m3", "bc", "decode")
 #: share of the time budget each part may use (what one part leaves goes to the next)
-SHARE = {"m1": 0.45, "ssd": 0.17, "m3": 0.3, "decode": 0.38}
+SHARE = {"m1": 0.45, "ssd": 0.17, "m3": 0.3, "bc": 0.15, "decode": 0.38}
 
 # Mamba-1 forward configs, most promising first: (variant, T, BE, num_warps). The baseline
 # (the current CONFIG default) comes first; variants (kernels/selective_scan.py docstring):
@@ -128,6 +134,15 @@ def _m3_grid(name="SWEEP_M3", default=M3_BWD):
         return default
     conv = lambda v: None if v in ("-", "", "None") else int(v)  # noqa: E731
     return [tuple(conv(v) for v in item.strip().split(":")) for item in raw.split(",")]
+
+
+# B/C prologue launches (kernels/mamba3_bc.CONFIG["bc"], ["bc_vjp"]): (T, num_warps, HB), HB
+# None = a whole group. Compiled for sm_90 (bf16, N=128, S=32) the registers follow T N / warps:
+# T=16 / 4 warps 184 (forward) and 255 (VJP), the session-8 default, 0.61 ms forward in run 23;
+# T=8 / 8 warps 48 and 80; T=16 / 8 warps 87 and 140.
+BC_FWD = [(8, 8, None), (16, 4, None), (16, 8, None), (8, 4, None), (8, 8, 4), (8, 8, 8), (4, 4, None),
+          (16, 8, 4), (32, 8, None)]
+BC_VJP = [(8, 8, None), (16, 4, None), (16, 8, None), (8, 4, None), (8, 8, 8), (4, 4, None), (16, 8, 8)]
 
 
 M2_STEP = [{"BP": 8, "num_warps": 4}, {"BP": 32, "num_warps": 4}, {"BP": 64, "num_warps": 8},
@@ -385,6 +400,77 @@ def _m3_launches(M3, kind, grid, call, rel_of, deadline, warm, entries):
     M3.CONFIG[kind] = base
 
 
+# ---- (c') Mamba-3 B/C prologue ------------------------------------------------------------------
+def part_bc(deadline):
+    import torch
+
+    from mamba_backend_torch_triton.kernels import mamba3_bc as BC
+
+    B, L, H, N = (RUN["m3"][k] for k in ("B", "L", "H", "N"))
+    S = N // 4
+    warm = os.environ.get("SWEEP_M3_WARM") == "1"
+    if warm:
+        B = 1
+    dev, bf = RUN["dev"], torch.bfloat16
+    g = torch.Generator(device=dev).manual_seed(4)
+    Bg = torch.randn(B, L, 1, 1, N, device=dev, dtype=bf, generator=g)
+    Cg = torch.randn(B, L, 1, 1, N, device=dev, dtype=bf, generator=g)
+    phi = torch.rand(B, L, H, S, device=dev, generator=g) * 6.283
+    bb = torch.randn(1, H, N, device=dev, generator=g)
+    cb = torch.randn(1, H, N, device=dev, generator=g)
+    dBh = torch.randn(B, L, 1, H, N, device=dev, dtype=bf, generator=g)
+    dCh = torch.randn(B, L, 1, H, N, device=dev, dtype=bf, generator=g)
+    out = {"shape": dict(B=B, L=L, H=H, N=N, S=S, G=1, R=1, dtype="bfloat16"), "fwd": [], "bwd": []}
+    RESULTS["parts"]["bc"] = out
+    saved = {k: dict(v) for k, v in BC.CONFIG.items()}
+
+    def rel_of(got, ref):
+        return max(_rel(a, b) for a, b in zip(got, ref) if a is not None)
+
+    try:
+        for kind, grid, call in (
+                ("bc", _bc_grid("SWEEP_BC", BC_FWD), lambda: BC.bc_heads_rope(Bg, Cg, phi, bb, cb, H)),
+                ("bc_vjp", _bc_grid("SWEEP_BC_VJP", BC_VJP),
+                 lambda: BC.bc_heads_rope_vjp(dBh, dCh, Bg, Cg, phi, bb, cb))):
+            ref = None
+            for T, w, hb in _grid(grid):
+                if time.time() > deadline:
+                    continue
+                BC.CONFIG[kind] = dict(saved[kind], T=T, num_warps=w, HB=hb)
+                entry = {"T": T, "num_warps": w, "HB": hb}
+                try:
+                    t0 = time.time()
+                    got = call()
+                    if RUN["dev"] == "cuda":
+                        torch.cuda.synchronize()
+                    entry["first_call_s"] = round(time.time() - t0, 1)
+                    if not warm:
+                        ref = got if ref is None else ref
+                        entry["rel_vs_first"] = rel_of(got, ref)
+                        entry["ms"] = _bench(call)
+                except Exception as exc:  # noqa: BLE001
+                    entry["error"] = f"{type(exc).__name__}: {exc}"[:200]
+                out["fwd" if kind == "bc" else "bwd"].append(entry)
+                _save()
+                print(f"  bc {kind} T={T} warps={w} HB={hb}: {entry.get('ms', float('nan')):.3f} ms  "
+                      f"rel {entry.get('rel_vs_first', float('nan')):.1e}  first call {entry.get('first_call_s')} s"
+                      f"  {entry.get('error', '')}", flush=True)
+            BC.CONFIG[kind] = dict(saved[kind])
+            ok = [e for e in out["fwd" if kind == "bc" else "bwd"] if "ms" in e and e["rel_vs_first"] < 2e-2]
+            if ok:
+                RESULTS["best"][kind] = min(ok, key=lambda e: e["ms"])
+    finally:
+        BC.CONFIG.update(saved)
+
+
+def _bc_grid(name, default):
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    conv = lambda v: None if v in ("-", "", "None") else int(v)  # noqa: E731
+    return [tuple(conv(v) for v in item.strip().split(":")) for item in raw.split(",")]
+
+
 # ---- (d) decode -----------------------------------------------------------------------------------
 def part_decode(deadline):
     import numpy as np
@@ -496,6 +582,12 @@ def _table():
         f = m3["best"]
         lines.append(f"  Mamba-3 SISO VJP  best {f['ms']:.3f}  (chunk={f['chunk']}, warps={f['num_warps']}, "
                      f"stages={f['stages']}); fwd {m3['fwd_ms']:.3f}, fwd+bwd {f['fwd_bwd_ms']:.3f}")
+    for kind in ("bc", "bc_vjp"):
+        f = b.get(kind)
+        if f:
+            first = RESULTS["parts"]["bc"]["fwd" if kind == "bc" else "bwd"][0]
+            lines.append(f"  {kind:<17s} best {f['ms']:.3f}  (T={f['T']}, warps={f['num_warps']}, HB={f['HB']}); "
+                         f"first config {first.get('ms', float('nan')):.3f}")
     for batch in RUN["batches"]:
         d = b.get(f"decode_b{batch}_ms")
         if d:
@@ -547,7 +639,7 @@ def main(argv=None) -> int:
     RESULTS["device"] = {"name": "cpu (--smoke)" if args.smoke else torch.cuda.get_device_name(),
                          "torch": torch.__version__, "triton": triton.__version__,
                          "budget_s": args.budget}
-    fns = {"m1": part_m1, "ssd": part_ssd, "m3": part_m3, "decode": part_decode}
+    fns = {"m1": part_m1, "ssd": part_ssd, "m3": part_m3, "bc": part_bc, "decode": part_decode}
     left_share = sum(SHARE[p] for p in parts)
     for p in parts:
         now = time.time()

@@ -54,3 +54,16 @@ def test_smoke_run_writes_json(sweep, tmp_path):
     assert not res["errors"]
     assert res["parts"]["m1"]["best_fwd"]["ms"] > 0 and res["parts"]["m1"]["best_bwd"]["vjp_ms"] > 0
     assert res["parts"]["ssd"]["chunk 256"]["fwd_ms"] > 0
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="--smoke needs the interpreter")
+def test_smoke_bc_part_writes_json(sweep, tmp_path):
+    """The B/C prologue part runs its forward and VJP grids (on the CPU every config runs the
+    interpreter's launch, so the outputs agree exactly)."""
+    assert sweep.main([str(tmp_path), "--smoke", "--parts", "bc"]) == 0
+    res = json.loads((tmp_path / "sweep_tt.json").read_text())
+    assert not res["errors"]
+    for kind in ("fwd", "bwd"):
+        rows = res["parts"]["bc"][kind]
+        assert len(rows) == 3 and all(r["ms"] > 0 and r["rel_vs_first"] == 0 for r in rows), rows
+    assert res["best"]["bc"]["ms"] > 0 and res["best"]["bc_vjp"]["ms"] > 0
