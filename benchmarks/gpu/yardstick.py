@@ -88,6 +88,25 @@ def _m1_configs():
     return used
 
 
+def _bc_configs():
+    """YARDSTICK_BC_SWEEP=path/to/sweep_tt.json: run torch_triton's B/C kernels under the bc
+    part's best forward and VJP launches (set in-process) instead of the defaults."""
+    path = os.environ.get("YARDSTICK_BC_SWEEP")
+    if not path or not os.path.exists(path):
+        return None
+    from mamba_backend_torch_triton.kernels import mamba3_bc as BC
+
+    best = json.load(open(path)).get("best", {})
+    used = {}
+    for kind in ("bc", "bc_vjp"):
+        if best.get(kind):
+            BC.CONFIG[kind] = dict(BC.CONFIG[kind], **{k: best[kind][k] for k in ("T", "num_warps", "HB")})
+            used[kind] = BC.CONFIG[kind]
+    RESULTS["bc_configs"] = used
+    print("B/C kernel launches from the sweep:", used, flush=True)
+    return used
+
+
 def mamba1():
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
@@ -200,6 +219,7 @@ def mamba3():
     from mamba_ssm.ops.triton.mamba3.mamba3_siso_combined import mamba3_siso_combined
 
     be = backend()
+    _bc_configs()
     dev, bf = "cuda", torch.bfloat16
     g = torch.Generator(device=dev).manual_seed(2)
     S = N // 4
