@@ -87,7 +87,7 @@ tmo() { local l=$(( ${DEADLINE:-560} - SECONDS )); [ "$l" -lt "$1" ] && echo $((
 case "${1:-certify}" in
 s9a)
     # Session 9: the B/C prologue kernels with T, warps and heads per program as launch knobs
-    # (swept), the Triton activations (silu, sigmoid, softplus and VJPs), the Mamba-3 VJP's
+    # (swept), the angle scans split along L (swept), the Triton activations (silu, sigmoid, softplus and VJPs), the Mamba-3 VJP's
     # run-23 default (chunk 16, 4 warps, 1 stage). In the background (compiling, small
     # shapes): torch_triton GPU tests and certificate entries, the whole cuda_cupy certificate;
     # meanwhile the B/C sweep and the VJP grid; then, with the GPU to itself, the Mamba-3
@@ -99,15 +99,16 @@ s9a)
     done
     job tt_tests $(tmo 280) env TRITON_INTERPRET=0 python3 -m pytest -q -rs -p no:cacheprovider \
         backends/torch_triton/tests/test_activation_kernels.py backends/torch_triton/tests/test_mamba3_bc.py \
-        backends/torch_triton/tests/test_mamba3_fused.py backends/torch_triton/tests/test_ssd_mamba3_kernels.py -k "mamba3 or bc or activ"
+        backends/torch_triton/tests/test_mamba3_fused.py backends/torch_triton/tests/test_ssd_mamba3_kernels.py \
+        backends/torch_triton/tests/test_rope_angles_kernels.py -k "mamba3 or bc or activ or rope"
     for dt in bfloat16 float32; do
         job "tt_cert_$dt" $(tmo 280) mamba-conformance torch_triton -v --dtype $dt --only 'op:silu*' \
             --only 'op:sigmoid*' --only 'op:softplus*' --only 'op:mamba3*' --only 'mixer:*' \
             --json "$R/torch_triton.gpu.s9.$dt.certificate.json"
     done
     job cupy_cert $(tmo 200) mamba-conformance cuda_cupy -v --json "$R/cuda_cupy.gpu.s9.certificate.json"
-    timeout $(tmo 100) python3 benchmarks/gpu/sweep_tt.py "$R/bcsweep" --parts bc --budget 90 > "$R/sweep_bc.log" 2>&1
-    echo "sweep bc rc=$?"; grep -E "  bc |bc(_vjp)? +best" "$R/sweep_bc.log" | cut -c1-200
+    timeout $(tmo 140) python3 benchmarks/gpu/sweep_tt.py "$R/bcsweep" --parts bc --budget 130 > "$R/sweep_bc.log" 2>&1
+    echo "sweep bc rc=$?"; grep -E "  bc |(bc|bc_vjp|angles_fwd|angles_bwd) +best" "$R/sweep_bc.log" | cut -c1-200
     SWEEP_M3_FWD=-:-:- SWEEP_M3=16:4:1,16:4:2,16:2:1,32:4:1 timeout $(tmo 60) python3 benchmarks/gpu/sweep_tt.py "$R/m3sweep" --parts m3 --budget 55 > "$R/sweep_m3.log" 2>&1
     echo "sweep m3 rc=$?"; grep -E "m3 (fwd|bwd)|Mamba-3" "$R/sweep_m3.log" | cut -c1-200
     wait

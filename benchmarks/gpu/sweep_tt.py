@@ -28,7 +28,8 @@ Parts (each writes OUT_DIR/sweep_tt.json when it ends, so a timeout keeps what w
           CONFIG["bc"] (tokens T, warps, heads per program HB; "-" for HB: a whole group),
           then bc_heads_rope_vjp over CONFIG["bc_vjp"], each config's outputs compared with
           the first's. SWEEP_BC / SWEEP_BC_VJP="T:warps:HB,..." replace the grids;
-          SWEEP_M3_WARM=1 only compiles, as for m3.
+          SWEEP_M3_WARM=1 only compiles, as for m3. Then mamba3_angles and its VJP over
+          kernels/rope.CONFIG["angles_fwd"] / ["angles_bwd"] (L segments, heads per program).
   decode  ~370M random-weight Mamba-2 LM (d_model 1024, 48 layers, vocab 50280, d_state 128,
           headdim 64, bf16) through graphs.CudaGraphDecoder at batch 1 and 16: fused step on
           and off (MAMBA_NO_FUSED_STEP=1), ms/token and tokens/s, the fused logits against the
@@ -143,6 +144,11 @@ def _m3_grid(name="SWEEP_M3", default=M3_BWD):
 BC_FWD = [(8, 8, None), (16, 4, None), (16, 8, None), (8, 4, None), (8, 8, 4), (8, 8, 8), (4, 4, None),
           (16, 8, 4), (32, 8, None)]
 BC_VJP = [(8, 8, None), (16, 4, None), (16, 8, None), (8, 4, None), (8, 8, 8), (4, 4, None), (16, 8, 8)]
+# Angle scan launches (kernels/rope.CONFIG["angles_fwd"], ["angles_bwd"]): (segments, HB, T),
+# None keeps the default; one segment was the layout of run 23 (0.119 / 0.245 ms). Compiled for
+# sm_90 at T=64: the forward 159 registers (HB=1), the VJP 255 with 23 spill stores (HB=4).
+ANGLES = [(16, None, None), (1, None, None), (8, None, None), (32, None, None), (16, 1, None), (16, 2, None),
+          (16, 4, None), (16, None, 32), (32, None, 32), (32, 2, 32), (64, None, 16)]
 
 
 M2_STEP = [{"BP": 8, "num_warps": 4}, {"BP": 32, "num_warps": 4}, {"BP": 64, "num_warps": 8},
@@ -461,6 +467,51 @@ def part_bc(deadline):
                 RESULTS["best"][kind] = min(ok, key=lambda e: e["ms"])
     finally:
         BC.CONFIG.update(saved)
+    _angles_launches(B, L, H, S, deadline, warm, out)
+
+
+def _angles_launches(B, L, H, S, deadline, warm, out):
+    """mamba3_angles and its VJP under each (segments, HB, T) of ANGLES (None keeps the default)."""
+    import torch
+
+    from mamba_backend_torch_triton.kernels import rope as RK
+
+    dev = RUN["dev"]
+    g = torch.Generator(device=dev).manual_seed(5)
+    ang = torch.randn(B, L, S, device=dev, generator=g)
+    dtv = torch.nn.functional.softplus(torch.rand(B, L, H, device=dev, generator=g) * 2 - 4)
+    dphi = torch.randn(B, L, H, S, device=dev, generator=g)
+    saved = {k: dict(RK.CONFIG[k]) for k in ("angles_fwd", "angles_bwd")}
+    try:
+        for kind, call in (("angles_fwd", lambda: RK.mamba3_angles(ang, dtv)[0]),
+                           ("angles_bwd", lambda: RK.mamba3_angles_vjp((dphi, None), ang, dtv))):
+            rows = out.setdefault(kind, [])
+            ref = None
+            for nseg, hb, T in _grid(ANGLES):
+                if time.time() > deadline:
+                    continue
+                RK.CONFIG[kind] = dict(saved[kind], segments=nseg, **({} if hb is None else {"HB": hb}),
+                                       **({} if T is None else {"T": T}))
+                entry = {"segments": nseg, "HB": RK.CONFIG[kind]["HB"], "T": RK.CONFIG[kind]["T"]}
+                try:
+                    got = call()
+                    if not warm:
+                        got = torch.cos(got) if kind == "angles_fwd" else got["angles"]  # phi is mod 2 pi
+                        ref = got if ref is None else ref
+                        entry["rel_vs_first"] = _rel(got, ref)
+                        entry["ms"] = _bench(call)
+                except Exception as exc:  # noqa: BLE001
+                    entry["error"] = f"{type(exc).__name__}: {exc}"[:200]
+                rows.append(entry)
+                _save()
+                print(f"  bc {kind} segments={nseg} HB={entry['HB']} T={entry['T']}: {entry.get('ms', float('nan')):.3f} ms  "
+                      f"rel {entry.get('rel_vs_first', float('nan')):.1e}  {entry.get('error', '')}", flush=True)
+            RK.CONFIG[kind] = dict(saved[kind])
+            ok = [e for e in rows if "ms" in e and e["rel_vs_first"] < 1e-3]
+            if ok:
+                RESULTS["best"][kind] = min(ok, key=lambda e: e["ms"])
+    finally:
+        RK.CONFIG.update(saved)
 
 
 def _bc_grid(name, default):
@@ -582,6 +633,12 @@ def _table():
         f = m3["best"]
         lines.append(f"  Mamba-3 SISO VJP  best {f['ms']:.3f}  (chunk={f['chunk']}, warps={f['num_warps']}, "
                      f"stages={f['stages']}); fwd {m3['fwd_ms']:.3f}, fwd+bwd {f['fwd_bwd_ms']:.3f}")
+    for kind in ("angles_fwd", "angles_bwd"):
+        f = b.get(kind)
+        if f:
+            first = RESULTS["parts"]["bc"][kind][0]
+            lines.append(f"  {kind:<17s} best {f['ms']:.3f}  (segments={f['segments']}, HB={f['HB']}, T={f['T']}); "
+                         f"first config {first.get('ms', float('nan')):.3f}")
     for kind in ("bc", "bc_vjp"):
         f = b.get(kind)
         if f:

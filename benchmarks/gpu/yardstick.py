@@ -89,8 +89,8 @@ def _m1_configs():
 
 
 def _bc_configs():
-    """YARDSTICK_BC_SWEEP=path/to/sweep_tt.json: run torch_triton's B/C kernels under the bc
-    part's best forward and VJP launches (set in-process) instead of the defaults."""
+    """YARDSTICK_BC_SWEEP=path/to/sweep_tt.json: run torch_triton's B/C kernels and angle scans
+    under the bc part's best forward and VJP launches (set in-process) instead of the defaults."""
     path = os.environ.get("YARDSTICK_BC_SWEEP")
     if not path or not os.path.exists(path):
         return None
@@ -102,6 +102,12 @@ def _bc_configs():
         if best.get(kind):
             BC.CONFIG[kind] = dict(BC.CONFIG[kind], **{k: best[kind][k] for k in ("T", "num_warps", "HB")})
             used[kind] = BC.CONFIG[kind]
+    from mamba_backend_torch_triton.kernels import rope as RK
+
+    for kind in ("angles_fwd", "angles_bwd"):
+        if best.get(kind):
+            RK.CONFIG[kind] = dict(RK.CONFIG[kind], **{k: best[kind][k] for k in ("segments", "HB", "T")})
+            used[kind] = RK.CONFIG[kind]
     RESULTS["bc_configs"] = used
     print("B/C kernel launches from the sweep:", used, flush=True)
     return used

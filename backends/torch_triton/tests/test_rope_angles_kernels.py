@@ -80,7 +80,8 @@ def same_layout(got, want, what):
 
 
 # ---- mamba3_angles ------------------------------------------------------------------------
-# T is 16 in the interpreter: L=37 and L=300 end on partial chunks, L=32 on a full one
+# T is 16 in the interpreter: L=37 and L=300 end on partial chunks, L=32 on a full one; split
+# into segments of >= 16 tokens, L=37 and L=32 make 2 segments, L=300 4 (the last one short)
 ANGLE_CASES = {
     "init,L=37": dict(B=2, L=37, H=3, S=5, init=True),
     "no init,L=32": dict(B=1, L=32, H=2, S=4, init=False),
@@ -107,9 +108,17 @@ def angle_args(inp, dtype, sliced=False):
     return args
 
 
+def _segments(monkeypatch, n):
+    """L split into at most n segments (of >= 16 tokens) on whichever device runs the kernels."""
+    for which in ("angles_fwd", "angles_bwd", "interpret"):
+        monkeypatch.setitem(K.CONFIG, which, dict(K.CONFIG[which], segments=n, min_seg=16))
+
+
+@pytest.mark.parametrize("segments", [1, 4], ids=["one segment", "L split"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("name", list(ANGLE_CASES))
-def test_mamba3_angles(name, dtype):
+def test_mamba3_angles(name, dtype, segments, monkeypatch):
+    _segments(monkeypatch, segments)
     c = ANGLE_CASES[name]
     inp = angle_inputs(c, np.random.default_rng(zlib.crc32(name.encode())))
     args = angle_args(inp, dtype, c.get("sliced", False))
@@ -120,10 +129,12 @@ def test_mamba3_angles(name, dtype):
     same_layout((phi, fin), default("mamba3_angles")(**args), name)
 
 
+@pytest.mark.parametrize("segments", [1, 4], ids=["one segment", "L split"])
 @pytest.mark.parametrize("cot", ["dphi", "dfinal", "both"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("name", ["init,L=37", "no init,L=32", "long L=300,large dt (many turns),sliced angles"])
-def test_mamba3_angles_vjp(name, dtype, cot):
+def test_mamba3_angles_vjp(name, dtype, cot, segments, monkeypatch):
+    _segments(monkeypatch, segments)
     c = ANGLE_CASES[name]
     rng = np.random.default_rng(zlib.crc32((name + cot).encode()))
     inp = angle_inputs(c, rng)

@@ -10,14 +10,15 @@ Fallback: float64 inputs, inputs on a device other than CUDA (or the CPU under
 TRITON_INTERPRET=1) and degenerate shapes (S = 0, N = 0, S > 1024) run the core's default
 composition in torch -- the same math, visible in ``FALLBACKS``.
 
-Angles. One program per (batch, block of HB heads) holds a (T, HB, SB) tile (SB = pow2(S)) and
-walks L in chunks of T tokens: increments tanh(angles) pi dt are reduced into [0, 2 pi), an
+Angles. One program per (batch, block of HB heads, segment of L) holds a (T, HB, SB) tile
+(SB = pow2(S)) and walks its segment in chunks of T tokens: increments tanh(angles) pi dt are reduced into [0, 2 pi), an
 inclusive tl.associative_scan along T adds them mod 2 pi (inputs in [0, 2 pi): one conditional
 subtract), then the phi carried from the previous chunk (initially the initial angle reduced by
-the exact 2 pi) is added and wrapped. pi and 2 pi are the float32-rounded constants, as in the
+the exact 2 pi, plus the totals of the segments before this one, which a first kernel sums per
+segment) is added and wrapped. pi and 2 pi are the float32-rounded constants, as in the
 default composition (``_wrap``), so the wrap adds no drift with the number of turns.
 Backward: the same tile, chunks in reverse; g = dfinal + reverse cumsum of dphi (a plain sum: the
-mod has gradient 1), ddt = pi sum_s g tanh (complete in the tile: all of S is held) and dangles =
+mod has gradient 1; a segment starts from dfinal plus the dphi totals of the segments after it), ddt = pi sum_s g tanh (complete in the tile: all of S is held) and dangles =
 pi sech^2 sum_h g dt, partial per head block (a (B, H/HB, L, S) float32 buffer that torch sums,
 deterministic; written straight in angles' dtype when one block holds every head).
 
@@ -56,14 +57,20 @@ FALLBACKS = "mamba3_angles/mamba3_angles_vjp/apply_rope/apply_rope_vjp: float64 
             "devices (CPU without TRITON_INTERPRET=1), S = 0, N = 0 or S > 1024 -> the core's " \
             "default composition"
 
-#: launch shapes, read at every call: angles chunk T and heads per program HB (fwd, bwd); rope
-#: rows per program as a budget of elements per tile (BM = budget // pow2(N), in [1, 128]).
-#: "interpret": the CPU (interpreter): big tiles, few programs. Not yet tuned on a GPU.
+#: launch shapes, read at every call: angles chunk T, heads per program HB and L segments
+#: (fwd, bwd): L is split into at most "segments" runs of whole chunks of at least "min_seg"
+#: tokens, one program row each, after a first pass that sums each segment (the increments mod
+#: 2 pi forward, dphi backward); rope rows per program as a budget of elements per tile
+#: (BM = budget // pow2(N), in [1, 128]). "interpret": the CPU (interpreter): big tiles, few
+#: programs, and segments of 16 tokens so the tests cover the split. One segment (the layout
+#: before 2026-12-07's fourth session) gave B H / HB programs, each walking all of L: 256 and 64
+#: at the SISO benchmark shape (B=8, H=32), 0.119 ms forward and 0.245 ms VJP in run 23
+#: (H100), 5-8x their floors (writing phi, reading dphi: 67 MB float32 each, ~0.022 ms).
 CONFIG = {
-    "angles_fwd": {"T": 64, "HB": 1, "num_warps": 4},
-    "angles_bwd": {"T": 64, "HB": 4, "num_warps": 4},
+    "angles_fwd": {"T": 64, "HB": 1, "num_warps": 4, "segments": 16, "min_seg": 128},
+    "angles_bwd": {"T": 64, "HB": 4, "num_warps": 4, "segments": 16, "min_seg": 128},
     "rope": {"elems": 4096, "num_warps": 4},
-    "interpret": {"T": 16, "HB": 64, "elems": 1 << 16, "num_warps": 1},
+    "interpret": {"T": 16, "HB": 64, "elems": 1 << 16, "num_warps": 1, "segments": 4, "min_seg": 16},
 }
 _MAX_S = 1024
 
@@ -118,15 +125,56 @@ def _tile(b, c, L, H, S, hb, T: tl.constexpr, HB: tl.constexpr, SB: tl.constexpr
 
 
 @triton.jit
+def _increments(ANG, DT, b, t, h, s, tm, hm, sm, m3, sab, sat, sas, sdb, sdt, sdh, PI, TWO_PI):
+    # the chunk's increments tanh(angles) pi dt reduced into [0, 2 pi): (T, HB, SB), 0 where padded
+    a = tl.load(ANG + b * sab + t[:, None] * sat + s[None, :] * sas,
+                mask=tm[:, None] & sm[None, :], other=0.0).to(tl.float32)  # (T, SB)
+    d = tl.load(DT + b * sdb + t[:, None] * sdt + h[None, :] * sdh,
+                mask=tm[:, None] & hm[None, :], other=0.0).to(tl.float32)  # (T, HB)
+    th, _ = _tanh_sech2(a)
+    inc = _wrap((th * PI)[:, None, :] * d[:, :, None], TWO_PI)
+    return tl.where(m3, inc, 0.0)
+
+
+@triton.jit
+def _angles_total_kernel(
+    ANG, DT, TOT,
+    L, H, S, CPS,
+    sab, sat, sas, sdb, sdt, sdh,
+    PI, TWO_PI,
+    T: tl.constexpr, HB: tl.constexpr, SB: tl.constexpr,
+):
+    # one L segment's summed increments mod 2 pi -> TOT (B, NSEG, H, S) float32 (the forward's
+    # first pass when L is split; the segments' carries are their predecessors' totals)
+    b = tl.program_id(0).to(tl.int64)
+    hb = tl.program_id(1)
+    seg = tl.program_id(2)
+    nseg = tl.num_programs(2)
+    tot = tl.zeros([HB, SB], dtype=tl.float32)
+    for cc in range(0, CPS):
+        t, h, s, tm, hm, sm, m3, off3 = _tile(b, seg * CPS + cc, L, H, S, hb, T, HB, SB)
+        inc = _increments(ANG, DT, b, t, h, s, tm, hm, sm, m3, sab, sat, sas, sdb, sdt, sdh, PI, TWO_PI)
+        tot = _add_mod(tot, tl.reduce(inc, 0, _add_mod))
+    h = hb * HB + tl.arange(0, HB)
+    s = tl.arange(0, SB)
+    tl.store(TOT + ((b * nseg + seg) * H + h[:, None]) * S + s[None, :], tot,
+             mask=(h < H)[:, None] & (s < S)[None, :])
+
+
+@triton.jit
 def _angles_fwd_kernel(
-    ANG, DT, INIT, PHI,
-    L, H, S,
+    ANG, DT, INIT, PHI, TOT,
+    L, H, S, CPS,
     sab, sat, sas, sdb, sdt, sdh, sib, sih, sis,
     PI, TWO_PI, TWO_PI_HI, TWO_PI_LO,
     T: tl.constexpr, HB: tl.constexpr, SB: tl.constexpr, HAS_INIT: tl.constexpr,
 ):
+    # program (b, head block, segment of CPS chunks); its carry: the initial angle plus the
+    # totals of the segments before it (TOT; one segment: none)
     b = tl.program_id(0).to(tl.int64)
     hb = tl.program_id(1)
+    seg = tl.program_id(2)
+    nseg = tl.num_programs(2)
     h = hb * HB + tl.arange(0, HB)
     s = tl.arange(0, SB)
     lane = (h < H)[:, None] & (s < S)[None, :]  # (HB, SB)
@@ -137,34 +185,60 @@ def _angles_fwd_kernel(
         carry = _wrap((a0 - k * TWO_PI_HI) - k * TWO_PI_LO, TWO_PI)  # mod the exact 2 pi
     else:
         carry = tl.zeros([HB, SB], dtype=tl.float32)
+    for j in range(0, seg):
+        carry = _add_mod(carry, tl.load(TOT + ((b * nseg + j) * H + h[:, None]) * S + s[None, :],
+                                        mask=lane, other=0.0))
     last = (tl.arange(0, T) == T - 1)[:, None, None]
-    for c in range(0, tl.cdiv(L, T)):
-        t, h, s, tm, hm, sm, m3, off3 = _tile(b, c, L, H, S, hb, T, HB, SB)
-        a = tl.load(ANG + b * sab + t[:, None] * sat + s[None, :] * sas,
-                    mask=tm[:, None] & sm[None, :], other=0.0).to(tl.float32)  # (T, SB)
-        d = tl.load(DT + b * sdb + t[:, None] * sdt + h[None, :] * sdh,
-                    mask=tm[:, None] & hm[None, :], other=0.0).to(tl.float32)  # (T, HB)
-        th, _ = _tanh_sech2(a)
-        inc = _wrap((th * PI)[:, None, :] * d[:, :, None], TWO_PI)
-        inc = tl.where(m3, inc, 0.0)  # padded tokens add nothing: the last row is the carry
-        p = tl.associative_scan(inc, 0, _add_mod)
+    for cc in range(0, CPS):
+        t, h, s, tm, hm, sm, m3, off3 = _tile(b, seg * CPS + cc, L, H, S, hb, T, HB, SB)
+        inc = _increments(ANG, DT, b, t, h, s, tm, hm, sm, m3, sab, sat, sas, sdb, sdt, sdh, PI, TWO_PI)
+        p = tl.associative_scan(inc, 0, _add_mod)  # padded tokens add 0: the last row is the carry
         p = _add_mod(p, carry[None, :, :])
         tl.store(PHI + off3, p, mask=m3)
         carry = tl.sum(tl.where(last, p, 0.0), axis=0)
 
 
 @triton.jit
+def _dphi_total_kernel(
+    DPHI, TOT,
+    L, H, S, CPS,
+    spb, spt, sph, sps,
+    T: tl.constexpr, HB: tl.constexpr, SB: tl.constexpr,
+):
+    # one L segment's sum of dphi -> TOT (B, NSEG, H, S) float32 (the VJP's first pass when L is
+    # split: a segment's adjoint enters as dfinal plus the totals of the segments after it)
+    b = tl.program_id(0).to(tl.int64)
+    hb = tl.program_id(1)
+    seg = tl.program_id(2)
+    nseg = tl.num_programs(2)
+    tot = tl.zeros([HB, SB], dtype=tl.float32)
+    for cc in range(0, CPS):
+        t, h, s, tm, hm, sm, m3, off3 = _tile(b, seg * CPS + cc, L, H, S, hb, T, HB, SB)
+        dp = tl.load(DPHI + b * spb + t[:, None, None] * spt + h[None, :, None] * sph
+                     + s[None, None, :] * sps, mask=m3, other=0.0).to(tl.float32)
+        tot += tl.sum(dp, axis=0)
+    h = hb * HB + tl.arange(0, HB)
+    s = tl.arange(0, SB)
+    tl.store(TOT + ((b * nseg + seg) * H + h[:, None]) * S + s[None, :], tot,
+             mask=(h < H)[:, None] & (s < S)[None, :])
+
+
+@triton.jit
 def _angles_bwd_kernel(
-    ANG, DT, DPHI, DFIN, DANG, DDT, DINIT,
-    L, H, S,
+    ANG, DT, DPHI, DFIN, DANG, DDT, DINIT, TOT,
+    L, H, S, CPS,
     sab, sat, sas, sdb, sdt, sdh, spb, spt, sph, sps, sfb, sfh, sfs,
     PI,
     T: tl.constexpr, HB: tl.constexpr, SB: tl.constexpr,
     HAS_DPHI: tl.constexpr, HAS_DFIN: tl.constexpr, HAS_INIT: tl.constexpr,
 ):
+    # program (b, head block, segment of CPS chunks), chunks in reverse; its adjoint enters as
+    # dfinal plus the dphi totals of the segments after it (TOT; one segment: none)
     b = tl.program_id(0).to(tl.int64)
     hb = tl.program_id(1)
+    seg = tl.program_id(2)
     nhb = tl.num_programs(1)
+    nseg = tl.num_programs(2)
     h = hb * HB + tl.arange(0, HB)
     s = tl.arange(0, SB)
     lane = (h < H)[:, None] & (s < S)[None, :]
@@ -173,10 +247,12 @@ def _angles_bwd_kernel(
         g = g.to(tl.float32)
     else:
         g = tl.zeros([HB, SB], dtype=tl.float32)
+    if HAS_DPHI:
+        for j in range(seg + 1, nseg):
+            g += tl.load(TOT + ((b * nseg + j) * H + h[:, None]) * S + s[None, :], mask=lane, other=0.0)
     first = (tl.arange(0, T) == 0)[:, None, None]
-    nc = tl.cdiv(L, T)
-    for cc in range(0, nc):
-        c = nc - 1 - cc
+    for cc in range(0, CPS):
+        c = seg * CPS + CPS - 1 - cc
         t, h, s, tm, hm, sm, m3, off3 = _tile(b, c, L, H, S, hb, T, HB, SB)
         if HAS_DPHI:
             dp = tl.load(DPHI + b * spb + t[:, None, None] * spt + h[None, :, None] * sph
@@ -198,8 +274,9 @@ def _angles_bwd_kernel(
         tl.store(DANG + ((b * nhb + hb) * L + t[:, None]) * S + s[None, :],
                  dang.to(DANG.dtype.element_ty), mask=tm[:, None] & sm[None, :])
     if HAS_INIT:
-        tl.store(DINIT + (b * H + h[:, None]) * S + s[None, :], g.to(DINIT.dtype.element_ty),
-                 mask=lane)
+        if seg == 0:  # the first segment's entering adjoint is the whole sum
+            tl.store(DINIT + (b * H + h[:, None]) * S + s[None, :], g.to(DINIT.dtype.element_ty),
+                     mask=lane)
 
 
 def _angles_cfg(device, which):
@@ -209,11 +286,16 @@ def _angles_cfg(device, which):
 
 
 def _angles_shape(angles, dt, cfg, S, H):
+    """(T, HB, SB, chunks per segment, segments): L split into at most cfg["segments"] runs of
+    whole chunks (at least cfg["min_seg"] tokens each), one program row per segment."""
+    L = angles.shape[1]
     SB = pow2(S)
     HB = min(pow2(H), pow2(int(cfg["HB"])))
-    T = min(int(cfg["T"]), pow2(angles.shape[1], 1))
-    T = max(T, 1)
-    return T, HB, SB
+    T = max(min(int(cfg["T"]), pow2(L, 1)), 1)
+    nc = triton.cdiv(L, T)
+    want = max(1, min(int(cfg.get("segments", 1)), L // max(int(cfg.get("min_seg", 1)), 1)))
+    cps = triton.cdiv(nc, want)
+    return T, HB, SB, cps, triton.cdiv(nc, cps)
 
 
 def mamba3_angles(angles, dt, initial_angle=None):
@@ -224,13 +306,19 @@ def mamba3_angles(angles, dt, initial_angle=None):
     if not runs_here(angles, dt, initial_angle) or not 0 < S <= _MAX_S or H == 0 or Bsz == 0:
         return default("mamba3_angles")(angles, dt, initial_angle)
     cfg = _angles_cfg(angles.device, "angles_fwd")
-    T, HB, SB = _angles_shape(angles, dt, cfg, S, H)
+    T, HB, SB, cps, nseg = _angles_shape(angles, dt, cfg, S, H)
     phi = torch.empty((Bsz, L, H, S), dtype=torch.float32, device=angles.device)
+    grid = (Bsz, triton.cdiv(H, HB), nseg)
+    tot = phi
+    if nseg > 1:
+        tot = torch.empty((Bsz, nseg, H, S), dtype=torch.float32, device=angles.device)
+        _angles_total_kernel[grid](angles, dt, tot, L, H, S, cps, *angles.stride(), *dt.stride(),
+                                   PI_F32, TWO_PI_F32, T=T, HB=HB, SB=SB, num_warps=cfg["num_warps"])
     ini = initial_angle
     si = (0, 0, 0) if ini is None else ini.stride()
-    _angles_fwd_kernel[(Bsz, triton.cdiv(H, HB))](
-        angles, dt, angles if ini is None else ini, phi,
-        L, H, S, *angles.stride(), *dt.stride(), *si,
+    _angles_fwd_kernel[grid](
+        angles, dt, angles if ini is None else ini, phi, tot,
+        L, H, S, cps, *angles.stride(), *dt.stride(), *si,
         PI_F32, TWO_PI_F32, _TWO_PI_HI, _TWO_PI_LO,
         T=T, HB=HB, SB=SB, HAS_INIT=ini is not None, num_warps=cfg["num_warps"],
     )
@@ -248,7 +336,7 @@ def mamba3_angles_vjp(cotangent, angles, dt, initial_angle=None):
         return default("mamba3_angles_vjp")(cotangent, angles, dt, initial_angle)
     dev = angles.device
     cfg = _angles_cfg(dev, "angles_bwd")
-    T, HB, SB = _angles_shape(angles, dt, cfg, S, H)
+    T, HB, SB, cps, nseg = _angles_shape(angles, dt, cfg, S, H)
     nhb = triton.cdiv(H, HB)
     dang = torch.empty((Bsz, nhb, L, S), dtype=angles.dtype if nhb == 1 else torch.float32, device=dev)
     ddt = torch.empty((Bsz, L, H), dtype=dt.dtype, device=dev)
@@ -256,10 +344,15 @@ def mamba3_angles_vjp(cotangent, angles, dt, initial_angle=None):
                                                           device=dev)
     sp = (0, 0, 0, 0) if dphi is None else dphi.stride()
     sf = (0, 0, 0) if dfin is None else dfin.stride()
-    _angles_bwd_kernel[(Bsz, nhb)](
+    grid = (Bsz, nhb, nseg)
+    tot = ddt
+    if nseg > 1 and dphi is not None:
+        tot = torch.empty((Bsz, nseg, H, S), dtype=torch.float32, device=dev)
+        _dphi_total_kernel[grid](dphi, tot, L, H, S, cps, *sp, T=T, HB=HB, SB=SB, num_warps=cfg["num_warps"])
+    _angles_bwd_kernel[grid](
         angles, dt, angles if dphi is None else dphi, angles if dfin is None else dfin, dang, ddt,
-        ddt if dini is None else dini,
-        L, H, S, *angles.stride(), *dt.stride(), *sp, *sf,
+        ddt if dini is None else dini, tot,
+        L, H, S, cps, *angles.stride(), *dt.stride(), *sp, *sf,
         PI_F32,
         T=T, HB=HB, SB=SB, HAS_DPHI=dphi is not None, HAS_DFIN=dfin is not None,
         HAS_INIT=dini is not None, num_warps=cfg["num_warps"],
