@@ -145,7 +145,8 @@ BC_FWD = [(8, 8, None), (16, 4, None), (16, 8, None), (8, 4, None), (8, 8, 4), (
           (16, 8, 4), (32, 8, None)]
 BC_VJP = [(8, 8, None), (16, 4, None), (16, 8, None), (8, 4, None), (8, 8, 8), (4, 4, None), (16, 8, 8)]
 # Angle scan launches (kernels/rope.CONFIG["angles_fwd"], ["angles_bwd"]): (segments, HB, T),
-# None keeps the default; one segment was the layout of run 23 (0.119 / 0.245 ms). Compiled for
+# None keeps the default; one segment was the layout of run 23 (0.119 / 0.245 ms). Segments are
+# at least CONFIG's "min_seg" tokens (128: at L=2048 more than 16 segments run as 16). Compiled for
 # sm_90 at T=64: the forward 159 registers (HB=1), the VJP 255 with 23 spill stores (HB=4).
 ANGLES = [(16, None, None), (1, None, None), (8, None, None), (32, None, None), (16, 1, None), (16, 2, None),
           (16, 4, None), (16, None, 32), (32, None, 32), (32, 2, 32), (64, None, 16)]

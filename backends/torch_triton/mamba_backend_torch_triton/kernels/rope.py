@@ -66,9 +66,13 @@ FALLBACKS = "mamba3_angles/mamba3_angles_vjp/apply_rope/apply_rope_vjp: float64 
 #: before 2026-12-07's fourth session) gave B H / HB programs, each walking all of L: 256 and 64
 #: at the SISO benchmark shape (B=8, H=32), 0.119 ms forward and 0.245 ms VJP in run 23
 #: (H100), 5-8x their floors (writing phi, reading dphi: 67 MB float32 each, ~0.022 ms).
+#: Run 24 (H100, same shape; min_seg 128, so every split ran as 16 segments of 128 tokens):
+#: forward HB=2, T=32 0.106 ms (one segment 0.174, T=64 HB=1 0.149); VJP HB=4, T=32 0.113 ms
+#: (one segment 0.223, T=64 0.127). Both still ~5x their floors: the rest is each program's
+#: serial walk of its chunks and the tanh / associative scans on (T, HB, S) tiles.
 CONFIG = {
-    "angles_fwd": {"T": 64, "HB": 1, "num_warps": 4, "segments": 16, "min_seg": 128},
-    "angles_bwd": {"T": 64, "HB": 4, "num_warps": 4, "segments": 16, "min_seg": 128},
+    "angles_fwd": {"T": 32, "HB": 2, "num_warps": 4, "segments": 16, "min_seg": 128},
+    "angles_bwd": {"T": 32, "HB": 4, "num_warps": 4, "segments": 16, "min_seg": 128},
     "rope": {"elems": 4096, "num_warps": 4},
     "interpret": {"T": 16, "HB": 64, "elems": 1 << 16, "num_warps": 1, "segments": 4, "min_seg": 16},
 }
