@@ -33,6 +33,11 @@ def _act(rng):
     return {"x": x}, None
 
 
+def _gate(rng):
+    """silu_gate(x, z): z over the activations' range (both signs, |z| up to 40)."""
+    return {"x": _r(rng, 3, 4), "z": _act(rng)[0]["x"]}, None
+
+
 def _linear(bias):
     def make(rng):
         kw = {"x": _r(rng, 2, 3, 4), "weight": _r(rng, 5, 4)}
@@ -95,6 +100,7 @@ CASES = {
     "silu": ("silu", _act),
     "sigmoid": ("sigmoid", _act),
     "softplus": ("softplus", _act),
+    "silu_gate": ("silu_gate", _gate),
     "linear": ("linear", _linear(False)),
     "linear-bias": ("linear", _linear(True)),
     "rmsnorm": ("rmsnorm", _rmsnorm(False, None, False)),
@@ -197,7 +203,7 @@ def test_default_vjp_matches_reference(label, dtype):
         assert err < tol, f"{label} {dtype}: d/d{name} relative error {err:.2e} > {tol:.0e}"
 
 
-@pytest.mark.parametrize("label", ["silu", "linear-bias", "rmsnorm-gate-group", "add_rmsnorm-res-fp32",
+@pytest.mark.parametrize("label", ["silu", "silu_gate", "linear-bias", "rmsnorm-gate-group", "add_rmsnorm-res-fp32",
                                    "embedding", "conv1d-init-bias-silu", "cross_entropy-mean-ignore"])
 def test_zero_cotangent_gives_zero_gradients(label):
     be = get_backend("cpu_numpy")
@@ -210,7 +216,7 @@ def test_zero_cotangent_gives_zero_gradients(label):
 
 
 def test_every_vjp_is_registered_beside_its_op():
-    for name in ["silu", "sigmoid", "softplus", "linear", "rmsnorm", "add_rmsnorm", "embedding",
+    for name in ["silu", "sigmoid", "softplus", "silu_gate", "linear", "rmsnorm", "add_rmsnorm", "embedding",
                  "causal_conv1d", "cross_entropy"]:
         spec = REGISTRY[name + "_vjp"]
         assert spec.vjp_of == name and spec.family == REGISTRY[name].family

@@ -250,7 +250,7 @@ def _gate(be, params, cfg, y, z, z0, x0):
                            group_size=cfg.ssm_width // cfg.ngroups,
                            norm_before_gate=cfg.norm_before_gate)
     if cfg.d_mlp > 0:
-        y = be.xp.concat([be.ops.silu(z0) * x0, y], axis=-1)
+        y = be.xp.concat([be.ops.silu_gate(x0, z0), y], axis=-1)
     return y
 
 
@@ -349,7 +349,7 @@ def backward(be, params: dict, cfg: Config, saved: dict, dy, dcache: dict | None
     dcache_in {"conv_state", "ssm_state"} when forward_train was given a cache, else None).
 
         out = out_proj(y_gated)                 -> d y_gated, d out_proj.weight [, bias]
-        y_gated = [silu(z0) x0, norm(y_scan, z)] -> d z0, d x0; rmsnorm_vjp -> d y_scan, d z, d norm.weight
+        y_gated = [silu(z0) x0, norm(y_scan, z)] -> silu_gate_vjp: d z0, d x0; rmsnorm_vjp -> d y_scan, d z, d norm.weight
         y_scan, S_L = ssd_scan(x, dt, A, Bm, Cm, D, [z], dt_bias, S_0)
                                                 -> d x, d dt, d A, d Bm, d Cm, d D, [d z], d dt_bias, d S_0
         A = -exp(A_log)                         -> d A_log = d A * A
@@ -382,8 +382,9 @@ def backward(be, params: dict, cfg: Config, saved: dict, dy, dcache: dict | None
     pieces = []  # the gradients of zxbcdt's slices, in order
     if M > 0:
         d_mlp, d_norm = d_gated[..., :M], d_gated[..., M:]
-        pieces.append(be.ops.silu_vjp(d_mlp * x0, z0)["x"])  # d z0
-        pieces.append(d_mlp * be.ops.silu(z0))  # d x0
+        gg = be.ops.silu_gate_vjp(d_mlp, x0, z0)
+        pieces.append(gg["z"])  # d z0
+        pieces.append(gg["x"])  # d x0
     else:
         d_norm = d_gated
     dz = None

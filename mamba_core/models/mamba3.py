@@ -346,7 +346,7 @@ def _gate(be, params: dict, cfg: Config, y, zr):
         y = be.ops.rmsnorm(xp.reshape(y, lead + (R, E)), params["norm.weight"], NORM_EPS,
                            z=xp.reshape(zr, lead + (R, E)), group_size=P, norm_before_gate=True)
         return xp.reshape(y, lead + (R, H, P))
-    return y * be.ops.silu(zr)
+    return be.ops.silu_gate(y, zr)
 
 
 def _mix(be, params: dict, cfg: Config, g):
@@ -524,7 +524,7 @@ def backward(be, params: dict, cfg: Config, saved: dict, dy, dcache: dict | None
 
         out = out_proj(m)                       -> d m, d out_proj.weight
         m = sum_r g_r mimo_o[:, r]  (SISO g_0)  -> d g_r = d m mimo_o[:, r], d mimo_o = sum d m g_r
-        g_r = gate(y_r, z_r)                    silu:    d y = d g silu(z_r), silu_vjp -> d z_r
+        g_r = gate(y_r, z_r)                    silu:    silu_gate_vjp -> d y = d g silu(z_r), d z_r
                                                 outnorm: rmsnorm_vjp -> d y, d z_r, d norm.weight
         z_r = z mimo_z[:, r]  (SISO z)          -> d z = sum_r d z_r mimo_z[:, r], d mimo_z
         y, S_L, k_L, v_L = mamba3_scan(x, dt, A, trap, Bh, Ch, D, mimo_x, S_0, k_0, v_0)
@@ -575,9 +575,8 @@ def backward(be, params: dict, cfg: Config, saved: dict, dy, dcache: dict | None
         d_scan = xp.reshape(gr["x"], (Bsz, L, R, H, P))
         dzr = xp.reshape(gr["z"], (Bsz, L, R, H, P))
     else:
-        dg = xp.astype(dg, y.dtype)
-        d_scan = dg * be.ops.silu(zr)
-        dzr = be.ops.silu_vjp(dg * y, zr)["x"]
+        gg = be.ops.silu_gate_vjp(xp.astype(dg, y.dtype), y, zr)
+        d_scan, dzr = gg["x"], gg["z"]
 
     # z_r = z * mimo_z[:, r]  (SISO: z)
     if cfg.is_mimo:

@@ -24,7 +24,7 @@ def forward(be, params: dict, x):
     """x: (..., D) -> (..., D)."""
     h = be.ops.linear(x, params["fc1.weight"])
     F = h.shape[-1] // 2
-    y = h[..., :F] * be.ops.silu(h[..., F:])
+    y = be.ops.silu_gate(h[..., :F], h[..., F:])
     return be.ops.linear(y, params["fc2.weight"])
 
 
@@ -32,7 +32,7 @@ def forward_train(be, params: dict, x):
     """forward, also returning what backward needs: saved = {"x", "h" (fc1 output)}."""
     h = be.ops.linear(x, params["fc1.weight"])
     F = h.shape[-1] // 2
-    y = h[..., :F] * be.ops.silu(h[..., F:])
+    y = be.ops.silu_gate(h[..., :F], h[..., F:])
     return be.ops.linear(y, params["fc2.weight"]), {"x": x, "h": h}
 
 
@@ -42,11 +42,8 @@ def backward(be, params: dict, saved: dict, dout):
     x, h = saved["x"], saved["h"]
     F = h.shape[-1] // 2
     a, g = h[..., :F], h[..., F:]
-    sg = be.ops.silu(g)
-    y = a * sg
+    y = be.ops.silu_gate(a, g)
     d2 = be.ops.linear_vjp(dout, y, params["fc2.weight"])
-    dy = d2["x"]
-    da = dy * sg
-    dg = be.ops.silu_vjp(dy * a, g)["x"]
-    d1 = be.ops.linear_vjp(xp.concat([da, dg], axis=-1), x, params["fc1.weight"])
+    gg = be.ops.silu_gate_vjp(d2["x"], a, g)
+    d1 = be.ops.linear_vjp(xp.concat([gg["x"], gg["z"]], axis=-1), x, params["fc1.weight"])
     return d1["x"], {"fc1.weight": d1["weight"], "fc2.weight": d2["weight"]}

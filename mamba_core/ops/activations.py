@@ -1,4 +1,5 @@
-"""Activations: silu, softplus (torch's threshold-20 form), sigmoid, and their gradients.
+"""Activations: silu, softplus (torch's threshold-20 form), sigmoid, their gradients, and the SiLU
+gate silu_gate(x, z) = x * silu(z) with its VJP.
 
 All elementwise, any shape, output shape and dtype = input's. The default compositions are also
 the helpers the other ops' compositions call, so each formula lives here once.
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mamba_core.errors import ShapeError
+from mamba_core.ops._checks import check_floating
 from mamba_core.ops.spec import OpSpec, register
 
 SOFTPLUS_THRESHOLD = 20.0
@@ -150,9 +153,66 @@ def softplus_vjp(xp, dy, x):
     return _elementwise_vjp(xp, softplus_grad, dy, x)
 
 
+# ---- the SiLU gate x * silu(z) ------------------------------------------------------------
+# Mamba-3's output gate, the gated MLP's a * silu(g) and Mamba-2's MLP slice: one op (and one
+# VJP), so a backend can run each as one pass over memory instead of silu, a product, and in the
+# backward two products and silu_vjp.
+def silu_gate_ref(x, z):
+    """x * silu(z) in float64."""
+    return np.asarray(x, dtype=np.float64) * silu_ref(z)
+
+
+def silu_gate_vjp_ref(dy, x, z):
+    """{"x": dy silu(z), "z": dy x silu'(z)} in float64 (zeros for dy None)."""
+    x, z = np.asarray(x, dtype=np.float64), np.asarray(z, dtype=np.float64)
+    if dy is None:
+        return {"x": np.zeros(x.shape), "z": np.zeros(z.shape)}
+    dy = np.asarray(dy, dtype=np.float64)
+    return {"x": dy * silu_ref(z), "z": dy * x * silu_grad_ref(z)}
+
+
+def silu_gate(xp, x, z):
+    """x * silu(z), the SiLU gate. x, z: the same shape."""
+    return x * silu(xp, z)
+
+
+def silu_gate_vjp(xp, dy, x, z):
+    """VJP of silu_gate: {"x": dy silu(z), "z": dy x silu'(z)}. dy, x, z: same shape; >= float32.
+
+    Each gradient comes back in its argument's dtype; dy None gives zeros."""
+    if dy is None:
+        return {"x": xp.zeros_like(x), "z": xp.zeros_like(z)}
+    wide = xp.float64 if xp.float64 in (x.dtype, z.dtype) else xp.float32
+    d, zw = xp.astype(dy, wide), xp.astype(z, wide)
+    return {"x": xp.astype(d * silu(xp, zw), x.dtype),
+            "z": xp.astype(d * xp.astype(x, wide) * silu_grad(xp, zw), z.dtype)}
+
+
+def validate_silu_gate(x, z):
+    for name, arr in (("x", x), ("z", z)):
+        if arr is None:
+            raise ShapeError(f"silu_gate: argument {name!r} is required, got None")
+        check_floating("silu_gate", name, arr)
+    if tuple(x.shape) != tuple(z.shape):
+        raise ShapeError(f"silu_gate: 'x' and 'z' must have the same shape, got x {tuple(x.shape)} "
+                         f"and z {tuple(z.shape)}")
+
+
+def validate_silu_gate_vjp(dy, x, z):
+    validate_silu_gate(x, z)
+    if dy is not None:
+        check_floating("silu_gate_vjp", "dy", dy)
+        if tuple(dy.shape) != tuple(x.shape):
+            raise ShapeError(f"silu_gate_vjp: 'dy' must have the shape of x and z {tuple(x.shape)}, "
+                             f"got {tuple(dy.shape)}")
+
+
 register(OpSpec("sigmoid", "activations", sigmoid_ref, sigmoid))
 register(OpSpec("silu", "activations", silu_ref, silu))
 register(OpSpec("softplus", "activations", softplus_ref, softplus))
 register(OpSpec("sigmoid_vjp", "activations", sigmoid_vjp_ref, sigmoid_vjp, vjp_of="sigmoid"))
 register(OpSpec("silu_vjp", "activations", silu_vjp_ref, silu_vjp, vjp_of="silu"))
 register(OpSpec("softplus_vjp", "activations", softplus_vjp_ref, softplus_vjp, vjp_of="softplus"))
+register(OpSpec("silu_gate", "activations", silu_gate_ref, silu_gate, validate=validate_silu_gate))
+register(OpSpec("silu_gate_vjp", "activations", silu_gate_vjp_ref, silu_gate_vjp,
+                validate=validate_silu_gate_vjp, vjp_of="silu_gate"))

@@ -1,4 +1,4 @@
-"""Checks of the basic ops: activations, linear, rmsnorm, add_rmsnorm, embedding, causal_conv1d.
+"""Checks of the basic ops: activations, the SiLU gate, linear, rmsnorm, add_rmsnorm, embedding, causal_conv1d.
 
 Every check calls the op through ``be.ops.<name>`` so the backend's kernel (or the default
 composition it inherits) is what is certified. Options that are not arrays (eps, group sizes,
@@ -43,6 +43,22 @@ def _activation(name: str) -> Check:
         name=f"op:{name}", kind="op", cases=_ACT_CASES, make_inputs=_act_inputs, forward=forward,
         ops=(name,), doc=f"{name}(x), elementwise, incl. |x| > 20",
     )
+
+
+# ---- silu_gate ----------------------------------------------------------------------------
+_GATE_CASES = (
+    Case("B=2,L=5,H=3,P=4", {"shape": (2, 5, 3, 4), "scale": 3.0}),
+    Case("1-D,E=1", {"shape": (1,), "scale": 1.0}),
+    Case("wide range |z|<=40", {"shape": (3, 64), "scale": 40.0, "edges": True}),
+)
+
+
+def _gate_inputs(case: Case, rng: np.random.Generator) -> dict:
+    return {"x": rng.standard_normal(case["shape"]), "z": _act_inputs(case, rng)["x"]}
+
+
+def _gate_forward(be, inputs):
+    return {"y": be.ops.silu_gate(inputs["x"], inputs["z"])}
 
 
 # ---- linear -------------------------------------------------------------------------------
@@ -233,6 +249,10 @@ CHECKS = [
     _activation("silu"),
     _activation("softplus"),
     _activation("sigmoid"),
+    Check(
+        name="op:silu_gate", kind="op", cases=_GATE_CASES, make_inputs=_gate_inputs,
+        forward=_gate_forward, ops=("silu_gate",), doc="x * silu(z), elementwise, incl. |z| > 20",
+    ),
     Check(
         name="op:linear", kind="op", cases=_LINEAR_CASES, make_inputs=_linear_inputs,
         forward=_linear_forward, ops=("linear",), doc="y = x W^T + b; 2-D and 3-D x, with and without bias",
