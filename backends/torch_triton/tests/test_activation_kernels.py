@@ -105,3 +105,34 @@ def test_fallbacks_run_the_default_composition():
     # the composition's 1 - s cancels in the tails: compared against the largest gradient
     assert np.max(np.abs(np64(got) - want)) < 1e-6 * np.max(np.abs(want))
     assert "float64" in K.FALLBACKS
+
+
+@pytest.mark.parametrize("dtype", sorted(TDT))
+def test_silu_gate_and_vjp_match_reference(dtype):
+    """x silu(z) and its VJP over the same z range as the activations (tails, threshold)."""
+    z, dy = inputs(dtype)
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(z.shape, generator=g, dtype=torch.float64).to(DEV, TDT[dtype])
+    y = K.KERNELS["silu_gate"](x, z)
+    assert y.dtype == x.dtype and y.shape == x.shape
+    assert elementwise_rel(y, REGISTRY["silu_gate"].reference(np64(x), np64(z))) < TOL[dtype]
+    got = K.KERNELS["silu_gate_vjp"](dy, x, z)
+    want = REGISTRY["silu_gate_vjp"].reference(np64(dy), np64(x), np64(z))
+    assert set(got) == {"x", "z"} and got["x"].dtype == x.dtype and got["z"].dtype == z.dtype
+    assert elementwise_rel(got["x"], want["x"]) < TOL[dtype]
+    assert elementwise_rel(got["z"], want["z"], z) < TOL[dtype]
+
+
+def test_silu_gate_fallbacks():
+    """Mixed dtypes and dy None take the composition; shapes that differ are refused early."""
+    z, dy = inputs("float32", (3, 6, 9))
+    x = z.to(torch.bfloat16)
+    want = REGISTRY["silu_gate"].reference(np64(x), np64(z))
+    assert np.max(np.abs(np64(K.KERNELS["silu_gate"](x, z)) - want)) < 1e-2 * np.max(np.abs(want))
+    zero = K.KERNELS["silu_gate_vjp"](None, z, z)
+    assert set(zero) == {"x", "z"} and not zero["x"].any() and not zero["z"].any()
+    from mamba_core.errors import ShapeError
+    from mamba_core.registry import get_backend
+
+    with pytest.raises(ShapeError, match="same shape"):
+        get_backend("torch_triton").ops.silu_gate(z, z[:1])
