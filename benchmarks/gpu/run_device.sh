@@ -44,6 +44,9 @@
 #   bash benchmarks/gpu/run_device.sh s9a         the B/C kernels' launch grid (T, warps, heads a program) and
 #                                                 Triton activations: GPU tests, certificate entries, B/C sweep,
 #                                                 the Mamba-3 VJP around its run-23 default, Mamba-3 yardstick
+#   bash benchmarks/gpu/run_device.sh s9b         the session's final defaults and the silu_gate op: GPU tests,
+#                                                 certificate entries (both GPU backends), Mamba-3 yardstick
+#                                                 alone on the GPU, float32 SISO cuda_cupy beside torch_triton
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
 #   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
 # Optional carries: .cache/ with tarballs of an earlier call's ~/.triton/cache
@@ -85,6 +88,41 @@ results_dir() { R="$OUT/r"; mkdir -p "$R"; mv "$OUT/device.txt" "$OUT/backends.t
 job() { local name=$1 t=$2; shift 2; (timeout "$t" "$@" > "$R/$name.log" 2>&1; echo "$name rc=$?" >> "$R/rc.txt") & }
 tmo() { local l=$(( ${DEADLINE:-560} - SECONDS )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 case "${1:-certify}" in
+s9b)
+    # Session 9, last call: the defaults set from s9a (B/C kernels T=8 / 4 warps, angle scans in
+    # 16 segments) and the new silu_gate op (the Mamba-3 gate, the gated MLP, Mamba-2's MLP
+    # slice). Compiles and certificates in the background, then, with the GPU to itself, the
+    # Mamba-3 yardstick and the float32 SISO benches.
+    results_dir
+    DEADLINE=${DEADLINE:-460}
+    job tt_tests $(tmo 260) env TRITON_INTERPRET=0 python3 -m pytest -q -rs -p no:cacheprovider \
+        backends/torch_triton/tests/test_activation_kernels.py backends/torch_triton/tests/test_mamba3_bc.py \
+        backends/torch_triton/tests/test_rope_angles_kernels.py
+    for dt in bfloat16 float32; do
+        job "tt_cert_$dt" $(tmo 260) mamba-conformance torch_triton -v --dtype $dt --only 'op:silu_gate' \
+            --only 'op:mamba3_angles' --only 'op:mamba3_rope_scan' --only 'mixer:*' --only 'lm:*' \
+            --json "$R/torch_triton.gpu.s9b.$dt.certificate.json"
+    done
+    job cupy_cert $(tmo 200) mamba-conformance cuda_cupy -v --only 'op:silu_gate' --only 'mixer:*' --only 'lm:*' \
+        --json "$R/cuda_cupy.gpu.s9b.certificate.json"
+    job siso_ieee_warm $(tmo 260) env GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_OPS=mamba3_siso GPU_CHECK_BENCH_BACKENDS=torch_triton \
+        GPU_CHECK_BENCH_B=1 GPU_CHECK_BENCH_COMPILE_ONLY=1 python3 backends/cuda_cupy/gpu_check.py "$R/siso_ieee_warm"
+    job siso_tf32x3_warm $(tmo 260) env MAMBA_TRITON_FP32_DOT=tf32x3 GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_OPS=mamba3_siso \
+        GPU_CHECK_BENCH_BACKENDS=torch_triton GPU_CHECK_BENCH_B=1 GPU_CHECK_BENCH_COMPILE_ONLY=1 python3 backends/cuda_cupy/gpu_check.py "$R/siso_tf32x3_warm"
+    wait
+    YARDSTICK_PARTS=mamba3 YARDSTICK_M3_AUTOTUNE=reduced timeout $(tmo 150) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m3" > "$R/yardstick-m3.log" 2>&1
+    echo "yardstick m3 rc=$?"; grep -E "Mamba-|FAILED|pieces|rope_scan" "$R/yardstick-m3.log" | cut -c1-300
+    GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_OPS=mamba3_siso timeout $(tmo 70) \
+        python3 backends/cuda_cupy/gpu_check.py "$R/bench_ieee" > "$R/bench_ieee.log" 2>&1
+    echo "bench ieee rc=$?"; grep -E "cuda_cupy|torch_triton" "$R/bench_ieee.log" | cut -c1-300
+    MAMBA_TRITON_FP32_DOT=tf32x3 GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_OPS=mamba3_siso GPU_CHECK_BENCH_BACKENDS=torch_triton \
+        timeout $(tmo 50) python3 backends/cuda_cupy/gpu_check.py "$R/bench_tf32x3" > "$R/bench_tf32x3.log" 2>&1
+    echo "bench tf32x3 rc=$?"; grep -E "torch_triton" "$R/bench_tf32x3.log" | cut -c1-300
+    tail -n 3 "$R/tt_tests.log" | cut -c1-300; grep -E "FAILED|Error" "$R/tt_tests.log" | head -5 | cut -c1-300
+    for w in tt_cert_bfloat16 tt_cert_float32 cupy_cert; do echo "$w: $(grep -cE " PASS" "$R/$w.log") PASS lines"; tail -n 2 "$R/$w.log" | cut -c1-300; grep -E "FAIL|ERROR" "$R/$w.log" | head -5 | cut -c1-300; done
+    cat "$R/rc.txt"
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
+    ;;
 s9a)
     # Session 9: the B/C prologue kernels with T, warps and heads per program as launch knobs
     # (swept), the angle scans split along L (swept), the Triton activations (silu, sigmoid, softplus and VJPs), the Mamba-3 VJP's

@@ -253,7 +253,7 @@ def mamba3():
     def ours_full():
         phi, _ = be.ops.mamba3_angles(ang, dtv)
         y = be.ops.mamba3_rope_scan(*rs_args(phi), **rs_kw)[0]
-        return y[:, :, 0] * be.ops.silu(z)
+        return be.ops.silu_gate(y[:, :, 0], z)
 
     # the same through the separate ops (what the mixer ran before mamba3_rope_scan)
     def ours_separate():
@@ -261,7 +261,7 @@ def mamba3():
         Bh = be.ops.apply_rope((k + kb.to(bf)).unsqueeze(2), phi.unsqueeze(2))
         Ch = be.ops.apply_rope((q + qb.to(bf)).unsqueeze(2), phi.unsqueeze(2))
         y = be.ops.mamba3_scan(v, dtv, Av, trap, Bh, Ch, D, None, 64)[0]
-        return y[:, :, 0] * be.ops.silu(z)
+        return be.ops.silu_gate(y[:, :, 0], z)
 
     phi, _ = be.ops.mamba3_angles(ang, dtv)
     Bh = be.ops.apply_rope((k + kb.to(bf)).unsqueeze(2), phi.unsqueeze(2)).contiguous()
@@ -295,7 +295,7 @@ def mamba3():
         "bc_heads_rope (B and C, one kernel)": lambda: _bc_heads_rope(k.unsqueeze(2), q.unsqueeze(2), phi, kb3, qb3,
                                                                       H),
         "scan": lambda: be.ops.mamba3_scan(*scan_args),
-        "gate y * silu(z)": lambda: y0[:, :, 0] * be.ops.silu(z),
+        "gate silu_gate(y, z)": lambda: be.ops.silu_gate(y0[:, :, 0], z),
     }
     RESULTS["m3_pieces_ms"] = {name: bench(fn) for name, fn in pieces.items()}
     print("Mamba-3 SISO forward pieces (ms):", {k_: round(v_, 4) for k_, v_ in RESULTS["m3_pieces_ms"].items()}, flush=True)
@@ -311,8 +311,8 @@ def mamba3():
 
     def gate_fb(y, do):
         """out = y silu(z) and its VJP (dy, dz) through the backend's ops, as the mixer runs them."""
-        s_ = be.ops.silu(z)
-        return y * s_, do * s_, be.ops.silu_vjp(do * y, z)["x"]
+        gg = be.ops.silu_gate_vjp(do, y, z)
+        return be.ops.silu_gate(y, z), gg["x"], gg["z"]
 
     # the whole op both ways, as the official's backward does it: angles, rope_scan and the gate
     # forward, then the gate's VJP, mamba3_rope_scan_vjp, mamba3_angles_vjp
