@@ -20,7 +20,7 @@ Parts (each writes OUT_DIR/sweep_tt.json when it ends, so a timeout keeps what w
           forward over a grid of kernels/mamba3.CONFIG["fwd"] (SWEEP_M3_FWD, the same format
           as SWEEP_M3), then mamba3_scan_vjp over a grid of kernels/mamba3.CONFIG["bwd"]
           (chunk cap, num_warps, stages; "-" keeps the default), each config's gradients
-          compared with the first's. SWEEP_M3="chunk:warps:stages,..." replaces the grid;
+          compared with the first's. SWEEP_M3="chunk:warps:stages[:bp],..." replaces the grid;
           SWEEP_M3_WARM=1 only compiles (B=1; the kernels do not take B, so a later process
           at B=8 hits Triton's cache): one such process a config compiles the grid in parallel.
   bc      Mamba-3's B/C prologue kernels (kernels/mamba3_bc.py) at the m3 shape, G=1, S=32
@@ -123,10 +123,17 @@ def _env_grid(name, default):
 # Run 22 (H100, bf16) timed that grid: chunk 16, 8 warps, 2 stages 2.08 ms (the default since);
 # chunk 64 3.42, chunk 32 2.62-2.94, 16 warps 7-14. The grid now looks around the default
 # (chunk 16 is the smallest layout at R = 1: Qk R >= 16 rows).
-M3_BWD = [(16, 8, 2), (16, 8, 1), (16, 4, 2), (16, 4, 1), (16, 8, 3), (32, 8, 1)]
-# Forward launches (CONFIG["fwd"], the same knobs), not yet timed: compiled for sm_90 the
-# forward spills 329 loads and stores at chunk 64, 32 at chunk 32, none at 16 (8 warps).
-M3_FWD = [(None, None, None), (32, 8, None), (16, 8, None), (32, 8, 2), (16, 8, 2)]
+M3_BWD = [(16, 4, 1), (16, 4, 1, 32), (16, 4, 1, 16), (16, 4, 2), (16, 8, 1), (32, 4, 1)]
+# Run 23 timed the grid above it: chunk 16, 4 warps, 1 stage 1.66 ms (the default since). A 4th
+# entry is the state rows a program of the backward's state recompute ("recompute_bp", None:
+# min(P, 64)); of the forward, "bp": B H P / bp programs instead of B H (256 at this shape).
+# Forward launches (CONFIG["fwd"]): compiled for sm_90 the forward spills 329 loads and stores at
+# chunk 64, 32 at chunk 32, none at 16 (8 warps); run 23 timed chunk 64 (the default) 0.449 ms,
+# chunk 32 / 8 warps 0.440, chunk 16 / 8 warps 0.610.
+# Compiled for sm_90 (bf16, Qk=64, 8 warps) the spill loads a chunk fall from 164 at bp=64 to 106
+# at bp=32; chunk 32, 4 warps, bp=32: 55.
+M3_FWD = [(None, None, None), (None, None, None, 32), (32, 8, None, 32), (32, 4, None, 32),
+          (None, None, None, 16), (32, 8, None)]
 
 
 def _m3_grid(name="SWEEP_M3", default=M3_BWD):
@@ -382,11 +389,13 @@ def _m3_launches(M3, kind, grid, call, rel_of, deadline, warm, entries):
 
     base = dict(M3.CONFIG[kind])
     ref = None
-    for chunk, w, st in _grid(grid):
+    bp_key = "bp" if kind == "fwd" else "recompute_bp"
+    for chunk, w, st, *rest in _grid(grid):
         if time.time() > deadline:
             continue
-        M3.CONFIG[kind] = dict(base, chunk=chunk, num_warps=w, stages=st)
-        entry = {"chunk": chunk, "num_warps": w, "stages": st}
+        bp = rest[0] if rest else None
+        M3.CONFIG[kind] = dict(base, chunk=chunk, num_warps=w, stages=st, **{bp_key: bp})
+        entry = {"chunk": chunk, "num_warps": w, "stages": st, bp_key: bp}
         try:
             t0 = time.time()
             got = call()
@@ -401,7 +410,7 @@ def _m3_launches(M3, kind, grid, call, rel_of, deadline, warm, entries):
             entry["error"] = f"{type(exc).__name__}: {exc}"[:200]
         entries.append(entry)
         _save()
-        print(f"  m3 {kind} chunk={chunk} warps={w} stages={st}: {entry.get('ms', float('nan')):.3f} ms  "
+        print(f"  m3 {kind} chunk={chunk} warps={w} stages={st} {bp_key}={bp}: {entry.get('ms', float('nan')):.3f} ms  "
               f"rel {entry.get('rel_vs_first', float('nan')):.1e}  first call {entry.get('first_call_s')} s"
               f"  {entry.get('error', '')}", flush=True)
     M3.CONFIG[kind] = base
@@ -629,11 +638,12 @@ def _table():
     if fw:
         f = min(fw, key=lambda e: e["ms"])
         lines.append(f"  Mamba-3 SISO fwd  best {f['ms']:.3f}  (chunk={f['chunk']}, warps={f['num_warps']}, "
-                     f"stages={f['stages']}); first config {fw[0]['ms']:.3f}")
+                     f"stages={f['stages']}, bp={f.get('bp')}); first config {fw[0]['ms']:.3f}")
     if m3.get("best"):
         f = m3["best"]
         lines.append(f"  Mamba-3 SISO VJP  best {f['ms']:.3f}  (chunk={f['chunk']}, warps={f['num_warps']}, "
-                     f"stages={f['stages']}); fwd {m3['fwd_ms']:.3f}, fwd+bwd {f['fwd_bwd_ms']:.3f}")
+                     f"stages={f['stages']}, recompute_bp={f.get('recompute_bp')}); fwd {m3['fwd_ms']:.3f}, "
+                     f"fwd+bwd {f['fwd_bwd_ms']:.3f}")
     for kind in ("angles_fwd", "angles_bwd"):
         f = b.get(kind)
         if f:

@@ -196,13 +196,16 @@ def test_mamba3_scan_forward_and_vjp(name):
 
 
 @pytest.mark.parametrize("conf", [dict(chunk=None, num_warps=8, stages=None), dict(chunk=16, num_warps=4, stages=2),
-                                  dict(chunk=32, num_warps=8, stages=1)], ids=["call's chunk", "16", "32"])
+                                  dict(chunk=32, num_warps=8, stages=1),
+                                  dict(chunk=16, num_warps=4, stages=1, recompute_bp=2)],
+                         ids=["call's chunk", "16", "32", "16, state recompute in P blocks of 2"])
 def test_mamba3_scan_vjp_any_backward_launch(monkeypatch, conf):
     """The backward runs at its own chunk and launch (CONFIG["bwd"]): the gradients do not depend
-    on them (the call's chunk is 64 here, so every cap changes the layout)."""
+    on them (the call's chunk is 64 here, so every cap changes the layout; P = 5 in blocks of 2
+    splits the state recompute over 3 programs a head)."""
     monkeypatch.setitem(M3.CONFIG, "bwd", dict(conf, states16=True))
     rng = np.random.default_rng(11)
-    args, kw = m3_inputs(rng, L=70, H=2, P=3, N=4, R=2, Q=64)
+    args, kw = m3_inputs(rng, L=70, H=2, P=5, N=4, R=2, Q=64)
     ref = REGISTRY["mamba3_scan"].reference(**args, **kw)
     cot = tuple(rng.standard_normal(r.shape) for r in ref)
     g_ref = REGISTRY["mamba3_scan_vjp"].reference(cot, **args, **kw)
@@ -211,13 +214,15 @@ def test_mamba3_scan_vjp_any_backward_launch(monkeypatch, conf):
         assert rel(g[k], g_ref[k]) < TOL["float32"], k
 
 
-@pytest.mark.parametrize("conf", [dict(chunk=32, num_warps=8, stages=2), dict(chunk=16, num_warps=4, stages=None)],
-                         ids=["32", "16"])
+@pytest.mark.parametrize("conf", [dict(chunk=32, num_warps=8, stages=2), dict(chunk=16, num_warps=4, stages=None),
+                                  dict(chunk=None, num_warps=None, stages=None, bp=2)],
+                         ids=["32", "16", "P blocks of 2"])
 def test_mamba3_scan_forward_any_launch(monkeypatch, conf):
-    """The forward's own chunk and launch (CONFIG["fwd"]) change only the rounding."""
+    """The forward's own chunk and launch (CONFIG["fwd"]; "bp": state rows a program, here
+    P = 5 over 3 programs a head) change only the rounding."""
     monkeypatch.setitem(M3.CONFIG, "fwd", conf)
     rng = np.random.default_rng(12)
-    args, kw = m3_inputs(rng, L=70, H=2, P=3, N=4, R=2, Q=64)
+    args, kw = m3_inputs(rng, L=70, H=2, P=5, N=4, R=2, Q=64)
     ref = REGISTRY["mamba3_scan"].reference(**args, **kw)
     got = M3.mamba3_scan(**tt(args), **tt(kw))
     for g, r in zip(got, ref):

@@ -62,8 +62,13 @@ _MAX_DIM = 256
 #: stages 3). Compiled for sm_90 (bf16, Qk R x N = 64 x 128, 8 warps) its chunk loop spills
 #: 329 loads and stores at chunk 64, 32 at chunk 32 and none at 16; run 23 timed the default
 #: (chunk 64) at 0.449 ms, chunk 32 / 8 warps 0.440, chunk 16 / 8 warps 0.610: kept.
-CONFIG = {"bwd": {"chunk": 16, "num_warps": 4, "stages": 1, "states16": True},
-          "fwd": {"chunk": None, "num_warps": None, "stages": None}}
+#: "bp" (forward) and "recompute_bp" (the backward's state recompute): state rows a program
+#: (None: min(P, 64)), so B H P / bp programs; at the SISO shape (B H = 256, P = 64) one
+#: program a head leaves ~2 an SM. Not yet timed below 64 (sweep_tt's m3 grid has the rows).
+#: Compiled for sm_90 (bf16, Qk = 64, 8 warps) the forward's chunk loop spills 164 loads at
+#: bp = 64 and 106 at bp = 32 (chunk 32, 4 warps, bp = 32: 55).
+CONFIG = {"bwd": {"chunk": 16, "num_warps": 4, "stages": 1, "states16": True, "recompute_bp": None},
+          "fwd": {"chunk": None, "num_warps": None, "stages": None, "bp": None}}
 
 
 @triton.jit
@@ -352,14 +357,14 @@ def _key(kind, x, B, chunk_size, *flags):
 
 
 def _run_fwd(x, dt, A, trap, B, C, D, mimo_x, chunk_size, S0, write_y, store_states, stages=3,
-             warps=None):
+             warps=None, bp=None):
     Bsz, L, H, P = x.shape
     R, N = B.shape[2], B.shape[4]
     qk, bqr = _layout(chunk_size, R)
     nc = triton.cdiv(L, qk)
     x, dt, A, trap, B, C, D, mimo_x = (_c(t) for t in (x, dt, A, trap, B, C, D, mimo_x))
     BN = pow2(N)
-    BP = min(pow2(P), 64)
+    BP = min(pow2(P), 64 if bp is None else pow2(int(bp)))  # state rows a program: (B H, P / BP) programs
     dev = x.device
     y = torch.empty((Bsz, L, R, H, P), dtype=x.dtype, device=dev) if write_y else x
     sfin = torch.empty((Bsz, H, P, N), dtype=torch.float32, device=dev)
@@ -390,11 +395,11 @@ def mamba3_scan(x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_size=64, initia
     S0, _ = _s_start(x, dt, trap, initial_state, initial_k, initial_v, mimo_x, Bsz, H, P, N)
     conf = CONFIG["fwd"]
     chunk_f = int(chunk_size) if conf.get("chunk") is None else min(int(chunk_size), int(conf["chunk"]))
-    warps = conf.get("num_warps")
+    warps, bp = conf.get("num_warps"), conf.get("bp")
     res, _ = launch_fitting(
-        _key("fwd", x, B, chunk_f, D is not None, mimo_x is not None, warps, conf.get("stages")),
+        _key("fwd", x, B, chunk_f, D is not None, mimo_x is not None, warps, conf.get("stages"), bp),
         _fits(chunk_f, B.shape[2], conf.get("stages") or 3),
-        lambda cfg: _run_fwd(x, dt, A, trap, B, C, D, mimo_x, cfg[0], S0, True, False, cfg[1], warps))
+        lambda cfg: _run_fwd(x, dt, A, trap, B, C, D, mimo_x, cfg[0], S0, True, False, cfg[1], warps, bp))
     if res is None:
         return fallback("mamba3_scan")(x, dt, A, trap, B, C, D, mimo_x, chunk_size, initial_state,
                                        initial_k, initial_v)
@@ -438,7 +443,8 @@ def mamba3_scan_vjp(cotangent, x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_
     def launch(cfg):
         # the recompute runs at the backward's chunk: its entering states are per chunk
         cap, stages = cfg
-        _, _, sin, qk, bqr, nc = _run_fwd(x, dt, A, trap, B, C, D, mimo_x, cap, S0, False, True)
+        _, _, sin, qk, bqr, nc = _run_fwd(x, dt, A, trap, B, C, D, mimo_x, cap, S0, False, True,
+                                          bp=conf.get("recompute_bp"))
         _m3_bwd[(Bsz * H,)](
             xc, dtc, Ac, trc, Bc, Cc, Dc if Dc is not None else dummy, mxc if mxc is not None else dummy,
             sin, dy if dy is not None else dummy, dS_L if dS_L is not None else dummy,
@@ -451,7 +457,7 @@ def mamba3_scan_vjp(cotangent, x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_
 
     done, _ = launch_fitting(
         _key("bwd", x, B, chunk_b, D is not None, mimo_x is not None, dy is not None, dS_L is not None,
-             warps, conf.get("stages"), conf.get("states16", True)),
+             warps, conf.get("stages"), conf.get("states16", True), conf.get("recompute_bp")),
         _fits(chunk_b, R, conf.get("stages") or 3), launch)
     if done is None:
         return fallback("mamba3_scan_vjp")(cotangent, x, dt, A, trap, B, C, D, mimo_x, chunk_size,
