@@ -50,6 +50,9 @@
 #   bash benchmarks/gpu/run_device.sh s9c         every float32 bench row, cuda_cupy beside torch_triton's defaults
 #                                                 (the cuda_cupy issue's 1.25x target); torch_triton compiled first,
 #                                                 a background process a row (run 27 ran an earlier, one-process form)
+#   bash benchmarks/gpu/run_device.sh s10a        the Mamba-3 forward and state recompute in P blocks (bp): the
+#                                                 m3 launch grid (each config compiled in its own background
+#                                                 process first), then the Mamba-3 yardstick (not yet run)
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
 #   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
 # Optional carries: .cache/ with tarballs of an earlier call's ~/.triton/cache
@@ -91,6 +94,26 @@ results_dir() { R="$OUT/r"; mkdir -p "$R"; mv "$OUT/device.txt" "$OUT/backends.t
 job() { local name=$1 t=$2; shift 2; (timeout "$t" "$@" > "$R/$name.log" 2>&1; echo "$name rc=$?" >> "$R/rc.txt") & }
 tmo() { local l=$(( ${DEADLINE:-560} - SECONDS )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 case "${1:-certify}" in
+s10a)
+    # Next session's first call: sweep_tt's m3 grids (the forward and the backward's state
+    # recompute with state rows a program, bp), each config compiled at B=1 in its own
+    # background process, then timed in one process; then the Mamba-3 yardstick at the defaults.
+    results_dir
+    DEADLINE=${DEADLINE:-420}
+    for cfg in -:-:-:32 32:8:-:32 32:4:-:32 -:-:-:16 32:8:-; do
+        job "m3fwarm_${cfg//[:-]/_}" $(tmo 200) env SWEEP_M3_FWD=$cfg SWEEP_M3=16:4:1 SWEEP_M3_WARM=1 python3 benchmarks/gpu/sweep_tt.py "$R/m3warm" --parts m3 --budget 190
+    done
+    for cfg in 16:4:1:32 16:4:1:16 16:4:2 16:8:1 32:4:1; do
+        job "m3warm_${cfg//[:-]/_}" $(tmo 200) env SWEEP_M3_FWD=-:-:- SWEEP_M3=$cfg SWEEP_M3_WARM=1 python3 benchmarks/gpu/sweep_tt.py "$R/m3warm" --parts m3 --budget 190
+    done
+    wait
+    timeout $(tmo 90) python3 benchmarks/gpu/sweep_tt.py "$R/m3sweep" --parts m3 --budget 85 > "$R/sweep_m3.log" 2>&1
+    echo "sweep m3 rc=$?"; grep -E "m3 (fwd|bwd)|Mamba-3" "$R/sweep_m3.log" | cut -c1-200
+    YARDSTICK_PARTS=mamba3 YARDSTICK_M3_AUTOTUNE=reduced timeout $(tmo 150) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m3" > "$R/yardstick-m3.log" 2>&1
+    echo "yardstick m3 rc=$?"; grep -E "Mamba-|FAILED|pieces|rope_scan" "$R/yardstick-m3.log" | cut -c1-300
+    cat "$R/rc.txt"
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
+    ;;
 s9c)
     # Every float32 row of gpu_check's bench (Mamba-1, SSD, Mamba-3 SISO and MIMO, gated norm,
     # add_rmsnorm, conv), cuda_cupy beside torch_triton at its defaults. torch_triton's float32
