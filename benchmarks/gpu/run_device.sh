@@ -52,7 +52,8 @@
 #                                                 a background process a row (run 27 ran an earlier, one-process form)
 #   bash benchmarks/gpu/run_device.sh s10a        the Mamba-3 forward and state recompute in P blocks (bp): the
 #                                                 m3 launch grid (each config compiled in its own background
-#                                                 process first), then the Mamba-3 yardstick (not yet run)
+#                                                 process first), the Mamba-3 yardstick, the Mamba-1 yardstick
+#                                                 with the VJP's "upcast": "outputs" row (not yet run)
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
 #   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
 # Optional carries: .cache/ with tarballs of an earlier call's ~/.triton/cache
@@ -99,18 +100,23 @@ s10a)
     # recompute with state rows a program, bp), each config compiled at B=1 in its own
     # background process, then timed in one process; then the Mamba-3 yardstick at the defaults.
     results_dir
-    DEADLINE=${DEADLINE:-420}
+    DEADLINE=${DEADLINE:-560}
     for cfg in -:-:-:32 32:8:-:32 32:4:-:32 -:-:-:16 32:8:-; do
         job "m3fwarm_${cfg//[:-]/_}" $(tmo 200) env SWEEP_M3_FWD=$cfg SWEEP_M3=16:4:1 SWEEP_M3_WARM=1 python3 benchmarks/gpu/sweep_tt.py "$R/m3warm" --parts m3 --budget 190
     done
     for cfg in 16:4:1:32 16:4:1:16 16:4:2 16:8:1 32:4:1; do
         job "m3warm_${cfg//[:-]/_}" $(tmo 200) env SWEEP_M3_FWD=-:-:- SWEEP_M3=$cfg SWEEP_M3_WARM=1 python3 benchmarks/gpu/sweep_tt.py "$R/m3warm" --parts m3 --budget 190
     done
+    # the official Mamba-1 CUDA scan for the Mamba-1 rows at the end (~2 min, beside the compiles)
+    job ss_build $(tmo 240) python3 benchmarks/gpu/build_official_ss.py .official /tmp/ss_build
     wait
     timeout $(tmo 90) python3 benchmarks/gpu/sweep_tt.py "$R/m3sweep" --parts m3 --budget 85 > "$R/sweep_m3.log" 2>&1
     echo "sweep m3 rc=$?"; grep -E "m3 (fwd|bwd)|Mamba-3" "$R/sweep_m3.log" | cut -c1-200
     YARDSTICK_PARTS=mamba3 YARDSTICK_M3_AUTOTUNE=reduced timeout $(tmo 150) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m3" > "$R/yardstick-m3.log" 2>&1
     echo "yardstick m3 rc=$?"; grep -E "Mamba-|FAILED|pieces|rope_scan" "$R/yardstick-m3.log" | cut -c1-300
+    # Mamba-1: the VJP's "upcast": "outputs" row beside the default (when the build above ended)
+    [ -d /tmp/ss_build ] && YARDSTICK_PARTS=mamba1 timeout $(tmo 80) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m1" > "$R/yardstick-m1.log" 2>&1 \
+        && grep -E "Mamba-1" "$R/yardstick-m1.log" | cut -c1-300
     cat "$R/rc.txt"
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
     ;;

@@ -131,7 +131,10 @@ def mamba1():
     dy = torch.randn(B, L, E, device=dev, dtype=bf, generator=g)
     args = (u, delta, A, Bm, Cm, D, z, db, True)
     ours_f = bench(lambda: be.ops.selective_scan(*args))
-    ours_fb = bench(lambda: (be.ops.selective_scan(*args), be.ops.selective_scan_vjp((dy, None), *args)))
+    def ours_fb_fn():
+        return be.ops.selective_scan(*args), be.ops.selective_scan_vjp((dy, None), *args)
+
+    ours_fb = bench(ours_fb_fn)
     # official: channels-first layout, timed in its own layout
     ut, dt_, zt = (t.transpose(1, 2).contiguous() for t in (u, delta, z))
     Bt, Ct = (t[:, :, 0].transpose(1, 2).contiguous() for t in (Bm, Cm))
@@ -162,6 +165,16 @@ def mamba1():
 
     row("Mamba-1 fwd, bf16 via float32 kernels", bench(up_f), off_f, "cast in and out inside the timing")
     row("Mamba-1 fwd+bwd, bf16 via float32 kernels", bench(up_fb), off_fbt, "cast in and out inside the timing")
+    # the VJP reading the bf16 inputs directly under the float32 launch, float32 gradients cast
+    # after (CONFIG "bwd": {"upcast": "outputs"}), against the default float32 copies
+    from mamba_backend_torch_triton.kernels import selective_scan as ks
+
+    saved_bwd = dict(ks.CONFIG["bwd"])
+    try:
+        ks.CONFIG["bwd"] = dict(saved_bwd, upcast="outputs")
+        row("Mamba-1 fwd+bwd, VJP upcast=outputs", bench(ours_fb_fn), off_fbt, "bf16 loads, float32 stores")
+    finally:
+        ks.CONFIG["bwd"] = saved_bwd
 
 
 def mamba2():

@@ -92,7 +92,9 @@ from mamba_backend_torch_triton.kernels._glue import default, interpreting, last
 #: 0.624 ms (tr_scan T=8 BE=8 0.707); float32 keeps tr_scan (0.533, tr_fold 0.544). The bf16
 #: VJP runs the float32 kernels on float32 copies ("upcast"): the same "base" kernel took 8.25 ms
 #: on bf16 inputs and 5.16 on float32 ones, and the yardstick's forward+backward through float32
-#: (casts included) took 6.34 ms against 8.45 for the bf16 kernels.
+#: (casts included) took 6.34 ms against 8.45 for the bf16 kernels. "upcast": "outputs" reads the
+#: 16-bit inputs directly under the float32 launch and writes float32 gradients, cast after
+#: (no input copies: ~0.8 GB less traffic at the benchmark shape); not yet timed.
 CONFIG = {
     "fwd": {"T": 16, "BE": 16, "num_warps": 1, "variant": "tr_fold"},
     "fwd_f32": {"T": 8, "BE": 8, "num_warps": 1, "variant": "tr_scan"},
@@ -830,7 +832,8 @@ def selective_scan_vjp(cotangent, u, delta, A, B, C, D=None, z=None, delta_bias=
                                              delta_softplus, initial_state)
     args = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
                 initial_state=initial_state)
-    if u.dtype != torch.float32 and _cfg("bwd", u.device, u.shape[1], u.dtype).get("upcast"):
+    upcast = u.dtype != torch.float32 and _cfg("bwd", u.device, u.shape[1], u.dtype).get("upcast")
+    if upcast and upcast != "outputs":
         # 16-bit inputs through the float32 kernels (CONFIG "bwd": {"upcast": True}): float32
         # copies of the 16-bit arrays (and dy), the float32 VJP, its gradients cast back
         wide = lambda t: t if t is None or t.dtype == torch.float32 else t.float()  # noqa: E731
@@ -842,7 +845,11 @@ def selective_scan_vjp(cotangent, u, delta, A, B, C, D=None, z=None, delta_bias=
     Bsz, L, E = u.shape
     G, N = B.shape[2], B.shape[3]
     dev = u.device
-    cfg = _cfg("bwd", dev, L, u.dtype)
+    # "upcast": "outputs": the 16-bit inputs read as they are, under the float32 launch, and
+    # du, ddelta, dz written in float32 then cast (no float32 input copies; separates the cost
+    # of 16-bit loads from that of 16-bit stores in the 16-bit kernels' slowdown)
+    cfg = _cfg("bwd", dev, L, torch.float32 if upcast else u.dtype)
+    out_dt = torch.float32 if upcast else None
     variant = _variant(cfg)
     T = cfg["T"]
     BE = _block_e(E // G, cfg["BE"])
@@ -857,9 +864,9 @@ def selective_scan_vjp(cotangent, u, delta, A, B, C, D=None, z=None, delta_bias=
     if L > 0:
         _scan_launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
                      None, None, hs, T, BE, cfg["num_warps"], variant)
-    du = torch.empty((Bsz, L, E), dtype=u.dtype, device=dev)
-    ddl = torch.empty((Bsz, L, E), dtype=delta.dtype, device=dev)
-    dz = None if z is None else torch.empty((Bsz, L, E), dtype=z.dtype, device=dev)
+    du = torch.empty((Bsz, L, E), dtype=out_dt or u.dtype, device=dev)
+    ddl = torch.empty((Bsz, L, E), dtype=out_dt or delta.dtype, device=dev)
+    dz = None if z is None else torch.empty((Bsz, L, E), dtype=out_dt or z.dtype, device=dev)
     dap = torch.empty((Bsz, E, N), **f32)
     dbp = torch.empty((Bsz, L, nEb, NP), **f32)
     dcp = torch.empty((Bsz, L, nEb, NP), **f32)
