@@ -104,7 +104,7 @@ s10a)
     for cfg in -:-:-:32 32:8:-:32 32:4:-:32 -:-:-:16 32:8:-; do
         job "m3fwarm_${cfg//[:-]/_}" $(tmo 200) env SWEEP_M3_FWD=$cfg SWEEP_M3=16:4:1 SWEEP_M3_WARM=1 python3 benchmarks/gpu/sweep_tt.py "$R/m3warm" --parts m3 --budget 190
     done
-    for cfg in 16:4:1:32 16:4:1:16 16:4:2 16:8:1 32:4:1; do
+    for cfg in 16:4:1:32 16:4:1:16 16:4:1:-:4 16:4:1:32:4 16:4:2 16:8:1 32:4:1; do
         job "m3warm_${cfg//[:-]/_}" $(tmo 200) env SWEEP_M3_FWD=-:-:- SWEEP_M3=$cfg SWEEP_M3_WARM=1 python3 benchmarks/gpu/sweep_tt.py "$R/m3warm" --parts m3 --budget 190
     done
     # the official Mamba-1 CUDA scan for the Mamba-1 rows at the end (~2 min, beside the compiles)

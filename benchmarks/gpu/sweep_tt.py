@@ -123,10 +123,13 @@ def _env_grid(name, default):
 # Run 22 (H100, bf16) timed that grid: chunk 16, 8 warps, 2 stages 2.08 ms (the default since);
 # chunk 64 3.42, chunk 32 2.62-2.94, 16 warps 7-14. The grid now looks around the default
 # (chunk 16 is the smallest layout at R = 1: Qk R >= 16 rows).
-M3_BWD = [(16, 4, 1), (16, 4, 1, 32), (16, 4, 1, 16), (16, 4, 2), (16, 8, 1), (32, 4, 1)]
+M3_BWD = [(16, 4, 1), (16, 4, 1, 32), (16, 4, 1, 16), (16, 4, 1, None, 4), (16, 4, 1, 32, 4), (16, 4, 2),
+          (16, 8, 1), (32, 4, 1)]
 # Run 23 timed the grid above it: chunk 16, 4 warps, 1 stage 1.66 ms (the default since). A 4th
 # entry is the state rows a program of the backward's state recompute ("recompute_bp", None:
-# min(P, 64)); of the forward, "bp": B H P / bp programs instead of B H (256 at this shape).
+# min(P, 64)); of the forward, "bp": B H P / bp programs instead of B H (256 at this shape). A 5th
+# (backward) is "state_stride" K: every K-th entering state kept, the others recomputed in the
+# backward (compiled for sm_90 at chunk 16 / 4 warps: 557 spill loads against 367 at K=1).
 # Forward launches (CONFIG["fwd"]): compiled for sm_90 the forward spills 329 loads and stores at
 # chunk 64, 32 at chunk 32, none at 16 (8 warps); run 23 timed chunk 64 (the default) 0.449 ms,
 # chunk 32 / 8 warps 0.440, chunk 16 / 8 warps 0.610.
@@ -394,8 +397,11 @@ def _m3_launches(M3, kind, grid, call, rel_of, deadline, warm, entries):
         if time.time() > deadline:
             continue
         bp = rest[0] if rest else None
-        M3.CONFIG[kind] = dict(base, chunk=chunk, num_warps=w, stages=st, **{bp_key: bp})
-        entry = {"chunk": chunk, "num_warps": w, "stages": st, bp_key: bp}
+        extra = {bp_key: bp}
+        if kind == "bwd":
+            extra["state_stride"] = rest[1] if len(rest) > 1 else None
+        M3.CONFIG[kind] = dict(base, chunk=chunk, num_warps=w, stages=st, **extra)
+        entry = {"chunk": chunk, "num_warps": w, "stages": st, **extra}
         try:
             t0 = time.time()
             got = call()
@@ -410,7 +416,8 @@ def _m3_launches(M3, kind, grid, call, rel_of, deadline, warm, entries):
             entry["error"] = f"{type(exc).__name__}: {exc}"[:200]
         entries.append(entry)
         _save()
-        print(f"  m3 {kind} chunk={chunk} warps={w} stages={st} {bp_key}={bp}: {entry.get('ms', float('nan')):.3f} ms  "
+        print(f"  m3 {kind} chunk={chunk} warps={w} stages={st} {bp_key}={bp} "
+              f"stride={extra.get('state_stride')}: {entry.get('ms', float('nan')):.3f} ms  "
               f"rel {entry.get('rel_vs_first', float('nan')):.1e}  first call {entry.get('first_call_s')} s"
               f"  {entry.get('error', '')}", flush=True)
     M3.CONFIG[kind] = base
@@ -642,7 +649,8 @@ def _table():
     if m3.get("best"):
         f = m3["best"]
         lines.append(f"  Mamba-3 SISO VJP  best {f['ms']:.3f}  (chunk={f['chunk']}, warps={f['num_warps']}, "
-                     f"stages={f['stages']}, recompute_bp={f.get('recompute_bp')}); fwd {m3['fwd_ms']:.3f}, "
+                     f"stages={f['stages']}, recompute_bp={f.get('recompute_bp')}, "
+                     f"state_stride={f.get('state_stride')}); fwd {m3['fwd_ms']:.3f}, "
                      f"fwd+bwd {f['fwd_bwd_ms']:.3f}")
     for kind in ("angles_fwd", "angles_bwd"):
         f = b.get(kind)

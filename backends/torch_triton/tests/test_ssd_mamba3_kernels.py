@@ -197,12 +197,17 @@ def test_mamba3_scan_forward_and_vjp(name):
 
 @pytest.mark.parametrize("conf", [dict(chunk=None, num_warps=8, stages=None), dict(chunk=16, num_warps=4, stages=2),
                                   dict(chunk=32, num_warps=8, stages=1),
-                                  dict(chunk=16, num_warps=4, stages=1, recompute_bp=2)],
-                         ids=["call's chunk", "16", "32", "16, state recompute in P blocks of 2"])
+                                  dict(chunk=16, num_warps=4, stages=1, recompute_bp=2),
+                                  dict(chunk=16, num_warps=4, stages=1, state_stride=4),
+                                  dict(chunk=16, num_warps=4, stages=1, state_stride=3, recompute_bp=2)],
+                         ids=["call's chunk", "16", "32", "16, state recompute in P blocks of 2",
+                              "16, every 4th state kept", "16, every 3rd state kept, P blocks of 2"])
 def test_mamba3_scan_vjp_any_backward_launch(monkeypatch, conf):
     """The backward runs at its own chunk and launch (CONFIG["bwd"]): the gradients do not depend
     on them (the call's chunk is 64 here, so every cap changes the layout; P = 5 in blocks of 2
-    splits the state recompute over 3 programs a head)."""
+    splits the state recompute over 3 programs a head; with a state stride K the backward
+    recomputes K - 1 of every K entering states itself: L = 70 at chunk 16 is 5 chunks, so the
+    first block in the reverse walk is partial)."""
     monkeypatch.setitem(M3.CONFIG, "bwd", dict(conf, states16=True))
     rng = np.random.default_rng(11)
     args, kw = m3_inputs(rng, L=70, H=2, P=5, N=4, R=2, Q=64)

@@ -67,7 +67,12 @@ _MAX_DIM = 256
 #: program a head leaves ~2 an SM. Not yet timed below 64 (sweep_tt's m3 grid has the rows).
 #: Compiled for sm_90 (bf16, Qk = 64, 8 warps) the forward's chunk loop spills 164 loads at
 #: bp = 64 and 106 at bp = 32 (chunk 32, 4 warps, bp = 32: 55).
-CONFIG = {"bwd": {"chunk": 16, "num_warps": 4, "stages": 1, "states16": True, "recompute_bp": None},
+#: "state_stride" K (backward): the recompute keeps every K-th chunk's entering state (K times
+#: fewer bytes: at chunk 16 the states are 537 MB at the SISO shape in bf16, written once and
+#: read once) and the backward recomputes the others per block of K chunks into a per-program
+#: scratch (B H K P N, L2-sized), ~(K - 1) / K more state updates. Not yet timed.
+CONFIG = {"bwd": {"chunk": 16, "num_warps": 4, "stages": 1, "states16": True, "recompute_bp": None,
+                  "state_stride": 1},
           "fwd": {"chunk": None, "num_warps": None, "stages": None, "bp": None}}
 
 
@@ -97,12 +102,31 @@ def _chunk_coefs(dt_ptr, A_ptr, tr_ptr, b, h, t, rk, rv, L, H):
 
 
 @triton.jit
+def _state_step(S, x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, mx_ptr, b, h, c, L, H, P, N, offs_p, offs_n, pm, nm,
+                R: tl.constexpr, QK: tl.constexpr, BQR: tl.constexpr, HAS_MX: tl.constexpr,
+                DT: tl.constexpr, PREC: tl.constexpr):
+    # the state entering chunk c + 1 from the one entering chunk c (as _m3_fwd forms it)
+    rows, tk, rk, t, rv = _rows(b, h, c, L, H, R, QK, BQR)
+    tok, a_row, gamma, scale = _chunk_coefs(dt_ptr, A_ptr, tr_ptr, b, h, t, rk, rv, L, H)
+    cum = tl.cumsum(a_row, 0)
+    cum_last = tl.sum(a_row, 0)
+    vm = rv[:, None] & pm[None, :]
+    v = tl.load(x_ptr + tok[:, None] * P + offs_p[None, :], mask=vm, other=0.0).to(tl.float32)
+    if HAS_MX:
+        v = v * tl.load(mx_ptr + (h * R + rk)[:, None] * P + offs_p[None, :], mask=vm, other=0.0).to(tl.float32)
+    bc = (((b * L + t) * R + rk) * H + h)[:, None] * N + offs_n[None, :]
+    Bm = tl.load(B_ptr + bc, mask=rv[:, None] & nm[None, :], other=0.0).to(DT)
+    f = tl.exp(cum_last - cum)
+    return tl.exp(cum_last) * S + tl.dot(tl.trans((v * (f * scale)[:, None]).to(DT)), Bm, input_precision=PREC)
+
+
+@triton.jit
 def _m3_fwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, s0_ptr,
             y_ptr, sfin_ptr, sin_ptr,
             L, H, P, N, nc,
             R: tl.constexpr, QK: tl.constexpr, BQR: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
             HAS_D: tl.constexpr, HAS_MX: tl.constexpr, WRITE_Y: tl.constexpr,
-            STORE_STATES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+            STORE_STATES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, SSTRIDE: tl.constexpr = 1):
     pid = tl.program_id(0).to(tl.int64)
     b = pid // H
     h = pid % H
@@ -142,9 +166,11 @@ def _m3_fwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, s0_ptr,
                 y += Dh * v
             yo = (((b * L + t) * R + rk) * H + h)[:, None] * P + offs_p[None, :]
             tl.store(y_ptr + yo, y.to(y_ptr.dtype.element_ty), mask=vm)
-        if STORE_STATES:
-            so = (((b * nc + c) * H + h) * P + offs_p[:, None]) * N + offs_n[None, :]
-            tl.store(sin_ptr + so, S, mask=pn)
+        if STORE_STATES:  # every SSTRIDE-th chunk's entering state, at index c // SSTRIDE
+            ncs = (nc + SSTRIDE - 1) // SSTRIDE
+            so = (((b * ncs + c // SSTRIDE) * H + h) * P + offs_p[:, None]) * N + offs_n[None, :]
+            if c % SSTRIDE == 0:
+                tl.store(sin_ptr + so, S, mask=pn)
         S = tl.exp(cum_last) * S + tl.dot(tl.trans((v * (f * scale)[:, None]).to(DT)), Bm,
                                           input_precision=PREC)
     tl.store(sfin_ptr + st_off, S, mask=pn)
@@ -152,11 +178,14 @@ def _m3_fwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, s0_ptr,
 
 @triton.jit
 def _m3_bwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, sin_ptr, dy_ptr, dsl_ptr,
-            dv_ptr, dB_ptr, dC_ptr, dg_ptr, dsc_ptr, da_ptr, dD_ptr, ds0_ptr,
+            dv_ptr, dB_ptr, dC_ptr, dg_ptr, dsc_ptr, da_ptr, dD_ptr, ds0_ptr, scr_ptr,
             L, H, P, N, nc,
             R: tl.constexpr, QK: tl.constexpr, BQR: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
             HAS_D: tl.constexpr, HAS_MX: tl.constexpr, HAS_DY: tl.constexpr, HAS_DSL: tl.constexpr,
-            DT: tl.constexpr, PREC: tl.constexpr):
+            DT: tl.constexpr, PREC: tl.constexpr, SSTRIDE: tl.constexpr = 1):
+    # SSTRIDE > 1: sin holds every SSTRIDE-th chunk's entering state; on entering a block of
+    # SSTRIDE chunks (walking in reverse) the program recomputes the others forward from the
+    # block's first, into its scratch rows scr (B H, SSTRIDE, P, N), and reads them from there
     pid = tl.program_id(0).to(tl.int64)
     b = pid // H
     h = pid % H
@@ -174,8 +203,21 @@ def _m3_bwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, sin_ptr, 
     if HAS_D:
         Dh = tl.load(D_ptr + h).to(tl.float32)
     dD_acc = tl.zeros((BQR,), dtype=tl.float32)
+    ncs = (nc + SSTRIDE - 1) // SSTRIDE
     for ci in range(0, nc):
         c = nc - 1 - ci
+        if SSTRIDE > 1:
+            jc = c % SSTRIDE
+            if (jc == SSTRIDE - 1) | (ci == 0):  # the first chunk of its block in this walk
+                c0 = c - jc
+                so0 = (((b * ncs + c0 // SSTRIDE) * H + h) * P + offs_p[:, None]) * N + offs_n[None, :]
+                Sr = tl.load(sin_ptr + so0, mask=pn, other=0.0).to(tl.float32)
+                for jj in range(1, jc + 1):
+                    Sr = _state_step(Sr, x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, mx_ptr, b, h, c0 + jj - 1, L, H,
+                                     P, N, offs_p, offs_n, pm, nm, R, QK, BQR, HAS_MX, DT, PREC)
+                    tl.store(scr_ptr + ((pid * SSTRIDE + jj) * P + offs_p[:, None]) * N + offs_n[None, :],
+                             Sr.to(scr_ptr.dtype.element_ty), mask=pn)
+                tl.debug_barrier()  # the scratch rows, written by other threads, are read below
         rows, tk, rk, t, rv = _rows(b, h, c, L, H, R, QK, BQR)
         tok, a_row, gamma, scale = _chunk_coefs(dt_ptr, A_ptr, tr_ptr, b, h, t, rk, rv, L, H)
         cum = tl.cumsum(a_row, 0)
@@ -189,7 +231,16 @@ def _m3_bwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, sin_ptr, 
         bm = rv[:, None] & nm[None, :]
         Bm = tl.load(B_ptr + bc, mask=bm, other=0.0).to(DT)
         Cm = tl.load(C_ptr + bc, mask=bm, other=0.0).to(DT)
-        so = (((b * nc + c) * H + h) * P + offs_p[:, None]) * N + offs_n[None, :]
+        if SSTRIDE > 1:
+            if c % SSTRIDE == 0:
+                so = (((b * ncs + c // SSTRIDE) * H + h) * P + offs_p[:, None]) * N + offs_n[None, :]
+                sptr = sin_ptr
+            else:
+                so = ((pid * SSTRIDE + c % SSTRIDE) * P + offs_p[:, None]) * N + offs_n[None, :]
+                sptr = scr_ptr
+        else:
+            so = (((b * nc + c) * H + h) * P + offs_p[:, None]) * N + offs_n[None, :]
+            sptr = sin_ptr
         # masked cumulative sums (not differences of cum): the backward's sums cancel
         seg = tl.cumsum(tl.where(rows[:, None] > rows[None, :], a_row[:, None], 0.0), 0)
         e = tl.exp(cum)
@@ -239,7 +290,7 @@ def _m3_bwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, sin_ptr, 
         # cum_last - cum_s = sum over rows m > s of a_m: exclusive cumsum; the total feeds all
         da += tl.sum(tl.where(rows[:, None] > rows[None, :], (to_end * dto_end)[None, :], 0.0), 1)
         # (4) the terms through the entering state: dC, da's last shares
-        Sin = tl.load(sin_ptr + so, mask=pn, other=0.0).to(tl.float32)
+        Sin = tl.load(sptr + so, mask=pn, other=0.0).to(tl.float32)
         da += total * tl.sum(tl.sum(dS * Sin, 1), 0)
         if HAS_DY:
             SinD = Sin.to(DT)
@@ -357,7 +408,7 @@ def _key(kind, x, B, chunk_size, *flags):
 
 
 def _run_fwd(x, dt, A, trap, B, C, D, mimo_x, chunk_size, S0, write_y, store_states, stages=3,
-             warps=None, bp=None):
+             warps=None, bp=None, sstride=1):
     Bsz, L, H, P = x.shape
     R, N = B.shape[2], B.shape[4]
     qk, bqr = _layout(chunk_size, R)
@@ -372,7 +423,7 @@ def _run_fwd(x, dt, A, trap, B, C, D, mimo_x, chunk_size, S0, write_y, store_sta
     # feeds them to 16-bit dots anyway; only da's sum(dS * S) sees the rounding), else float32
     sdt = x.dtype if x.dtype in (torch.bfloat16, torch.float16) and CONFIG["bwd"].get("states16", True) \
         else torch.float32
-    sin = torch.empty((Bsz, nc, H, P, N), dtype=sdt, device=dev) if store_states else sfin
+    sin = torch.empty((Bsz, triton.cdiv(nc, sstride), H, P, N), dtype=sdt, device=dev) if store_states else sfin
     dummy = x
     _m3_fwd[(Bsz * H, triton.cdiv(P, BP))](
         x, dt, A, trap, B, C, D if D is not None else dummy, mimo_x if mimo_x is not None else dummy,
@@ -380,6 +431,7 @@ def _run_fwd(x, dt, A, trap, B, C, D, mimo_x, chunk_size, S0, write_y, store_sta
         R=R, QK=qk, BQR=bqr, BP=BP, BN=BN, HAS_D=D is not None, HAS_MX=mimo_x is not None,
         WRITE_Y=write_y, STORE_STATES=store_states, DT=dot_dtype(x.dtype),
         PREC=dot_precision(x.dtype), num_warps=warps or num_warps(bqr, BN), num_stages=stages,
+        SSTRIDE=sstride,
     )
     return y, sfin, sin, qk, bqr, nc
 
@@ -439,25 +491,28 @@ def mamba3_scan_vjp(cotangent, x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_
     conf = CONFIG["bwd"]
     chunk_b = int(chunk_size) if conf.get("chunk") is None else min(int(chunk_size), int(conf["chunk"]))
     warps = int(conf.get("num_warps") or 8)
+    sstride = max(1, int(conf.get("state_stride") or 1))
 
     def launch(cfg):
         # the recompute runs at the backward's chunk: its entering states are per chunk
         cap, stages = cfg
         _, _, sin, qk, bqr, nc = _run_fwd(x, dt, A, trap, B, C, D, mimo_x, cap, S0, False, True,
-                                          bp=conf.get("recompute_bp"))
+                                          bp=conf.get("recompute_bp"), sstride=sstride)
+        scr = torch.empty((Bsz * H, sstride, P, N), dtype=sin.dtype, device=dev) if sstride > 1 else sin
         _m3_bwd[(Bsz * H,)](
             xc, dtc, Ac, trc, Bc, Cc, Dc if Dc is not None else dummy, mxc if mxc is not None else dummy,
             sin, dy if dy is not None else dummy, dS_L if dS_L is not None else dummy,
-            dv, dBr, dCr, dg, dsc, da, dD, dS0, L, H, P, N, nc,
+            dv, dBr, dCr, dg, dsc, da, dD, dS0, scr, L, H, P, N, nc,
             R=R, QK=qk, BQR=bqr, BP=pow2(P), BN=pow2(N), HAS_D=D is not None,
             HAS_MX=mimo_x is not None, HAS_DY=dy is not None, HAS_DSL=dS_L is not None,
             DT=dot_dtype(x.dtype), PREC=dot_precision(x.dtype), num_warps=warps, num_stages=stages,
+            SSTRIDE=sstride,
         )
         return True
 
     done, _ = launch_fitting(
         _key("bwd", x, B, chunk_b, D is not None, mimo_x is not None, dy is not None, dS_L is not None,
-             warps, conf.get("stages"), conf.get("states16", True), conf.get("recompute_bp")),
+             warps, conf.get("stages"), conf.get("states16", True), conf.get("recompute_bp"), sstride),
         _fits(chunk_b, R, conf.get("stages") or 3), launch)
     if done is None:
         return fallback("mamba3_scan_vjp")(cotangent, x, dt, A, trap, B, C, D, mimo_x, chunk_size,
