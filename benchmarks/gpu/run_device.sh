@@ -54,6 +54,8 @@
 #                                                 m3 launch grid (each config compiled in its own background
 #                                                 process first), the Mamba-3 yardstick, the Mamba-1 yardstick
 #                                                 with the VJP's "upcast": "outputs" row (not yet run)
+#   bash benchmarks/gpu/run_device.sh s10b        the Mamba-1 float32 VJP grid ("tr" never timed in float32: the bf16
+#                                                 VJP runs the float32 kernels), then the Mamba-1 yardstick
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
 #   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
 # Optional carries: .cache/ with tarballs of an earlier call's ~/.triton/cache
@@ -95,6 +97,24 @@ results_dir() { R="$OUT/r"; mkdir -p "$R"; mv "$OUT/device.txt" "$OUT/backends.t
 job() { local name=$1 t=$2; shift 2; (timeout "$t" "$@" > "$R/$name.log" 2>&1; echo "$name rc=$?" >> "$R/rc.txt") & }
 tmo() { local l=$(( ${DEADLINE:-560} - SECONDS )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 case "${1:-certify}" in
+s10b)
+    # The Mamba-1 VJP: bf16 inputs run the float32 kernels (CONFIG "bwd": {"upcast": True}), whose
+    # launch ("bwd_f32": "base" T=8 BE=32 4 warps, 5.2 ms) was never compared with the "tr"
+    # kernels in float32 (in bf16 "tr" T=4 BE=16 was 7.79 against base's 8.24). The float32 VJP
+    # grid, then the Mamba-1 yardstick (its "upcast": "outputs" row too) beside the official scan.
+    results_dir
+    DEADLINE=${DEADLINE:-560}
+    job ss_build $(tmo 240) python3 benchmarks/gpu/build_official_ss.py .official /tmp/ss_build
+    SWEEP_M1_DTYPE=float32 SWEEP_M1_FWD=tr_scan:8:8:1 \
+        SWEEP_M1_BWD=base:8:32:4,tr:4:8:1,tr:4:16:1,tr:8:8:1,tr:4:32:1,tr:8:32:1,exp2:8:32:4,base:8:16:4,base:4:32:4 \
+        timeout $(tmo 260) python3 benchmarks/gpu/sweep_tt.py "$R/m1sweep" --parts m1 --budget 250 > "$R/sweep_m1.log" 2>&1
+    echo "sweep m1 rc=$?"; grep -E "Mamba-1|vjp|VJP" "$R/sweep_m1.log" | cut -c1-200
+    wait
+    [ -d /tmp/ss_build ] && YARDSTICK_PARTS=mamba1 timeout $(tmo 120) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m1" > "$R/yardstick-m1.log" 2>&1 \
+        && grep -E "Mamba-1" "$R/yardstick-m1.log" | cut -c1-300
+    cat "$R/rc.txt"
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
+    ;;
 s10a)
     # Next session's first call: sweep_tt's m3 grids (the forward and the backward's state
     # recompute with state rows a program, bp), each config compiled at B=1 in its own
