@@ -16,7 +16,8 @@ difference of two short in-chunk sums of terms <= 0.
     S'  <- exp(cum_last) S' + (v o exp(cum_last - cum_s) scale_s)^T B
 starting from S'_{-1} = initial_state + dt_0 (1 - trap_0) sum_r v_{-1,r} k_{-1,r}^T (formed in
 torch). The backward (one program per (batch, head), chunks in reverse, entering states from
-the forward kernel run with STORE_STATES) writes per-row dv, dB, dC, dgamma, dscale and per-token
+the forward kernel run with STORE_STATES, or every K-th of them with CONFIG["bwd"]["state_stride"]
+= K, the rest recomputed per block into a scratch) writes per-row dv, dB, dC, dgamma, dscale and per-token
 da; torch then folds ranks (dx, dmimo_x), shifts dscale into the owed term and forms ddt, dA,
 dtrap and the initial k/v gradients (elementwise, O(B L H)). The backward and its state
 recompute run at their own chunk (CONFIG["bwd"]: 16 tokens; at 64 its (QR, QR) tiles spill),
