@@ -103,10 +103,9 @@ def _chunk_coefs(dt_ptr, A_ptr, tr_ptr, b, h, t, rk, rv, L, H):
 
 
 @triton.jit
-def _state_step(S, x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, mx_ptr, b, h, c, L, H, P, N, offs_p, offs_n, pm, nm,
-                R: tl.constexpr, QK: tl.constexpr, BQR: tl.constexpr, HAS_MX: tl.constexpr,
-                DT: tl.constexpr, PREC: tl.constexpr):
-    # the state entering chunk c + 1 from the one entering chunk c (as _m3_fwd forms it)
+def _chunk_start(x_ptr, dt_ptr, A_ptr, tr_ptr, mx_ptr, b, h, c, L, H, P, offs_p, pm,
+                 R: tl.constexpr, QK: tl.constexpr, BQR: tl.constexpr, HAS_MX: tl.constexpr):
+    # chunk c's rows, token coefficients, decay cumsums and v = x (o mimo_x) rows (QR, BP)
     rows, tk, rk, t, rv = _rows(b, h, c, L, H, R, QK, BQR)
     tok, a_row, gamma, scale = _chunk_coefs(dt_ptr, A_ptr, tr_ptr, b, h, t, rk, rv, L, H)
     cum = tl.cumsum(a_row, 0)
@@ -115,10 +114,26 @@ def _state_step(S, x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, mx_ptr, b, h, c, L, H, P
     v = tl.load(x_ptr + tok[:, None] * P + offs_p[None, :], mask=vm, other=0.0).to(tl.float32)
     if HAS_MX:
         v = v * tl.load(mx_ptr + (h * R + rk)[:, None] * P + offs_p[None, :], mask=vm, other=0.0).to(tl.float32)
-    bc = (((b * L + t) * R + rk) * H + h)[:, None] * N + offs_n[None, :]
-    Bm = tl.load(B_ptr + bc, mask=rv[:, None] & nm[None, :], other=0.0).to(DT)
+    return rows, tk, rk, t, rv, tok, a_row, gamma, scale, cum, cum_last, vm, v
+
+
+@triton.jit
+def _state_next(S, cum, cum_last, scale, v, Bm, DT: tl.constexpr, PREC: tl.constexpr):
+    # S' = exp(cum_last) S + (v o exp(cum_last - cum_s) scale_s)^T B: the state entering the next chunk
     f = tl.exp(cum_last - cum)
     return tl.exp(cum_last) * S + tl.dot(tl.trans((v * (f * scale)[:, None]).to(DT)), Bm, input_precision=PREC)
+
+
+@triton.jit
+def _state_step(S, x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, mx_ptr, b, h, c, L, H, P, N, offs_p, offs_n, pm, nm,
+                R: tl.constexpr, QK: tl.constexpr, BQR: tl.constexpr, HAS_MX: tl.constexpr,
+                DT: tl.constexpr, PREC: tl.constexpr):
+    # the state entering chunk c + 1 from the one entering chunk c (as _m3_fwd forms it)
+    rows, tk, rk, t, rv, tok, a_row, gamma, scale, cum, cum_last, vm, v = _chunk_start(
+        x_ptr, dt_ptr, A_ptr, tr_ptr, mx_ptr, b, h, c, L, H, P, offs_p, pm, R, QK, BQR, HAS_MX)
+    bc = (((b * L + t) * R + rk) * H + h)[:, None] * N + offs_n[None, :]
+    Bm = tl.load(B_ptr + bc, mask=rv[:, None] & nm[None, :], other=0.0).to(DT)
+    return _state_next(S, cum, cum_last, scale, v, Bm, DT, PREC)
 
 
 @triton.jit
@@ -141,18 +156,11 @@ def _m3_fwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, s0_ptr,
     if HAS_D:
         Dh = tl.load(D_ptr + h).to(tl.float32)
     for c in range(0, nc):
-        rows, tk, rk, t, rv = _rows(b, h, c, L, H, R, QK, BQR)
-        tok, a_row, gamma, scale = _chunk_coefs(dt_ptr, A_ptr, tr_ptr, b, h, t, rk, rv, L, H)
-        cum = tl.cumsum(a_row, 0)
-        cum_last = tl.sum(a_row, 0)
-        vm = rv[:, None] & pm[None, :]
-        v = tl.load(x_ptr + tok[:, None] * P + offs_p[None, :], mask=vm, other=0.0).to(tl.float32)
-        if HAS_MX:
-            v = v * tl.load(mx_ptr + (h * R + rk)[:, None] * P + offs_p[None, :], mask=vm, other=0.0).to(tl.float32)
+        rows, tk, rk, t, rv, tok, a_row, gamma, scale, cum, cum_last, vm, v = _chunk_start(
+            x_ptr, dt_ptr, A_ptr, tr_ptr, mx_ptr, b, h, c, L, H, P, offs_p, pm, R, QK, BQR, HAS_MX)
         bc = (((b * L + t) * R + rk) * H + h)[:, None] * N + offs_n[None, :]
         bm = rv[:, None] & nm[None, :]
         Bm = tl.load(B_ptr + bc, mask=bm, other=0.0).to(DT)
-        f = tl.exp(cum_last - cum)
         if WRITE_Y:
             Cm = tl.load(C_ptr + bc, mask=bm, other=0.0).to(DT)
             ti = tk[:, None]
@@ -172,8 +180,7 @@ def _m3_fwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, s0_ptr,
             so = (((b * ncs + c // SSTRIDE) * H + h) * P + offs_p[:, None]) * N + offs_n[None, :]
             if c % SSTRIDE == 0:
                 tl.store(sin_ptr + so, S, mask=pn)
-        S = tl.exp(cum_last) * S + tl.dot(tl.trans((v * (f * scale)[:, None]).to(DT)), Bm,
-                                          input_precision=PREC)
+        S = _state_next(S, cum, cum_last, scale, v, Bm, DT, PREC)
     tl.store(sfin_ptr + st_off, S, mask=pn)
 
 
@@ -219,14 +226,8 @@ def _m3_bwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, sin_ptr, 
                     tl.store(scr_ptr + ((pid * SSTRIDE + jj) * P + offs_p[:, None]) * N + offs_n[None, :],
                              Sr.to(scr_ptr.dtype.element_ty), mask=pn)
                 tl.debug_barrier()  # the scratch rows, written by other threads, are read below
-        rows, tk, rk, t, rv = _rows(b, h, c, L, H, R, QK, BQR)
-        tok, a_row, gamma, scale = _chunk_coefs(dt_ptr, A_ptr, tr_ptr, b, h, t, rk, rv, L, H)
-        cum = tl.cumsum(a_row, 0)
-        cum_last = tl.sum(a_row, 0)
-        vm = rv[:, None] & pm[None, :]
-        v = tl.load(x_ptr + tok[:, None] * P + offs_p[None, :], mask=vm, other=0.0).to(tl.float32)
-        if HAS_MX:
-            v = v * tl.load(mx_ptr + (h * R + rk)[:, None] * P + offs_p[None, :], mask=vm, other=0.0).to(tl.float32)
+        rows, tk, rk, t, rv, tok, a_row, gamma, scale, cum, cum_last, vm, v = _chunk_start(
+            x_ptr, dt_ptr, A_ptr, tr_ptr, mx_ptr, b, h, c, L, H, P, offs_p, pm, R, QK, BQR, HAS_MX)
         row_tok = ((b * L + t) * R + rk) * H + h
         bc = row_tok[:, None] * N + offs_n[None, :]
         bm = rv[:, None] & nm[None, :]

@@ -53,7 +53,7 @@ from mamba_backend_torch_triton.kernels._scan_common import (
     c as _c, dot_dtype, dot_precision, fallback, interpreting, launch_fitting, num_warps, pow2,
 )
 from mamba_backend_torch_triton.kernels.mamba3 import (
-    _chunk_coefs, _fits, _key, _layout, _rows, _s_start, _supported, mamba3_scan, mamba3_scan_vjp,
+    _chunk_start, _fits, _key, _layout, _s_start, _supported, mamba3_scan, mamba3_scan_vjp,
 )
 from mamba_backend_torch_triton.kernels.mamba3_bc import (
     _cos_sin, _pair_cols, _pass_cols, _rot, bc_heads_rope, bc_heads_rope_vjp,
@@ -161,15 +161,8 @@ def _rope_scan_fwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, s0
         hb1, hb2, hb3 = _bias_rows(bb_ptr, r0, h, H, N, c1, c2, c3, im, qm, HAS_BB, ROT, PASS)
         hc1, hc2, hc3 = _bias_rows(cb_ptr, r0, h, H, N, c1, c2, c3, im, qm, HAS_CB, ROT, PASS)
     for c in range(0, nc):
-        rows, tk, rk, t, rv = _rows(b, h, c, L, H, R, QK, BQR)
-        tok, a_row, gamma, scale = _chunk_coefs(dt_ptr, A_ptr, tr_ptr, b, h, t, rk, rv, L, H)
-        cum = tl.cumsum(a_row, 0)
-        cum_last = tl.sum(a_row, 0)
-        vm = rv[:, None] & pm[None, :]
-        v = tl.load(x_ptr + tok[:, None] * P + offs_p[None, :], mask=vm, other=0.0).to(tl.float32)
-        if HAS_MX:
-            v = v * tl.load(mx_ptr + (h * R + rk)[:, None] * P + offs_p[None, :], mask=vm,
-                            other=0.0).to(tl.float32)
+        rows, tk, rk, t, rv, tok, a_row, gamma, scale, cum, cum_last, vm, v = _chunk_start(
+            x_ptr, dt_ptr, A_ptr, tr_ptr, mx_ptr, b, h, c, L, H, P, offs_p, pm, R, QK, BQR, HAS_MX)
         cs = 0.0
         sn = 0.0
         if ROT:  # phi (B, L, H, S) -> cos and sin of the rows' angles
