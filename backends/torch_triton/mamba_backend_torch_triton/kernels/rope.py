@@ -141,6 +141,14 @@ def _increments(ANG, DT, b, t, h, s, tm, hm, sm, m3, sab, sat, sas, sdb, sdt, sd
 
 
 @triton.jit
+def _seg_row(TOT, b, j, nseg, hb, H, S, HB: tl.constexpr, SB: tl.constexpr):
+    # pointers and mask of segment j's (HB, SB) row block in TOT (B, NSEG, H, S) float32
+    h = hb * HB + tl.arange(0, HB)
+    s = tl.arange(0, SB)
+    return TOT + ((b * nseg + j) * H + h[:, None]) * S + s[None, :], (h < H)[:, None] & (s < S)[None, :]
+
+
+@triton.jit
 def _angles_total_kernel(
     ANG, DT, TOT,
     L, H, S, CPS,
@@ -159,10 +167,8 @@ def _angles_total_kernel(
         t, h, s, tm, hm, sm, m3, off3 = _tile(b, seg * CPS + cc, L, H, S, hb, T, HB, SB)
         inc = _increments(ANG, DT, b, t, h, s, tm, hm, sm, m3, sab, sat, sas, sdb, sdt, sdh, PI, TWO_PI)
         tot = _add_mod(tot, tl.reduce(inc, 0, _add_mod))
-    h = hb * HB + tl.arange(0, HB)
-    s = tl.arange(0, SB)
-    tl.store(TOT + ((b * nseg + seg) * H + h[:, None]) * S + s[None, :], tot,
-             mask=(h < H)[:, None] & (s < S)[None, :])
+    ptrs, mask = _seg_row(TOT, b, seg, nseg, hb, H, S, HB, SB)
+    tl.store(ptrs, tot, mask=mask)
 
 
 @triton.jit
@@ -190,8 +196,8 @@ def _angles_fwd_kernel(
     else:
         carry = tl.zeros([HB, SB], dtype=tl.float32)
     for j in range(0, seg):
-        carry = _add_mod(carry, tl.load(TOT + ((b * nseg + j) * H + h[:, None]) * S + s[None, :],
-                                        mask=lane, other=0.0))
+        ptrs, mask = _seg_row(TOT, b, j, nseg, hb, H, S, HB, SB)
+        carry = _add_mod(carry, tl.load(ptrs, mask=mask, other=0.0))
     last = (tl.arange(0, T) == T - 1)[:, None, None]
     for cc in range(0, CPS):
         t, h, s, tm, hm, sm, m3, off3 = _tile(b, seg * CPS + cc, L, H, S, hb, T, HB, SB)
@@ -221,10 +227,8 @@ def _dphi_total_kernel(
         dp = tl.load(DPHI + b * spb + t[:, None, None] * spt + h[None, :, None] * sph
                      + s[None, None, :] * sps, mask=m3, other=0.0).to(tl.float32)
         tot += tl.sum(dp, axis=0)
-    h = hb * HB + tl.arange(0, HB)
-    s = tl.arange(0, SB)
-    tl.store(TOT + ((b * nseg + seg) * H + h[:, None]) * S + s[None, :], tot,
-             mask=(h < H)[:, None] & (s < S)[None, :])
+    ptrs, mask = _seg_row(TOT, b, seg, nseg, hb, H, S, HB, SB)
+    tl.store(ptrs, tot, mask=mask)
 
 
 @triton.jit
@@ -253,7 +257,8 @@ def _angles_bwd_kernel(
         g = tl.zeros([HB, SB], dtype=tl.float32)
     if HAS_DPHI:
         for j in range(seg + 1, nseg):
-            g += tl.load(TOT + ((b * nseg + j) * H + h[:, None]) * S + s[None, :], mask=lane, other=0.0)
+            ptrs, mask = _seg_row(TOT, b, j, nseg, hb, H, S, HB, SB)
+            g += tl.load(ptrs, mask=mask, other=0.0)
     first = (tl.arange(0, T) == 0)[:, None, None]
     for cc in range(0, CPS):
         c = seg * CPS + CPS - 1 - cc
