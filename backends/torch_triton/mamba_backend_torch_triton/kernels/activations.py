@@ -15,12 +15,12 @@ input dtype (about ten for silu_vjp); the gate y silu(z) of a Mamba-3 mixer and 
 
 The math is the default composition's, in float32:
     sigmoid(x) = 1 / (1 + e) for x >= 0, e / (1 + e) below, e = exp(-|x|)   (never overflows)
-    softplus(x) = x above 20 (torch's threshold), else max(x, 0) + log1p(e)
+    softplus(x) = x above 20 (torch's threshold), else log1p(exp(x)) (selective_scan's _softplus)
     silu'(x) = s (1 + x (1 - s)), sigmoid'(x) = s (1 - s), softplus'(x) = s (1 above 20)
 with 1 - s taken as sigmoid(-x) (e / (1 + e) or 1 / (1 + e)), not by subtraction: the gradients
 keep their relative precision in the tails, where the composition's 1 - s rounds to 0.
-log1p(e) is log(u) e / (u - 1) with u = 1 + e rounded (and e where u rounds to 1): the rounding
-of u cancels, where log(1 + e) in float32 would lose e's low bits (relative 5e-4 at e = 1e-4).
+log1p(y) is log(u) y / (u - 1) with u = 1 + y rounded (and y where u rounds to 1): the rounding
+of u cancels, where log(1 + y) in float32 would lose y's low bits (relative 5e-4 at y = 1e-4).
 
 The gate reads x and z once and writes y (forward: 3 passes of the tensor's bytes against 5 for
 silu then a product), and its VJP reads dy, x, z and writes dx, dz (5 against ~11 for the
@@ -41,6 +41,7 @@ import triton.language as tl
 from mamba_core.ops.activations import SOFTPLUS_THRESHOLD
 
 from mamba_backend_torch_triton.kernels._glue import default, runs_here
+from mamba_backend_torch_triton.kernels.selective_scan import _softplus
 
 FALLBACKS = "sigmoid/silu/softplus/silu_gate and their VJPs: float64 inputs, non-CUDA devices (CPU " \
             "without TRITON_INTERPRET=1), dy shaped unlike x or None, silu_gate's x and z of different " \
@@ -61,7 +62,7 @@ def _sigmoid_f32(x):
 
 
 @triton.jit
-def _act_fwd_kernel(x_ptr, y_ptr, n, thresh, KIND: tl.constexpr, BLOCK: tl.constexpr):
+def _act_fwd_kernel(x_ptr, y_ptr, n, KIND: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = offs < n
     x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
@@ -71,10 +72,7 @@ def _act_fwd_kernel(x_ptr, y_ptr, n, thresh, KIND: tl.constexpr, BLOCK: tl.const
     elif KIND == 1:
         y = x * s
     else:
-        u = 1.0 + e  # log1p(e) = log(u) e / (u - 1): exact to a few ulps (u's rounding cancels)
-        d = u - 1.0
-        l1p = tl.where(d == 0.0, e, tl.log(u) * (e / tl.where(d == 0.0, 1.0, d)))
-        y = tl.where(x > thresh, x, tl.maximum(x, 0.0) + l1p)
+        y = _softplus(x)  # selective_scan's: torch's threshold 20, log1p by Kahan's trick
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=m)
 
 
@@ -146,9 +144,9 @@ def silu_gate_vjp(dy, x, z):
 
 
 def _launch(kernel, n, *args, kind):
+    """kernel over n elements in BLOCK-sized programs; args: its runtime arguments (n among them)."""
     block = CONFIG["block"]
-    kernel[(triton.cdiv(n, block),)](*args, n, SOFTPLUS_THRESHOLD, KIND=_KIND[kind], BLOCK=block,
-                                     num_warps=CONFIG["num_warps"])
+    kernel[(triton.cdiv(n, block),)](*args, KIND=_KIND[kind], BLOCK=block, num_warps=CONFIG["num_warps"])
 
 
 def _forward(kind):
@@ -159,7 +157,7 @@ def _forward(kind):
             return fallback(x)
         xc = x.contiguous()
         y = torch.empty_like(xc)
-        _launch(_act_fwd_kernel, xc.numel(), xc, y, kind=kind)
+        _launch(_act_fwd_kernel, xc.numel(), xc, y, xc.numel(), kind=kind)
         return y
 
     op.__name__ = kind
@@ -176,7 +174,7 @@ def _vjp(kind):
             return fallback(dy, x)
         xc, dyc = x.contiguous(), dy.contiguous()
         dx = torch.empty_like(xc)
-        _launch(_act_vjp_kernel, xc.numel(), dyc, xc, dx, kind=kind)
+        _launch(_act_vjp_kernel, xc.numel(), dyc, xc, dx, xc.numel(), SOFTPLUS_THRESHOLD, kind=kind)
         return {"x": dx}
 
     op.__name__ = kind + "_vjp"
