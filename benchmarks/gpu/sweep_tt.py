@@ -385,11 +385,30 @@ def part_m3(deadline):
         M3.CONFIG["fwd"] = saved_f
 
 
+def _time_config(entry, call, rel_of, ref, warm):
+    """One config of a launch grid: its first call (compiles; wall time recorded), then, unless
+    warm, its result against ``ref`` (the first config's; this one's when None) and its median
+    time. Fills ``entry`` (an exception is recorded there) and returns the reference to keep."""
+    import torch
+
+    try:
+        t0 = time.time()
+        got = call()
+        if RUN["dev"] == "cuda":
+            torch.cuda.synchronize()
+        entry["first_call_s"] = round(time.time() - t0, 1)
+        if not warm:
+            ref = got if ref is None else ref
+            entry["rel_vs_first"] = rel_of(got, ref)
+            entry["ms"] = _bench(call)
+    except Exception as exc:  # noqa: BLE001
+        entry["error"] = f"{type(exc).__name__}: {exc}"[:200]
+    return ref
+
+
 def _m3_launches(M3, kind, grid, call, rel_of, deadline, warm, entries):
     """Time ``call`` under each (chunk, warps, stages) of ``grid`` set in M3.CONFIG[kind]; each
     result is compared with the first config's (rel_of); warm: only compile (first call)."""
-    import torch
-
     base = dict(M3.CONFIG[kind])
     ref = None
     bp_key = "bp" if kind == "fwd" else "recompute_bp"
@@ -402,18 +421,7 @@ def _m3_launches(M3, kind, grid, call, rel_of, deadline, warm, entries):
             extra["state_stride"] = rest[1] if len(rest) > 1 else None
         M3.CONFIG[kind] = dict(base, chunk=chunk, num_warps=w, stages=st, **extra)
         entry = {"chunk": chunk, "num_warps": w, "stages": st, **extra}
-        try:
-            t0 = time.time()
-            got = call()
-            if RUN["dev"] == "cuda":
-                torch.cuda.synchronize()
-            entry["first_call_s"] = round(time.time() - t0, 1)
-            if not warm:
-                ref = got if ref is None else ref
-                entry["rel_vs_first"] = rel_of(got, ref)
-                entry["ms"] = _bench(call)
-        except Exception as exc:  # noqa: BLE001
-            entry["error"] = f"{type(exc).__name__}: {exc}"[:200]
+        ref = _time_config(entry, call, rel_of, ref, warm)
         entries.append(entry)
         _save()
         print(f"  m3 {kind} chunk={chunk} warps={w} stages={st} {bp_key}={bp} "
@@ -461,18 +469,7 @@ def part_bc(deadline):
                     continue
                 BC.CONFIG[kind] = dict(saved[kind], T=T, num_warps=w, HB=hb)
                 entry = {"T": T, "num_warps": w, "HB": hb}
-                try:
-                    t0 = time.time()
-                    got = call()
-                    if RUN["dev"] == "cuda":
-                        torch.cuda.synchronize()
-                    entry["first_call_s"] = round(time.time() - t0, 1)
-                    if not warm:
-                        ref = got if ref is None else ref
-                        entry["rel_vs_first"] = rel_of(got, ref)
-                        entry["ms"] = _bench(call)
-                except Exception as exc:  # noqa: BLE001
-                    entry["error"] = f"{type(exc).__name__}: {exc}"[:200]
+                ref = _time_config(entry, call, rel_of, ref, warm)
                 out["fwd" if kind == "bc" else "bwd"].append(entry)
                 _save()
                 print(f"  bc {kind} T={T} warps={w} HB={hb}: {entry.get('ms', float('nan')):.3f} ms  "
@@ -499,6 +496,12 @@ def _angles_launches(B, L, H, S, deadline, warm, out):
     dtv = torch.nn.functional.softplus(torch.rand(B, L, H, device=dev, generator=g) * 2 - 4)
     dphi = torch.randn(B, L, H, S, device=dev, generator=g)
     saved = {k: dict(RK.CONFIG[k]) for k in ("angles_fwd", "angles_bwd")}
+
+    def rel_of(got, ref):  # phi lives mod 2 pi: compared through its cosine
+        if isinstance(got, dict):
+            return _rel(got["angles"], ref["angles"])
+        return _rel(torch.cos(got), torch.cos(ref))
+
     try:
         for kind, call in (("angles_fwd", lambda: RK.mamba3_angles(ang, dtv)[0]),
                            ("angles_bwd", lambda: RK.mamba3_angles_vjp((dphi, None), ang, dtv))):
@@ -510,15 +513,7 @@ def _angles_launches(B, L, H, S, deadline, warm, out):
                 RK.CONFIG[kind] = dict(saved[kind], segments=nseg, **({} if hb is None else {"HB": hb}),
                                        **({} if T is None else {"T": T}))
                 entry = {"segments": nseg, "HB": RK.CONFIG[kind]["HB"], "T": RK.CONFIG[kind]["T"]}
-                try:
-                    got = call()
-                    if not warm:
-                        got = torch.cos(got) if kind == "angles_fwd" else got["angles"]  # phi is mod 2 pi
-                        ref = got if ref is None else ref
-                        entry["rel_vs_first"] = _rel(got, ref)
-                        entry["ms"] = _bench(call)
-                except Exception as exc:  # noqa: BLE001
-                    entry["error"] = f"{type(exc).__name__}: {exc}"[:200]
+                ref = _time_config(entry, call, rel_of, ref, warm)
                 rows.append(entry)
                 _save()
                 print(f"  bc {kind} segments={nseg} HB={entry['HB']} T={entry['T']}: {entry.get('ms', float('nan')):.3f} ms  "
