@@ -154,6 +154,12 @@ s9c)
             GPU_CHECK_BENCH_OPS=$row GPU_CHECK_BENCH_B=1 GPU_CHECK_BENCH_COMPILE_ONLY=1 \
             python3 backends/cuda_cupy/gpu_check.py "$R/tt_warm_${row%%,*}"
     done
+    # op:softplus re-certified (its kernel now calls selective_scan's _softplus; runs 24-25
+    # certified the earlier formula)
+    for dt in bfloat16 float32; do
+        job "tt_cert_$dt" $(tmo 200) mamba-conformance torch_triton -v --dtype $dt --only 'op:softplus*' \
+            --json "$R/torch_triton.gpu.s10.softplus.$dt.certificate.json"
+    done
     GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_BACKENDS=cuda_cupy timeout $(tmo 120) \
         python3 backends/cuda_cupy/gpu_check.py "$R/bench_cupy" > "$R/bench_cupy.log" 2>&1
     echo "bench cuda_cupy rc=$?"; grep -E "cuda_cupy " "$R/bench_cupy.log" | cut -c1-300
@@ -162,6 +168,7 @@ s9c)
     GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_BACKENDS=torch_triton timeout $(tmo $(( DEADLINE - 15 ))) \
         python3 backends/cuda_cupy/gpu_check.py "$R/bench_tt" > "$R/bench_tt.log" 2>&1
     echo "bench torch_triton rc=$?"; grep -E "torch_triton " "$R/bench_tt.log" | cut -c1-300
+    for w in tt_cert_bfloat16 tt_cert_float32; do echo "$w: $(grep -cE " PASS" "$R/$w.log") PASS lines"; tail -n 2 "$R/$w.log" | cut -c1-300; grep -E "FAIL|ERROR" "$R/$w.log" | head -5 | cut -c1-300; done
     cat "$R/rc.txt"
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
     ;;
