@@ -56,6 +56,10 @@
 #                                                 with the VJP's "upcast": "outputs" row (not yet run)
 #   bash benchmarks/gpu/run_device.sh s10b        the Mamba-1 float32 VJP grid ("tr" never timed in float32: the bf16
 #                                                 VJP runs the float32 kernels), then the Mamba-1 yardstick
+#   bash benchmarks/gpu/run_device.sh s10c        float32 Mamba-3 launches of their own ("fwd_ieee"/"bwd_ieee", 16 rows):
+#                                                 GPU tests, certificate entries, SISO and MIMO float32 grids, the
+#                                                 bf16 forward's new default in the yardstick, float32 Mamba-3 bench
+#                                                 rows beside cuda_cupy; the norm rows' host/device split first
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
 #   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
 # Optional carries: .cache/ with tarballs of an earlier call's ~/.triton/cache
@@ -97,6 +101,60 @@ results_dir() { R="$OUT/r"; mkdir -p "$R"; mv "$OUT/device.txt" "$OUT/backends.t
 job() { local name=$1 t=$2; shift 2; (timeout "$t" "$@" > "$R/$name.log" 2>&1; echo "$name rc=$?" >> "$R/rc.txt") & }
 tmo() { local l=$(( ${DEADLINE:-560} - SECONDS )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 case "${1:-certify}" in
+s10c)
+    # Session 10, last call. First, with the machine quiet: where the norm and conv rows' time
+    # goes (host or device; launch_cost.py), cuda_cupy beside torch_triton. Then in the
+    # background: the float32 Mamba-3 launch grids compiled (a process a config), the Mamba-3
+    # GPU tests and certificate entries under the new defaults; then, the GPU alone: the float32
+    # SISO and MIMO grids, the bf16 Mamba-3 yardstick (the forward's run-29 default), and the
+    # float32 Mamba-3 bench rows, cuda_cupy beside torch_triton.
+    results_dir
+    DEADLINE=${DEADLINE:-540}
+    timeout $(tmo 60) python3 benchmarks/gpu/launch_cost.py "$R/launch_cost" --rounds 5 > "$R/launch_cost.log" 2>&1
+    echo "launch_cost rc=$?"; grep -vE "^round" "$R/launch_cost.log" | cut -c1-200
+    for g in "1 fwd 16:4:-:32" "1 fwd 16:8:-:64" "1 fwd 16:8:-:32" "1 fwd 32:8:-:32" \
+             "1 bwd 16:8:1:32" "1 bwd 16:16:1:32" "1 bwd 16:4:1:32" \
+             "4 fwd 4:4:-:32" "4 fwd 4:8:-:64" "4 fwd 8:8:-:32" \
+             "4 bwd 4:4:1:32" "4 bwd 4:8:1:32" "4 bwd 4:16:1:32"; do
+        set -- $g
+        # each process compiles its config and one cheap config of the other direction
+        if [ "$1" = 1 ]; then fw=16:4:-:32; bw=16:8:1:32; else fw=4:4:-:32; bw=4:4:1:32; fi
+        if [ "$2" = fwd ]; then fw=$3; else bw=$3; fi
+        job "w32_r$1_$2_${3//[:-]/_}" $(tmo 240) env SWEEP_M3_DTYPE=float32 SWEEP_M3_R=$1 SWEEP_M3_FWD=$fw SWEEP_M3=$bw \
+            SWEEP_M3_WARM=1 python3 benchmarks/gpu/sweep_tt.py "$R/w32" --parts m3 --budget 230
+        W="${W:-} $!"
+    done
+    job bench_warm $(tmo 240) env GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_BACKENDS=torch_triton GPU_CHECK_BENCH_OPS=mamba3_siso,mamba3_mimo \
+        GPU_CHECK_BENCH_B=1 GPU_CHECK_BENCH_COMPILE_ONLY=1 python3 backends/cuda_cupy/gpu_check.py "$R/bench_warm"
+    W="$W $!"
+    job m3bf_warm $(tmo 240) env SWEEP_M3_FWD=32:4:-:32 SWEEP_M3=16:4:1 SWEEP_M3_WARM=1 python3 benchmarks/gpu/sweep_tt.py "$R/m3bf_warm" --parts m3 --budget 230
+    W="$W $!"
+    job tt_tests $(tmo 300) env TRITON_INTERPRET=0 python3 -m pytest -q -rs -p no:cacheprovider \
+        backends/torch_triton/tests/test_ssd_mamba3_kernels.py -k mamba3
+    for dt in bfloat16 float32; do
+        job "tt_cert_$dt" $(tmo 320) mamba-conformance torch_triton -v --dtype $dt --only 'op:mamba3*' \
+            --only 'mixer:mamba3*' --only 'lm:mamba3*' --json "$R/torch_triton.gpu.s10c.$dt.certificate.json"
+    done
+    wait $W  # the compiles (the tests and certificates go on beside the timings below)
+    grep -hE "Error|error" "$R"/w32_*.log | head -5 | cut -c1-300
+    for R_ in 1 4; do
+        if [ "$R_" = 1 ]; then fw=16:4:-:32,16:8:-:64,16:8:-:32,32:8:-:32; bw=16:8:1:32,16:16:1:32,16:4:1:32
+        else fw=4:4:-:32,4:8:-:64,8:8:-:32; bw=4:4:1:32,4:8:1:32,4:16:1:32; fi
+        SWEEP_M3_DTYPE=float32 SWEEP_M3_R=$R_ SWEEP_M3_FWD=$fw SWEEP_M3=$bw timeout $(tmo 100) \
+            python3 benchmarks/gpu/sweep_tt.py "$R/m3sweep32_r$R_" --parts m3 --budget 95 > "$R/sweep_m3_f32_r$R_.log" 2>&1
+        echo "sweep m3 float32 R=$R_ rc=$?"; grep -E "m3 (fwd|bwd)|Mamba-3" "$R/sweep_m3_f32_r$R_.log" | cut -c1-200
+    done
+    YARDSTICK_PARTS=mamba3 YARDSTICK_M3_AUTOTUNE=reduced timeout $(tmo 130) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m3" > "$R/yardstick-m3.log" 2>&1
+    echo "yardstick m3 rc=$?"; grep -E "Mamba-|FAILED|pieces|rope_scan" "$R/yardstick-m3.log" | cut -c1-300
+    GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_OPS=mamba3_siso,mamba3_mimo timeout $(tmo 100) \
+        python3 backends/cuda_cupy/gpu_check.py "$R/bench_m3" > "$R/bench_m3.log" 2>&1
+    echo "bench m3 f32 rc=$?"; grep -E "cuda_cupy |torch_triton " "$R/bench_m3.log" | cut -c1-300
+    wait
+    tail -n 3 "$R/tt_tests.log" | cut -c1-300; grep -E "FAILED|Error" "$R/tt_tests.log" | head -5 | cut -c1-300
+    for w in tt_cert_bfloat16 tt_cert_float32; do echo "$w: $(grep -cE " PASS" "$R/$w.log") PASS lines"; tail -n 2 "$R/$w.log" | cut -c1-300; grep -E "FAIL|ERROR" "$R/$w.log" | head -5 | cut -c1-300; done
+    cat "$R/rc.txt"
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
+    ;;
 s10b)
     # The Mamba-1 VJP: bf16 inputs run the float32 kernels (CONFIG "bwd": {"upcast": True}), whose
     # launch ("bwd_f32": "base" T=8 BE=32 4 warps, 5.2 ms) was never compared with the "tr"

@@ -19,6 +19,8 @@ Parts (each writes OUT_DIR/sweep_tt.json when it ends, so a timeout keeps what w
   m3      Mamba-3 SISO scan, bf16, B=8 L=2048 H=32 P=64 N=128 R=1 (B, C per head, D): the
           forward over a grid of kernels/mamba3.CONFIG["fwd"] (SWEEP_M3_FWD, the same format
           as SWEEP_M3), then mamba3_scan_vjp over a grid of kernels/mamba3.CONFIG["bwd"]
+          (SWEEP_M3_DTYPE=float32: the "fwd_ieee" / "bwd_ieee" entries; SWEEP_M3_R=4: MIMO with
+          R ranks and mimo_x)
           (chunk cap, num_warps, stages; "-" keeps the default), each config's gradients
           compared with the first's. SWEEP_M3="chunk:warps:stages[:bp],..." replaces the grid;
           SWEEP_M3_WARM=1 only compiles (B=1; the kernels do not take B, so a later process
@@ -350,30 +352,37 @@ def part_m3(deadline):
     warm = os.environ.get("SWEEP_M3_WARM") == "1"
     if warm:
         B = 1
-    dev, bf = RUN["dev"], torch.bfloat16
+    R = int(os.environ.get("SWEEP_M3_R", "1"))
+    dname = os.environ.get("SWEEP_M3_DTYPE", "bfloat16")
+    if dname not in ("bfloat16", "float32"):
+        raise ValueError(f"SWEEP_M3_DTYPE={dname!r}: expected bfloat16 or float32")
+    dev, bf = RUN["dev"], getattr(torch, dname)
     g = torch.Generator(device=dev).manual_seed(3)
     x = torch.randn(B, L, H, P, device=dev, dtype=bf, generator=g)
     dt = torch.nn.functional.softplus(torch.rand(B, L, H, device=dev, generator=g) * 2 - 4)
     A = -(torch.rand(B, L, H, device=dev, generator=g) + 0.5)
     trap = torch.rand(B, L, H, device=dev, generator=g)
-    Bm = torch.randn(B, L, 1, H, N, device=dev, dtype=bf, generator=g)
-    Cm = torch.randn(B, L, 1, H, N, device=dev, dtype=bf, generator=g)
+    Bm = torch.randn(B, L, R, H, N, device=dev, dtype=bf, generator=g)
+    Cm = torch.randn(B, L, R, H, N, device=dev, dtype=bf, generator=g)
     D = torch.ones(H, device=dev)
-    dy = torch.randn(B, L, 1, H, P, device=dev, dtype=bf, generator=g)
-    args = (x, dt, A, trap, Bm, Cm, D, None, 64)
+    mx = torch.randn(H, R, P, device=dev, generator=g) / R if R > 1 else None
+    dy = torch.randn(B, L, R, H, P, device=dev, dtype=bf, generator=g)
+    args = (x, dt, A, trap, Bm, Cm, D, mx, 64)
     cot = (dy, None, None, None)
-    saved = dict(M3.CONFIG["bwd"])
-    saved_f = dict(M3.CONFIG["fwd"])
-    out = {"shape": dict(B=B, L=L, H=H, P=P, N=N, R=1, dtype="bfloat16"), "fwd": [], "bwd": []}
+    # the CONFIG entries this dtype launches under (float32: "fwd_ieee" / "bwd_ieee")
+    kf, kb = M3.conf_key("fwd", bf), M3.conf_key("bwd", bf)
+    saved = dict(M3.CONFIG[kb])
+    saved_f = dict(M3.CONFIG[kf])
+    out = {"shape": dict(B=B, L=L, H=H, P=P, N=N, R=R, dtype=dname), "keys": [kf, kb], "fwd": [], "bwd": []}
     RESULTS["parts"]["m3"] = out
     try:
-        _m3_launches(M3, "fwd", _m3_grid("SWEEP_M3_FWD", M3_FWD), lambda: M3.mamba3_scan(*args)[0], _rel,
+        _m3_launches(M3, kf, _m3_grid("SWEEP_M3_FWD", M3_FWD), lambda: M3.mamba3_scan(*args)[0], _rel,
                      deadline, warm, out["fwd"])
-        M3.CONFIG["fwd"] = saved_f
+        M3.CONFIG[kf] = saved_f
         M3.mamba3_scan(*args)
         if not warm:
             out["fwd_ms"] = _bench(lambda: M3.mamba3_scan(*args))
-        _m3_launches(M3, "bwd", _m3_grid(), lambda: M3.mamba3_scan_vjp(cot, *args),
+        _m3_launches(M3, kb, _m3_grid(), lambda: M3.mamba3_scan_vjp(cot, *args),
                      lambda g, r: max(_rel(g[k], r[k]) for k in r), deadline, warm, out["bwd"])
         ok = [e for e in out["bwd"] if "ms" in e and e["rel_vs_first"] < 2e-2]
         out["best"] = min(ok, key=lambda e: e["ms"]) if ok else None
@@ -381,8 +390,35 @@ def part_m3(deadline):
             out["best"]["fwd_bwd_ms"] = out["fwd_ms"] + out["best"]["ms"]
             RESULTS["best"]["m3_vjp"] = out["best"]
     finally:
-        M3.CONFIG["bwd"] = saved
-        M3.CONFIG["fwd"] = saved_f
+        M3.CONFIG[kb] = saved
+        M3.CONFIG[kf] = saved_f
+
+
+def _m3_launches(M3, kind, grid, call, rel_of, deadline, warm, entries):
+    """Time ``call`` under each (chunk, warps, stages[, bp[, state_stride]]) of ``grid`` set in
+    M3.CONFIG[kind] ("fwd", "bwd" or their "_ieee" float32 entries; the grid's chunk replaces the
+    entry's "rows" cap); each result is compared with the first config's (rel_of); warm: only
+    compile (first call)."""
+    base = dict(M3.CONFIG[kind])
+    ref = None
+    bp_key = "bp" if kind.startswith("fwd") else "recompute_bp"
+    for chunk, w, st, *rest in _grid(grid):
+        if time.time() > deadline:
+            continue
+        bp = rest[0] if rest else None
+        extra = {bp_key: bp}
+        if kind.startswith("bwd"):
+            extra["state_stride"] = rest[1] if len(rest) > 1 else None
+        M3.CONFIG[kind] = dict(base, chunk=chunk, num_warps=w, stages=st, rows=None, **extra)
+        entry = {"chunk": chunk, "num_warps": w, "stages": st, **extra}
+        ref = _time_config(entry, call, rel_of, ref, warm)
+        entries.append(entry)
+        _save()
+        print(f"  m3 {kind} chunk={chunk} warps={w} stages={st} {bp_key}={bp} "
+              f"stride={extra.get('state_stride')}: {entry.get('ms', float('nan')):.3f} ms  "
+              f"rel {entry.get('rel_vs_first', float('nan')):.1e}  first call {entry.get('first_call_s')} s"
+              f"  {entry.get('error', '')}", flush=True)
+    M3.CONFIG[kind] = base
 
 
 def _time_config(entry, call, rel_of, ref, warm):
@@ -404,31 +440,6 @@ def _time_config(entry, call, rel_of, ref, warm):
     except Exception as exc:  # noqa: BLE001
         entry["error"] = f"{type(exc).__name__}: {exc}"[:200]
     return ref
-
-
-def _m3_launches(M3, kind, grid, call, rel_of, deadline, warm, entries):
-    """Time ``call`` under each (chunk, warps, stages) of ``grid`` set in M3.CONFIG[kind]; each
-    result is compared with the first config's (rel_of); warm: only compile (first call)."""
-    base = dict(M3.CONFIG[kind])
-    ref = None
-    bp_key = "bp" if kind == "fwd" else "recompute_bp"
-    for chunk, w, st, *rest in _grid(grid):
-        if time.time() > deadline:
-            continue
-        bp = rest[0] if rest else None
-        extra = {bp_key: bp}
-        if kind == "bwd":
-            extra["state_stride"] = rest[1] if len(rest) > 1 else None
-        M3.CONFIG[kind] = dict(base, chunk=chunk, num_warps=w, stages=st, **extra)
-        entry = {"chunk": chunk, "num_warps": w, "stages": st, **extra}
-        ref = _time_config(entry, call, rel_of, ref, warm)
-        entries.append(entry)
-        _save()
-        print(f"  m3 {kind} chunk={chunk} warps={w} stages={st} {bp_key}={bp} "
-              f"stride={extra.get('state_stride')}: {entry.get('ms', float('nan')):.3f} ms  "
-              f"rel {entry.get('rel_vs_first', float('nan')):.1e}  first call {entry.get('first_call_s')} s"
-              f"  {entry.get('error', '')}", flush=True)
-    M3.CONFIG[kind] = base
 
 
 # ---- (c') Mamba-3 B/C prologue ------------------------------------------------------------------
@@ -636,14 +647,17 @@ def _table():
         if s and s.get("fwd_ms") is not None:
             lines.append(f"  SSD chunk {Q:<4d}    fwd {s['fwd_ms']:.3f}   fwd+bwd {s.get('fwd_bwd_ms') or float('nan'):.3f}")
     m3 = RESULTS["parts"].get("m3", {})
+    sh = m3.get("shape", {})
+    tag = ("Mamba-3 SISO" if sh.get("R", 1) == 1 else f"Mamba-3 MIMO R={sh['R']}") + \
+        ("" if sh.get("dtype", "bfloat16") == "bfloat16" else f" {sh['dtype']}")
     fw = [e for e in m3.get("fwd", []) if "ms" in e]
     if fw:
         f = min(fw, key=lambda e: e["ms"])
-        lines.append(f"  Mamba-3 SISO fwd  best {f['ms']:.3f}  (chunk={f['chunk']}, warps={f['num_warps']}, "
+        lines.append(f"  {tag} fwd  best {f['ms']:.3f}  (chunk={f['chunk']}, warps={f['num_warps']}, "
                      f"stages={f['stages']}, bp={f.get('bp')}); first config {fw[0]['ms']:.3f}")
     if m3.get("best"):
         f = m3["best"]
-        lines.append(f"  Mamba-3 SISO VJP  best {f['ms']:.3f}  (chunk={f['chunk']}, warps={f['num_warps']}, "
+        lines.append(f"  {tag} VJP  best {f['ms']:.3f}  (chunk={f['chunk']}, warps={f['num_warps']}, "
                      f"stages={f['stages']}, recompute_bp={f.get('recompute_bp')}, "
                      f"state_stride={f.get('state_stride')}); fwd {m3['fwd_ms']:.3f}, "
                      f"fwd+bwd {f['fwd_bwd_ms']:.3f}")

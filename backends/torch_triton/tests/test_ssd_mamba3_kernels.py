@@ -203,12 +203,12 @@ def test_mamba3_scan_forward_and_vjp(name):
                          ids=["call's chunk", "16", "32", "16, state recompute in P blocks of 2",
                               "16, every 4th state kept", "16, every 3rd state kept, P blocks of 2"])
 def test_mamba3_scan_vjp_any_backward_launch(monkeypatch, conf):
-    """The backward runs at its own chunk and launch (CONFIG["bwd"]): the gradients do not depend
+    """The backward runs at its own chunk and launch (CONFIG["bwd"], float32: "bwd_ieee"): the gradients do not depend
     on them (the call's chunk is 64 here, so every cap changes the layout; P = 5 in blocks of 2
     splits the state recompute over 3 programs a head; with a state stride K the backward
     recomputes K - 1 of every K entering states itself: L = 70 at chunk 16 is 5 chunks, so the
     first block in the reverse walk is partial)."""
-    monkeypatch.setitem(M3.CONFIG, "bwd", dict(conf, states16=True))
+    monkeypatch.setitem(M3.CONFIG, M3.conf_key("bwd", torch.float32), dict(conf, states16=True))
     rng = np.random.default_rng(11)
     args, kw = m3_inputs(rng, L=70, H=2, P=5, N=4, R=2, Q=64)
     ref = REGISTRY["mamba3_scan"].reference(**args, **kw)
@@ -223,15 +223,58 @@ def test_mamba3_scan_vjp_any_backward_launch(monkeypatch, conf):
                                   dict(chunk=None, num_warps=None, stages=None, bp=2)],
                          ids=["32", "16", "P blocks of 2"])
 def test_mamba3_scan_forward_any_launch(monkeypatch, conf):
-    """The forward's own chunk and launch (CONFIG["fwd"]; "bp": state rows a program, here
+    """The forward's own chunk and launch (CONFIG["fwd"], float32: "fwd_ieee"; "bp": state rows a program, here
     P = 5 over 3 programs a head) change only the rounding."""
-    monkeypatch.setitem(M3.CONFIG, "fwd", conf)
+    monkeypatch.setitem(M3.CONFIG, M3.conf_key("fwd", torch.float32), conf)
     rng = np.random.default_rng(12)
     args, kw = m3_inputs(rng, L=70, H=2, P=5, N=4, R=2, Q=64)
     ref = REGISTRY["mamba3_scan"].reference(**args, **kw)
     got = M3.mamba3_scan(**tt(args), **tt(kw))
     for g, r in zip(got, ref):
         assert rel(g, r) < TOL["float32"]
+
+
+def test_mamba3_launch_entry_by_dtype(monkeypatch):
+    """float32 with IEEE dots (the default) launches under the "_ieee" entries, whose row cap
+    keeps the FMA dots' tiles in registers; 16-bit inputs and the opt-in float32 dots under the
+    plain ones."""
+    monkeypatch.delenv("MAMBA_TRITON_FP32_DOT", raising=False)
+    monkeypatch.delenv("MAMBA_TRITON_TF32", raising=False)
+    assert M3.conf_key("fwd", torch.float32) == "fwd_ieee"
+    assert M3.conf_key("bwd", torch.float32) == "bwd_ieee"
+    assert M3.conf_key("bwd", torch.bfloat16) == "bwd"
+    monkeypatch.setenv("MAMBA_TRITON_FP32_DOT", "tf32x3")
+    assert M3.conf_key("fwd", torch.float32) == "fwd"
+
+
+@pytest.mark.parametrize("conf,chunk,R,want", [
+    (dict(chunk=None, rows=None), 64, 4, 64), (dict(chunk=32, rows=None), 64, 1, 32),
+    (dict(chunk=None, rows=16), 64, 1, 16), (dict(chunk=None, rows=16), 64, 4, 4),
+    (dict(chunk=8, rows=16), 64, 1, 8), (dict(chunk=None, rows=16), 64, 32, 1)])
+def test_mamba3_chunk_cap(conf, chunk, R, want):
+    assert M3._chunk_cap(conf, chunk, R) == want
+
+
+@pytest.mark.parametrize("R", [1, 4])
+def test_mamba3_rows_cap_forward_and_backward(monkeypatch, R):
+    """A "rows" cap of 16 runs R = 4 at 4 tokens a chunk, R = 1 at 16 (the layout's floor):
+    the same results up to rounding."""
+    monkeypatch.setitem(M3.CONFIG, M3.conf_key("fwd", torch.float32),
+                        dict(chunk=None, num_warps=None, stages=None, bp=None, rows=16))
+    monkeypatch.setitem(M3.CONFIG, M3.conf_key("bwd", torch.float32),
+                        dict(chunk=None, num_warps=4, stages=1, states16=True, recompute_bp=None,
+                             state_stride=1, rows=16))
+    rng = np.random.default_rng(13)
+    args, kw = m3_inputs(rng, L=37, H=2, P=3, N=4, R=R, Q=64)
+    ref = REGISTRY["mamba3_scan"].reference(**args, **kw)
+    got = M3.mamba3_scan(**tt(args), **tt(kw))
+    for g, r in zip(got, ref):
+        assert rel(g, r) < TOL["float32"]
+    cot = tuple(rng.standard_normal(r.shape) for r in ref)
+    g_ref = REGISTRY["mamba3_scan_vjp"].reference(cot, **args, **kw)
+    g = M3.mamba3_scan_vjp(tuple(to_t(c) for c in cot), **tt(args), **tt(kw))
+    for k in g_ref:
+        assert rel(g[k], g_ref[k]) < TOL["float32"], k
 
 
 def test_mamba3_scan_vjp_state_cotangent_only():

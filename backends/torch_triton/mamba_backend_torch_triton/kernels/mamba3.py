@@ -71,10 +71,41 @@ _MAX_DIM = 256
 #: "state_stride" K (backward): the recompute keeps every K-th chunk's entering state (K times
 #: fewer bytes: at chunk 16 the states are 537 MB at the SISO shape in bf16, written once and
 #: read once) and the backward recomputes the others per block of K chunks into a per-program
-#: scratch (B H K P N, L2-sized), ~(K - 1) / K more state updates. Not yet timed.
+#: scratch (B H K P N, L2-sized), ~(K - 1) / K more state updates. Run 29 (2026-12-07, H100,
+#: bf16, SISO shape): no gain (1.88 ms at K = 4 against 1.67); kept at 1.
+#: Run 29 also timed the forward: chunk 32 / 4 warps / bp 32 0.395 ms against the call's chunk
+#: (64) / 8 warps / bp 64 0.449 (chunk 32 / 8 warps 0.428, bp 16 1.43); the recompute's
+#: bp 32 1.652 ms against 1.666 (noise), bp 16 1.80: kept at None.
+#: "rows" caps the chunk's rows Qk R (None: no cap beyond the layout's 128).
+#: "fwd_ieee" / "bwd_ieee": the same knobs for float32 inputs with IEEE dots (the float32
+#: default, MAMBA_TRITON_FP32_DOT unset). Triton lowers those dots to FMAs held in registers, and
+#: 16-bit launches spill there: compiled for sm_90, the forward at the call's chunk (64 rows,
+#: 8 warps) keeps 9 KB of stack a thread with 8.6k spill loads a chunk, the backward at chunk 16
+#: / 4 warps 8.3 KB (MIMO R = 4, 64 rows: 64 KB), against ~230 / ~300 loads at 16 rows (forward
+#: 4 warps with bp 32 or 8 warps with bp 64; SISO backward 8 warps). Run 28 timed the old
+#: float32 launch: SISO forward 28.4 ms, MIMO forward + backward 600 ms.
 CONFIG = {"bwd": {"chunk": 16, "num_warps": 4, "stages": 1, "states16": True, "recompute_bp": None,
-                  "state_stride": 1},
-          "fwd": {"chunk": None, "num_warps": None, "stages": None, "bp": None}}
+                  "state_stride": 1, "rows": None},
+          "fwd": {"chunk": 32, "num_warps": 4, "stages": None, "bp": 32, "rows": None},
+          "bwd_ieee": {"chunk": None, "num_warps": 8, "stages": 1, "states16": True, "recompute_bp": 32,
+                       "state_stride": 1, "rows": 16},
+          "fwd_ieee": {"chunk": None, "num_warps": 4, "stages": None, "bp": 32, "rows": 16}}
+
+
+def conf_key(kind: str, dtype) -> str:
+    """The CONFIG entry that launches ``kind`` ("fwd" or "bwd") for inputs of ``dtype``:
+    "<kind>_ieee" for float32 with IEEE dots, else ``kind``."""
+    return f"{kind}_ieee" if dtype == torch.float32 and dot_precision(dtype) == "ieee" else kind
+
+
+def _chunk_cap(conf, chunk_size: int, R: int) -> int:
+    """The chunk a launch runs at: the call's, capped by conf's "chunk" and by its "rows" / R."""
+    cap = int(chunk_size)
+    if conf.get("chunk") is not None:
+        cap = min(cap, int(conf["chunk"]))
+    if conf.get("rows") is not None:
+        cap = min(cap, max(1, int(conf["rows"]) // R))
+    return cap
 
 
 @triton.jit
@@ -423,7 +454,7 @@ def _run_fwd(x, dt, A, trap, B, C, D, mimo_x, chunk_size, S0, write_y, store_sta
     sfin = torch.empty((Bsz, H, P, N), dtype=torch.float32, device=dev)
     # the entering states for the backward: in the inputs' dtype when it is 16-bit (the backward
     # feeds them to 16-bit dots anyway; only da's sum(dS * S) sees the rounding), else float32
-    sdt = x.dtype if x.dtype in (torch.bfloat16, torch.float16) and CONFIG["bwd"].get("states16", True) \
+    sdt = x.dtype if x.dtype in (torch.bfloat16, torch.float16) and CONFIG[conf_key("bwd", x.dtype)].get("states16", True) \
         else torch.float32
     sin = torch.empty((Bsz, triton.cdiv(nc, sstride), H, P, N), dtype=sdt, device=dev) if store_states else sfin
     dummy = x
@@ -447,8 +478,8 @@ def mamba3_scan(x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_size=64, initia
     Bsz, L, H, P = x.shape
     N = B.shape[4]
     S0, _ = _s_start(x, dt, trap, initial_state, initial_k, initial_v, mimo_x, Bsz, H, P, N)
-    conf = CONFIG["fwd"]
-    chunk_f = int(chunk_size) if conf.get("chunk") is None else min(int(chunk_size), int(conf["chunk"]))
+    conf = CONFIG[conf_key("fwd", x.dtype)]
+    chunk_f = _chunk_cap(conf, chunk_size, B.shape[2])
     warps, bp = conf.get("num_warps"), conf.get("bp")
     res, _ = launch_fitting(
         _key("fwd", x, B, chunk_f, D is not None, mimo_x is not None, warps, conf.get("stages"), bp),
@@ -490,8 +521,8 @@ def mamba3_scan_vjp(cotangent, x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_
     dD = torch.empty((Bsz, H), dtype=f32, device=dev)
     dS0 = torch.empty((Bsz, H, P, N), dtype=f32, device=dev)
     dummy = dv
-    conf = CONFIG["bwd"]
-    chunk_b = int(chunk_size) if conf.get("chunk") is None else min(int(chunk_size), int(conf["chunk"]))
+    conf = CONFIG[conf_key("bwd", x.dtype)]
+    chunk_b = _chunk_cap(conf, chunk_size, R)
     warps = int(conf.get("num_warps") or 8)
     sstride = max(1, int(conf.get("state_stride") or 1))
 
