@@ -60,6 +60,8 @@
 #                                                 GPU tests, certificate entries, SISO and MIMO float32 grids, the
 #                                                 bf16 forward's new default in the yardstick, float32 Mamba-3 bench
 #                                                 rows beside cuda_cupy; the norm rows' host/device split first
+#   bash benchmarks/gpu/run_device.sh s10d        s10c's float32 forward default (32 rows, 8 warps): the Mamba-3 yardstick
+#                                                 twice with the GPU alone, then GPU tests and float32 certificate entries
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
 #   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
 # Optional carries: .cache/ with tarballs of an earlier call's ~/.triton/cache
@@ -101,6 +103,26 @@ results_dir() { R="$OUT/r"; mkdir -p "$R"; mv "$OUT/device.txt" "$OUT/backends.t
 job() { local name=$1 t=$2; shift 2; (timeout "$t" "$@" > "$R/$name.log" 2>&1; echo "$name rc=$?" >> "$R/rc.txt") & }
 tmo() { local l=$(( ${DEADLINE:-560} - SECONDS )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 case "${1:-certify}" in
+s10d)
+    # The Mamba-3 bf16 yardstick twice with the GPU alone (run 32 ran it beside certificates),
+    # then the Mamba-3 GPU tests and float32 certificate entries under the float32 forward's
+    # run-32 default (32 rows, 8 warps, bp 32).
+    results_dir
+    DEADLINE=${DEADLINE:-400}
+    for i in 1 2; do
+        YARDSTICK_PARTS=mamba3 YARDSTICK_M3_AUTOTUNE=reduced timeout $(tmo 130) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m3-$i" > "$R/yardstick-m3-$i.log" 2>&1
+        echo "yardstick m3 ($i) rc=$?"; grep -E "^Mamba-3 SISO (fwd|scan).*ours|pieces" "$R/yardstick-m3-$i.log" | cut -c1-300
+    done
+    job tt_tests $(tmo 200) env TRITON_INTERPRET=0 python3 -m pytest -q -rs -p no:cacheprovider \
+        backends/torch_triton/tests/test_ssd_mamba3_kernels.py -k mamba3
+    job tt_cert_float32 $(tmo 200) mamba-conformance torch_triton -v --dtype float32 --only 'op:mamba3*' \
+        --only 'mixer:mamba3*' --json "$R/torch_triton.gpu.s10d.float32.certificate.json"
+    wait
+    tail -n 3 "$R/tt_tests.log" | cut -c1-300; grep -E "FAILED|Error" "$R/tt_tests.log" | head -5 | cut -c1-300
+    for w in tt_cert_float32; do echo "$w: $(grep -cE " PASS" "$R/$w.log") PASS lines"; tail -n 2 "$R/$w.log" | cut -c1-300; grep -E "FAIL|ERROR" "$R/$w.log" | head -5 | cut -c1-300; done
+    cat "$R/rc.txt"
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
+    ;;
 s10c)
     # Session 10, last call. First, with the machine quiet: where the norm and conv rows' time
     # goes (host or device; launch_cost.py), cuda_cupy beside torch_triton. Then in the

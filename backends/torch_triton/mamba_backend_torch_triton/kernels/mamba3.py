@@ -83,13 +83,17 @@ _MAX_DIM = 256
 #: 8 warps) keeps 9 KB of stack a thread with 8.6k spill loads a chunk, the backward at chunk 16
 #: / 4 warps 8.3 KB (MIMO R = 4, 64 rows: 64 KB), against ~230 / ~300 loads at 16 rows (forward
 #: 4 warps with bp 32 or 8 warps with bp 64; SISO backward 8 warps). Run 28 timed the old
-#: float32 launch: SISO forward 28.4 ms, MIMO forward + backward 600 ms.
+#: float32 launch: SISO forward 28.4 ms, MIMO forward + backward 600 ms. Run 32 (H100, float32,
+#: B=8 L=2048 H=32 P=64 N=128; MIMO R=4): the backward at 16 rows / 8 warps 12.9 ms SISO, 42.8
+#: MIMO (4 warps 16.1 and 273.5; 16 warps 15.2 and 60.0); the forward at 32 rows / 8 warps /
+#: bp 32 21.3 ms SISO, 84.7 MIMO (16 rows: 24.0-35.8 and 96-124). The float32 forward stays
+#: slow (cuda_cupy's: 4.2 ms SISO): its FMA dots, not spills, are the cost there.
 CONFIG = {"bwd": {"chunk": 16, "num_warps": 4, "stages": 1, "states16": True, "recompute_bp": None,
                   "state_stride": 1, "rows": None},
           "fwd": {"chunk": 32, "num_warps": 4, "stages": None, "bp": 32, "rows": None},
           "bwd_ieee": {"chunk": None, "num_warps": 8, "stages": 1, "states16": True, "recompute_bp": 32,
                        "state_stride": 1, "rows": 16},
-          "fwd_ieee": {"chunk": None, "num_warps": 4, "stages": None, "bp": 32, "rows": 16}}
+          "fwd_ieee": {"chunk": None, "num_warps": 8, "stages": None, "bp": 32, "rows": 32}}
 
 
 def conf_key(kind: str, dtype) -> str:
