@@ -15,6 +15,8 @@ inputs, forward and forward+VJP) three ways, the backends interleaved in every r
               cost (below ``queued`` the device is the bound; above it, the host)
 
 Medians over the rounds (each round: the median of its repeats). Writes OUT_DIR/launch_cost.json.
+--profile N: then cProfile over N calls of each row (host side; the device queue drained every
+50 calls), the top functions by own time written to OUT_DIR/profile_<backend>_<op>_<mode>.txt.
 Needs a CUDA GPU with cupy and torch_triton installed (exits with status 2 otherwise).
 """
 
@@ -88,6 +90,7 @@ def main(argv=None) -> int:
     ap.add_argument("out")
     ap.add_argument("--ops", default="rmsnorm_gated,add_rmsnorm,causal_conv1d")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--profile", type=int, default=0, metavar="N")
     a = ap.parse_args(argv)
     try:
         import cupy  # noqa: F401
@@ -146,7 +149,32 @@ def main(argv=None) -> int:
                       f"queued {c['queued_ms'] / t['queued_ms']:.2f}")
     Path(a.out).mkdir(parents=True, exist_ok=True)
     (Path(a.out) / "launch_cost.json").write_text(json.dumps(res, indent=1))
+    if a.profile > 0:
+        _profile(calls, a.profile, Path(a.out))
     return 0
+
+
+def _profile(calls, n, out: Path) -> None:
+    """cProfile of n calls of each row: where the host time goes."""
+    import cProfile
+    import io
+    import pstats
+
+    for (be_name, name, mode), fn in calls.items():
+        _, _, sync = _events(KINDS[be_name])
+        prof = cProfile.Profile()
+        for i in range(n):
+            prof.enable()
+            fn()
+            prof.disable()
+            if i % 50 == 49:
+                sync()
+        sync()
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(25)
+        path = out / f"profile_{be_name}_{name}_{mode.replace('+', '_')}.txt"
+        path.write_text(buf.getvalue())
+        print(f"profile {be_name} {name} {mode}: {path.name}", flush=True)
 
 
 if __name__ == "__main__":

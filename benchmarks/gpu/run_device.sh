@@ -109,6 +109,10 @@ s10d)
     # run-32 default (32 rows, 8 warps, bp 32).
     results_dir
     DEADLINE=${DEADLINE:-400}
+    # where cuda_cupy's host time goes in the short rows (run 32: 0.12 ms a gated norm call)
+    timeout $(tmo 40) python3 benchmarks/gpu/launch_cost.py "$R/launch_cost" --rounds 3 --profile 500 \
+        --ops rmsnorm_gated,add_rmsnorm > "$R/launch_cost.log" 2>&1
+    echo "launch_cost rc=$?"; grep -E "cuda_cupy /|  [a-z_]+ +fwd" "$R/launch_cost.log" | cut -c1-200
     for i in 1 2; do
         YARDSTICK_PARTS=mamba3 YARDSTICK_M3_AUTOTUNE=reduced timeout $(tmo 130) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m3-$i" > "$R/yardstick-m3-$i.log" 2>&1
         echo "yardstick m3 ($i) rc=$?"; grep -E "^Mamba-3 SISO (fwd|scan).*ours|pieces" "$R/yardstick-m3-$i.log" | cut -c1-300
