@@ -22,7 +22,9 @@ da; torch then folds ranks (dx, dmimo_x), shifts dscale into the owed term and f
 dtrap and the initial k/v gradients (elementwise, O(B L H)). The backward and its state
 recompute run at their own chunk (CONFIG["bwd"]: 16 tokens; at 64 its (QR, QR) tiles spill),
 keep the entering states in 16 bits for 16-bit inputs, and store dB, dC (and dv when no ranks
-are folded) in the output dtype.
+are folded) in the output dtype. float32 inputs with IEEE dots (Triton lowers them to FMAs in
+registers) launch under CONFIG["fwd_ieee"] / ["bwd_ieee"], whose "rows" cap keeps Qk R at 32
+(forward) and 16 (backward) rows whatever R is.
 The step kernel: one program per (batch, head, P block), the R rank outer products unrolled.
 
 Floor (SISO, B=8, L=2048, H=32, P=64, N=128, bf16; B, C per head (B L R H N)): bytes x, y 2 x
@@ -30,6 +32,11 @@ Floor (SISO, B=8, L=2048, H=32, P=64, N=128, bf16; B, C per head (B L R H N)): b
 flops per (token, head) ~ C B^T Qk N 2 + y_diag Qk P 2 + 2 x (P N 2) -> 16.4k + 8.2k + 32.8k =
 57k x 524k = 30 GFLOP / 790 TFLOP/s = 38 us: memory-bound, floor ~138 us. MIMO R: rows x R,
 flops (Qk R)^2-ish per chunk: C B^T and y_diag grow by R (per token), state terms by R.
+Measured (H100, run 32 of benchmarks/results/gpu-20261207-h100): bf16 forward 0.40 ms (2.9x
+the floor), VJP 1.66 ms. In float32 with IEEE dots the same ~30 GFLOP run without tensor cores
+(~60 TFLOP/s of FMAs: a 0.5 ms floor): forward 21.3 ms, VJP 12.9 ms. The float32 forward is
+~40x its floor and slower than the backward; the cause has not been found on a GPU profile yet
+(spills are not it: 16 and 32 rows time alike).
 """
 
 from __future__ import annotations
@@ -65,7 +72,7 @@ _MAX_DIM = 256
 #: (chunk 64) at 0.449 ms, chunk 32 / 8 warps 0.440, chunk 16 / 8 warps 0.610: kept.
 #: "bp" (forward) and "recompute_bp" (the backward's state recompute): state rows a program
 #: (None: min(P, 64)), so B H P / bp programs; at the SISO shape (B H = 256, P = 64) one
-#: program a head leaves ~2 an SM. Not yet timed below 64 (sweep_tt's m3 grid has the rows).
+#: program a head leaves ~2 an SM (timed in run 29, below).
 #: Compiled for sm_90 (bf16, Qk = 64, 8 warps) the forward's chunk loop spills 164 loads at
 #: bp = 64 and 106 at bp = 32 (chunk 32, 4 warps, bp = 32: 55).
 #: "state_stride" K (backward): the recompute keeps every K-th chunk's entering state (K times

@@ -87,14 +87,17 @@ from mamba_backend_torch_triton.kernels._glue import default, interpreting, last
 #: spreads n over 32/BE lanes, 4x the threads of BE = 32): forward "tr_scan" T=8 BE=8 1 warp
 #: 0.711 ms in bf16 (T=16 BE=16 0.704, T=4 BE=32 1.26, "base" 1.60) and 0.536 ms in float32
 #: ("base" 0.737); VJP "tr" T=4 BE=16 1 warp 7.79 ms in bf16 ("base" 8.24, "tr" T=4 BE=32
-#: 8.56). The float32 VJP keeps "base" (5.17 ms; "tr" not measured in float32).
+#: 8.56). The float32 VJP keeps "base" (5.17 ms; "tr" in float32: run 30 below).
 #: Session 7 (benchmarks/results/gpu-20261207-h100, run 20): bf16 forward "tr_fold" T=16 BE=16
 #: 0.624 ms (tr_scan T=8 BE=8 0.707); float32 keeps tr_scan (0.533, tr_fold 0.544). The bf16
 #: VJP runs the float32 kernels on float32 copies ("upcast"): the same "base" kernel took 8.25 ms
 #: on bf16 inputs and 5.16 on float32 ones, and the yardstick's forward+backward through float32
 #: (casts included) took 6.34 ms against 8.45 for the bf16 kernels. "upcast": "outputs" reads the
 #: 16-bit inputs directly under the float32 launch and writes float32 gradients, cast after
-#: (no input copies: ~0.8 GB less traffic at the benchmark shape); not yet timed.
+#: (no input copies: ~0.8 GB less traffic at the benchmark shape). Runs 29-30 (2026-12-07,
+#: H100): "outputs" 9.18 ms forward+backward against 6.35 for the copies, so "upcast" stays
+#: True; the float32 VJP grid keeps "base" T=8 BE=32 4 warps (5.17 ms; "tr" T=4 BE=16 1 warp
+#: 6.19, T=4 BE=8 7.93, T=8 BE=32 11.3; "exp2" 5.38; "base" T=4 5.29, BE=16 7.11).
 CONFIG = {
     "fwd": {"T": 16, "BE": 16, "num_warps": 1, "variant": "tr_fold"},
     "fwd_f32": {"T": 8, "BE": 8, "num_warps": 1, "variant": "tr_scan"},
