@@ -62,6 +62,7 @@
 #                                                 rows beside cuda_cupy; the norm rows' host/device split first
 #   bash benchmarks/gpu/run_device.sh s10d        s10c's float32 forward default (32 rows, 8 warps): the Mamba-3 yardstick
 #                                                 twice with the GPU alone, then GPU tests and float32 certificate entries
+#                                                 beside the bf16 MIMO (R=4) launch grid (not yet run)
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
 #   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
 # Optional carries: .cache/ with tarballs of an earlier call's ~/.triton/cache
@@ -108,7 +109,7 @@ s10d)
     # then the Mamba-3 GPU tests and float32 certificate entries under the float32 forward's
     # run-32 default (32 rows, 8 warps, bp 32).
     results_dir
-    DEADLINE=${DEADLINE:-400}
+    DEADLINE=${DEADLINE:-520}
     # where cuda_cupy's host time goes in the short rows (run 32: 0.12 ms a gated norm call)
     timeout $(tmo 40) python3 benchmarks/gpu/launch_cost.py "$R/launch_cost" --rounds 3 --profile 500 \
         --ops rmsnorm_gated,add_rmsnorm > "$R/launch_cost.log" 2>&1
@@ -121,6 +122,10 @@ s10d)
         backends/torch_triton/tests/test_ssd_mamba3_kernels.py -k mamba3
     job tt_cert_float32 $(tmo 200) mamba-conformance torch_triton -v --dtype float32 --only 'op:mamba3*' \
         --only 'mixer:mamba3*' --json "$R/torch_triton.gpu.s10d.float32.certificate.json"
+    # MIMO (R=4) in bf16: its launches were set from SISO's tile shape, never timed
+    SWEEP_M3_R=4 SWEEP_M3_FWD=8:4:-:32,32:8:-:64,32:4:-:32,16:4:-:32 SWEEP_M3=4:4:1,16:4:1,4:8:1,8:4:1 \
+        timeout $(tmo 150) python3 benchmarks/gpu/sweep_tt.py "$R/m3sweep_mimo" --parts m3 --budget 140 > "$R/sweep_m3_mimo.log" 2>&1
+    echo "sweep m3 MIMO bf16 rc=$?"; grep -E "m3 (fwd|bwd)|Mamba-3" "$R/sweep_m3_mimo.log" | cut -c1-200
     wait
     tail -n 3 "$R/tt_tests.log" | cut -c1-300; grep -E "FAILED|Error" "$R/tt_tests.log" | head -5 | cut -c1-300
     for w in tt_cert_float32; do echo "$w: $(grep -cE " PASS" "$R/$w.log") PASS lines"; tail -n 2 "$R/$w.log" | cut -c1-300; grep -E "FAIL|ERROR" "$R/$w.log" | head -5 | cut -c1-300; done

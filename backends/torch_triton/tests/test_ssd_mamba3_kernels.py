@@ -329,6 +329,27 @@ def test_bf16_inputs():
         assert rel(g, r) < TOL["bfloat16"]
 
 
+def test_bf16_mimo_under_the_16bit_launches():
+    """bf16 MIMO (R = 4) at the call's chunk 64 runs under CONFIG["fwd"] / ["bwd"] with their row
+    caps (32 rows forward: Qk = 8; 16 backward: Qk = 4): forward and gradients against the
+    float64 truth on the rounded inputs."""
+    assert M3.conf_key("fwd", torch.bfloat16) == "fwd"
+    assert M3._chunk_cap(M3.CONFIG["fwd"], 64, 4) == 8
+    rng = np.random.default_rng(19)
+    args, kw = m3_inputs(rng, L=37, H=2, P=4, N=4, R=4, Q=64)
+    targs, tkw = tt(args, torch.bfloat16), tt(kw, torch.bfloat16)
+    r64 = {k: v.double().cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in {**targs, **tkw}.items()}
+    ref = REGISTRY["mamba3_scan"].reference(**r64)
+    got = M3.mamba3_scan(**targs, **tkw)
+    for g, r in zip(got, ref):
+        assert rel(g, r) < TOL["bfloat16"]
+    cot = tuple(to_t(rng.standard_normal(r.shape), torch.bfloat16) for r in ref)
+    g_ref = REGISTRY["mamba3_scan_vjp"].reference(tuple(c.double().cpu().numpy() for c in cot), **r64)
+    g = M3.mamba3_scan_vjp(cot, **targs, **tkw)
+    for k in g_ref:
+        assert rel(g[k], g_ref[k]) < TOL["bfloat16"], k
+
+
 def test_float64_falls_back_to_default_composition():
     rng = np.random.default_rng(17)
     args, kw = ssd_inputs(rng, L=10, H=2, P=2, G=1, N=3, Q=4)

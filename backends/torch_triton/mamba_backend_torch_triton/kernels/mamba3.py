@@ -83,7 +83,12 @@ _MAX_DIM = 256
 #: Run 29 also timed the forward: chunk 32 / 4 warps / bp 32 0.395 ms against the call's chunk
 #: (64) / 8 warps / bp 64 0.449 (chunk 32 / 8 warps 0.428, bp 16 1.43); the recompute's
 #: bp 32 1.652 ms against 1.666 (noise), bp 16 1.80: kept at None.
-#: "rows" caps the chunk's rows Qk R (None: no cap beyond the layout's 128).
+#: "rows" caps the chunk's rows Qk R (None: no cap beyond the layout's 128). The 16-bit forward
+#: keeps MIMO at SISO's timed tile (32 rows: Qk = 8 at R = 4). Compiled for sm_90 (bf16, R = 4,
+#: N = 128), it has 111 spill loads a chunk, against 1679 at 128 rows with 4 warps and 681 at
+#: the earlier default (128 rows, 8 warps, bp 64). The MIMO bf16 launches have not been timed;
+#: static spill counts did not predict the float32 timings (run 32: 16 rows with 4 warps, 963
+#: spill loads, took 273 ms; 8 warps, 2942 spill loads, took 43 ms).
 #: "fwd_ieee" / "bwd_ieee": the same knobs for float32 inputs with IEEE dots (the float32
 #: default, MAMBA_TRITON_FP32_DOT unset). Triton lowers those dots to FMAs held in registers, and
 #: 16-bit launches spill there: compiled for sm_90, the forward at the call's chunk (64 rows,
@@ -97,7 +102,7 @@ _MAX_DIM = 256
 #: slow (cuda_cupy's: 4.2 ms SISO): its FMA dots, not spills, are the cost there.
 CONFIG = {"bwd": {"chunk": 16, "num_warps": 4, "stages": 1, "states16": True, "recompute_bp": None,
                   "state_stride": 1, "rows": None},
-          "fwd": {"chunk": 32, "num_warps": 4, "stages": None, "bp": 32, "rows": None},
+          "fwd": {"chunk": 32, "num_warps": 4, "stages": None, "bp": 32, "rows": 32},
           "bwd_ieee": {"chunk": None, "num_warps": 8, "stages": 1, "states16": True, "recompute_bp": 32,
                        "state_stride": 1, "rows": 16},
           "fwd_ieee": {"chunk": None, "num_warps": 8, "stages": None, "bp": 32, "rows": 32}}
