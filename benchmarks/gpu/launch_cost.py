@@ -135,7 +135,8 @@ def main(argv=None) -> int:
                "call_ms": med(x[0] for x in rs), "queued_ms": med(x[1] for x in rs),
                "host_ms": med(x[2] for x in rs), "call_ms_rounds": [x[0] for x in rs]}
         res["rows"].append(row)
-    print(f"{'op':16s} {'mode':8s} {'backend':13s} {'call':>8s} {'queued':>8s} {'host':>8s}   (ms, medians of {a.rounds} rounds)")
+    print(f"{'op':16s} {'mode':8s} {'backend':13s} {'call':>8s} {'queued':>8s} {'host':>8s}"
+          f"   (ms, medians of {a.rounds} rounds)")
     for row in res["rows"]:
         print(f"{row['op']:16s} {row['mode']:8s} {row['backend']:13s} {row['call_ms']:8.4f} "
               f"{row['queued_ms']:8.4f} {row['host_ms']:8.4f}")

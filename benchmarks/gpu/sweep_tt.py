@@ -19,10 +19,9 @@ Parts (each writes OUT_DIR/sweep_tt.json when it ends, so a timeout keeps what w
   m3      Mamba-3 SISO scan, bf16, B=8 L=2048 H=32 P=64 N=128 R=1 (B, C per head, D): the
           forward over a grid of kernels/mamba3.CONFIG["fwd"] (SWEEP_M3_FWD, the same format
           as SWEEP_M3), then mamba3_scan_vjp over a grid of kernels/mamba3.CONFIG["bwd"]
-          (SWEEP_M3_DTYPE=float32: the "fwd_ieee" / "bwd_ieee" entries; SWEEP_M3_R=4: MIMO with
-          R ranks and mimo_x)
           (chunk cap, num_warps, stages; "-" keeps the default), each config's gradients
-          compared with the first's. SWEEP_M3="chunk:warps:stages[:bp],..." replaces the grid;
+          compared with the first's. SWEEP_M3_DTYPE=float32 sweeps the "fwd_ieee" / "bwd_ieee"
+          entries instead; SWEEP_M3_R=4 times MIMO (R ranks, mimo_x). SWEEP_M3="chunk:warps:stages[:bp],..." replaces the grid;
           SWEEP_M3_WARM=1 only compiles (B=1; the kernels do not take B, so a later process
           at B=8 hits Triton's cache): one such process a config compiles the grid in parallel.
   bc      Mamba-3's B/C prologue kernels (kernels/mamba3_bc.py) at the m3 shape, G=1, S=32

@@ -203,8 +203,8 @@ def test_mamba3_scan_forward_and_vjp(name):
                          ids=["call's chunk", "16", "32", "16, state recompute in P blocks of 2",
                               "16, every 4th state kept", "16, every 3rd state kept, P blocks of 2"])
 def test_mamba3_scan_vjp_any_backward_launch(monkeypatch, conf):
-    """The backward runs at its own chunk and launch (CONFIG["bwd"], float32: "bwd_ieee"): the gradients do not depend
-    on them (the call's chunk is 64 here, so every cap changes the layout; P = 5 in blocks of 2
+    """The backward runs at its own chunk and launch (CONFIG["bwd"]; float32: "bwd_ieee"): the
+    gradients do not depend on them (the call's chunk is 64 here, so every cap changes the layout; P = 5 in blocks of 2
     splits the state recompute over 3 programs a head; with a state stride K the backward
     recomputes K - 1 of every K entering states itself: L = 70 at chunk 16 is 5 chunks, so the
     first block in the reverse walk is partial)."""
@@ -223,8 +223,8 @@ def test_mamba3_scan_vjp_any_backward_launch(monkeypatch, conf):
                                   dict(chunk=None, num_warps=None, stages=None, bp=2)],
                          ids=["32", "16", "P blocks of 2"])
 def test_mamba3_scan_forward_any_launch(monkeypatch, conf):
-    """The forward's own chunk and launch (CONFIG["fwd"], float32: "fwd_ieee"; "bp": state rows a program, here
-    P = 5 over 3 programs a head) change only the rounding."""
+    """The forward's own chunk and launch (CONFIG["fwd"]; float32: "fwd_ieee"; "bp": state rows a
+    program, here P = 5 over 3 programs a head) change only the rounding."""
     monkeypatch.setitem(M3.CONFIG, M3.conf_key("fwd", torch.float32), conf)
     rng = np.random.default_rng(12)
     args, kw = m3_inputs(rng, L=70, H=2, P=5, N=4, R=2, Q=64)

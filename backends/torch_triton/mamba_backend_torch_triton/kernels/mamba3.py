@@ -89,22 +89,23 @@ _MAX_DIM = 256
 #: the earlier default (128 rows, 8 warps, bp 64). The MIMO bf16 launches have not been timed;
 #: static spill counts did not predict the float32 timings (run 32: 16 rows with 4 warps, 963
 #: spill loads, took 273 ms; 8 warps, 2942 spill loads, took 43 ms).
-#: "fwd_ieee" / "bwd_ieee": the same knobs for float32 inputs with IEEE dots (the float32
-#: default, MAMBA_TRITON_FP32_DOT unset). Triton lowers those dots to FMAs held in registers, and
-#: 16-bit launches spill there: compiled for sm_90, the forward at the call's chunk (64 rows,
-#: 8 warps) keeps 9 KB of stack a thread with 8.6k spill loads a chunk, the backward at chunk 16
-#: / 4 warps 8.3 KB (MIMO R = 4, 64 rows: 64 KB), against ~230 / ~300 loads at 16 rows (forward
-#: 4 warps with bp 32 or 8 warps with bp 64; SISO backward 8 warps). Run 28 timed the old
-#: float32 launch: SISO forward 28.4 ms, MIMO forward + backward 600 ms. Run 32 (H100, float32,
-#: B=8 L=2048 H=32 P=64 N=128; MIMO R=4): the backward at 16 rows / 8 warps 12.9 ms SISO, 42.8
-#: MIMO (4 warps 16.1 and 273.5; 16 warps 15.2 and 60.0); the forward at 32 rows / 8 warps /
-#: bp 32 21.3 ms SISO, 84.7 MIMO (16 rows: 24.0-35.8 and 96-124). The float32 forward stays
-#: slow (cuda_cupy's: 4.2 ms SISO): its FMA dots, not spills, are the cost there.
+#: "fwd_ieee" / "bwd_ieee": the same knobs for float32 inputs with IEEE dots (the float32 default,
+#: MAMBA_TRITON_FP32_DOT unset; "states16" concerns 16-bit inputs only). Triton lowers those dots
+#: to FMAs held in registers, and 16-bit launches spill there: compiled for sm_90, the forward at
+#: the call's chunk (64 rows, 8 warps) keeps 9 KB of stack a thread with 8.6k spill loads a chunk,
+#: the backward at chunk 16 / 4 warps 8.3 KB (MIMO R = 4, 64 rows: 64 KB), against ~230 / ~300
+#: loads at 16 rows (forward 4 warps with bp 32 or 8 warps with bp 64; SISO backward 8 warps). Run
+#: 28 timed the old float32 launch: SISO forward 28.4 ms, MIMO forward + backward 600 ms. Run 32
+#: (H100, float32, B=8 L=2048 H=32 P=64 N=128; MIMO R=4): the backward at 16 rows / 8 warps 12.9 ms
+#: SISO, 42.8 MIMO (4 warps 16.1 and 273.5; 16 warps 15.2 and 60.0); the forward at 32 rows / 8
+#: warps / bp 32 21.3 ms SISO, 84.7 MIMO (16 rows: 24.0-35.8 and 96-124). The float32 forward stays
+#: slow (cuda_cupy's: 4.2 ms SISO); spill counts do not explain it (16 and 32 rows time alike)
+#: and it has not been profiled on a GPU yet.
 CONFIG = {"bwd": {"chunk": 16, "num_warps": 4, "stages": 1, "states16": True, "recompute_bp": None,
                   "state_stride": 1, "rows": None},
           "fwd": {"chunk": 32, "num_warps": 4, "stages": None, "bp": 32, "rows": 32},
-          "bwd_ieee": {"chunk": None, "num_warps": 8, "stages": 1, "states16": True, "recompute_bp": 32,
-                       "state_stride": 1, "rows": 16},
+          "bwd_ieee": {"chunk": None, "num_warps": 8, "stages": 1, "recompute_bp": 32, "state_stride": 1,
+                       "rows": 16},
           "fwd_ieee": {"chunk": None, "num_warps": 8, "stages": None, "bp": 32, "rows": 32}}
 
 
@@ -470,7 +471,7 @@ def _run_fwd(x, dt, A, trap, B, C, D, mimo_x, chunk_size, S0, write_y, store_sta
     sfin = torch.empty((Bsz, H, P, N), dtype=torch.float32, device=dev)
     # the entering states for the backward: in the inputs' dtype when it is 16-bit (the backward
     # feeds them to 16-bit dots anyway; only da's sum(dS * S) sees the rounding), else float32
-    sdt = x.dtype if x.dtype in (torch.bfloat16, torch.float16) and CONFIG[conf_key("bwd", x.dtype)].get("states16", True) \
+    sdt = x.dtype if x.dtype in (torch.bfloat16, torch.float16) and CONFIG["bwd"].get("states16", True) \
         else torch.float32
     sin = torch.empty((Bsz, triton.cdiv(nc, sstride), H, P, N), dtype=sdt, device=dev) if store_states else sfin
     dummy = x
