@@ -63,6 +63,11 @@
 #   bash benchmarks/gpu/run_device.sh s10d        s10c's float32 forward default (32 rows, 8 warps): the Mamba-3 yardstick
 #                                                 twice with the GPU alone, then GPU tests and float32 certificate entries
 #                                                 beside the bf16 MIMO (R=4) launch grid (not yet run)
+#   bash benchmarks/gpu/run_device.sh s11a        cuda_cupy's eager launches through CuPy (PDL only in graph captures):
+#                                                 the short rows' host/device split with PDL always on and under the
+#                                                 default, a host profile; then s10d's Mamba-3 yardstick (twice, GPU
+#                                                 alone), the PDL and norm GPU tests, Mamba-3 GPU tests and float32
+#                                                 certificate entries beside the bf16 MIMO (R=4) launch grid
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
 #   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
 # Optional carries: .cache/ with tarballs of an earlier call's ~/.triton/cache
@@ -104,6 +109,37 @@ results_dir() { R="$OUT/r"; mkdir -p "$R"; mv "$OUT/device.txt" "$OUT/backends.t
 job() { local name=$1 t=$2; shift 2; (timeout "$t" "$@" > "$R/$name.log" 2>&1; echo "$name rc=$?" >> "$R/rc.txt") & }
 tmo() { local l=$(( ${DEADLINE:-560} - SECONDS )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 case "${1:-certify}" in
+s11a)
+    # Session 11: the PDL switch's new default ("capture": eager launches through CuPy) against
+    # PDL on every launch (the previous default), the short rows interleaved with torch_triton;
+    # then a host profile under the default, and s10d's parts.
+    results_dir
+    DEADLINE=${DEADLINE:-540}
+    MAMBA_CUPY_PDL=1 timeout $(tmo 45) python3 benchmarks/gpu/launch_cost.py "$R/launch_cost_pdl1" --rounds 3 \
+        > "$R/launch_cost_pdl1.log" 2>&1
+    echo "launch_cost PDL=1 rc=$?"; grep -vE "^round" "$R/launch_cost_pdl1.log" | cut -c1-200
+    timeout $(tmo 70) python3 benchmarks/gpu/launch_cost.py "$R/launch_cost" --rounds 5 --profile 300 \
+        > "$R/launch_cost.log" 2>&1
+    echo "launch_cost default rc=$?"; grep -vE "^round|^profile" "$R/launch_cost.log" | cut -c1-200
+    for i in 1 2; do
+        YARDSTICK_PARTS=mamba3 YARDSTICK_M3_AUTOTUNE=reduced timeout $(tmo 120) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m3-$i" > "$R/yardstick-m3-$i.log" 2>&1
+        echo "yardstick m3 ($i) rc=$?"; grep -E "^Mamba-3 SISO (fwd|scan).*ours|pieces" "$R/yardstick-m3-$i.log" | cut -c1-300
+    done
+    job cupy_tests $(tmo 150) python3 -m pytest -q -rs -p no:cacheprovider backends/cuda_cupy/tests/test_pdl.py \
+        backends/cuda_cupy/tests/test_gpu.py -k "pdl or norm or graph or decode or gemv or linear"
+    job tt_tests $(tmo 200) env TRITON_INTERPRET=0 python3 -m pytest -q -rs -p no:cacheprovider \
+        backends/torch_triton/tests/test_ssd_mamba3_kernels.py -k mamba3
+    job tt_cert_float32 $(tmo 200) mamba-conformance torch_triton -v --dtype float32 --only 'op:mamba3*' \
+        --only 'mixer:mamba3*' --json "$R/torch_triton.gpu.s11a.float32.certificate.json"
+    SWEEP_M3_R=4 SWEEP_M3_FWD=8:4:-:32,32:8:-:64,32:4:-:32,16:4:-:32 SWEEP_M3=4:4:1,16:4:1,4:8:1,8:4:1 \
+        timeout $(tmo 150) python3 benchmarks/gpu/sweep_tt.py "$R/m3sweep_mimo" --parts m3 --budget 140 > "$R/sweep_m3_mimo.log" 2>&1
+    echo "sweep m3 MIMO bf16 rc=$?"; grep -E "m3 (fwd|bwd)|Mamba-3" "$R/sweep_m3_mimo.log" | cut -c1-200
+    wait
+    for w in cupy_tests tt_tests; do tail -n 3 "$R/$w.log" | cut -c1-300; grep -E "FAILED|Error" "$R/$w.log" | head -5 | cut -c1-300; done
+    for w in tt_cert_float32; do echo "$w: $(grep -cE " PASS" "$R/$w.log") PASS lines"; tail -n 2 "$R/$w.log" | cut -c1-300; grep -E "FAIL|ERROR" "$R/$w.log" | head -5 | cut -c1-300; done
+    cat "$R/rc.txt"
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
+    ;;
 s10d)
     # The Mamba-3 bf16 yardstick twice with the GPU alone (run 32 ran it beside certificates),
     # then the Mamba-3 GPU tests and float32 certificate entries under the float32 forward's

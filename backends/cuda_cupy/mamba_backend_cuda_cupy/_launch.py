@@ -26,12 +26,19 @@ them.
 A launch the driver refuses (a non-zero CUresult) is made again plainly, with a RuntimeWarning,
 and PDL stays off on that device for the rest of the process.
 
-On by default (``DEFAULT``; certified and timed on an H100 on 2026-12-07, runs 16-19 of
-benchmarks/results/gpu-20261207-h100: every cuda_cupy GPU test and the certificate pass with it,
-decode graphs are bit-identical with and without it, batch-1 decode 1.19 against 1.37 ms a token).
-``MAMBA_CUPY_PDL=0`` (or false/off/no) launches through CuPy alone (read at each launch: set it
-before building a GraphDecoder). PDL is also off below compute capability 9.0 and where libcuda
-has no cuLaunchKernelEx (drivers before CUDA 12).
+Where (``MAMBA_CUPY_PDL``, read at each launch; set it before building a GraphDecoder):
+    capture   (the default, ``DEFAULT``) PDL only while the current stream is capturing a CUDA
+              graph (graphs.GraphDecoder); other launches go through CuPy's own launch
+    1 / on    every launch through ``launch`` (eager calls too)
+    0 / off   never (also false/no)
+PDL pays where kernels follow each other with no host between them: graph replays (certified and
+timed on an H100 on 2026-12-07, runs 16-19 of benchmarks/results/gpu-20261207-h100: every
+cuda_cupy GPU test and the certificate pass with it, decode graphs are bit-identical with and
+without it, batch-1 decode 1.19 against 1.37 ms a token). In eager calls the host is the bound
+of a short kernel, and the ctypes launch costs it more than CuPy's (run 32: a gated norm call
+spent 0.12 ms of host time against torch_triton's 0.10), so ``capture`` keeps eager launches on
+CuPy's path. PDL is also off below compute capability 9.0 and where libcuda has no
+cuLaunchKernelEx (drivers before CUDA 12).
 """
 
 from __future__ import annotations
@@ -73,12 +80,33 @@ class _Config(ctypes.Structure):  # CUlaunchConfig
 
 
 #: the switch's value when unset
-DEFAULT = "1"
+DEFAULT = "capture"
+_OFF = ("0", "false", "off", "no")
+
+
+def mode() -> str:
+    """``MAMBA_CUPY_PDL`` (default ``DEFAULT``) as "off", "capture" or "always" (any other
+    value: 1, on, true...)."""
+    raw = os.environ.get(ENV, DEFAULT).strip().lower()
+    if raw in _OFF:
+        return "off"
+    return "capture" if raw == "capture" else "always"
 
 
 def enabled() -> bool:
-    """Whether ``MAMBA_CUPY_PDL`` (default ``DEFAULT``) asks for PDL: anything but 0/false/off/no."""
-    return os.environ.get(ENV, DEFAULT).strip().lower() not in ("0", "false", "off", "no")
+    """Whether ``MAMBA_CUPY_PDL`` asks for PDL anywhere (anything but 0/false/off/no)."""
+    return mode() != "off"
+
+
+def _capturing() -> bool:
+    """Whether CuPy's current stream is capturing a CUDA graph (False where the query fails: a
+    launch there fails on its own, with CUDA's message)."""
+    import cupy
+
+    try:
+        return bool(cupy.cuda.get_current_stream().is_capturing())
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def dims(d) -> tuple:
@@ -141,8 +169,12 @@ def supported() -> bool:
 
 
 def active() -> bool:
-    """Whether ``launch`` uses PDL now (switch on, device and driver able)."""
-    return enabled() and supported()
+    """Whether ``launch`` uses PDL now: the switch asks for it (always, or while the current
+    stream captures a graph) and the device and driver take it."""
+    m = mode()
+    if m == "off" or (m == "capture" and not _capturing()):
+        return False
+    return supported()
 
 
 @functools.lru_cache(maxsize=None)

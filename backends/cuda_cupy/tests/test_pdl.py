@@ -57,14 +57,40 @@ def test_dims():
             _launch.dims(bad)
 
 
-@pytest.mark.parametrize("raw,on", [(None, _launch.DEFAULT == "1"), ("1", True), ("0", False), ("off", False),
-                                    ("False", False), ("no", False), ("yes", True)])
-def test_switch(raw, on, monkeypatch):
+@pytest.mark.parametrize("raw,mode", [(None, "capture"), ("capture", "capture"), (" Capture ", "capture"),
+                                      ("1", "always"), ("on", "always"), ("yes", "always"),
+                                      ("0", "off"), ("off", "off"), ("False", "off"), ("no", "off")])
+def test_switch(raw, mode, monkeypatch):
     if raw is None:
         monkeypatch.delenv(_launch.ENV, raising=False)
     else:
         monkeypatch.setenv(_launch.ENV, raw)
-    assert _launch.enabled() is on
+    assert _launch.mode() == mode
+    assert _launch.enabled() is (mode != "off")
+
+
+@pytest.mark.parametrize("raw,capturing,pdl", [("capture", False, False), ("capture", True, True),
+                                               ("1", False, True), ("1", True, True),
+                                               ("0", False, False), ("0", True, False)])
+def test_capture_mode_launches_with_pdl_only_while_a_graph_is_captured(raw, capturing, pdl, monkeypatch):
+    """The default: eager calls take CuPy's launch (less host time a call), captures get PDL."""
+    monkeypatch.setenv(_launch.ENV, raw)
+    monkeypatch.setattr(_launch, "_capturing", lambda: capturing)
+    monkeypatch.setattr(_launch, "supported", lambda: True)
+    ex, plain = [], []
+    monkeypatch.setattr(_launch, "_launch_ex", lambda *a: ex.append(a) or 0)
+    _launch.launch(lambda *a: plain.append(a), (2,), (32,), (np.int32(1),))
+    assert _launch.active() is pdl
+    assert (len(ex), len(plain)) == ((1, 0) if pdl else (0, 1))
+
+
+def test_an_unsupported_device_never_launches_with_pdl(monkeypatch):
+    monkeypatch.setenv(_launch.ENV, "1")
+    monkeypatch.setattr(_launch, "supported", lambda: False)
+    monkeypatch.setattr(_launch, "_launch_ex", lambda *a: pytest.fail("PDL launch on an unable device"))
+    plain = []
+    _launch.launch(lambda *a: plain.append(a), (2,), (32,), ())
+    assert len(plain) == 1 and _launch.active() is False
 
 
 def test_only_kernels_that_wait_are_launched_with_pdl():
@@ -197,10 +223,16 @@ def test_graph_decoder_with_pdl_is_bit_identical(monkeypatch):
     cfg = LMConfig(d_model=64, n_layer=4, vocab_size=100,
                    ssm_cfg={"layer": "Mamba2", "d_state": 64, "headdim": 16})
     params = lm.to_backend(be, lm.init_params(cfg, np.random.default_rng(0)))
-    results = {}
-    for flag in ("0", "1"):
+    results, pdl_launches = {}, {}
+    launch_ex = _launch._launch_ex
+    for flag in ("0", "1", "capture"):
         monkeypatch.setenv(_launch.ENV, flag)  # read while the decoder captures its graph
+        seen = []
+        monkeypatch.setattr(_launch, "_launch_ex",
+                            lambda *a, seen=seen: seen.append(_launch._capturing()) or launch_ex(*a))
         dec = graphs.GraphDecoder(be, params, cfg, batch=2)
+        monkeypatch.setattr(_launch, "_launch_ex", launch_ex)
+        pdl_launches[flag] = (seen.count(False), seen.count(True))  # (eager, captured)
         rng = np.random.default_rng(2)
         logits = []
         for _ in range(5):
@@ -212,5 +244,10 @@ def test_graph_decoder_with_pdl_is_bit_identical(monkeypatch):
         dec.synchronize()
         logits.append(cp.asnumpy(got))
         results[flag] = (logits, [cp.asnumpy(v) for v in graphs._leaves(dec.cache)])
-    for a, c in zip(results["0"][0] + results["0"][1], results["1"][0] + results["1"][1]):
-        assert np.array_equal(a, c)
+    # "1": the warm-up step and the capture launch with PDL; "capture": the capture alone
+    assert pdl_launches["0"] == (0, 0)
+    assert pdl_launches["1"][0] > 0 and pdl_launches["1"][1] > 0
+    assert pdl_launches["capture"] == (0, pdl_launches["1"][1])
+    for flag in ("1", "capture"):
+        for a, c in zip(results["0"][0] + results["0"][1], results[flag][0] + results[flag][1]):
+            assert np.array_equal(a, c), flag
