@@ -68,6 +68,9 @@
 #                                                 default, a host profile; then s10d's Mamba-3 yardstick (twice, GPU
 #                                                 alone), the PDL and norm GPU tests, Mamba-3 GPU tests and float32
 #                                                 certificate entries beside the bf16 MIMO (R=4) launch grid
+#   bash benchmarks/gpu/run_device.sh s11b        the cuda_cupy certificate (float32, float64) under s11a's PDL default in
+#                                                 the background, then the norm and conv bench rows (gpu_check's
+#                                                 figure), both backends, twice with the GPU alone
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
 #   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
 # Optional carries: .cache/ with tarballs of an earlier call's ~/.triton/cache
@@ -109,6 +112,22 @@ results_dir() { R="$OUT/r"; mkdir -p "$R"; mv "$OUT/device.txt" "$OUT/backends.t
 job() { local name=$1 t=$2; shift 2; (timeout "$t" "$@" > "$R/$name.log" 2>&1; echo "$name rc=$?" >> "$R/rc.txt") & }
 tmo() { local l=$(( ${DEADLINE:-560} - SECONDS )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 case "${1:-certify}" in
+s11b)
+    # gpu_check's bench rows of the short ops (each backend in its own process, twice) with the
+    # GPU alone, then the whole cuda_cupy certificate under the eager-launch default.
+    results_dir
+    DEADLINE=${DEADLINE:-400}
+    for i in 1 2; do
+        GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_OPS=rmsnorm_gated,add_rmsnorm,causal_conv1d timeout $(tmo 90) \
+            python3 backends/cuda_cupy/gpu_check.py "$R/bench_short_$i" > "$R/bench_short_$i.log" 2>&1
+        echo "bench short ($i) rc=$?"; grep -E "(cuda_cupy|torch_triton) " "$R/bench_short_$i.log" | cut -c1-300
+    done
+    timeout $(tmo $(( DEADLINE - 20 ))) mamba-conformance cuda_cupy -v --json "$R/cuda_cupy.gpu.s11b.certificate.json" \
+        > "$R/cupy_cert.log" 2>&1
+    echo "cupy_cert rc=$?: $(grep -cE " PASS" "$R/cupy_cert.log") PASS lines"; tail -n 2 "$R/cupy_cert.log" | cut -c1-300
+    grep -E "FAIL|ERROR" "$R/cupy_cert.log" | head -5 | cut -c1-300
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
+    ;;
 s11a)
     # Session 11: the PDL switch's new default ("capture": eager launches through CuPy) against
     # PDL on every launch (the previous default), the short rows interleaved with torch_triton;
