@@ -66,8 +66,9 @@
 #   bash benchmarks/gpu/run_device.sh s11a        cuda_cupy's eager launches through CuPy (PDL only in graph captures):
 #                                                 the short rows' host/device split with PDL always on and under the
 #                                                 default, a host profile; then s10d's Mamba-3 yardstick (twice, GPU
-#                                                 alone), the PDL and norm GPU tests, Mamba-3 GPU tests and float32
-#                                                 certificate entries beside the bf16 MIMO (R=4) launch grid
+#                                                 alone), the PDL and norm GPU tests, the cuda_cupy certificate, Mamba-3
+#                                                 GPU tests and float32 certificate entries beside the bf16 MIMO (R=4)
+#                                                 launch grid
 #   bash benchmarks/gpu/run_device.sh s11b        the cuda_cupy certificate (float32, float64) under s11a's PDL default in
 #                                                 the background, then the norm and conv bench rows (gpu_check's
 #                                                 figure), both backends, twice with the GPU alone
@@ -150,12 +151,13 @@ s11a)
         backends/torch_triton/tests/test_ssd_mamba3_kernels.py -k mamba3
     job tt_cert_float32 $(tmo 200) mamba-conformance torch_triton -v --dtype float32 --only 'op:mamba3*' \
         --only 'mixer:mamba3*' --json "$R/torch_triton.gpu.s11a.float32.certificate.json"
+    job cupy_cert $(tmo 260) mamba-conformance cuda_cupy -v --json "$R/cuda_cupy.gpu.s11a.certificate.json"
     SWEEP_M3_R=4 SWEEP_M3_FWD=8:4:-:32,32:8:-:64,32:4:-:32,16:4:-:32 SWEEP_M3=4:4:1,16:4:1,4:8:1,8:4:1 \
         timeout $(tmo 150) python3 benchmarks/gpu/sweep_tt.py "$R/m3sweep_mimo" --parts m3 --budget 140 > "$R/sweep_m3_mimo.log" 2>&1
     echo "sweep m3 MIMO bf16 rc=$?"; grep -E "m3 (fwd|bwd)|Mamba-3" "$R/sweep_m3_mimo.log" | cut -c1-200
     wait
     for w in cupy_tests tt_tests; do tail -n 3 "$R/$w.log" | cut -c1-300; grep -E "FAILED|Error" "$R/$w.log" | head -5 | cut -c1-300; done
-    for w in tt_cert_float32; do echo "$w: $(grep -cE " PASS" "$R/$w.log") PASS lines"; tail -n 2 "$R/$w.log" | cut -c1-300; grep -E "FAIL|ERROR" "$R/$w.log" | head -5 | cut -c1-300; done
+    for w in tt_cert_float32 cupy_cert; do echo "$w: $(grep -cE " PASS" "$R/$w.log") PASS lines"; tail -n 2 "$R/$w.log" | cut -c1-300; grep -E "FAIL|ERROR" "$R/$w.log" | head -5 | cut -c1-300; done
     cat "$R/rc.txt"
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
     ;;
