@@ -62,16 +62,16 @@
 #                                                 rows beside cuda_cupy; the norm rows' host/device split first
 #   bash benchmarks/gpu/run_device.sh s10d        s10c's float32 forward default (32 rows, 8 warps): the Mamba-3 yardstick
 #                                                 twice with the GPU alone, then GPU tests and float32 certificate entries
-#                                                 beside the bf16 MIMO (R=4) launch grid (not yet run)
+#                                                 beside the bf16 MIMO (R=4) launch grid (never run: s11a holds it)
 #   bash benchmarks/gpu/run_device.sh s11a        cuda_cupy's eager launches through CuPy (PDL only in graph captures):
 #                                                 the short rows' host/device split with PDL always on and under the
 #                                                 default, a host profile; then s10d's Mamba-3 yardstick (twice, GPU
 #                                                 alone), the PDL and norm GPU tests, the cuda_cupy certificate, Mamba-3
 #                                                 GPU tests and float32 certificate entries beside the bf16 MIMO (R=4)
 #                                                 launch grid
-#   bash benchmarks/gpu/run_device.sh s11b        the cuda_cupy certificate (float32, float64) under s11a's PDL default in
-#                                                 the background, then the norm and conv bench rows (gpu_check's
-#                                                 figure), both backends, twice with the GPU alone
+#   bash benchmarks/gpu/run_device.sh s11b        after run 33: the short rows' host/device split (cached dtype checks), the
+#                                                 Mamba-3 GPU tests and certificate entries (bf16, float32) under the
+#                                                 16-bit backward's rows cap of 16
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
 #   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
 # Optional carries: .cache/ with tarballs of an earlier call's ~/.triton/cache
@@ -114,19 +114,23 @@ job() { local name=$1 t=$2; shift 2; (timeout "$t" "$@" > "$R/$name.log" 2>&1; e
 tmo() { local l=$(( ${DEADLINE:-560} - SECONDS )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 case "${1:-certify}" in
 s11b)
-    # gpu_check's bench rows of the short ops (each backend in its own process, twice) with the
-    # GPU alone, then the whole cuda_cupy certificate under the eager-launch default.
+    # After run 33: the short rows' host/device split again (runs_here's dtype check and ctype
+    # cached), then the Mamba-3 GPU tests and bf16 certificate entries under the 16-bit
+    # backward's new rows cap (16: MIMO R = 4 at 4 tokens a chunk), and the float32 ones.
     results_dir
-    DEADLINE=${DEADLINE:-400}
-    for i in 1 2; do
-        GPU_CHECK_PARTS=bench GPU_CHECK_BENCH_OPS=rmsnorm_gated,add_rmsnorm,causal_conv1d timeout $(tmo 90) \
-            python3 backends/cuda_cupy/gpu_check.py "$R/bench_short_$i" > "$R/bench_short_$i.log" 2>&1
-        echo "bench short ($i) rc=$?"; grep -E "(cuda_cupy|torch_triton) " "$R/bench_short_$i.log" | cut -c1-300
+    DEADLINE=${DEADLINE:-300}
+    timeout $(tmo 70) python3 benchmarks/gpu/launch_cost.py "$R/launch_cost" --rounds 5 > "$R/launch_cost.log" 2>&1
+    echo "launch_cost rc=$?"; grep -vE "^round" "$R/launch_cost.log" | cut -c1-200
+    job tt_tests $(tmo 200) env TRITON_INTERPRET=0 python3 -m pytest -q -rs -p no:cacheprovider \
+        backends/torch_triton/tests/test_ssd_mamba3_kernels.py -k mamba3
+    for dt in bfloat16 float32; do
+        job "tt_cert_$dt" $(tmo 220) mamba-conformance torch_triton -v --dtype $dt --only 'op:mamba3*' \
+            --only 'mixer:mamba3*' --only 'lm:mamba3*' --json "$R/torch_triton.gpu.s11b.$dt.certificate.json"
     done
-    timeout $(tmo $(( DEADLINE - 20 ))) mamba-conformance cuda_cupy -v --json "$R/cuda_cupy.gpu.s11b.certificate.json" \
-        > "$R/cupy_cert.log" 2>&1
-    echo "cupy_cert rc=$?: $(grep -cE " PASS" "$R/cupy_cert.log") PASS lines"; tail -n 2 "$R/cupy_cert.log" | cut -c1-300
-    grep -E "FAIL|ERROR" "$R/cupy_cert.log" | head -5 | cut -c1-300
+    wait
+    tail -n 3 "$R/tt_tests.log" | cut -c1-300; grep -E "FAILED|Error" "$R/tt_tests.log" | head -5 | cut -c1-300
+    for w in tt_cert_bfloat16 tt_cert_float32; do echo "$w: $(grep -cE " PASS" "$R/$w.log") PASS lines"; tail -n 2 "$R/$w.log" | cut -c1-300; grep -E "FAIL|ERROR" "$R/$w.log" | head -5 | cut -c1-300; done
+    cat "$R/rc.txt"
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
     ;;
 s11a)

@@ -40,8 +40,9 @@ def source(file: str) -> str:
     return _INCLUDE.sub(paste, text)
 
 
+@functools.lru_cache(maxsize=64)
 def ctype(dtype) -> str:
-    """The C type of a NumPy/CuPy dtype the kernels take."""
+    """The C type of a NumPy/CuPy dtype the kernels take (cached: called at every launch)."""
     try:  # a dtype, a scalar type (numpy.float32, as result_type-like helpers return) or a name
         name = np.dtype(dtype).name
     except TypeError:

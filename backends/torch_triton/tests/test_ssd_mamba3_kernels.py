@@ -335,6 +335,8 @@ def test_bf16_mimo_under_the_16bit_launches():
     float64 truth on the rounded inputs."""
     assert M3.conf_key("fwd", torch.bfloat16) == "fwd"
     assert M3._chunk_cap(M3.CONFIG["fwd"], 64, 4) == 8
+    assert M3._chunk_cap(M3.CONFIG["bwd"], 64, 4) == 4
+    assert M3._chunk_cap(M3.CONFIG["bwd"], 64, 1) == 16  # SISO keeps its timed chunk
     rng = np.random.default_rng(19)
     args, kw = m3_inputs(rng, L=37, H=2, P=4, N=4, R=4, Q=64)
     targs, tkw = tt(args, torch.bfloat16), tt(kw, torch.bfloat16)

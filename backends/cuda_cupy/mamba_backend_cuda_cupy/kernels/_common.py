@@ -25,6 +25,15 @@ def xp_of(a):
     return cupy
 
 
+@functools.lru_cache(maxsize=64)
+def _refused(dtype) -> bool:
+    """Whether a float dtype other than the kernels' (float16, bfloat16...) sends a call to the
+    default composition. Cached per dtype: NumPy computes ``dtype.name`` in Python, and this
+    runs for every array of every call (run 33's host profile of the norm forward)."""
+    name = getattr(dtype, "name", "")
+    return name.startswith(("float", "bfloat")) and name not in KERNEL_DTYPES
+
+
 def runs_here(*arrays) -> bool:
     kinds = set()
     for a in arrays:
@@ -34,8 +43,7 @@ def runs_here(*arrays) -> bool:
         if mod not in ("cupy", "numpy"):
             return False
         kinds.add(mod)
-        name = getattr(a.dtype, "name", "")
-        if name.startswith(("float", "bfloat")) and name not in KERNEL_DTYPES:
+        if _refused(a.dtype):
             return False
     return len(kinds) == 1
 

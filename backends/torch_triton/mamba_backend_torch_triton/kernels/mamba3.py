@@ -86,9 +86,13 @@ _MAX_DIM = 256
 #: "rows" caps the chunk's rows Qk R (None: no cap beyond the layout's 128). The 16-bit forward
 #: keeps MIMO at SISO's timed tile (32 rows: Qk = 8 at R = 4). Compiled for sm_90 (bf16, R = 4,
 #: N = 128), it has 111 spill loads a chunk, against 1679 at 128 rows with 4 warps and 681 at
-#: the earlier default (128 rows, 8 warps, bp 64). The MIMO bf16 launches have not been timed;
-#: static spill counts did not predict the float32 timings (run 32: 16 rows with 4 warps, 963
-#: spill loads, took 273 ms; 8 warps, 2942 spill loads, took 43 ms).
+#: the earlier default (128 rows, 8 warps, bp 64). Run 33 (2026-12-07, H100, bf16, MIMO R = 4 at
+#: the SISO shape) timed it: forward 8 tokens a chunk (32 rows) / 4 warps / bp 32 1.65 ms against
+#: 3.42 at 16 tokens, 4.16 at 32 with 8 warps and bp 64, 7.07 at 32 with 4 warps; the VJP at 4
+#: tokens (16 rows) / 4 warps / 1 stage 9.66 ms against 12.4 at 8, 13.2 at 16 (the earlier
+#: default) and 12.6 at 4 with 8 warps: so the 16-bit backward caps rows at 16 too (SISO keeps
+#: chunk 16). Static spill counts did not predict the float32 timings (run 32: 16 rows with 4
+#: warps, 963 spill loads, took 273 ms; 8 warps, 2942 spill loads, took 43 ms).
 #: "fwd_ieee" / "bwd_ieee": the same knobs for float32 inputs with IEEE dots (the float32 default,
 #: MAMBA_TRITON_FP32_DOT unset; "states16" concerns 16-bit inputs only). Triton lowers those dots
 #: to FMAs held in registers, and 16-bit launches spill there: compiled for sm_90, the forward at
@@ -102,7 +106,7 @@ _MAX_DIM = 256
 #: slow (cuda_cupy's: 4.2 ms SISO); spill counts do not explain it (16 and 32 rows time alike)
 #: and it has not been profiled on a GPU yet.
 CONFIG = {"bwd": {"chunk": 16, "num_warps": 4, "stages": 1, "states16": True, "recompute_bp": None,
-                  "state_stride": 1, "rows": None},
+                  "state_stride": 1, "rows": 16},
           "fwd": {"chunk": 32, "num_warps": 4, "stages": None, "bp": 32, "rows": 32},
           "bwd_ieee": {"chunk": None, "num_warps": 8, "stages": 1, "recompute_bp": 32, "state_stride": 1,
                        "rows": 16},
