@@ -35,9 +35,9 @@ PDL pays where kernels follow each other with no host between them: graph replay
 timed on an H100 on 2026-12-07, runs 16-19 of benchmarks/results/gpu-20261207-h100: every
 cuda_cupy GPU test and the certificate pass with it, decode graphs are bit-identical with and
 without it, batch-1 decode 1.19 against 1.37 ms a token). In eager calls the host is the bound
-of a short kernel, and the ctypes launch costs it more than CuPy's (run 32: a gated norm call
-spent 0.12 ms of host time against torch_triton's 0.10), so ``capture`` keeps eager launches on
-CuPy's path. PDL is also off below compute capability 9.0 and where libcuda has no
+of a short kernel, and the ctypes launch costs it more than CuPy's: run 33 timed the gated norm's
+forward at 0.103 ms of host time a call with PDL on every launch and 0.060 through CuPy (0.245
+against 0.193 ms a call, torch_triton 0.186), so ``capture`` keeps eager launches on CuPy's path. PDL is also off below compute capability 9.0 and where libcuda has no
 cuLaunchKernelEx (drivers before CUDA 12).
 """
 
