@@ -69,7 +69,7 @@
 #                                                 alone), the PDL and norm GPU tests, the cuda_cupy certificate, Mamba-3
 #                                                 GPU tests and float32 certificate entries beside the bf16 MIMO (R=4)
 #                                                 launch grid
-#   bash benchmarks/gpu/run_device.sh s11b        after run 33: the short rows' host/device split (cached dtype checks), the
+#   bash benchmarks/gpu/run_device.sh s11b        after run 33: the short rows' host/device split (cached dtype checks), cuda_cupy GPU tests, the
 #                                                 Mamba-3 GPU tests and certificate entries (bf16, float32) under the
 #                                                 16-bit backward's rows cap of 16
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
@@ -121,6 +121,8 @@ s11b)
     DEADLINE=${DEADLINE:-300}
     timeout $(tmo 70) python3 benchmarks/gpu/launch_cost.py "$R/launch_cost" --rounds 5 > "$R/launch_cost.log" 2>&1
     echo "launch_cost rc=$?"; grep -vE "^round" "$R/launch_cost.log" | cut -c1-200
+    job cupy_tests $(tmo 150) python3 -m pytest -q -rs -p no:cacheprovider backends/cuda_cupy/tests/test_pdl.py \
+        backends/cuda_cupy/tests/test_gpu.py -k "pdl or norm or conv or graph or scan"
     job tt_tests $(tmo 200) env TRITON_INTERPRET=0 python3 -m pytest -q -rs -p no:cacheprovider \
         backends/torch_triton/tests/test_ssd_mamba3_kernels.py -k mamba3
     for dt in bfloat16 float32; do
@@ -128,7 +130,7 @@ s11b)
             --only 'mixer:mamba3*' --only 'lm:mamba3*' --json "$R/torch_triton.gpu.s11b.$dt.certificate.json"
     done
     wait
-    tail -n 3 "$R/tt_tests.log" | cut -c1-300; grep -E "FAILED|Error" "$R/tt_tests.log" | head -5 | cut -c1-300
+    for w in cupy_tests tt_tests; do tail -n 3 "$R/$w.log" | cut -c1-300; grep -E "FAILED|Error" "$R/$w.log" | head -5 | cut -c1-300; done
     for w in tt_cert_bfloat16 tt_cert_float32; do echo "$w: $(grep -cE " PASS" "$R/$w.log") PASS lines"; tail -n 2 "$R/$w.log" | cut -c1-300; grep -E "FAIL|ERROR" "$R/$w.log" | head -5 | cut -c1-300; done
     cat "$R/rc.txt"
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
