@@ -72,6 +72,9 @@
 #   bash benchmarks/gpu/run_device.sh s11b        after run 33: the short rows' host/device split (cached dtype checks), cuda_cupy GPU tests, the
 #                                                 Mamba-3 GPU tests and certificate entries (bf16, float32) under the
 #                                                 16-bit backward's rows cap of 16
+#   bash benchmarks/gpu/run_device.sh s11c        Nsight Compute over one forward+backward (benchmarks/gpu/ncu_targets.py):
+#                                                 torch_triton Mamba-1 and Mamba-3 SISO (bf16), the official Mamba-3,
+#                                                 torch_triton's float32 Mamba-3 forward; the details pages kept
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
 #   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
 # Optional carries: .cache/ with tarballs of an earlier call's ~/.triton/cache
@@ -113,6 +116,23 @@ results_dir() { R="$OUT/r"; mkdir -p "$R"; mv "$OUT/device.txt" "$OUT/backends.t
 job() { local name=$1 t=$2; shift 2; (timeout "$t" "$@" > "$R/$name.log" 2>&1; echo "$name rc=$?" >> "$R/rc.txt") & }
 tmo() { local l=$(( ${DEADLINE:-560} - SECONDS )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 case "${1:-certify}" in
+s11c)
+    # Where the unmet #5 targets spend their time, kernel by kernel: Mamba-1 forward+backward
+    # (1.98x the official) and Mamba-3 SISO (1.22x / 1.34x), beside the official Mamba-3 kernels.
+    results_dir
+    DEADLINE=${DEADLINE:-300}
+    (command -v ncu && ncu --version | tail -1) | tee "$R/ncu_version.txt"
+    for t in m1_ours m3_ours m3_official m3_f32_fwd; do
+        YARDSTICK_M3_AUTOTUNE=reduced timeout $(tmo 100) ncu --profile-from-start off --clock-control none \
+            --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+            --section MemoryWorkloadAnalysis -f -o "$R/ncu_$t" python3 benchmarks/gpu/ncu_targets.py $t > "$R/ncu_$t.log" 2>&1
+        echo "$t rc=$?"; grep -vE "^==PROF==" "$R/ncu_$t.log" | tail -n 3 | cut -c1-300
+        [ -f "$R/ncu_$t.ncu-rep" ] && ncu -i "$R/ncu_$t.ncu-rep" --page details > "$R/ncu_$t.details.txt" 2>&1 \
+            && grep -E "^  [A-Za-z_].*\(|Duration" "$R/ncu_$t.details.txt" | paste - - | cut -c1-200 | head -30
+        rm -f "$R/ncu_$t.ncu-rep"
+    done
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
+    ;;
 s11b)
     # After run 33: the short rows' host/device split again (runs_here's dtype check and ctype
     # cached), then the Mamba-3 GPU tests and bf16 certificate entries under the 16-bit
