@@ -72,7 +72,7 @@
 #   bash benchmarks/gpu/run_device.sh s11b        after run 33: the short rows' host/device split (cached dtype checks), cuda_cupy GPU tests, the
 #                                                 Mamba-3 GPU tests and certificate entries (bf16, float32) under the
 #                                                 16-bit backward's rows cap of 16
-#   bash benchmarks/gpu/run_device.sh s11c        Nsight Compute over one forward+backward (benchmarks/gpu/ncu_targets.py):
+#   bash benchmarks/gpu/run_device.sh s11c        Nsight Compute over one forward+backward (benchmarks/gpu/ncu_targets.py; not yet run):
 #                                                 torch_triton Mamba-1 and Mamba-3 SISO (bf16), the official Mamba-3,
 #                                                 torch_triton's float32 Mamba-3 forward; the details pages kept
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
