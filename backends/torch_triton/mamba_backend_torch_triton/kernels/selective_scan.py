@@ -71,9 +71,12 @@ against 5.2 ms for the whole float32 VJP (its state-saving forward included) and
 official backward. 1062 of them are SHFL (31%). Most come from 19 layout conversions between the
 token tiles (u, delta, dy, z, the shifted delta, du, ddelta, dz: lanes along e, as they lie in
 memory) and the state tiles (lanes along n, from the B, C and A loads). The rest are the sums
-over n (16 lanes) and over e. The "tr" layout avoids the conversions but spills at T >= 4 (T=4
-BE=16 1 warp: 4568 instructions for the same 32 elements a thread). So a faster VJP needs one
-layout for both kinds of tile, with fewer instructions per element, not a new launch shape.
+over n (16 lanes) and over e. The "tr" VJP was meant to avoid the conversions but does not: at
+T=4 it spills (T=4 BE=16 1 warp: 4568 instructions for the same 32 elements a thread), and at
+T=2 BE=32 1 warp (no spills) it takes 3624, ~113 an element, with 46 layout conversions (Triton
+spreads n over 16 lanes in some of its tiles) and ~51 float operations an element. So a faster
+VJP needs one layout for both kinds of tile, with fewer instructions per element, not a new
+launch shape.
 
 Precision: float32 registers and states whatever the input dtype (bf16/fp16 inputs welcome);
 y and the input gradients in their argument's dtype; states float32. float64 inputs run the
