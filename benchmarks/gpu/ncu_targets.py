@@ -25,75 +25,25 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import yardstick as Y  # noqa: E402  (shapes, backend, the official autotune cut)
+import yardstick as Y  # noqa: E402  (shapes, inputs, backend, the official autotune cut)
 
 
 def _m1():
-    be, dev, bf = Y.backend(), "cuda", torch.bfloat16
-    g = torch.Generator(device=dev).manual_seed(0)
-    B, L, E, N = Y.B, Y.L, Y.E, Y.N1
-    u = torch.randn(B, L, E, device=dev, dtype=bf, generator=g)
-    delta = (torch.rand(B, L, E, device=dev, generator=g) * 2 - 4).to(bf)
-    A = -torch.exp(torch.randn(E, N, device=dev, generator=g) * 0.5)
-    Bm = torch.randn(B, L, 1, N, device=dev, dtype=bf, generator=g)
-    Cm = torch.randn(B, L, 1, N, device=dev, dtype=bf, generator=g)
-    D = torch.ones(E, device=dev)
-    z = torch.randn(B, L, E, device=dev, dtype=bf, generator=g)
-    db = torch.rand(E, device=dev, generator=g) - 4
-    dy = torch.randn(B, L, E, device=dev, dtype=bf, generator=g)
-    args = (u, delta, A, Bm, Cm, D, z, db, True)
+    be = Y.backend()
+    args, dy = Y.mamba1_inputs()
     return lambda: (be.ops.selective_scan(*args), be.ops.selective_scan_vjp((dy, None), *args))
 
 
-def _m3_inputs(dtype=torch.bfloat16):
-    dev = "cuda"
-    g = torch.Generator(device=dev).manual_seed(2)
-    B, L, H, P, N = Y.B, Y.L, Y.H, Y.P, Y.N
-    S = N // 4
-    t = dict(
-        q=torch.randn(B, L, 1, N, device=dev, dtype=dtype, generator=g),
-        k=torch.randn(B, L, 1, N, device=dev, dtype=dtype, generator=g),
-        v=torch.randn(B, L, H, P, device=dev, dtype=dtype, generator=g),
-        dt=torch.nn.functional.softplus(torch.rand(B, L, H, device=dev, generator=g) * 2 - 4),
-        A=-(torch.rand(B, L, H, device=dev, generator=g) + 0.5),
-        trap=torch.rand(B, L, H, device=dev, generator=g),
-        qb=torch.ones(H, N, device=dev), kb=torch.ones(H, N, device=dev),
-        ang=torch.randn(B, L, S, device=dev, generator=g),
-        D=torch.ones(H, device=dev),
-        z=torch.randn(B, L, H, P, device=dev, dtype=dtype, generator=g),
-        dy=torch.randn(B, L, 1, H, P, device=dev, dtype=dtype, generator=g))
-    return t
-
-
 def _m3_ours():
-    be, t = Y.backend(), _m3_inputs()
-    kw = dict(B_bias=t["kb"].unsqueeze(0), C_bias=t["qb"].unsqueeze(0), D=t["D"], chunk_size=64)
-
-    def run():
-        phi, _ = be.ops.mamba3_angles(t["ang"], t["dt"])
-        rs = (t["v"], t["dt"], t["A"], t["trap"], t["k"].unsqueeze(2), t["q"].unsqueeze(2), phi)
-        y = be.ops.mamba3_rope_scan(*rs, **kw)[0][:, :, 0]
-        gg = be.ops.silu_gate_vjp(t["dy"][:, :, 0], y, t["z"])
-        out = be.ops.silu_gate(y, t["z"])
-        gr = be.ops.mamba3_rope_scan_vjp((gg["x"].unsqueeze(2), None, None, None), *rs, **kw)
-        return out, be.ops.mamba3_angles_vjp((gr["phi"], None), t["ang"], t["dt"])
-    return run
+    return Y.mamba3_whole_fb(Y.backend(), Y.mamba3_inputs())
 
 
 def _m3_official():
-    import math
-
     Y._reduce_autotune()
     from mamba_ssm.ops.triton.mamba3.mamba3_siso_combined import mamba3_siso_combined
 
-    t = _m3_inputs()
-    B, L, H, S = Y.B, Y.L, Y.H, Y.N // 4
-    ADT = (t["A"] * t["dt"]).transpose(1, 2).contiguous()
-    DT = t["dt"].transpose(1, 2).contiguous()
-    TR = torch.logit(t["trap"].clamp(1e-4, 1 - 1e-4)).transpose(1, 2).contiguous()
-    angh = (torch.tanh(t["ang"]) * math.pi).unsqueeze(2).expand(B, L, H, S).contiguous()
-    leaves = [x.detach().requires_grad_() if x.is_floating_point() else x
-              for x in (t["q"], t["k"], t["v"], ADT, DT, TR, t["qb"], t["kb"], angh)]
+    t = Y.mamba3_inputs()
+    leaves = [a.detach().requires_grad_() if a.is_floating_point() else a for a in Y.mamba3_official_args(t)]
 
     def run():
         y = mamba3_siso_combined(*leaves, D=t["D"], Z=t["z"], chunk_size=64)
@@ -102,7 +52,7 @@ def _m3_official():
 
 
 def _m3_f32_fwd():
-    be, t = Y.backend(), _m3_inputs(torch.float32)
+    be, t = Y.backend(), Y.mamba3_inputs(torch.float32)
     Bh = (t["k"] + t["kb"]).unsqueeze(2).contiguous()  # (B, L, 1, H, N): per head, as after rope
     Ch = (t["q"] + t["qb"]).unsqueeze(2).contiguous()
     args = (t["v"], t["dt"], t["A"], t["trap"], Bh, Ch, t["D"], None, 64)

@@ -60,12 +60,9 @@
 #                                                 GPU tests, certificate entries, SISO and MIMO float32 grids, the
 #                                                 bf16 forward's new default in the yardstick, float32 Mamba-3 bench
 #                                                 rows beside cuda_cupy; the norm rows' host/device split first
-#   bash benchmarks/gpu/run_device.sh s10d        s10c's float32 forward default (32 rows, 8 warps): the Mamba-3 yardstick
-#                                                 twice with the GPU alone, then GPU tests and float32 certificate entries
-#                                                 beside the bf16 MIMO (R=4) launch grid (never run: s11a holds it)
 #   bash benchmarks/gpu/run_device.sh s11a        cuda_cupy's eager launches through CuPy (PDL only in graph captures):
 #                                                 the short rows' host/device split with PDL always on and under the
-#                                                 default, a host profile; then s10d's Mamba-3 yardstick (twice, GPU
+#                                                 default, a host profile; then the Mamba-3 yardstick (twice, GPU
 #                                                 alone), the PDL and norm GPU tests, the cuda_cupy certificate, Mamba-3
 #                                                 GPU tests and float32 certificate entries beside the bf16 MIMO (R=4)
 #                                                 launch grid
@@ -158,7 +155,8 @@ s11b)
 s11a)
     # Session 11: the PDL switch's new default ("capture": eager launches through CuPy) against
     # PDL on every launch (the previous default), the short rows interleaved with torch_triton;
-    # then a host profile under the default, and s10d's parts.
+    # then a host profile under the default, the Mamba-3 yardstick, tests and certificates, and
+    # the bf16 MIMO grid.
     results_dir
     DEADLINE=${DEADLINE:-540}
     MAMBA_CUPY_PDL=1 timeout $(tmo 45) python3 benchmarks/gpu/launch_cost.py "$R/launch_cost_pdl1" --rounds 3 \
@@ -184,34 +182,6 @@ s11a)
     wait
     for w in cupy_tests tt_tests; do tail -n 3 "$R/$w.log" | cut -c1-300; grep -E "FAILED|Error" "$R/$w.log" | head -5 | cut -c1-300; done
     for w in tt_cert_float32 cupy_cert; do echo "$w: $(grep -cE " PASS" "$R/$w.log") PASS lines"; tail -n 2 "$R/$w.log" | cut -c1-300; grep -E "FAIL|ERROR" "$R/$w.log" | head -5 | cut -c1-300; done
-    cat "$R/rc.txt"
-    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
-    ;;
-s10d)
-    # The Mamba-3 bf16 yardstick twice with the GPU alone (run 32 ran it beside certificates),
-    # then the Mamba-3 GPU tests and float32 certificate entries under the float32 forward's
-    # run-32 default (32 rows, 8 warps, bp 32).
-    results_dir
-    DEADLINE=${DEADLINE:-520}
-    # where cuda_cupy's host time goes in the short rows (run 32: 0.12 ms a gated norm call)
-    timeout $(tmo 40) python3 benchmarks/gpu/launch_cost.py "$R/launch_cost" --rounds 3 --profile 500 \
-        --ops rmsnorm_gated,add_rmsnorm > "$R/launch_cost.log" 2>&1
-    echo "launch_cost rc=$?"; grep -E "cuda_cupy /|  [a-z_]+ +fwd" "$R/launch_cost.log" | cut -c1-200
-    for i in 1 2; do
-        YARDSTICK_PARTS=mamba3 YARDSTICK_M3_AUTOTUNE=reduced timeout $(tmo 130) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m3-$i" > "$R/yardstick-m3-$i.log" 2>&1
-        echo "yardstick m3 ($i) rc=$?"; grep -E "^Mamba-3 SISO (fwd|scan).*ours|pieces" "$R/yardstick-m3-$i.log" | cut -c1-300
-    done
-    job tt_tests $(tmo 200) env TRITON_INTERPRET=0 python3 -m pytest -q -rs -p no:cacheprovider \
-        backends/torch_triton/tests/test_ssd_mamba3_kernels.py -k mamba3
-    job tt_cert_float32 $(tmo 200) mamba-conformance torch_triton -v --dtype float32 --only 'op:mamba3*' \
-        --only 'mixer:mamba3*' --json "$R/torch_triton.gpu.s10d.float32.certificate.json"
-    # MIMO (R=4) in bf16: its launches were set from SISO's tile shape, never timed
-    SWEEP_M3_R=4 SWEEP_M3_FWD=8:4:-:32,32:8:-:64,32:4:-:32,16:4:-:32 SWEEP_M3=4:4:1,16:4:1,4:8:1,8:4:1 \
-        timeout $(tmo 150) python3 benchmarks/gpu/sweep_tt.py "$R/m3sweep_mimo" --parts m3 --budget 140 > "$R/sweep_m3_mimo.log" 2>&1
-    echo "sweep m3 MIMO bf16 rc=$?"; grep -E "m3 (fwd|bwd)|Mamba-3" "$R/sweep_m3_mimo.log" | cut -c1-200
-    wait
-    tail -n 3 "$R/tt_tests.log" | cut -c1-300; grep -E "FAILED|Error" "$R/tt_tests.log" | head -5 | cut -c1-300
-    for w in tt_cert_float32; do echo "$w: $(grep -cE " PASS" "$R/$w.log") PASS lines"; tail -n 2 "$R/$w.log" | cut -c1-300; grep -E "FAIL|ERROR" "$R/$w.log" | head -5 | cut -c1-300; done
     cat "$R/rc.txt"
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
     ;;

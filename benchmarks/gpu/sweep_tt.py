@@ -52,6 +52,9 @@ import os
 import sys
 import time
 import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # yardstick: the benchmark's inputs
 
 PARTS = ("m1", "ssd", "m3", "bc", "decode")
 #: share of the time budget each part may use (what one part leaves goes to the next)
@@ -219,6 +222,8 @@ def _save(out_dir=None):
 def part_m1(deadline):
     import torch
 
+    import yardstick  # benchmarks/gpu: the benchmark's inputs
+
     from mamba_backend_torch_triton.kernels import selective_scan as SS
 
     B, L, E, N = (RUN["m1"][k] for k in ("B", "L", "E", "N"))
@@ -226,17 +231,7 @@ def part_m1(deadline):
     f32 = os.environ.get("SWEEP_M1_DTYPE", "bfloat16") == "float32"
     dev, bf = RUN["dev"], (torch.float32 if f32 else torch.bfloat16)
     fwd_key, bwd_key = ("fwd_f32", "bwd_f32") if f32 else ("fwd", "bwd")
-    g = torch.Generator(device=dev).manual_seed(0)
-    u = torch.randn(B, L, E, device=dev, dtype=bf, generator=g)
-    delta = (torch.rand(B, L, E, device=dev, generator=g) * 2 - 4).to(bf)
-    A = -torch.exp(torch.randn(E, N, device=dev, generator=g) * 0.5)
-    Bm = torch.randn(B, L, 1, N, device=dev, dtype=bf, generator=g)
-    Cm = torch.randn(B, L, 1, N, device=dev, dtype=bf, generator=g)
-    D = torch.ones(E, device=dev)
-    z = torch.randn(B, L, E, device=dev, dtype=bf, generator=g)
-    db = torch.rand(E, device=dev, generator=g) - 4
-    dy = torch.randn(B, L, E, device=dev, dtype=bf, generator=g)
-    args = (u, delta, A, Bm, Cm, D, z, db, True)
+    args, dy = yardstick.mamba1_inputs(B, L, E, N, bf, dev)
     saved = {k: dict(v) for k, v in SS.CONFIG.items()}
     out = {"shape": dict(B=B, L=L, E=E, N=N, dtype=str(bf).split(".")[-1]), "fwd": [], "bwd": []}
     RESULTS["parts"]["m1"] = out

@@ -113,23 +113,83 @@ def _bc_configs():
     return used
 
 
+def mamba1_inputs(b=B, l=L, e=E, n=N1, dtype=torch.bfloat16, dev="cuda"):
+    """The Mamba-1 benchmark inputs (seed 0): ((u, delta, A, B, C, D, z, delta_bias, True), dy)."""
+    g = torch.Generator(device=dev).manual_seed(0)
+    u = torch.randn(b, l, e, device=dev, dtype=dtype, generator=g)
+    delta = (torch.rand(b, l, e, device=dev, generator=g) * 2 - 4).to(dtype)
+    A = -torch.exp(torch.randn(e, n, device=dev, generator=g) * 0.5)
+    Bm = torch.randn(b, l, 1, n, device=dev, dtype=dtype, generator=g)
+    Cm = torch.randn(b, l, 1, n, device=dev, dtype=dtype, generator=g)
+    D = torch.ones(e, device=dev)
+    z = torch.randn(b, l, e, device=dev, dtype=dtype, generator=g)
+    db = torch.rand(e, device=dev, generator=g) - 4
+    dy = torch.randn(b, l, e, device=dev, dtype=dtype, generator=g)
+    return (u, delta, A, Bm, Cm, D, z, db, True), dy
+
+
+def mamba3_inputs(dtype=torch.bfloat16, dev="cuda"):
+    """The Mamba-3 SISO benchmark inputs (seed 2), by name: q, k (B, L, 1, N), v, z (B, L, H, P),
+    dt, A, trap (B, L, H; float32), qb, kb (H, N), ang (B, L, N / 4), D (H,), dy (B, L, 1, H, P)."""
+    g = torch.Generator(device=dev).manual_seed(2)
+    t = dict(q=torch.randn(B, L, 1, N, device=dev, dtype=dtype, generator=g),
+             k=torch.randn(B, L, 1, N, device=dev, dtype=dtype, generator=g),
+             v=torch.randn(B, L, H, P, device=dev, dtype=dtype, generator=g),
+             dt=torch.nn.functional.softplus(torch.rand(B, L, H, device=dev, generator=g) * 2 - 4),
+             A=-(torch.rand(B, L, H, device=dev, generator=g) + 0.5),
+             trap=torch.rand(B, L, H, device=dev, generator=g),
+             qb=torch.ones(H, N, device=dev), kb=torch.ones(H, N, device=dev),
+             ang=torch.randn(B, L, N // 4, device=dev, generator=g),
+             D=torch.ones(H, device=dev))
+    t["z"] = torch.randn(B, L, H, P, device=dev, dtype=dtype, generator=g)
+    t["dy"] = torch.randn(B, L, 1, H, P, device=dev, dtype=dtype, generator=g)
+    return t
+
+
+
+def mamba3_official_args(t):
+    """mamba3_siso_combined's positional inputs for ``mamba3_inputs``' t: ADT, DT and the trap
+    logits (the kernel applies sigmoid) as (B, H, L); the angles per head, raw, (B, L, H, S)."""
+    import math
+
+    ADT = (t["A"] * t["dt"]).transpose(1, 2).contiguous()
+    DT = t["dt"].transpose(1, 2).contiguous()
+    TR = torch.logit(t["trap"].clamp(1e-4, 1 - 1e-4)).transpose(1, 2).contiguous()
+    angh = (torch.tanh(t["ang"]) * math.pi).unsqueeze(2).expand(B, L, H, N // 4).contiguous()
+    return (t["q"], t["k"], t["v"], ADT, DT, TR, t["qb"], t["kb"], angh)
+
+
+def mamba3_gate_fb(be, y, z, do):
+    """out = y silu(z) and its VJP (dy, dz) through the backend's ops, as the mixer runs them."""
+    gg = be.ops.silu_gate_vjp(do, y, z)
+    return be.ops.silu_gate(y, z), gg["x"], gg["z"]
+
+
+def mamba3_whole_fb(be, t):
+    """Our Mamba-3 SISO whole op forward+backward on ``mamba3_inputs``' t, as the official's
+    backward does it: angles, mamba3_rope_scan and the gate forward, then the gate's VJP,
+    mamba3_rope_scan_vjp and mamba3_angles_vjp. B, C enter per group (B, L, R=1, G=1, N) with the
+    per-head biases (R, H, N)."""
+    kw = dict(B_bias=t["kb"].unsqueeze(0), C_bias=t["qb"].unsqueeze(0), D=t["D"], chunk_size=64)
+
+    def run():
+        phi, _ = be.ops.mamba3_angles(t["ang"], t["dt"])
+        rs = (t["v"], t["dt"], t["A"], t["trap"], t["k"].unsqueeze(2), t["q"].unsqueeze(2), phi)
+        y = be.ops.mamba3_rope_scan(*rs, **kw)[0][:, :, 0]
+        out, dyy, dz = mamba3_gate_fb(be, y, t["z"], t["dy"][:, :, 0])
+        gr = be.ops.mamba3_rope_scan_vjp((dyy.unsqueeze(2), None, None, None), *rs, **kw)
+        return out, dz, gr, be.ops.mamba3_angles_vjp((gr["phi"], None), t["ang"], t["dt"])
+    return run
+
+
 def mamba1():
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
     be = backend()
     note = _m1_configs()
-    dev, bf = "cuda", torch.bfloat16
-    g = torch.Generator(device=dev).manual_seed(0)
-    u = torch.randn(B, L, E, device=dev, dtype=bf, generator=g)
-    delta = (torch.rand(B, L, E, device=dev, generator=g) * 2 - 4).to(bf)
-    A = -torch.exp(torch.randn(E, N1, device=dev, generator=g) * 0.5)
-    Bm = torch.randn(B, L, 1, N1, device=dev, dtype=bf, generator=g)
-    Cm = torch.randn(B, L, 1, N1, device=dev, dtype=bf, generator=g)
-    D = torch.ones(E, device=dev)
-    z = torch.randn(B, L, E, device=dev, dtype=bf, generator=g)
-    db = torch.rand(E, device=dev, generator=g) - 4
-    dy = torch.randn(B, L, E, device=dev, dtype=bf, generator=g)
-    args = (u, delta, A, Bm, Cm, D, z, db, True)
+    args, dy = mamba1_inputs()
+    u, delta, A, Bm, Cm, D, z, db, _ = args
+    bf = torch.bfloat16
     ours_f = bench(lambda: be.ops.selective_scan(*args))
     def ours_fb_fn():
         return be.ops.selective_scan(*args), be.ops.selective_scan_vjp((dy, None), *args)
@@ -233,27 +293,14 @@ def _reduce_autotune():
 
 
 def mamba3():
-    import math
-
     from mamba_ssm.ops.triton.mamba3.mamba3_siso_combined import mamba3_siso_combined
 
     be = backend()
     _bc_configs()
-    dev, bf = "cuda", torch.bfloat16
-    g = torch.Generator(device=dev).manual_seed(2)
-    S = N // 4
-    q = torch.randn(B, L, 1, N, device=dev, dtype=bf, generator=g)
-    k = torch.randn(B, L, 1, N, device=dev, dtype=bf, generator=g)
-    v = torch.randn(B, L, H, P, device=dev, dtype=bf, generator=g)
-    dtv = torch.nn.functional.softplus(torch.rand(B, L, H, device=dev, generator=g) * 2 - 4)
-    Av = -(torch.rand(B, L, H, device=dev, generator=g) + 0.5)
-    trap = torch.rand(B, L, H, device=dev, generator=g)
-    qb = torch.ones(H, N, device=dev)
-    kb = torch.ones(H, N, device=dev)
-    ang = torch.randn(B, L, S, device=dev, generator=g)
-    D = torch.ones(H, device=dev)
-    z = torch.randn(B, L, H, P, device=dev, dtype=bf, generator=g)
-    dy = torch.randn(B, L, 1, H, P, device=dev, dtype=bf, generator=g)
+    bf = torch.bfloat16
+    t = mamba3_inputs()
+    q, k, v, dtv, Av, trap = (t[n] for n in ("q", "k", "v", "dt", "A", "trap"))
+    qb, kb, ang, D, z, dy = (t[n] for n in ("qb", "kb", "ang", "D", "z", "dy"))
     # ours: the same work as the official entry point = angles, bias, rope on B and C, scan, gate;
     # B, C enter per group (B, L, R=1, G=1, N) with the per-head biases (R, H, N)
     kb3, qb3 = kb.unsqueeze(0), qb.unsqueeze(0)
@@ -282,14 +329,9 @@ def mamba3():
     scan_args = (v, dtv, Av, trap, Bh, Ch, D, None, 64)
     ours_scan = bench(lambda: be.ops.mamba3_scan(*scan_args))
     ours_scan_fb = bench(lambda: (be.ops.mamba3_scan(*scan_args), be.ops.mamba3_scan_vjp((dy, None, None, None), *scan_args)))
-    # official layouts: ADT, DT, Trap as (B, H, L); angles per head (B, L, H, S) raw
-    ADT = (Av * dtv).transpose(1, 2).contiguous()
-    DT = dtv.transpose(1, 2).contiguous()
-    TR = torch.logit(trap.clamp(1e-4, 1 - 1e-4)).transpose(1, 2).contiguous()  # the kernel applies sigmoid
-    angh = (torch.tanh(ang) * math.pi).unsqueeze(2).expand(B, L, H, S).contiguous()
-    off_args = (q[:, :, 0:1].squeeze(2).unsqueeze(2), k[:, :, 0:1].squeeze(2).unsqueeze(2), v, ADT, DT, TR, qb, kb, angh)
+    off_args = mamba3_official_args(t)
     off_f = bench(lambda: mamba3_siso_combined(*off_args, D=D, Z=z, chunk_size=64))
-    leaves = [t.detach().requires_grad_() if t.is_floating_point() else t for t in off_args]
+    leaves = [a.detach().requires_grad_() if a.is_floating_point() else a for a in off_args]
 
     def off_fb():
         y = mamba3_siso_combined(*leaves, D=D, Z=z, chunk_size=64)
@@ -322,20 +364,7 @@ def mamba3():
                 "ours: angles, mamba3_rope_scan, gate")
     row("Mamba-3 SISO fwd, separate ops", bench(ours_separate), off_f, "ours: angles, bias, 2 ropes, scan, gate")
 
-    def gate_fb(y, do):
-        """out = y silu(z) and its VJP (dy, dz) through the backend's ops, as the mixer runs them."""
-        gg = be.ops.silu_gate_vjp(do, y, z)
-        return be.ops.silu_gate(y, z), gg["x"], gg["z"]
-
-    # the whole op both ways, as the official's backward does it: angles, rope_scan and the gate
-    # forward, then the gate's VJP, mamba3_rope_scan_vjp, mamba3_angles_vjp
-    def ours_full_fb():
-        phi_, _ = be.ops.mamba3_angles(ang, dtv)
-        y = be.ops.mamba3_rope_scan(*rs_args(phi_), **rs_kw)[0][:, :, 0]
-        out, dyy, dz = gate_fb(y, dy[:, :, 0])
-        gr = be.ops.mamba3_rope_scan_vjp((dyy.unsqueeze(2), None, None, None), *rs_args(phi_), **rs_kw)
-        ga = be.ops.mamba3_angles_vjp((gr["phi"], None), ang, dtv)
-        return out, dz, gr, ga
+    ours_full_fb = mamba3_whole_fb(be, t)  # the whole op both ways
 
     for sw in ("1", "0"):
         with _env("MAMBA_TRITON_FUSED_ROPE_SCAN", sw):
@@ -348,7 +377,7 @@ def mamba3():
         "mamba3_scan_vjp (per-head B, C)": lambda: be.ops.mamba3_scan_vjp(cot0, *scan_args),
         "mamba3_rope_scan_vjp": lambda: be.ops.mamba3_rope_scan_vjp(cot0, *rs_args(phi0), **rs_kw),
         "mamba3_angles_vjp": lambda: be.ops.mamba3_angles_vjp((g0["phi"], None), ang, dtv),
-        "gate and its VJP": lambda: gate_fb(y0[:, :, 0], dy[:, :, 0]),
+        "gate and its VJP": lambda: mamba3_gate_fb(be, y0[:, :, 0], z, dy[:, :, 0]),
     }
     RESULTS["m3_bwd_pieces_ms"] = {name: bench(fn) for name, fn in bwd_pieces.items()}
     print("Mamba-3 SISO backward pieces (ms):",
