@@ -380,6 +380,32 @@ def part_decode():
             except Exception as exc:
                 traceback.print_exc()
                 row["graph_nopdl_error"] = f"{type(exc).__name__}: {exc}"
+        if "graph_ms_per_token" in row:
+            # the same graph with the GEMVs' K split over warps (MAMBA_CUPY_GEMV_SPLIT=auto,
+            # kernels/linear.py): its time, and its logits against the graph above (the same
+            # sums in another order: close, not bit-identical)
+            try:
+                from mamba_backend_cuda_cupy.kernels.linear import SPLIT_ENV
+
+                split = _graph_with_pdl(_launch.supported(), GraphDecoder, be, params, cfg, batch,
+                                        **{SPLIT_ENV: "auto"})
+                first = []
+                for g in (dec, split):
+                    g.load_cache(lm.init_cache(be, cfg, batch))
+                    out = g.step(ids)
+                    g.synchronize()
+                    first.append(cp.asnumpy(out))
+                row["graph_split_rel_err"] = _rel(first[1], first[0])
+                for rep in range(2):  # split, plain, split, plain: drift shows up as a trend
+                    for name, g in (("split", split), ("plain", dec)):
+                        with g.stream:
+                            ms = _time_cupy(lambda g=g: g.step(ids), warmup=3, reps=50)
+                        row.setdefault(f"graph_{name}_ms_per_token_reps", []).append(ms)
+                row["graph_split_ms_per_token"] = min(row["graph_split_ms_per_token_reps"])
+                del split
+            except Exception as exc:
+                traceback.print_exc()
+                row["graph_split_error"] = f"{type(exc).__name__}: {exc}"
         res[f"batch{batch}"] = row
         _log(f"decode batch {batch}: {row}")
     if "torch_triton" in _bench_backends():
@@ -387,20 +413,23 @@ def part_decode():
     return res
 
 
-def _graph_with_pdl(on: bool, build, *args):
-    """build(*args) (a GraphDecoder: its capture reads the switch) with MAMBA_CUPY_PDL set to
-    on / off for the build only; the caller's setting is restored after."""
+def _graph_with_pdl(on: bool, build, *args, **env):
+    """build(*args) (a GraphDecoder: its capture reads the switches) with MAMBA_CUPY_PDL set to
+    on / off, and any other variables in env, for the build only; the caller's settings are
+    restored after."""
     from mamba_backend_cuda_cupy import _launch
 
-    prev = os.environ.get(_launch.ENV)
-    os.environ[_launch.ENV] = "1" if on else "0"
+    env = {_launch.ENV: "1" if on else "0", **env}
+    prev = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
         return build(*args)
     finally:
-        if prev is None:
-            os.environ.pop(_launch.ENV, None)
-        else:
-            os.environ[_launch.ENV] = prev
+        for k, v in prev.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _decode_torch_triton(cfg):

@@ -258,10 +258,20 @@ def part_kernels(be, bw):
         ws = [rs.standard_normal((N, K), dtype=cp.float32) for _ in range(copies)]
         for batch in (1, 16):
             x = rs.standard_normal((batch, K), dtype=cp.float32)
-            us = _graph_us([lambda w=w: lin.linear(x, w) for w in ws])
-            gbs = (4 * N * K + 4 * batch * (N + K)) / (us * 1e-6) / 1e9
-            rows.append(dict(kernel=f"linear {name} {N}x{K}", batch=batch, us=us, gbs=gbs))
-            log(f"{'linear ' + name:<26} {batch:>3} {us:8.2f} {gbs:7.0f} {1e11 * gbs / bw:6.0f}%")
+            # MAMBA_CUPY_GEMV_SPLIT: one warp a row ("0"), then the auto split of K over warps
+            # (kernels/linear.py), captured (the graph reads it at capture) one after the other
+            for split in ("0", "auto"):
+                os.environ[lin.SPLIT_ENV] = split
+                try:
+                    ks = lin.plan(batch, N, 4, K // 4, lin._sms(cp), split)[0][-1]
+                    us = _graph_us([lambda w=w: lin.linear(x, w) for w in ws])
+                finally:
+                    os.environ.pop(lin.SPLIT_ENV, None)
+                gbs = (4 * N * K + 4 * batch * (N + K)) / (us * 1e-6) / 1e9
+                rows.append(dict(kernel=f"linear {name} {N}x{K}", batch=batch, split=split, ks=ks,
+                                 us=us, gbs=gbs))
+                log(f"{'linear ' + name + f' ks={ks}':<26} {batch:>3} {us:8.2f} {gbs:7.0f} "
+                    f"{1e11 * gbs / bw:6.0f}%")
         del ws
     # the fused step kernel alone: 48 layers' caches, in place (as the decoder runs it)
     p = {k: cp.asarray(v) for k, v in mamba2.init_params(cfg, np.random.default_rng(0)).items()}

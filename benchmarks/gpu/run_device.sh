@@ -72,6 +72,9 @@
 #   bash benchmarks/gpu/run_device.sh s11c        Nsight Compute over one forward+backward (benchmarks/gpu/ncu_targets.py; not yet run):
 #                                                 torch_triton Mamba-1 and Mamba-3 SISO (bf16), the official Mamba-3,
 #                                                 torch_triton's float32 Mamba-3 forward; the details pages kept
+#   bash benchmarks/gpu/run_device.sh s12a        cuda_cupy's GEMV with K split over warps (MAMBA_CUPY_GEMV_SPLIT; not yet run):
+#                                                 its GPU tests, the GEMVs alone with and without the split,
+#                                                 decode (graphs with and without it) beside torch_triton, 3 processes
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
 #   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
 # Optional carries: .cache/ with tarballs of an earlier call's ~/.triton/cache
@@ -113,6 +116,27 @@ results_dir() { R="$OUT/r"; mkdir -p "$R"; mv "$OUT/device.txt" "$OUT/backends.t
 job() { local name=$1 t=$2; shift 2; (timeout "$t" "$@" > "$R/$name.log" 2>&1; echo "$name rc=$?" >> "$R/rc.txt") & }
 tmo() { local l=$(( ${DEADLINE:-560} - SECONDS )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 case "${1:-certify}" in
+s12a)
+    # Session 12 (no device that session; written for the next): cuda_cupy's GEMV with each
+    # weight row's K split over 2-4 warps of a block (kernels/linear.py split_k, off by default).
+    # First its GPU tests (the GEMV against NumPy, group scales, PDL bit-identity, the graph
+    # decoder, each with the split forced to 4 and off), then the GEMVs alone (graphs over
+    # >200 MB of weights, split off and auto) and decode: the PDL graph without and with the
+    # split, beside torch_triton, three processes.
+    results_dir
+    DEADLINE=${DEADLINE:-480}
+    timeout $(tmo 200) python3 -m pytest -q -rs -p no:cacheprovider backends/cuda_cupy/tests/test_gpu.py \
+        backends/cuda_cupy/tests/test_mixer_steps_gpu.py backends/cuda_cupy/tests/test_pdl.py \
+        -k "linear or gemv or graph_decoder" > "$R/cupy_gemv_tests.log" 2>&1
+    echo "gemv tests rc=$?"; tail -n 3 "$R/cupy_gemv_tests.log" | cut -c1-300; grep -E "FAILED|Error" "$R/cupy_gemv_tests.log" | head -5 | cut -c1-300
+    timeout $(tmo 90) python3 benchmarks/gpu/check_mixer_step.py "$R/kernels" > "$R/check_mixer_step.log" 2>&1
+    echo "check_mixer_step rc=$?"; grep -E "^linear|mamba2_step|FAIL|PASS" "$R/check_mixer_step.log" | cut -c1-200
+    for i in 1 2 3; do
+        GPU_CHECK_PARTS=decode timeout $(tmo 110) python3 backends/cuda_cupy/gpu_check.py "$R/decode-$i" > "$R/decode-$i.log" 2>&1
+        echo "decode ($i) rc=$?"; grep -E "decode batch|torch_triton" "$R/decode-$i.log" | cut -c1-400
+    done
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
+    ;;
 s11c)
     # Where the unmet #5 targets spend their time, kernel by kernel: Mamba-1 forward+backward
     # (1.98x the official) and Mamba-3 SISO (1.22x / 1.34x), beside the official Mamba-3 kernels.

@@ -100,14 +100,17 @@ LINEAR_CASES = [((1, 64), 96, True, "c"), ((3, 13), 7, False, "c"), ((2, 8, 32),
                 ((5,), 9, True, "c")]
 
 
+@pytest.mark.parametrize("split", ["0", "4"])  # MAMBA_CUPY_GEMV_SPLIT: one warp a row, 4 warps
 @pytest.mark.parametrize("dtype,tol", [("float32", 2e-4), ("float64", 1e-9)])
 @pytest.mark.parametrize("force", [False, True])
 @pytest.mark.parametrize("xs,N,has_b,layout", LINEAR_CASES)
-def test_linear_kernel_against_numpy(xs, N, has_b, layout, force, dtype, tol):
+def test_linear_kernel_against_numpy(xs, N, has_b, layout, force, dtype, tol, split, monkeypatch):
     be = _backend_or_skip()
     import cupy as cp
 
     from mamba_backend_cuda_cupy.kernels import linear as lin
+
+    monkeypatch.setenv(lin.SPLIT_ENV, split)
 
     rng = np.random.default_rng(5)
     K = xs[-1]

@@ -340,16 +340,53 @@ def test_linear_capture_query():
 
 @pytest.mark.parametrize("M", [1, 2, 3, 5, 16, 17, 33, 100])
 @pytest.mark.parametrize("itemsize", [4, 8])
-def test_linear_plan_covers_every_row_and_output(M, itemsize):
-    N = 37
+@pytest.mark.parametrize("mode", ["0", "auto", "2", "4"])
+def test_linear_plan_covers_every_row_and_output(M, itemsize, mode):
+    N, nvec = 37, 512
     seen = np.zeros(M, int)
-    for m0, m, mr, nr, blocks in lin.plan(M, N, itemsize):
+    for m0, m, mr, nr, blocks, ks in lin.plan(M, N, itemsize, nvec, 132, mode):
         assert 1 <= m <= mr <= lin.MAX_TILE and mr in lin.TILES and m > mr // 2
         assert nr == lin.rows_per_warp(mr, itemsize)
-        assert blocks * lin.LINEAR_WARPS * nr >= N > (blocks - 1) * lin.LINEAR_WARPS * nr
+        assert ks in (1, 2, 4) and lin.LINEAR_WARPS % ks == 0 and nvec % ks == 0
+        assert ks == 1 if mode == "0" else ks == int(mode) if mode != "auto" else True
+        rows_a_block = lin.LINEAR_WARPS // ks * nr
+        assert blocks * rows_a_block >= N > (blocks - 1) * rows_a_block
         seen[m0:m0 + m] += 1
     assert np.all(seen == 1)
     assert lin.plan(0, N, itemsize) == []
+
+
+def test_linear_split_k_rule():
+    # float32 decode shapes of the 370M Mamba-2 (d_model 1024, d_inner 2048, 4384 in_proj rows)
+    # on 132 multiprocessors: (nvec, N, MR) -> ks
+    want = {(512, 1024, 1): 2,     # out_proj, batch 1: two rounds of U = 8 become one
+            (256, 4384, 1): 1,     # in_proj, batch 1: already one round a warp
+            (256, 50280, 1): 1,    # lm_head
+            (512, 1024, 16): 4,    # out_proj, batch 16 (NR 4, U 2): 256 warps -> 1024
+            (256, 4384, 16): 2}    # in_proj, batch 16: 1096 warps -> 2192 (4384 is too many)
+    for (nvec, N, mr), ks in want.items():
+        nr = lin.rows_per_warp(mr, 4)
+        assert lin.split_k(nvec, N, mr, nr, 132, "auto") == ks, (nvec, N, mr)
+        assert lin.split_k(nvec, N, mr, nr, 132, "0") == 1
+    # forced splits fall back to the largest that divides the row's vectors
+    assert [lin.split_k(n, 8, 1, 1, 132, "4") for n in (512, 6, 7)] == [4, 2, 1]
+    assert lin.split_k(6, 8, 1, 1, 132, "2") == 2 and lin.split_k(1, 8, 1, 1, 132, "2") == 1
+    # auto never leaves a warp less than one full round of U vectors a lane
+    for nvec in (32, 255, 256, 257, 511, 1024, 4096):
+        for mr in lin.TILES:
+            nr = lin.rows_per_warp(mr, 4)
+            ks = lin.split_k(nvec, 8, mr, nr, 132, "auto")
+            assert ks == 1 or nvec // ks >= 32 * lin.unroll(mr, nr)
+
+
+def test_linear_split_mode_switch():
+    assert lin.split_mode({}) == "0"
+    for raw, want in (("0", "0"), ("off", "0"), ("No", "0"), ("auto", "auto"), (" AUTO ", "auto"),
+                      ("2", "2"), ("4", "4")):
+        assert lin.split_mode({lin.SPLIT_ENV: raw}) == want
+    for bad in ("3", "8", "yes", "1"):
+        with pytest.raises(ValueError, match="MAMBA_CUPY_GEMV_SPLIT"):
+            lin.split_mode({lin.SPLIT_ENV: bad})
 
 
 def test_linear_vec_width():
@@ -360,13 +397,14 @@ def test_linear_vec_width():
     assert lin.vec_width(4, 64, (64,), (8,)) == 1          # pointer not 16-byte aligned
 
 
+@pytest.mark.parametrize("mode", ["0", "2", "4"])
 @pytest.mark.parametrize("M,N,K,vec,bias", [(1, 5, 64, 4, True), (3, 70, 13, 1, False),
                                             (16, 9, 256, 2, True), (40, 33, 8, 4, True)])
-def test_linear_emulation_matches_reference(M, N, K, vec, bias):
+def test_linear_emulation_matches_reference(M, N, K, vec, bias, mode):
     rng = _rng()
     X, W = rng.standard_normal((M, K)), rng.standard_normal((N, K))
     b = rng.standard_normal(N) if bias else None
-    got = lin.emulate(X, W, b, vec, itemsize=8)
+    got = lin.emulate(X, W, b, vec, itemsize=8, mode=mode)
     assert not np.any(np.isnan(got))  # every output written
     assert rel(got, REGISTRY["linear"].reference(X, W, b)) < TOL
 
@@ -374,10 +412,14 @@ def test_linear_emulation_matches_reference(M, N, K, vec, bias):
 def test_linear_instances_match_the_plan():
     text = source("linear.cu")
     assert f"#define LINEAR_WARPS {lin.LINEAR_WARPS}" in text
-    assert "LINEAR_INST_T(float, 1, 4)" in text and "LINEAR_INST_T(double, 2, 2)" in text
+    assert "LINEAR_MR(X, float, 1, 4) LINEAR_MR(X, float, 4, 4) LINEAR_MR(X, double, 1, 2)" in text
+    assert "LINEAR_INSTANCES(LINEAR_INST)" in text
     for it, nr8 in ((4, 4), (8, 2)):
         assert [lin.rows_per_warp(mr, it) for mr in lin.TILES] == [1, 1, 2, nr8, nr8]
     assert lin.TILES[-1] == lin.MAX_TILE and lin.GEMV_ROWS <= lin.MAX_TILE
+    # split_k's rounds are the kernel's: gemv_unroll and unroll agree
+    assert "return mr * nr <= 2 ? 8 : (mr * nr <= 8 ? 4 : 2);" in text
+    assert [lin.unroll(1, 1), lin.unroll(2, 1), lin.unroll(4, 2), lin.unroll(16, 4)] == [8, 8, 4, 2]
 
 
 @pytest.mark.parametrize("limit", [(0.0, np.inf), (0.05, 2.0)])

@@ -166,13 +166,17 @@ def test_unsupported_config_falls_back_to_the_composition():
     (9, 72, 2, 8, 6),         # one 16-row tile; float64 vectors of 2: only some lanes run a round
     (8, 136, 4, 8, 8),        # 34 vectors of 4 a row: rounds that not every lane runs
 ])
-def test_group_scaled_gemv_matches_numpy(M, K, groups, skip, npart, dtype):
+@pytest.mark.parametrize("split", ["0", "auto", "4"])
+def test_group_scaled_gemv_matches_numpy(M, K, groups, skip, npart, dtype, split, monkeypatch):
     """linear_group_scaled: column k >= skip of row m scaled by 1 / sqrt(sum of its group's
-    partials / group size + eps), then the projection, against NumPy in float64."""
+    partials / group size + eps), then the projection, against NumPy in float64; with K split
+    over warps (MAMBA_CUPY_GEMV_SPLIT) or not."""
     be = _backend_or_skip()
     import cupy as cp
 
-    from mamba_backend_cuda_cupy.kernels.linear import linear_group_scaled
+    from mamba_backend_cuda_cupy.kernels.linear import SPLIT_ENV, linear_group_scaled
+
+    monkeypatch.setenv(SPLIT_ENV, split)
 
     rng = np.random.default_rng(K + M)
     N = 37
@@ -194,16 +198,18 @@ def test_group_scaled_gemv_matches_numpy(M, K, groups, skip, npart, dtype):
 
 
 # ---- GPU: the CUDA-graph decoder, which captures the step in place -----------------------------
-@pytest.mark.parametrize("fused", ["1", "0"])
+@pytest.mark.parametrize("fused,split", [("1", "0"), ("0", "0"), ("1", "4")])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_graph_decoder_matches_eager(fused, dtype, monkeypatch):
+def test_graph_decoder_matches_eager(fused, split, dtype, monkeypatch):
     be = _backend_or_skip()
     import cupy as cp
 
+    from mamba_backend_cuda_cupy.kernels.linear import SPLIT_ENV
     from mamba_core.models import lm
     from mamba_core.models.config import LMConfig
 
     monkeypatch.setenv(ms.ENV, fused)
+    monkeypatch.setenv(SPLIT_ENV, split)  # the GEMVs with K split over 4 warps, or not
     cfg = LMConfig(d_model=64, n_layer=3, vocab_size=100,
                    ssm_cfg={"layer": "Mamba2", "d_state": 48, "headdim": 16, "ngroups": 2})
     params = lm.to_backend(be, lm.init_params(cfg, np.random.default_rng(0)), dtype)

@@ -152,13 +152,16 @@ def _both(monkeypatch, run):
     return out
 
 
+@pytest.mark.parametrize("split", ["0", "4"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("rows", [1, 3, 16, 21])
-def test_gemv_with_pdl_is_bit_identical(rows, dtype, monkeypatch):
+def test_gemv_with_pdl_is_bit_identical(rows, dtype, split, monkeypatch):
     _pdl_backend_or_skip()
     import cupy as cp
 
     from mamba_backend_cuda_cupy.kernels import linear
+
+    monkeypatch.setenv(linear.SPLIT_ENV, split)
 
     rng = np.random.default_rng(rows)
     x = cp.asarray(rng.standard_normal((rows, 96)), dtype)

@@ -12,10 +12,11 @@ linear_vjp is not native: training is not captured and its matmuls are large.
 
 Launch (``plan``): M is split into chunks of at most ``MAX_TILE`` rows; a chunk of m rows runs the
 instance with MR = the next power of two >= m and NR = ``rows_per_warp(MR, itemsize)`` weight
-rows per warp, ``LINEAR_WARPS`` warps a block, ceil(K_out / (warps * NR)) blocks. Loads are VEC
-wide (16 bytes) when K_in, both row strides and both pointers allow it (``vec_width``), else
-scalar. x and weight are used in place when their inner stride is 1 (any row stride); otherwise
-one contiguous copy is made for that call. Computes and returns in the wide dtype (float64 when
+rows per row group, ``LINEAR_WARPS`` warps a block, KS = ``split_k(...)`` warps sharing each
+row group's K (LINEAR_WARPS / KS row groups a block), ceil(K_out / (row groups * NR)) blocks.
+Loads are VEC wide (16 bytes) when K_in, both row strides and both pointers allow it
+(``vec_width``), else scalar. x and weight are used in place when their inner stride is 1 (any
+row stride); otherwise one contiguous copy is made for that call. Computes and returns in the wide dtype (float64 when
 any argument is float64), as matmul's type promotion does for float32/float64.
 
 Bandwidth (cuda/linear.cu has the details): a lane copies its next U (8 for MR NR <= 2, 4 up to
@@ -25,6 +26,22 @@ in_proj (4384 x 1024, 4384 warps) still covered the DRAM latency, but out_proj (
 1024 warps, ~0.5 MB in flight) ran at ~0.6 TB/s, ~13 us for 8.4 MB (48 layers: ~0.5 ms a
 token); with U = 8, ~4 MB are in flight: expected ~2.5 TB/s (~3.5 us). The lanes' sums and their
 order are unchanged (``emulate`` still describes them).
+
+Split K (``MAMBA_CUPY_GEMV_SPLIT``, read at each call; set it before building a GraphDecoder):
+with one warp a row, out_proj at batch 1 (1024 rows of K = 2048: 512 vectors of 16 B, two rounds
+of U = 8 a lane) issues its second round only after its first has arrived, from 1024 warps: run 16
+timed it at 5.46 us, 46% of peak bandwidth. Splitting each row's K over KS warps of a block
+(their sums added in shared memory by the first, in a fixed order: deterministic) puts every
+load in flight in one round from 2048 warps. Modes:
+    0 / off   (the default until timed on a GPU) KS = 1: one warp a row
+    auto      ``split_k``: KS doubles (up to LINEAR_WARPS) while each warp keeps at least one full
+              round of U vectors a lane and the warps stay within ``WARPS_PER_SM`` a
+              multiprocessor (out_proj at batch 1: 2; in_proj and lm_head: 1; batch 16: out_proj
+              4, in_proj 2)
+    2 / 4     that split wherever it divides the row's vectors (the largest of 4, 2, 1 that does)
+Results differ from KS = 1 in the order of the final sums only (float rounding). Every instance
+is checked on the CPU (tests/test_cpu_emulation.py runs linear.cu under g++ with a thread a CUDA
+thread) and, on a GPU, by the tests with the split forced to 4.
 """
 
 from __future__ import annotations
@@ -39,6 +56,9 @@ from mamba_backend_cuda_cupy._launch import launch
 from mamba_backend_cuda_cupy.kernels._common import KERNEL_DTYPES, default, runs_here, wide
 
 GEMV_ROWS = 16     # at most this many rows, the kernel runs even outside a capture
+SPLIT_ENV = "MAMBA_CUPY_GEMV_SPLIT"
+SPLIT_MODES = ("0", "auto", "2", "4")
+WARPS_PER_SM = 32  # split_k's ceiling on the launch's warps, per multiprocessor
 MAX_TILE = 16      # rows one launch holds (the largest MR instance)
 TILES = (1, 2, 4, 8, 16)
 LINEAR_WARPS = 4   # LINEAR_WARPS in linear.cu
@@ -91,42 +111,82 @@ def vec_width(itemsize: int, K: int, strides=(), ptrs=()) -> int:
     return v if ok else 1
 
 
-def plan(M: int, N: int, itemsize: int):
-    """The launches for M rows and N outputs: [(m0, rows, MR, NR, blocks)]."""
+def unroll(mr: int, nr: int) -> int:
+    """U: vectors of each weight row a lane copies before using them (gemv_unroll in linear.cu)."""
+    return 8 if mr * nr <= 2 else (4 if mr * nr <= 8 else 2)
+
+
+def split_mode(environ=None) -> str:
+    """``MAMBA_CUPY_GEMV_SPLIT`` as one of SPLIT_MODES (off/false/no read as 0)."""
+    import os
+
+    raw = (os.environ if environ is None else environ).get(SPLIT_ENV, "0").strip().lower()
+    mode = {"": "0", "off": "0", "false": "0", "no": "0"}.get(raw, raw)
+    if mode not in SPLIT_MODES:
+        raise ValueError(f"{SPLIT_ENV}={raw!r}: expected one of 0, auto, 2, 4")
+    return mode
+
+
+def split_k(nvec: int, N: int, mr: int, nr: int, sms: int, mode: str = "auto") -> int:
+    """ks, warps sharing each weight row's nvec vectors (1, 2 or 4; see the module docstring)."""
+    if mode == "0":
+        return 1
+    if mode in ("2", "4"):
+        ks = int(mode)
+        while ks > 1 and nvec % ks:
+            ks //= 2
+        return ks
+    u, warps, ks = unroll(mr, nr), -(-N // nr), 1
+    while (2 * ks <= LINEAR_WARPS and nvec % (2 * ks) == 0 and nvec // (2 * ks) >= 32 * u
+           and warps * 2 * ks <= WARPS_PER_SM * sms):
+        ks *= 2
+    return ks
+
+
+def plan(M: int, N: int, itemsize: int, nvec: int = 1, sms: int = 1, mode: str = "0"):
+    """The launches for M rows, N outputs and rows of nvec vectors:
+    [(m0, rows, MR, NR, blocks, ks)]."""
     out = []
     for m0 in range(0, M, MAX_TILE):
         m = min(MAX_TILE, M - m0)
         mr = row_tile(m)
         nr = rows_per_warp(mr, itemsize)
-        out.append((m0, m, mr, nr, max(1, -(-N // (LINEAR_WARPS * nr)))))
+        ks = split_k(nvec, N, mr, nr, sms, mode)
+        out.append((m0, m, mr, nr, max(1, -(-N // (LINEAR_WARPS // ks * nr))), ks))
     return out
 
 
-def emulate(X, W, bias, vec: int, itemsize: int = 8):
-    """The kernel's arithmetic in NumPy, launch by launch, warp by warp and lane by lane (lane l
-    sums vectors l, l + 32, ... of each row; the lanes' partials are then summed). X: (M, K),
-    W: (N, K), bias: (N,) or None -> (M, N). For the host tests of the index math."""
+def emulate(X, W, bias, vec: int, itemsize: int = 8, sms: int = 1, mode: str = "0"):
+    """The kernel's arithmetic in NumPy, launch by launch, warp by warp and lane by lane (warp kq
+    of a row group takes the vectors [kq per, (kq + 1) per), per = nvec / ks, of each row; its
+    lane l sums vectors kq per + l, + 32, ...; the lanes' partials are summed, then the warps'
+    in kq order). X: (M, K), W: (N, K), bias: (N,) or None -> (M, N). For the host tests of the
+    index math."""
     M, K = X.shape
     N = W.shape[0]
     Y = np.full((M, N), np.nan)
     nvec = K // vec
-    lane_of = (np.arange(nvec) % 32).repeat(vec)  # the lane that reads each k
-    for m0, m, mr, nr, blocks in plan(M, N, itemsize):
-        step = blocks * LINEAR_WARPS * nr
+    for m0, m, mr, nr, blocks, ks in plan(M, N, itemsize, nvec, sms, mode):
+        rpb, per = LINEAR_WARPS // ks, nvec // ks
+        step = blocks * rpb * nr
         for b in range(blocks):
-            for w in range(LINEAR_WARPS):
-                n0 = (b * LINEAR_WARPS + w) * nr
-                while n0 < N:
+            for nb in range(b * rpb * nr, N, step):
+                for rg in range(rpb):
+                    n0 = nb + rg * nr
                     for j in range(nr):
                         n = n0 + j
                         if n >= N:
                             continue
-                        prod = X[m0:m0 + m, :nvec * vec] * W[n, :nvec * vec]  # (m, K)
-                        part = np.zeros((m, 32))
-                        for lane in range(32):
-                            part[:, lane] = prod[:, lane_of == lane].sum(axis=1)
-                        Y[m0:m0 + m, n] = part.sum(axis=1) + (0.0 if bias is None else bias[n])
-                    n0 += step
+                        total = np.zeros(m)
+                        for kq in range(ks):
+                            ks0 = kq * per * vec
+                            prod = X[m0:m0 + m, ks0:ks0 + per * vec] * W[n, ks0:ks0 + per * vec]
+                            lane_of = (np.arange(per) % 32).repeat(vec)
+                            part = np.zeros((m, 32))
+                            for lane in range(32):
+                                part[:, lane] = prod[:, lane_of == lane].sum(axis=1)
+                            total = total + part.sum(axis=1)
+                        Y[m0:m0 + m, n] = total + (0.0 if bias is None else bias[n])
     return Y
 
 
@@ -148,6 +208,17 @@ def capturing(stream=None, runtime=None) -> bool:
         return bool(runtime.streamIsCapturing(stream.ptr))
     except Exception:
         return True
+
+
+_SMS: dict = {}
+
+
+def _sms(cp) -> int:
+    """Multiprocessors of the current device (cached)."""
+    dev = cp.cuda.Device().id
+    if dev not in _SMS:
+        _SMS[dev] = int(cp.cuda.Device(dev).attributes["MultiProcessorCount"])
+    return _SMS[dev]
 
 
 def _rows2d(cp, a, wd, K):
@@ -192,8 +263,10 @@ def _launch(x, weight, bias, scales=None):
         vec = vec_width(itemsize, K, (ldx, ldw, skip, (K - skip) // groups),
                         (X.data.ptr, Wm.data.ptr))
         i32, i64, sc = np.int32, np.int64, np.dtype(wd).type
-        for m0, m, mr, nr, blocks in plan(M, N, itemsize):
-            fn = function("linear.cu", f"linear_gemv<{ctype(wd)}, {vec}, {mr}, {nr}, {fx}>")
+        mode = split_mode()
+        sms = 1 if mode == "0" else _sms(cp)
+        for m0, m, mr, nr, blocks, ks in plan(M, N, itemsize, K // vec, sms, mode):
+            fn = function("linear.cu", f"linear_gemv<{ctype(wd)}, {vec}, {mr}, {nr}, {fx}, {ks}>")
             launch(fn, (blocks,), (LINEAR_WARPS * 32,),
                    (X[m0:m0 + m], Wm, b if b is not None else null, Y[m0:m0 + m], i32(m), i32(N),
                     i32(K), i64(ldx), i64(ldw), i64(N), null if P is None else P[m0:m0 + m],
