@@ -78,6 +78,20 @@ spreads n over 16 lanes in some of its tiles) and ~51 float operations an elemen
 VJP needs one layout for both kinds of tile, with fewer instructions per element, not a new
 launch shape.
 
+A one-layout VJP was then tried on the CPU (session 12, same compiler; not kept): [BE, NP] state
+tiles loaded n-contiguous (4 n a thread over 4 lanes, channels over the other 8), token values
+loaded a token at a time as [BE] vectors and B_t, C_t as [NP] vectors (fewer elements than
+threads: Triton re-lays such loads out in the tiles' slices, so they cost no conversion; [BE, T]
+token tiles are not re-laid and cost one a token), states, decays and token values of the chunk
+kept as tuples. T=4 BE=8 1 warp: 1456 instructions a chunk, ~91 an element, 133 SHFL (the sums
+over n and the dB/dC sums over e, ~15 instructions an element together), 223 registers. Only
+~17% fewer than "base", because the float work itself is ~35 instructions an element and the
+address and mask arithmetic of a token-at-a-time walk adds ~20. And the instruction count is
+not what bounds "base": 110 an element is ~2.0 ms of issue against ~4.6 ms for its backward
+kernel (5.2 ms for the VJP less its ~0.6 ms state-saving forward), i.e. it issues at ~43%: stalls (8 warps an SM at 255 registers, barriers, shuffle and shared-memory latency)
+cost more than instructions. Nsight Compute's stall reasons (run_device.sh s11c) come before
+another rewrite.
+
 Precision: float32 registers and states whatever the input dtype (bf16/fp16 inputs welcome);
 y and the input gradients in their argument's dtype; states float32. float64 inputs run the
 core's default composition (documented fallback). softplus follows torch (threshold 20) with an
