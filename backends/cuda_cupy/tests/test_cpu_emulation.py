@@ -6,7 +6,9 @@ NumPy in float64; the GPU tests (test_gpu.py, test_mixer_steps_gpu.py) check the
 kernels on a device.
 
 Covered: linear.cu's GEMV (every instance family, the group scales, and the split of a row's K
-over several warps of a block, ``MAMBA_CUPY_GEMV_SPLIT``)."""
+over several warps of a block, ``MAMBA_CUPY_GEMV_SPLIT``); mixer_step.cu's fused Mamba-2 decode
+step, launched by the backend's own host code (kernels/mixer_steps.py ``mixer``, on NumPy arrays,
+its ``function`` and ``launch`` routed to the CPU harness) against the float64 composition."""
 
 import shutil
 import subprocess
@@ -22,27 +24,84 @@ CUDA = Path(lin.__file__).resolve().parent.parent / "cuda"
 TOL = {np.float32: 2e-5, np.float64: 1e-12}
 
 
-@pytest.fixture(scope="module")
-def gemv_binary(tmp_path_factory):
+def _build(tmp_path_factory, harness: str) -> Path:
+    """cpu_emulation/HARNESS.cpp compiled with the host's g++ (skip, with the reason printed,
+    where there is none, or one without C++20's <barrier>)."""
     cxx = shutil.which("g++")
     if cxx is None:
+        print("SKIP: no g++ on this machine: the CPU emulation of the CUDA kernels needs a C++20 "
+              "compiler (install g++ >= 11)")
         pytest.skip("no g++ on this machine: the CPU emulation of the CUDA kernels needs a C++20 "
                     "compiler (install g++ >= 11)")
-    out = tmp_path_factory.mktemp("emu") / "linear_gemv_cpu"
+    out = tmp_path_factory.mktemp("emu") / harness
     cmd = [cxx, "-std=c++20", "-O1", "-pthread", "-I", str(CUDA), "-o", str(out),
-           str(HERE / "linear_gemv_cpu.cpp")]
+           str(HERE / f"{harness}.cpp")]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0 and "barrier" in res.stderr and "No such file" in res.stderr:
+        print(f"SKIP: {cxx} has no C++20 <barrier> (g++ >= 11 needed)")
         pytest.skip(f"{cxx} has no C++20 <barrier> (g++ >= 11 needed): {res.stderr[-300:]}")
     assert res.returncode == 0, res.stderr[-4000:]
     return out
 
 
+@pytest.fixture(scope="module")
+def gemv_binary(tmp_path_factory):
+    return _build(tmp_path_factory, "linear_gemv_cpu")
+
+
+@pytest.fixture(scope="module")
+def step_binary(tmp_path_factory):
+    return _build(tmp_path_factory, "mixer_step_cpu")
+
+
+_KINDS = {np.dtype(np.int32): 2, np.dtype(np.int64): 3, np.dtype(np.float32): 4,
+          np.dtype(np.float64): 5}
+
+
+def cpu_launch(binary, workdir, name, grid, block, args):
+    """A kernel launch as kernels/_launch.py's ``launch`` takes it (NumPy arrays for CuPy
+    arrays, NumPy scalars, np.uint64(0) for a null pointer), run by a launcher.h harness on the
+    CPU. Arrays passed twice (the same memory) are one buffer; every array is written back."""
+    grid = tuple(grid) + (1,) * (3 - len(grid))
+    bufs, index, rows = [], {}, []
+    for a in args:
+        if isinstance(a, np.ndarray):
+            assert a.flags.c_contiguous, "the launcher takes contiguous arrays"
+            key = (a.__array_interface__["data"][0], a.nbytes)
+            if key not in index:
+                index[key] = len(bufs)
+                bufs.append(a)
+            rows.append((0, index[key]))
+        elif isinstance(a, np.uint64) and int(a) == 0:
+            rows.append((1, 0))
+        else:
+            kind = _KINDS[np.asarray(a).dtype]
+            raw = (int(a) if kind <= 3
+                   else int(np.frombuffer(np.float64(a).tobytes(), np.int64)[0]))
+            rows.append((kind, raw))
+    name_b = name.encode()
+    head = [*grid, int(block[0]), len(bufs), len(rows), len(name_b)]
+    fin, fout = Path(workdir) / "launch.in", Path(workdir) / "launch.out"
+    with open(fin, "wb") as f:
+        f.write(np.asarray(head, np.int64).tobytes() + name_b)
+        for a in bufs:
+            f.write(np.int64(a.nbytes).tobytes() + a.tobytes())
+        f.write(np.asarray(rows, np.int64).reshape(-1).tobytes())
+    res = subprocess.run([str(binary), str(fin), str(fout)], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    data, off = fout.read_bytes(), 0
+    for a in bufs:
+        a[...] = np.frombuffer(data, a.dtype, a.size, off).reshape(a.shape)
+        off += a.nbytes
+
+
 def run_gemv(binary, tmp_path, X, W, bias=None, scales=None, mode="0", sms=132, ks=None,
              blocks=None):
-    """linear's launches (kernels/linear.py _launch: plan, vector width, FX) on the CPU.
-    scales: None or (part, groups, skip, eps). ks / blocks override the plan's (to reach paths
-    the plan does not take, e.g. a grid that walks several row batches a block)."""
+    """linear's launches on the CPU, with the arguments kernels/linear.py ``_launch`` passes (its
+    plan, vector width and FX). scales: None or (part, groups, skip, eps). ks / blocks override
+    the plan's (to reach paths the plan does not take, e.g. a grid that walks several row batches
+    a block)."""
     M, K = X.shape
     N = W.shape[0]
     dt = X.dtype
@@ -54,21 +113,18 @@ def run_gemv(binary, tmp_path, X, W, bias=None, scales=None, mode="0", sms=132, 
         fx = 1 if groups == 1 and skip == 0 else 2
     vec = lin.vec_width(it, K, (K, K, skip, (K - skip) // groups), (0, 0))
     Y = np.full((M, N), np.nan, dt)
+    null, i32, i64 = np.uint64(0), np.int32, np.int64
     for m0, m, mr, nr, nblk, k in lin.plan(M, N, it, K // vec, sms, mode):
         k = k if ks is None else ks
         nblk = (max(1, -(-N // (lin.LINEAR_WARPS // k * nr))) if blocks is None else blocks)
-        head = np.array([it, vec, mr, nr, fx, k, nblk, m, N, K, K, K, N, npart, groups, skip,
-                         bias is not None, part is not None], np.int64)
-        fin, fout = tmp_path / "in.bin", tmp_path / "out.bin"
-        with open(fin, "wb") as f:
-            f.write(head.tobytes() + np.float64(eps).tobytes())
-            for a in (X[m0:m0 + m], W, bias, None if part is None else part[m0:m0 + m]):
-                if a is not None:
-                    f.write(np.ascontiguousarray(a, dt).tobytes())
-        res = subprocess.run([str(binary), str(fin), str(fout)], capture_output=True, text=True,
-                             timeout=300)
-        assert res.returncode == 0, res.stderr
-        Y[m0:m0 + m] = np.fromfile(fout, dt).reshape(m, N)
+        ym = np.ascontiguousarray(Y[m0:m0 + m])
+        cpu_launch(binary, tmp_path, f"linear_gemv<{'float' if it == 4 else 'double'}, {vec}, "
+                   f"{mr}, {nr}, {fx}, {k}>", (nblk,), (lin.LINEAR_WARPS * 32,),
+                   (np.ascontiguousarray(X[m0:m0 + m]), W, null if bias is None else bias, ym,
+                    i32(m), i32(N), i32(K), i64(K), i64(K), i64(N),
+                    null if part is None else np.ascontiguousarray(part[m0:m0 + m]),
+                    i32(npart), i32(groups), i32(skip), dt.type(eps)))
+        Y[m0:m0 + m] = ym
     return Y
 
 
@@ -140,3 +196,68 @@ def test_gemv_split_on_cpu_is_the_auto_plan_at_decode_shapes(gemv_binary, tmp_pa
     one = run_gemv(gemv_binary, tmp_path, X, W, mode="0")
     want = _want(X, W, None, None)
     assert _rel(split, want) < TOL[np.float32] and _rel(one, want) < TOL[np.float32]
+
+
+# ---- mixer_step.cu: the fused Mamba-2 decode step -------------------------------------------
+from test_mixer_steps_gpu import CONFIGS, random_mixer, rel  # noqa: E402
+
+from mamba_backend_cuda_cupy.kernels import mixer_steps as ms  # noqa: E402
+from mamba_core.models import mamba2  # noqa: E402
+
+STEP_TOL = {"float32": 3e-5, "float64": 1e-11}  # as test_mixer_steps_gpu's
+
+
+def _out_proj(y, part, params, cfg):
+    """out_proj after the fused step, in NumPy: linear_group_scaled's math (the gated norm's
+    division by each group's RMS from the kernel's per-block partial sums) or a plain product."""
+    y = y.astype(np.float64)
+    if part is not None:
+        G, skip = cfg.ngroups, cfg.d_mlp
+        gsz, npg = (y.shape[1] - skip) // G, part.shape[1] // G
+        for g in range(G):
+            ms_g = part[:, g * npg:(g + 1) * npg].astype(np.float64).sum(1) / gsz
+            y[:, skip + g * gsz:skip + (g + 1) * gsz] /= np.sqrt(ms_g + ms._norm_eps())[:, None]
+    out = y @ params["out_proj.weight"].astype(np.float64).T
+    return out + params["out_proj.bias"] if cfg.bias else out
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_fused_step_on_cpu_matches_composition(step_binary, tmp_path, monkeypatch, name, batch,
+                                               dtype, inplace):
+    """Three consecutive steps: kernels/mixer_steps.py ``mixer`` (its plan, arguments, counters
+    and in-place rule) with the kernel on the CPU, against ``mamba2.composed_step`` on the float64
+    reference; in place, the cache arrays are the ones written."""
+    from mamba_core.reference_backend import REFERENCE
+
+    monkeypatch.setattr(ms, "function", lambda cu, name: name)
+    monkeypatch.setattr(ms, "launch", lambda fn, grid, block, args:
+                        cpu_launch(step_binary, tmp_path, fn, grid, block, args))
+    cfg, params, cache, next_u = random_mixer(CONFIGS[name], batch)
+    p = {k: v.astype(dtype) for k, v in params.items()}
+    ref_cache = dict(cache)
+    mine = {k: np.ascontiguousarray(v, dtype) for k, v in cache.items()}
+    for _ in range(3):
+        u = next_u()
+        want, ref_cache = mamba2.composed_step(REFERENCE, params, cfg, u, ref_cache)
+        zx = u.astype(dtype) @ p["in_proj.weight"].T
+        if cfg.bias:
+            zx = zx + p["in_proj.bias"]
+        y, part, ncs, nss = ms.mixer(np.ascontiguousarray(zx, dtype), p, cfg, mine, inplace)
+        if inplace:
+            assert ncs is mine["conv_state"] and nss is mine["ssm_state"]
+        got = _out_proj(y, part, p, cfg)
+        mine = {"conv_state": ncs, "ssm_state": nss}
+        for label, a, b in [("out", got, want), *((k, mine[k], ref_cache[k]) for k in mine)]:
+            assert rel(a, b) < STEP_TOL[dtype], (name, label)
+
+
+def test_cpu_harnesses_hold_the_launched_instances():
+    """The harnesses' tables name every instance the host code launches."""
+    text = (HERE / "mixer_step_cpu.cpp").read_text()
+    for t in ("float", "double"):
+        for npt in ms.NPTS:
+            assert f'"mamba2_step<{t}, {npt}>"' in text, (t, npt)
+    assert "LINEAR_INSTANCES(GEMV_ENTRY)" in (HERE / "linear_gemv_cpu.cpp").read_text()

@@ -2,8 +2,10 @@
 // flow where no GPU is (CI). Every CUDA thread of a block is a std::thread; blocks run one after
 // another. __shared__ arrays are function statics (one block at a time: the block's shared
 // memory), __syncthreads is a barrier of the block's threads, __syncwarp and the shuffles are
-// barriers of the warp's 32 threads with an exchange buffer. Without __CUDA_ARCH__ the kernels'
-// own headers take their portable branches (cp.async as a plain copy, no PDL, no prefetch).
+// barriers of the warp's 32 threads with an exchange buffer; atomicAdd is the host's atomic (a
+// grid's blocks run in x, y, z order, so a "last block" ticket goes to the last one). Without
+// __CUDA_ARCH__ the kernels' own headers take their portable branches (cp.async as a plain copy,
+// no PDL, no prefetch).
 // Only full-warp shuffles are modelled (every lane of the warp must call them, as in the
 // kernels); float arithmetic is the host's (no FMA contraction guarantees): compare results
 // with a tolerance, not bit for bit.
@@ -50,26 +52,34 @@ inline Block* block = nullptr;
 
 inline void warp_sync() { block->warps[threadIdx.x >> 5]->arrive_and_wait(); }
 
-// run kernel() as a grid of blocks of `threads` threads (a multiple of 32), x dimension only
-inline void launch(unsigned blocks, unsigned threads, const std::function<void()>& kernel) {
-  gridDim = dim3{blocks, 1, 1};
+// run kernel() as a grid of blocks of `threads` threads (a multiple of 32; x dimension), blocks
+// in x-fastest order, one block at a time
+inline void launch(dim3 grid, unsigned threads, const std::function<void()>& kernel) {
+  gridDim = grid;
   blockDim = dim3{threads, 1, 1};
-  for (unsigned b = 0; b < blocks; ++b) {
-    Block blk;
-    blk.all = std::make_unique<std::barrier<>>(threads);
-    for (unsigned w = 0; w < threads / 32; ++w) blk.warps.push_back(std::make_unique<std::barrier<>>(32));
-    blk.xchg.resize(threads / 32);
-    block = &blk;
-    std::vector<std::thread> pool;
-    for (unsigned t = 0; t < threads; ++t)
-      pool.emplace_back([&, t, b] {
-        threadIdx = dim3{t, 0, 0};
-        blockIdx = dim3{b, 0, 0};
-        kernel();
-      });
-    for (auto& th : pool) th.join();
-    block = nullptr;
-  }
+  for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        Block blk;
+        blk.all = std::make_unique<std::barrier<>>(threads);
+        for (unsigned w = 0; w < threads / 32; ++w)
+          blk.warps.push_back(std::make_unique<std::barrier<>>(32));
+        blk.xchg.resize(threads / 32);
+        block = &blk;
+        std::vector<std::thread> pool;
+        for (unsigned t = 0; t < threads; ++t)
+          pool.emplace_back([&, t] {
+            threadIdx = dim3{t, 0, 0};
+            blockIdx = dim3{bx, by, bz};
+            kernel();
+          });
+        for (auto& th : pool) th.join();
+        block = nullptr;
+      }
+}
+
+inline void launch(unsigned blocks, unsigned threads, const std::function<void()>& kernel) {
+  launch(dim3{blocks, 1, 1}, threads, kernel);
 }
 }  // namespace cuda_on_cpu
 
@@ -88,6 +98,10 @@ T __shfl_xor_sync(unsigned, T v, int off) {
   cuda_on_cpu::warp_sync();  // the slots are written again by the next shuffle
   return r;
 }
+
+// atomics (the blocks of a grid run one after another; a block's threads at once)
+inline int atomicAdd(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
 template <typename T>
 T __ldg(const T* p) { return *p; }
