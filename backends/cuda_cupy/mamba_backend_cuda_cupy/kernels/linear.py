@@ -16,8 +16,9 @@ rows per row group, ``LINEAR_WARPS`` warps a block, KS = ``split_k(...)`` warps 
 row group's K (LINEAR_WARPS / KS row groups a block), ceil(K_out / (row groups * NR)) blocks.
 Loads are VEC wide (16 bytes) when K_in, both row strides and both pointers allow it
 (``vec_width``), else scalar. x and weight are used in place when their inner stride is 1 (any
-row stride); otherwise one contiguous copy is made for that call. Computes and returns in the wide dtype (float64 when
-any argument is float64), as matmul's type promotion does for float32/float64.
+row stride); otherwise one contiguous copy is made for that call. Computes and returns in the
+wide dtype (float64 when any argument is float64), as matmul's type promotion does for
+float32/float64.
 
 Bandwidth (cuda/linear.cu has the details): a lane copies its next U (8 for MR NR <= 2, 4 up to
 8, else 2) weight vectors per row with cp.async, all in flight together, before computing on
