@@ -75,6 +75,8 @@
 #   bash benchmarks/gpu/run_device.sh s12a        cuda_cupy's GEMV with K split over warps (MAMBA_CUPY_GEMV_SPLIT; not yet run):
 #                                                 its GPU tests, the GEMVs alone with and without the split,
 #                                                 decode (graphs with and without it) beside torch_triton, 3 processes
+#   bash benchmarks/gpu/run_device.sh s12b        torch_triton's "lanes" Mamba-1 VJP (not yet run): its compiled GPU tests,
+#                                                 then the float32 VJP grid beside "base" (the bf16 VJP runs it too)
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
 #   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
 # Optional carries: .cache/ with tarballs of an earlier call's ~/.triton/cache
@@ -116,6 +118,22 @@ results_dir() { R="$OUT/r"; mkdir -p "$R"; mv "$OUT/device.txt" "$OUT/backends.t
 job() { local name=$1 t=$2; shift 2; (timeout "$t" "$@" > "$R/$name.log" 2>&1; echo "$name rc=$?" >> "$R/rc.txt") & }
 tmo() { local l=$(( ${DEADLINE:-560} - SECONDS )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 case "${1:-certify}" in
+s12b)
+    # Session 12 (no device): the "lanes" Mamba-1 VJP (kernels/selective_scan_lanes.py, ~17%
+    # fewer instructions than "base" when compiled on the CPU) checked on the GPU against the
+    # reference, then timed beside "base" in float32 (the bf16 VJP upcasts to these kernels):
+    # register caps 128/160/none, 2-8 tokens a chunk, 1 and 4 warps.
+    results_dir
+    DEADLINE=${DEADLINE:-330}
+    timeout $(tmo 110) env TRITON_INTERPRET=0 python3 -m pytest -q -rs -p no:cacheprovider \
+        backends/torch_triton/tests/test_m1_norm_conv_kernels.py -k "lanes_vjp" > "$R/tt_lanes_tests.log" 2>&1
+    echo "lanes tests rc=$?"; tail -n 3 "$R/tt_lanes_tests.log" | cut -c1-300
+    SWEEP_M1_DTYPE=float32 SWEEP_M1_FWD="tr_scan:8:8:1" \
+    SWEEP_M1_BWD="base:8:32:4,lanes:4:8:1:160,lanes:4:8:1:128,lanes:4:8:1,lanes:2:8:1,lanes:4:32:4:160,lanes:2:32:4,lanes:8:8:1:168" \
+        timeout $(tmo 200) python3 benchmarks/gpu/sweep_tt.py "$R/m1lanes" --parts m1 --budget 190 > "$R/sweep_m1_lanes.log" 2>&1
+    echo "sweep m1 lanes rc=$?"; grep -E "m1 (fwd|vjp)" "$R/sweep_m1_lanes.log" | cut -c1-200
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
+    ;;
 s12a)
     # Session 12 (no device that session; written for the next): cuda_cupy's GEMV with each
     # weight row's K split over 2-4 warps of a block (kernels/linear.py split_k, off by default).

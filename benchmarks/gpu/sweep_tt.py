@@ -11,7 +11,8 @@ Parts (each writes OUT_DIR/sweep_tt.json when it ends, so a timeout keeps what w
           right after the baseline in both grids, so a short budget still measures them.
           Configs run in order of promise until the part's time share is spent; each config's
           y (and gradients) is compared with the baseline's, so a broken variant shows.
-          SWEEP_M1_FWD / SWEEP_M1_BWD="variant:T:BE:warps,..." replace the grids;
+          SWEEP_M1_FWD / SWEEP_M1_BWD="variant:T:BE:warps[:maxnreg],..." replace the grids
+          (maxnreg: CONFIG "maxnreg", the "lanes" VJP's register cap);
           SWEEP_M1_DTYPE=float32 sweeps the float32 configs (CONFIG["fwd_f32"], ["bwd_f32"]).
   ssd     Mamba-2 SSD scan, bf16, B=8 L=2048 H=32 P=64 N=128 G=1, D, dt_bias, softplus: forward
           and fwd+bwd at chunk_size 64 and 256 (256 runs as sub-chunks; the launch config each
@@ -95,6 +96,8 @@ M1_FWD = [
 # sums dB/dC over the channels across lanes: one warp a program avoids shared memory there.
 M1_BWD = [
     ("base", 8, 32, 4),
+    ("lanes", 4, 8, 1, 160), ("lanes", 4, 8, 1, 128), ("lanes", 4, 8, 1), ("lanes", 2, 8, 1),
+    ("lanes", 4, 32, 4, 160), ("lanes", 2, 32, 4),
     ("tr", 4, 8, 1), ("tr", 4, 16, 1), ("tr", 8, 8, 1),
     ("tr", 8, 32, 1), ("tr", 4, 32, 1), ("tr", 8, 64, 2), ("tr", 4, 64, 2), ("tr", 16, 32, 1),
     ("tr", 4, 128, 4),
@@ -105,16 +108,26 @@ M1_BWD = [
 
 
 def _env_grid(name, default):
-    """A grid from the environment: NAME="variant:T:BE:warps,..." replaces the default list
-    (e.g. SWEEP_M1_FWD="tr_scan:8:8:1,tr_scan:16:8:1" to time a few neighbours only)."""
+    """A grid from the environment: NAME="variant:T:BE:warps[:maxnreg],..." replaces the default
+    list (e.g. SWEEP_M1_FWD="tr_scan:8:8:1,tr_scan:16:8:1" to time a few neighbours only;
+    SWEEP_M1_BWD="lanes:4:8:1:160" caps the "lanes" VJP at 160 registers a thread)."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     grid = []
     for item in raw.split(","):
-        v, T, BE, w = item.strip().split(":")
-        grid.append((v, int(T), int(BE), int(w)))
+        v, T, BE, w, *rest = item.strip().split(":")
+        grid.append((v, int(T), int(BE), int(w), *(int(r) for r in rest[:1])))
     return grid
+
+
+def _m1_entry(cfg):
+    """(variant, T, BE, warps[, maxnreg]) -> the CONFIG entry it launches."""
+    v, T, BE, w, *rest = cfg
+    entry = {"T": T, "BE": BE, "num_warps": w, "variant": v}
+    if rest and rest[0]:
+        entry["maxnreg"] = rest[0]
+    return entry
 
 
 # Mamba-3 VJP launches (kernels/mamba3.CONFIG["bwd"]): (chunk cap, num_warps, stages), None =
@@ -238,12 +251,13 @@ def part_m1(deadline):
     t_fwd_end = time.time() + 0.55 * (deadline - time.time())
     try:
         ref_y = None
-        for variant, T, BE, w in _grid(_env_grid("SWEEP_M1_FWD", M1_FWD)):
+        for cfg in _grid(_env_grid("SWEEP_M1_FWD", M1_FWD)):
             if time.time() > t_fwd_end:
                 out["fwd_skipped"] = out.get("fwd_skipped", 0) + 1
                 continue
-            SS.CONFIG["interpret" if RUN["smoke"] else fwd_key] = {"T": T, "BE": BE, "num_warps": w, "variant": variant}
-            entry = {"variant": variant, "T": T, "BE": BE, "num_warps": w}
+            variant, T, BE, w = cfg[:4]
+            SS.CONFIG["interpret" if RUN["smoke"] else fwd_key] = _m1_entry(cfg)
+            entry = dict(_m1_entry(cfg))
             try:
                 y, _ = SS.selective_scan(*args)
                 if ref_y is None:
@@ -261,12 +275,13 @@ def part_m1(deadline):
         best_f = min(ok, key=lambda e: e["ms"]) if ok else None
         out["best_fwd"] = best_f
         ref_g = None
-        for variant, T, BE, w in _grid(_env_grid("SWEEP_M1_BWD", M1_BWD)):
+        for cfg in _grid(_env_grid("SWEEP_M1_BWD", M1_BWD)):
             if time.time() > deadline:
                 out["bwd_skipped"] = out.get("bwd_skipped", 0) + 1
                 continue
-            SS.CONFIG["interpret" if RUN["smoke"] else bwd_key] = {"T": T, "BE": BE, "num_warps": w, "variant": variant}
-            entry = {"variant": variant, "T": T, "BE": BE, "num_warps": w}
+            variant, T, BE, w = cfg[:4]
+            SS.CONFIG["interpret" if RUN["smoke"] else bwd_key] = _m1_entry(cfg)
+            entry = dict(_m1_entry(cfg))
             try:
                 gr = SS.selective_scan_vjp((dy, None), *args)
                 if ref_g is None:
@@ -279,7 +294,7 @@ def part_m1(deadline):
                 entry["error"] = f"{type(exc).__name__}: {exc}"[:200]
             out["bwd"].append(entry)
             _save()
-            print(f"  m1 vjp {variant:5s} T={T:<3d} BE={BE:<4d} w={w}: "
+            print(f"  m1 vjp {variant:5s} T={T:<3d} BE={BE:<4d} w={w} r={entry.get('maxnreg', '-')}: "
                   f"{entry.get('vjp_ms', float('nan')):.3f} ms  rel {entry.get('rel_vs_baseline', float('nan')):.1e}"
                   f"  {entry.get('error', '')}", flush=True)
         ok = [e for e in out["bwd"] if "vjp_ms" in e and e["rel_vs_baseline"] < 2e-2]

@@ -57,6 +57,20 @@ def test_smoke_run_writes_json(sweep, tmp_path):
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="--smoke needs the interpreter")
+def test_smoke_m1_vjp_grid_from_the_environment(sweep, tmp_path, monkeypatch):
+    """SWEEP_M1_BWD with a register cap (variant:T:BE:warps:maxnreg): the "lanes" VJP runs,
+    its entry records the cap, and its gradients agree with the base kernel's."""
+    monkeypatch.setenv("SWEEP_M1_FWD", "base:8:8:1")
+    monkeypatch.setenv("SWEEP_M1_BWD", "base:8:8:1,lanes:4:8:1:160,lanes:2:8:1")
+    assert sweep.main([str(tmp_path), "--smoke", "--parts", "m1"]) == 0
+    res = json.loads((tmp_path / "sweep_tt.json").read_text())
+    rows = res["parts"]["m1"]["bwd"]
+    assert [(r["variant"], r["T"], r.get("maxnreg")) for r in rows] == [
+        ("base", 8, None), ("lanes", 4, 160), ("lanes", 2, None)]
+    assert all(r["vjp_ms"] > 0 and r["rel_vs_baseline"] < 1e-4 for r in rows), rows
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="--smoke needs the interpreter")
 def test_smoke_bc_part_writes_json(sweep, tmp_path):
     """The B/C prologue part runs its forward and VJP grids (on the CPU every config runs the
     interpreter's launch, so the outputs agree exactly)."""

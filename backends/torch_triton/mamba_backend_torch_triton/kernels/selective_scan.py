@@ -55,6 +55,12 @@ exp2 twice per (t, e, n)); the dB_t, dC_t shares sum over e, across lanes (5 shu
 per (t, n) at 32 lanes, per warp, plus a shared-memory round trip when num_warps > 1): the
 backward's extra cost over the forward, unavoidable with n inside the thread.
 
+"lanes" (VJP only; its state-saving forward is "seq"'s, and as a forward variant it runs
+"seq"): [BE, NP] tiles with 4 n a thread over 4 lanes, per-token vector loads that need no layout
+conversion, the chunk's values kept in registers between its forward and reverse walks
+(kernels/selective_scan_lanes.py has the design and its compiled cost); CONFIG "maxnreg" caps
+its registers. A sweep candidate, not yet timed on a GPU.
+
 VJP (recompute): the forward kernel runs again keeping only the state entering each chunk
 ((B, L/T, E, NP) float32; "tr": (B, L/T, NP, E)); the backward kernel walks the chunks in reverse: recomputes the
 chunk's states from the saved one, runs the adjoint g_t = C_t dy'_t + a_{t+1} g_{t+1} as a
@@ -78,7 +84,8 @@ spreads n over 16 lanes in some of its tiles) and ~51 float operations an elemen
 VJP needs one layout for both kinds of tile, with fewer instructions per element, not a new
 launch shape.
 
-A one-layout VJP was then tried on the CPU (session 12, same compiler; not kept): [BE, NP] state
+A one-layout VJP was then written and compiled on the CPU (session 12, same compiler; the sweep
+variant "lanes", kernels/selective_scan_lanes.py): [BE, NP] state
 tiles loaded n-contiguous (4 n a thread over 4 lanes, channels over the other 8), token values
 loaded a token at a time as [BE] vectors and B_t, C_t as [NP] vectors (fewer elements than
 threads: Triton re-lays such loads out in the tiles' slices, so they cost no conversion; [BE, T]
@@ -89,7 +96,8 @@ over n and the dB/dC sums over e, ~15 instructions an element together), 223 reg
 address and mask arithmetic of a token-at-a-time walk adds ~20. And the instruction count is
 not what bounds "base": 110 an element is ~2.0 ms of issue against ~4.6 ms for its backward
 kernel (5.2 ms for the VJP less its ~0.6 ms state-saving forward), i.e. it issues at ~43%: stalls (8 warps an SM at 255 registers, barriers, shuffle and shared-memory latency)
-cost more than instructions. For scale, cuda_cupy's CUDA VJP (cuda/selective_scan.cu ss_bwd at
+cost more than instructions, and "lanes" waits for a GPU sweep to say whether its ~17% fewer
+instructions at fewer registers turn into time. For scale, cuda_cupy's CUDA VJP (cuda/selective_scan.cu ss_bwd at
 this shape: 4 lanes a channel, 4 states a lane, 16 tokens a chunk; nvcc 13, sm_90) has a chunk
 loop of ~3990 instructions, ~62 an element: float work ~25, shuffles ~3 (its dB/dC sums are a
 reduce-scatter over the warp's channels, not an all-reduce per value as tl.sum compiles), at 168
@@ -320,6 +328,36 @@ def _ss_fwd_seq_kernel(
 
 
 @triton.jit
+def _vjp_program(BE: tl.constexpr, NP: tl.constexpr, N, Eg):
+    # a [BE, NP]-tile VJP kernel's program (batch row b, block pe of BE channels, inside group
+    # g): (b, pe, nEb, E, e, n, nm, g)
+    b = tl.program_id(0).to(tl.int64)
+    pe = tl.program_id(1)
+    nEb = tl.num_programs(1)
+    e = pe * BE + tl.arange(0, BE)
+    n = tl.arange(0, NP)
+    return b, pe, nEb, nEb * BE, e, n, n < N, (pe * BE) // Eg
+
+
+@triton.jit
+def _vjp_carry_in(DHF, st_off, nm, BE: tl.constexpr, NP: tl.constexpr, HAS_DHF: tl.constexpr):
+    # the state cotangent entering the reverse walk: dh_L, or zeros
+    if HAS_DHF:
+        return tl.load(DHF + st_off, mask=nm[None, :], other=0.0).to(tl.float32)
+    else:
+        return tl.zeros([BE, NP], dtype=tl.float32)
+
+
+@triton.jit
+def _vjp_store_params(DH0, DAP, DDP, DBIASP, st_off, nm, b, E, e, carry, dA_acc, dD_acc, dbias_acc):
+    # a [BE, NP]-tile VJP kernel's per-program outputs: dh_0, and its partials of dA, dD, dbias
+    tl.store(DH0 + st_off, carry, mask=nm[None, :])
+    tl.store(DAP + st_off, dA_acc, mask=nm[None, :])
+    tl.store(DDP + b * E + e, dD_acc)
+    tl.store(DBIASP + b * E + e, dbias_acc)
+
+
+@triton.jit
 def _ss_bwd_kernel(
     U, DL, A, BM, CM, DV, Z, DB, HS, DY, DHF,
     DU, DDL, DZ, DAP, DBP, DCP, DDP, DBIASP, DH0,
@@ -329,22 +367,12 @@ def _ss_bwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_DHF: tl.constexpr, EXP2: tl.constexpr = False,
 ):
-    b = tl.program_id(0).to(tl.int64)
-    pe = tl.program_id(1)
-    nEb = tl.num_programs(1)
-    E = nEb * BE
-    e = pe * BE + tl.arange(0, BE)
-    n = tl.arange(0, NP)
-    nm = n < N
-    g = (pe * BE) // Eg
+    b, pe, nEb, E, e, n, nm, g = _vjp_program(BE, NP, N, Eg)
     rows = tl.arange(0, T)
     Aw = tl.load(A + e[:, None] * N + n[None, :], mask=nm[None, :], other=0.0).to(tl.float32)
     Ax = _exp_scale(Aw, EXP2)
     st_off = (b * E + e[:, None]) * N + n[None, :]
-    if HAS_DHF:
-        carry = tl.load(DHF + st_off, mask=nm[None, :], other=0.0).to(tl.float32)
-    else:
-        carry = tl.zeros([BE, NP], dtype=tl.float32)
+    carry = _vjp_carry_in(DHF, st_off, nm, BE, NP, HAS_DHF)
     if HAS_D:
         Dw = tl.load(DV + e).to(tl.float32)
     dA_acc = tl.zeros([BE, NP], dtype=tl.float32)
@@ -411,10 +439,7 @@ def _ss_bwd_kernel(
         g0 = tl.sum(tl.where((rows == 0)[:, None, None], gg, 0.0), axis=0)
         dt0 = tl.sum(tl.where((rows == 0)[:, None], dt, 0.0), axis=0)
         carry = _exp_of(dt0[:, None] * Ax, EXP2) * g0
-    tl.store(DH0 + st_off, carry, mask=nm[None, :])
-    tl.store(DAP + st_off, dA_acc, mask=nm[None, :])
-    tl.store(DDP + b * E + e, dD_acc)
-    tl.store(DBIASP + b * E + e, dbias_acc)
+    _vjp_store_params(DH0, DAP, DDP, DBIASP, st_off, nm, b, E, e, carry, dA_acc, dD_acc, dbias_acc)
 
 
 # ---- variant "tr": channels last, the N states of a channel inside one thread ---------------
@@ -745,7 +770,7 @@ def _cfg(kind: str, dev, L: int = 1, dtype=None) -> dict:
 
 #: the kernel variants (module docstring); "seq" and "tr_scan" change the forward only (their
 #: VJP is "exp2"'s and "tr"'s, after a state-saving forward of their own)
-VARIANTS = ("base", "exp2", "seq", "tr", "tr_scan", "tr_fold")
+VARIANTS = ("base", "exp2", "seq", "tr", "tr_scan", "tr_fold", "lanes")
 TRANSPOSED = ("tr", "tr_scan", "tr_fold")  # A^T, (B, L/T, NP, E) saved states, the "tr" VJP kernel
 
 
@@ -777,8 +802,8 @@ def _scan_launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
                      FAST=variant != "tr" and not interpreting())
         A = A.t().contiguous().float()  # A^T (N, E): the [NP, BE] tile loads e-contiguous
     else:
-        kernel = _ss_fwd_seq_kernel if variant == "seq" else _ss_fwd_kernel
-        extra = dict(EXP2=variant in ("exp2", "seq"))
+        kernel = _ss_fwd_seq_kernel if variant in ("seq", "lanes") else _ss_fwd_kernel
+        extra = dict(EXP2=variant in ("exp2", "seq", "lanes"))
     kernel[(Bsz, E // BE)](
         u, delta, A, B, C, dummy if D is None else D, dummy if z is None else z,
         dummy if delta_bias is None else delta_bias,
@@ -911,8 +936,16 @@ def selective_scan_vjp(cotangent, u, delta, A, B, C, D=None, z=None, delta_bias=
     dbiasp = torch.empty((Bsz, E), **f32)
     dh0 = torch.empty((Bsz, E, N), **f32)
     dummy = u
+    opts = {}
     if tr:
         kernel, extra, A = _ss_bwd_tr_kernel, dict(EVEN_N=N == NP), A.t().contiguous().float()
+    elif variant == "lanes":
+        from mamba_backend_torch_triton.kernels.selective_scan_lanes import _ss_bwd_lanes_kernel
+
+        kernel = _ss_bwd_lanes_kernel
+        extra = dict(EVEN_N=N == NP, EVEN_L=L % T == 0, FAST=not interpreting())
+        if cfg.get("maxnreg") and not interpreting():
+            opts["maxnreg"] = int(cfg["maxnreg"])  # registers a thread (ptxas caps; spills past)
     else:
         kernel, extra = _ss_bwd_kernel, dict(EXP2=variant != "base")
     if L > 0:
@@ -927,7 +960,7 @@ def selective_scan_vjp(cotangent, u, delta, A, B, C, D=None, z=None, delta_bias=
             dy.stride(0), dy.stride(1),
             T=T, BE=BE, NP=NP, HAS_D=D is not None, HAS_Z=z is not None,
             HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-            HAS_DHF=dhL is not None, num_warps=cfg["num_warps"], **extra,
+            HAS_DHF=dhL is not None, num_warps=cfg["num_warps"], **extra, **opts,
         )
     else:
         dap.zero_(), ddp.zero_(), dbiasp.zero_()
