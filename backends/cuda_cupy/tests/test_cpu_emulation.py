@@ -8,7 +8,9 @@ kernels on a device.
 Covered: linear.cu's GEMV (every instance family, the group scales, and the split of a row's K
 over several warps of a block, ``MAMBA_CUPY_GEMV_SPLIT``); mixer_step.cu's fused Mamba-2 decode
 step, launched by the backend's own host code (kernels/mixer_steps.py ``mixer``, on NumPy arrays,
-its ``function`` and ``launch`` routed to the CPU harness) against the float64 composition."""
+its ``function`` and ``launch`` routed to the CPU harness) against the float64 composition;
+norm.cu's forward (the gated, grouped RMSNorm and add_rmsnorm: decode's norm kernel) against the
+float64 references. With the GEMV, that is every kernel of cuda_cupy's Mamba-2 decode step."""
 
 import shutil
 import subprocess
@@ -52,6 +54,11 @@ def gemv_binary(tmp_path_factory):
 @pytest.fixture(scope="module")
 def step_binary(tmp_path_factory):
     return _build(tmp_path_factory, "mixer_step_cpu")
+
+
+@pytest.fixture(scope="module")
+def norm_binary(tmp_path_factory):
+    return _build(tmp_path_factory, "norm_cpu")
 
 
 _KINDS = {np.dtype(np.int32): 2, np.dtype(np.int64): 3, np.dtype(np.float32): 4,
@@ -261,3 +268,55 @@ def test_cpu_harnesses_hold_the_launched_instances():
         for npt in ms.NPTS:
             assert f'"mamba2_step<{t}, {npt}>"' in text, (t, npt)
     assert "LINEAR_INSTANCES(GEMV_ENTRY)" in (HERE / "linear_gemv_cpu.cpp").read_text()
+    text = (HERE / "norm_cpu.cpp").read_text()
+    for t, v in (("float", 1), ("float", 4), ("double", 1), ("double", 2)):
+        assert f'"rmsnorm_fwd_v2<{t}, {v}>"' in text
+
+
+# ---- norm.cu: the forward of the gated, grouped RMSNorm and of add_rmsnorm ------------------
+from mamba_backend_cuda_cupy.kernels import norm as nk  # noqa: E402
+from mamba_core.ops import REGISTRY  # noqa: E402
+
+
+def run_norm(binary, tmp_path, x, residual, z, weight, eps, gs, nbg):
+    """kernels/norm.py ``_fwd``'s launch on the CPU (its vector width, grid and threads):
+    (Y, RO) for x (M, E)."""
+    M, E = x.shape
+    dt = x.dtype
+    V = nk.vec_width(dt.itemsize, gs, E, [0])  # NumPy buffers: the harness aligns them to 64 B
+    Y = np.zeros((M, E), dt)
+    RO = np.zeros((M, E), dt) if residual is not None else None
+    null = np.uint64(0)
+    opt = lambda a: null if a is None else a  # noqa: E731
+    cpu_launch(binary, tmp_path, f"rmsnorm_fwd_v2<{'float' if dt.itemsize == 4 else 'double'}, {V}>",
+               (M, E // gs), (nk.fwd_threads(gs),),
+               (x, opt(residual), opt(z), weight, Y, opt(RO), np.int32(E), np.int32(gs),
+                dt.type(eps), np.int32(nbg)))
+    return Y, RO
+
+
+# (M, E, group size, residual, z, norm_before_gate): decode's add_rmsnorm (d_model 1024, 48 at
+# batch 3), the gated norm of one and of 4 groups, either gate order, a group that is no
+# multiple of 4 (scalar loads) and one wider than a block's 8 channels a thread x 32 threads
+NORM_CASES = [(1, 1024, 1024, True, False, False), (3, 48, 48, True, False, False),
+              (2, 256, 256, False, True, False), (3, 256, 64, False, True, True),
+              (2, 60, 15, False, True, False), (1, 520, 520, False, False, False)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("M,E,gs,res,gate,nbg", NORM_CASES)
+def test_norm_forward_on_cpu_matches_reference(norm_binary, tmp_path, M, E, gs, res, gate, nbg,
+                                               dtype):
+    rng = np.random.default_rng(M * 100 + E)
+    x, w = rng.standard_normal((M, E)), rng.uniform(0.5, 1.5, E)
+    r = rng.standard_normal((M, E)) if res else None
+    z = rng.standard_normal((M, E)) if gate else None
+    c = lambda a: None if a is None else np.ascontiguousarray(a, dtype)  # noqa: E731
+    Y, RO = run_norm(norm_binary, tmp_path, c(x), c(r), c(z), c(w), 1e-5, gs, nbg)
+    X, R, Z, W = (None if a is None else c(a).astype(np.float64) for a in (x, r, z, w))
+    if res:
+        want, want_r = REGISTRY["add_rmsnorm"].reference(X, R, W, 1e-5)
+        assert _rel(RO, want_r) < STEP_TOL[dtype]
+    else:
+        want = REGISTRY["rmsnorm"].reference(X, W, 1e-5, z=Z, group_size=gs, norm_before_gate=nbg)
+    assert _rel(Y, want) < STEP_TOL[dtype], (M, E, gs)
