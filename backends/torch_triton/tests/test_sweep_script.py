@@ -4,29 +4,20 @@ it imports, its arguments are checked, without CUDA it exits with status 2 and s
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import pathlib
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
+from conftest import load_benchmark_script
 
 pytest.importorskip("torch", reason="torch is not installed")
 pytest.importorskip("triton", reason="triton is not installed")
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[3] / "benchmarks" / "gpu" / "sweep_tt.py"
-
-
 @pytest.fixture
 def sweep():
-    if not SCRIPT.exists():
-        pytest.skip(f"{SCRIPT} is not in this checkout")
-    spec = importlib.util.spec_from_file_location("sweep_tt", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark_script("gpu/sweep_tt.py")
 
 
 def test_arguments_are_checked(sweep, capsys):

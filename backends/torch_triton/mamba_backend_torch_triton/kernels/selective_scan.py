@@ -70,7 +70,8 @@ program; dB and dC (which sum over the channels of a group) are written per chan
 summed by torch: deterministic, no atomics.
 
 Where the default VJP's time goes (float32 "base", T=8 BE=32 4 warps; compiled for sm_90 on the
-CPU with Triton 3.6, the device's version, 2026-12-07): 255 registers (2 programs, 8 warps an
+CPU with Triton 3.6, the device's version, 2026-12-07; benchmarks/sass_stats.py reproduces these
+counts): 255 registers (2 programs, 8 warps an
 SM), no spills, 3416 SASS instructions a chunk. That is ~107 a (t, e, n) element, so ~1.8G warp
 instructions at the benchmark shape: ~1.9 ms of issue at one instruction a clock per scheduler,
 against 5.2 ms for the whole float32 VJP (its state-saving forward included) and ~2.5 ms for the
