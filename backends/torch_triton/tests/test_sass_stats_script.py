@@ -15,6 +15,7 @@ from conftest import BENCHMARKS, load_benchmark_script
 
 pytest.importorskip("triton", reason="triton is not installed")
 
+
 @pytest.fixture
 def tool():
     return load_benchmark_script("sass_stats.py")

@@ -15,6 +15,7 @@ from conftest import load_benchmark_script
 pytest.importorskip("torch", reason="torch is not installed")
 pytest.importorskip("triton", reason="triton is not installed")
 
+
 @pytest.fixture
 def sweep():
     return load_benchmark_script("gpu/sweep_tt.py")
