@@ -85,26 +85,31 @@ spreads n over 16 lanes in some of its tiles) and ~51 float operations an elemen
 VJP needs one layout for both kinds of tile, with fewer instructions per element, not a new
 launch shape.
 
-A one-layout VJP was then written and compiled on the CPU (session 12, same compiler; the sweep
-variant "lanes", kernels/selective_scan_lanes.py): [BE, NP] state
-tiles loaded n-contiguous (4 n a thread over 4 lanes, channels over the other 8), token values
-loaded a token at a time as [BE] vectors and B_t, C_t as [NP] vectors (fewer elements than
-threads: Triton re-lays such loads out in the tiles' slices, so they cost no conversion; [BE, T]
-token tiles are not re-laid and cost one a token), states, decays and token values of the chunk
-kept as tuples. T=4 BE=8 1 warp: 1456 instructions a chunk, ~91 an element, 133 SHFL (the sums
-over n and the dB/dC sums over e, ~15 instructions an element together), 223 registers. Only
-~17% fewer than "base", because the float work itself is ~35 instructions an element and the
-address and mask arithmetic of a token-at-a-time walk adds ~20. And the instruction count is
-not what bounds "base": 110 an element is ~2.0 ms of issue against ~4.6 ms for its backward
-kernel (5.2 ms for the VJP less its ~0.6 ms state-saving forward), i.e. it issues at ~43%: stalls (8 warps an SM at 255 registers, barriers, shuffle and shared-memory latency)
-cost more than instructions, and "lanes" waits for a GPU sweep to say whether its ~17% fewer
-instructions at fewer registers turn into time. For scale, cuda_cupy's CUDA VJP (cuda/selective_scan.cu ss_bwd at
-this shape: 4 lanes a channel, 4 states a lane, 16 tokens a chunk; nvcc 13, sm_90) has a chunk
-loop of ~3990 instructions, ~62 an element: float work ~25, shuffles ~3 (its dB/dC sums are a
-reduce-scatter over the warp's channels, not an all-reduce per value as tl.sum compiles), at 168
-registers; its VJP takes ~2.4 ms with its state-saving forward (run 28: 3.04 ms forward+backward
-against a 0.61 ms forward), i.e. it too issues at roughly half its instruction floor. Nsight
-Compute's stall reasons (run_device.sh s11c) come before another rewrite.
+A one-layout VJP was then written (session 12; the sweep variant "lanes",
+kernels/selective_scan_lanes.py): [BE, NP] state tiles loaded n-contiguous (4 n a thread over 4
+lanes, channels over the other 8), token values loaded a token at a time as [BE] vectors and
+B_t, C_t as [NP] vectors (fewer elements than threads: Triton re-lays such loads out in the
+tiles' slices, so they cost no conversion; [BE, T] token tiles are not re-laid and cost one a
+token), the chunk's states, decays and token values kept as tuples. Chunk loops compared
+(benchmarks/sass_stats.py, Triton 3.6, sm_90; instructions of the loop over elements a thread
+handles a trip; the paragraph above counted the whole kernel under other specializations):
+
+| kernel | launch | loop | an element | SHFL | registers |
+| --- | --- | ---: | ---: | ---: | ---: |
+| "base" (the default) | T=8 BE=32 4 warps | 3122 / 32 | ~98 | 1068 | 255 (252 B spilled) |
+| "lanes" | T=4 BE=8 1 warp | 1075 / 16 | ~67 | 132 | 223 (160 capped: no spill) |
+| "lanes" | T=2 BE=8 1 warp | 551 / 8 | ~69 | 66 | 143 |
+| cuda_cupy ss_bwd (nvcc 13) | 4 lanes a channel, TS=16 | 3989 / 64 | ~62 | 208 | 168 |
+
+"lanes" issues ~31% fewer instructions than "base" and within ~10% of cuda_cupy's CUDA kernel,
+whose dB/dC sums are a reduce-scatter over the warp's channels (tl.sum compiles an all-reduce per
+value: ~8 of "lanes"' 67). Whether that becomes time is for the GPU: "base"'s ~98 an element are
+~1.8 ms of issue against ~4.6 ms for its backward kernel (5.2 ms for the VJP less its ~0.6 ms
+state-saving forward), so it issues at ~40%: stalls (8 warps an SM at 255 registers, barriers,
+shuffle and shared-memory latency) cost more than instructions; cuda_cupy's VJP, ~2.4 ms with
+its forward (run 28: 3.04 ms forward+backward against a 0.61 ms forward), issues at about half
+its floor. run_device.sh s12b times "lanes" (register caps 128, 160, none); s11c's Nsight Compute
+stall reasons say where "base" waits.
 
 Precision: float32 registers and states whatever the input dtype (bf16/fp16 inputs welcome);
 y and the input gradients in their argument's dtype; states float32. float64 inputs run the

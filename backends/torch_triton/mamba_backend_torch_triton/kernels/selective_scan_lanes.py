@@ -3,9 +3,9 @@ glue, the other variants and the state-saving forward: kernels/selective_scan.py
 mamba_core/ops/selective_scan.py). A candidate for the GPU sweep (benchmarks/gpu/sweep_tt.py),
 not a default: it has not been timed.
 
-Why another layout. The default float32 VJP ("base") compiles (sm_90, Triton 3.6) to ~110 SASS
-instructions a (t, e, n) element, 31% of them shuffles from 19 layout conversions a chunk between
-token tiles (lanes along e) and state tiles (lanes along n); "tr" ([NP, BE] tiles) lets Triton
+Why another layout. The default float32 VJP ("base") compiles (sm_90, Triton 3.6) to ~98 SASS
+instructions a (t, e, n) element in its chunk loop, a third of them shuffles, mostly from 19
+layout conversions a chunk between token tiles (lanes along e) and state tiles (lanes along n); "tr" ([NP, BE] tiles) lets Triton
 spread n over 16 lanes and converts 92 times a chunk (T=4, BE=8: ~180 an element). Here one
 layout carries the math: the state tiles [BE, NP] are loaded n-contiguous (A, the saved states),
 so Triton's coalescing gives them 4 n a thread (16-byte vectors) over 4 lanes and the channels
@@ -16,11 +16,13 @@ and none costs a conversion ([BE, T] token tiles are not re-laid, and cost one a
 chunk's forward walk keeps, as tuples of registers, each token's values, B_t, C_t, decay a_t and
 entering state h_{t-1}; the reverse walk reads them back, so no load waits behind its stores.
 
-Cost (T=4, BE=8, 1 warp, compiled on the CPU): ~91 instructions an element, 133 SHFL a chunk (the
-sums over n for the gate, g.B and sum g a h A: 2 rounds over the 4 lanes of a channel; the dB/dC
-sums over e: 3 rounds over the 8 channel lanes, an all-reduce per value as tl.sum compiles it),
-223 registers (160 with ``maxnreg`` 160, no spills; 128 spills 152 bytes). The state-saving
-forward is "seq" (selective_scan.py): ~32 instructions an element at this launch.
+Cost (benchmarks/sass_stats.py, Triton 3.6, sm_90; selective_scan.py's docstring compares the
+kernels): T=4, BE=8, 1 warp: a chunk loop of 1075 instructions for 16 elements a thread, ~67 an
+element (base ~98, cuda_cupy's ss_bwd ~62), 132 SHFL (the sums over n for the gate, g.B and
+sum g a h A: 2 rounds over the 4 lanes of a channel; the dB/dC sums over e: 3 rounds over the 8
+channel lanes, an all-reduce per value as tl.sum compiles it), 223 registers (160 with
+``maxnreg`` 160, no spills); T=2: ~69 an element at 143 registers. The state-saving forward is
+"seq" (selective_scan.py).
 """
 
 from __future__ import annotations
@@ -31,10 +33,6 @@ import triton.language as tl
 from mamba_backend_torch_triton.kernels.selective_scan import (
     _softplus_f, _vjp_carry_in, _vjp_program, _vjp_store_params,
 )
-
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
-
 
 @triton.jit
 def _ss_bwd_lanes_kernel(
@@ -51,7 +49,8 @@ def _ss_bwd_lanes_kernel(
     # recomputed from the saved chunk-entry state (forward walk), then the tokens in reverse
     # with the adjoint g_t = C_t dy'_t + a_{t+1} g_{t+1} carried in registers
     b, pe, nEb, E, e, n, nm, g = _vjp_program(BE, NP, N, Eg)
-    Ax = tl.load(A + e[:, None] * N + n[None, :], mask=nm[None, :], other=0.0).to(tl.float32) * 1.4426950408889634
+    Ax = tl.load(A + e[:, None] * N + n[None, :], mask=nm[None, :], other=0.0).to(tl.float32)
+    Ax = Ax * 1.4426950408889634  # log2(e): exp(dt A) = exp2(dt Ax)
     st_off = (b * E + e[:, None]) * N + n[None, :]
     carry = _vjp_carry_in(DHF, st_off, nm, BE, NP, HAS_DHF)
     Dw = tl.zeros([BE], dtype=tl.float32)
@@ -137,7 +136,8 @@ def _ss_bwd_lanes_kernel(
             if HAS_Z:
                 sg = 1.0 / (1.0 + tl.exp(-z))
                 p = tl.sum(ht * Cv[None, :], axis=1) + Dw * u
-                tl.store(DZb + t * E + e, (dy * p * sg * (1.0 + z * (1.0 - sg))).to(DZ.dtype.element_ty), mask=tm)
+                dz = dy * p * sg * (1.0 + z * (1.0 - sg))
+                tl.store(DZb + t * E + e, dz.to(DZ.dtype.element_ty), mask=tm)
                 dyp = dy * z * sg
             else:
                 dyp = dy
