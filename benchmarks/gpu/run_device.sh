@@ -76,7 +76,8 @@
 #                                                 its GPU tests, the GEMVs alone with and without the split,
 #                                                 decode (graphs with and without it) beside torch_triton, 3 processes
 #   bash benchmarks/gpu/run_device.sh s12b        torch_triton's "lanes" Mamba-1 VJP (not yet run): its compiled GPU tests,
-#                                                 then the float32 VJP grid beside "base" (the bf16 VJP runs it too)
+#                                                 the float32 VJP grid beside "base" (the bf16 VJP upcasts to it), and
+#                                                 bf16 inputs straight into "lanes"
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
 #   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
 # Optional carries: .cache/ with tarballs of an earlier call's ~/.triton/cache
@@ -124,7 +125,7 @@ s12b)
     # reference, then timed beside "base" in float32 (the bf16 VJP upcasts to these kernels):
     # register caps 128/160/none, 2-8 tokens a chunk, 1 and 4 warps.
     results_dir
-    DEADLINE=${DEADLINE:-330}
+    DEADLINE=${DEADLINE:-450}
     timeout $(tmo 110) env TRITON_INTERPRET=0 python3 -m pytest -q -rs -p no:cacheprovider \
         backends/torch_triton/tests/test_m1_norm_conv_kernels.py -k "lanes_vjp" > "$R/tt_lanes_tests.log" 2>&1
     echo "lanes tests rc=$?"; tail -n 3 "$R/tt_lanes_tests.log" | cut -c1-300
@@ -132,6 +133,11 @@ s12b)
     SWEEP_M1_BWD="base:8:32:4,lanes:4:8:1:160,lanes:4:8:1:128,lanes:4:8:1,lanes:2:8:1,lanes:4:32:4:160,lanes:2:32:4,lanes:8:8:1:168" \
         timeout $(tmo 200) python3 benchmarks/gpu/sweep_tt.py "$R/m1lanes" --parts m1 --budget 190 > "$R/sweep_m1_lanes.log" 2>&1
     echo "sweep m1 lanes rc=$?"; grep -E "m1 (fwd|vjp)" "$R/sweep_m1_lanes.log" | cut -c1-200
+    # bf16 inputs straight into "lanes" (no float32 copies; the default VJP upcasts: ~5.8 ms,
+    # runs 29-30), beside the bf16 forward default
+    SWEEP_M1_FWD="tr_fold:16:16:1" SWEEP_M1_BWD="lanes:4:8:1:160,lanes:2:8:1,lanes:4:8:1:128" \
+        timeout $(tmo 120) python3 benchmarks/gpu/sweep_tt.py "$R/m1lanes_bf16" --parts m1 --budget 110 > "$R/sweep_m1_lanes_bf16.log" 2>&1
+    echo "sweep m1 lanes bf16 rc=$?"; grep -E "m1 (fwd|vjp)" "$R/sweep_m1_lanes_bf16.log" | cut -c1-200
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
     ;;
 s12a)
