@@ -20,8 +20,12 @@ default). The other parameters are typed by name: pointers to --ptr (default fp3
 aligned, as the torch glue passes contiguous tensors) for names starting with a capital letter,
 except those --ints lists (default L,N,E,Eg,H,S,K,CPS: give the kernel's own list where a
 capitalised name is a pointer, e.g. --ints N,Eg for selective_scan's step kernel, whose S is the
-state) and --floats lists; every other name is an int32. Counts are static: a loop body counts once, so divide a chunk loop's count by the
-elements a thread handles per trip to get instructions an element.
+state) and --floats lists; every other name is an int32.
+
+Counts are static: a loop body counts once. ``loop`` is the largest loop (the instructions
+between a backward branch and its target, usually the kernel's chunk loop) and ``loop_*`` its
+instruction families: divide by the elements a thread handles per trip to get instructions an
+element.
 
 Used for the figures in kernels/selective_scan.py's and selective_scan_lanes.py's docstrings
 (Triton 3.6, the H100 device's version, sm_90).
@@ -87,7 +91,8 @@ def signature(fn, consts: dict, ptr: str, ints, floats):
             attrs[(i,)] = [["tt.divisibility", 16]]
     unknown = set(consts) - set(cex)
     if unknown:
-        raise SystemExit(f"sass_stats: {sorted(unknown)} are not constexpr parameters of {fn.__name__}")
+        raise SystemExit(f"sass_stats: {sorted(unknown)} are not constexpr parameters of "
+                         f"{fn.__name__}")
     return sig, cex, attrs
 
 
@@ -111,18 +116,30 @@ def stats(compiled, arch: int) -> dict:
                               capture_output=True, text=True).stdout
     regs = re.search(r"Used (\d+) registers", res.stderr)
     spill = re.search(r"(\d+) bytes spill stores", res.stderr)
-    lines = [ln for ln in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4,}\*/", ln)]
-    ops = collections.Counter(
-        re.sub(r"^\s+/\*[0-9a-f]+\*/\s+(@!?U?P\w+\s+)?", "", ln).split()[0].split(".")[0]
-        for ln in lines)
+    ins = []  # (address, opcode family, text)
+    for ln in sass.splitlines():
+        m = re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*)", ln)
+        if m:
+            body = re.sub(r"^(@!?U?P\w+\s+)?", "", m.group(2))
+            ins.append((int(m.group(1), 16), body.split()[0].split(".")[0], body))
+    ops = collections.Counter(op for _, op, _ in ins)
+    loop = []  # the largest loop: a backward branch and everything from its target
+    for addr, op, body in ins:
+        m = re.search(r"BRA\s+(?:`\(\.L_x_\d+\)\s*)?0x([0-9a-f]+)", body) if op == "BRA" else None
+        if m and int(m.group(1), 16) < addr:
+            seg = [o for a, o, _ in ins if int(m.group(1), 16) <= a <= addr]
+            loop = seg if len(seg) > len(loop) else loop
+    lops = collections.Counter(loop)
     return {"arch": target, "registers": int(regs.group(1)) if regs else None,
-            "spill_bytes": int(spill.group(1)) if spill else None, "sass": len(lines),
+            "spill_bytes": int(spill.group(1)) if spill else None, "sass": len(ins),
             "conversions": compiled.asm["ttgir"].count("ttg.convert_layout"),
-            **{k.lower(): ops[k] for k in FAMILIES}, "_sass_text": sass}
+            **{k.lower(): ops[k] for k in FAMILIES}, "loop": len(loop),
+            **{f"loop_{k.lower()}": lops[k] for k in FAMILIES}, "_sass_text": sass}
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Static SASS cost of a Triton kernel, compiled on the CPU.")
+    ap = argparse.ArgumentParser(
+        description="Static SASS cost of a Triton kernel, compiled on the CPU.")
     ap.add_argument("kernel", help="MODULE:KERNEL, e.g. selective_scan:_ss_bwd_kernel")
     ap.add_argument("consts", nargs="*", help="NAME=VALUE constexprs")
     ap.add_argument("--warps", type=int, default=4)

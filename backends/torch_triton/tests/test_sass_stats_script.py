@@ -42,6 +42,7 @@ def test_compiles_a_kernel_for_sm90_on_the_cpu(tool, tmp_path):
     line = res.stdout.strip().splitlines()[-1]
     got = dict(re.findall(r"(\w+)=(\d+)", line))
     assert int(got["registers"]) > 0 and int(got["sass"]) > 50 and int(got["mufu"]) > 0, line
+    assert 0 <= int(got["loop"]) < int(got["sass"]), line  # the step kernel has no token loop
     assert "sm_90" in line and (tmp_path / "_ss_step_kernel.sass").read_text().count("MUFU") > 0
 
 
