@@ -149,13 +149,18 @@ def mamba3_inputs(dtype=torch.bfloat16, dev="cuda"):
 
 def mamba3_official_args(t):
     """mamba3_siso_combined's positional inputs for ``mamba3_inputs``' t: ADT, DT and the trap
-    logits (the kernel applies sigmoid) as (B, H, L); the angles per head, raw, (B, L, H, S)."""
-    import math
+    logits (the kernel applies sigmoid) as (B, H, L); the angles per head, raw, (B, L, H, S).
 
+    The angles go in as mamba_ssm/modules/mamba3.py passes them: the raw float32 projections
+    expanded over the heads (a stride-0 view; the op's angle kernel applies tanh(.) pi itself,
+    mamba_ssm/ops/triton/mamba3/angle_dt.py). Until session 12 of 2026-12-07 this passed
+    tanh(ang) pi, contiguous: tanh applied twice (the same work, other values) and a 67 MB
+    float32 copy for the op's cast to bf16 to read instead of the 2 MB behind the view, so the
+    official forward was timed with ~67 MB more traffic than the module gives it."""
     ADT = (t["A"] * t["dt"]).transpose(1, 2).contiguous()
     DT = t["dt"].transpose(1, 2).contiguous()
     TR = torch.logit(t["trap"].clamp(1e-4, 1 - 1e-4)).transpose(1, 2).contiguous()
-    angh = (torch.tanh(t["ang"]) * math.pi).unsqueeze(2).expand(B, L, H, N // 4).contiguous()
+    angh = t["ang"].unsqueeze(2).expand(B, L, H, N // 4)
     return (t["q"], t["k"], t["v"], ADT, DT, TR, t["qb"], t["kb"], angh)
 
 
