@@ -8,7 +8,9 @@
 // no PDL, no prefetch).
 // Only full-warp shuffles are modelled (every lane of the warp must call them, as in the
 // kernels); float arithmetic is the host's (no FMA contraction guarantees): compare results
-// with a tolerance, not bit for bit.
+// with a tolerance, not bit for bit. Blocks never overlap here, so a race between blocks (or a
+// kernel that waits on another block) cannot show: the GPU tests cover those. Within a block the
+// threads do run at once, so a missing __syncthreads can show, though not reliably.
 #ifndef MAMBA_CUDA_ON_CPU_H
 #define MAMBA_CUDA_ON_CPU_H
 
