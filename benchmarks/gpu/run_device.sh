@@ -77,7 +77,7 @@
 #                                                 decode (graphs with and without it) beside torch_triton, 3 processes
 #   bash benchmarks/gpu/run_device.sh s12b        torch_triton's "lanes" Mamba-1 VJP (not yet run): its compiled GPU tests,
 #                                                 the float32 VJP grid beside "base" (the bf16 VJP upcasts to it), and
-#                                                 bf16 inputs straight into "lanes"
+#                                                 bf16 inputs straight into "lanes"; the Mamba-3 angle scan's "seq" forward
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
 #   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
 # Optional carries: .cache/ with tarballs of an earlier call's ~/.triton/cache
@@ -138,6 +138,10 @@ s12b)
     SWEEP_M1_FWD="tr_fold:16:16:1" SWEEP_M1_BWD="lanes:4:8:1:160,lanes:2:8:1,lanes:4:8:1:128" \
         timeout $(tmo 120) python3 benchmarks/gpu/sweep_tt.py "$R/m1lanes_bf16" --parts m1 --budget 110 > "$R/sweep_m1_lanes_bf16.log" 2>&1
     echo "sweep m1 lanes bf16 rc=$?"; grep -E "m1 (fwd|vjp)" "$R/sweep_m1_lanes_bf16.log" | cut -c1-200
+    # the Mamba-3 angle scan's "seq" forward (rope.py) beside the default "scan", SISO shape
+    SWEEP_BC="8:4:-" SWEEP_BC_VJP="8:4:-" SWEEP_ANGLES="16:-:-,16:8:8:seq,16:16:8:seq,32:8:8:seq,32:16:8:seq,16:4:8:seq,64:16:8:seq" \
+        timeout $(tmo 90) python3 benchmarks/gpu/sweep_tt.py "$R/angles_seq" --parts bc --budget 80 > "$R/sweep_angles_seq.log" 2>&1
+    echo "sweep angles rc=$?"; grep -E "angles_(fwd|bwd)" "$R/sweep_angles_seq.log" | cut -c1-200
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
     ;;
 s12a)

@@ -31,7 +31,8 @@ Parts (each writes OUT_DIR/sweep_tt.json when it ends, so a timeout keeps what w
           then bc_heads_rope_vjp over CONFIG["bc_vjp"], each config's outputs compared with
           the first's. SWEEP_BC / SWEEP_BC_VJP="T:warps:HB,..." replace the grids;
           SWEEP_M3_WARM=1 only compiles, as for m3. Then mamba3_angles and its VJP over
-          kernels/rope.CONFIG["angles_fwd"] / ["angles_bwd"] (L segments, heads per program).
+          kernels/rope.CONFIG["angles_fwd"] / ["angles_bwd"] (L segments, heads per program,
+          the forward's variant); SWEEP_ANGLES="segments:HB:T[:variant],..." replaces that grid.
   decode  ~370M random-weight Mamba-2 LM (d_model 1024, 48 layers, vocab 50280, d_state 128,
           headdim 64, bf16) through graphs.CudaGraphDecoder at batch 1 and 16: fused step on
           and off (MAMBA_NO_FUSED_STEP=1), ms/token and tokens/s, the fused logits against the
@@ -175,8 +176,13 @@ BC_VJP = [(8, 8, None), (16, 4, None), (16, 8, None), (8, 4, None), (8, 8, 8), (
 # None keeps the default; one segment was the layout of run 23 (0.119 / 0.245 ms). Segments are
 # at least CONFIG's "min_seg" tokens (128: at L=2048 more than 16 segments run as 16). Compiled for
 # sm_90 at T=64: the forward 159 registers (HB=1), the VJP 255 with 23 spill stores (HB=4).
+# A 4th field "seq" runs the forward's token-by-token variant (rope.py; forward only: the VJP
+# rows skip it). Compiled for sm_90 on the CPU (Triton 3.6, benchmarks/sass_stats.py), the
+# default "scan" forward and totals pass take ~157 instructions an element at 230 / 111
+# registers; "seq" at T=8: ~116 (HB=4), ~84 (HB=8), ~67 (HB=16) at 29-64 registers.
 ANGLES = [(16, None, None), (1, None, None), (8, None, None), (32, None, None), (16, 1, None), (16, 2, None),
-          (16, 4, None), (16, None, 32), (32, None, 32), (32, 2, 32), (64, None, 16)]
+          (16, 4, None), (16, None, 32), (32, None, 32), (32, 2, 32), (64, None, 16),
+          (16, 8, 8, "seq"), (16, 16, 8, "seq"), (32, 8, 8, "seq"), (32, 16, 8, "seq"), (16, 4, 8, "seq")]
 
 
 M2_STEP = [{"BP": 8, "num_warps": 4}, {"BP": 32, "num_warps": 4}, {"BP": 64, "num_warps": 8},
@@ -527,16 +533,21 @@ def _angles_launches(B, L, H, S, deadline, warm, out):
                            ("angles_bwd", lambda: RK.mamba3_angles_vjp((dphi, None), ang, dtv))):
             rows = out.setdefault(kind, [])
             ref = None
-            for nseg, hb, T in _grid(ANGLES):
-                if time.time() > deadline:
+            for cfg in _grid(_angles_grid()):
+                nseg, hb, T = cfg[:3]
+                variant = cfg[3] if len(cfg) > 3 else None
+                if time.time() > deadline or (variant and kind == "angles_bwd"):
                     continue
                 RK.CONFIG[kind] = dict(saved[kind], segments=nseg, **({} if hb is None else {"HB": hb}),
-                                       **({} if T is None else {"T": T}))
-                entry = {"segments": nseg, "HB": RK.CONFIG[kind]["HB"], "T": RK.CONFIG[kind]["T"]}
+                                       **({} if T is None else {"T": T}),
+                                       **({} if variant is None else {"variant": variant}))
+                entry = {"segments": nseg, "HB": RK.CONFIG[kind]["HB"], "T": RK.CONFIG[kind]["T"],
+                         "variant": RK.CONFIG[kind].get("variant", "scan")}
                 ref = _time_config(entry, call, rel_of, ref, warm)
                 rows.append(entry)
                 _save()
-                print(f"  bc {kind} segments={nseg} HB={entry['HB']} T={entry['T']}: {entry.get('ms', float('nan')):.3f} ms  "
+                print(f"  bc {kind} {entry['variant']} segments={nseg} HB={entry['HB']} T={entry['T']}: "
+                      f"{entry.get('ms', float('nan')):.3f} ms  "
                       f"rel {entry.get('rel_vs_first', float('nan')):.1e}  {entry.get('error', '')}", flush=True)
             RK.CONFIG[kind] = dict(saved[kind])
             ok = [e for e in rows if "ms" in e and e["rel_vs_first"] < 1e-3]
@@ -544,6 +555,19 @@ def _angles_launches(B, L, H, S, deadline, warm, out):
                 RESULTS["best"][kind] = min(ok, key=lambda e: e["ms"])
     finally:
         RK.CONFIG.update(saved)
+
+
+def _angles_grid():
+    """ANGLES, or SWEEP_ANGLES="segments:HB:T[:variant],..." ("-" keeps the default)."""
+    raw = os.environ.get("SWEEP_ANGLES", "").strip()
+    if not raw:
+        return ANGLES
+    conv = lambda v: None if v in ("-", "", "None") else int(v)  # noqa: E731
+    grid = []
+    for item in raw.split(","):
+        f = item.strip().split(":")
+        grid.append(tuple(conv(v) for v in f[:3]) + tuple(f[3:4]))
+    return grid
 
 
 def _bc_grid(name, default):
@@ -674,7 +698,8 @@ def _table():
         f = b.get(kind)
         if f:
             first = RESULTS["parts"]["bc"][kind][0]
-            lines.append(f"  {kind:<17s} best {f['ms']:.3f}  (segments={f['segments']}, HB={f['HB']}, T={f['T']}); "
+            lines.append(f"  {kind:<17s} best {f['ms']:.3f}  ({f.get('variant', 'scan')}, segments={f['segments']}, "
+                         f"HB={f['HB']}, T={f['T']}); "
                          f"first config {first.get('ms', float('nan')):.3f}")
     for kind in ("bc", "bc_vjp"):
         f = b.get(kind)

@@ -114,11 +114,16 @@ def _segments(monkeypatch, n):
         monkeypatch.setitem(K.CONFIG, which, dict(K.CONFIG[which], segments=n, min_seg=16))
 
 
+@pytest.mark.parametrize("variant", ["scan", "seq"])
 @pytest.mark.parametrize("segments", [1, 4], ids=["one segment", "L split"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("name", list(ANGLE_CASES))
-def test_mamba3_angles(name, dtype, segments, monkeypatch):
+def test_mamba3_angles(name, dtype, segments, variant, monkeypatch):
+    """Both forward variants (CONFIG "variant": chunk tiles composed by a scan, or a token-by-token
+    walk), whole or split L, against the float64 reference."""
     _segments(monkeypatch, segments)
+    for which in ("angles_fwd", "interpret"):
+        monkeypatch.setitem(K.CONFIG, which, dict(K.CONFIG[which], variant=variant))
     c = ANGLE_CASES[name]
     inp = angle_inputs(c, np.random.default_rng(zlib.crc32(name.encode())))
     args = angle_args(inp, dtype, c.get("sliced", False))
@@ -150,6 +155,14 @@ def test_mamba3_angles_vjp(name, dtype, cot, segments, monkeypatch):
     for k in want:
         check(rel(got[k], want[k]), dtype, f"{name} d{k}")
     same_layout(got, default("mamba3_angles_vjp")(cotangent, **args), name)
+
+
+def test_mamba3_angles_unknown_variant_is_named(monkeypatch):
+    for which in ("angles_fwd", "interpret"):
+        monkeypatch.setitem(K.CONFIG, which, dict(K.CONFIG[which], variant="parallel"))
+    x = torch.zeros(1, 4, 2, device=DEV)
+    with pytest.raises(ValueError, match="'seq'"):
+        K.mamba3_angles(x, torch.ones(1, 4, 2, device=DEV))
 
 
 def test_mamba3_angles_vjp_no_cotangent_is_zero():

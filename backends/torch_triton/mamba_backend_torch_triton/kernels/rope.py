@@ -22,6 +22,17 @@ mod has gradient 1; a segment starts from dfinal plus the dphi totals of the seg
 pi sech^2 sum_h g dt, partial per head block (a (B, H/HB, L, S) float32 buffer that torch sums,
 deterministic; written straight in angles' dtype when one block holds every head).
 
+Forward variant "seq" (CONFIG["angles_fwd"]["variant"]; "scan" is the default): the same
+programs and segments, but a program's (HB, SB) angles walk their tokens one at a time in
+registers (carry <- carry + increment mod 2 pi, stored as that token's phi), T tokens unrolled a
+loop trip, and the segment totals are summed the same way. No (T, HB, SB) tile, no scan across
+threads, no shared memory. Compiled for sm_90 on the CPU (Triton 3.6, benchmarks/sass_stats.py;
+instructions a (token, head, angle) element, the forward's loop plus the totals pass's):
+"scan" T=32 HB=2 ~117 + ~40 at 230 and 111 registers; "seq" T=8 HB=4 ~61 + ~55, HB=8 ~46 + ~38,
+HB=16 ~37 + ~30, at 29-64 registers. The sums run in another order (sequential, not a tree),
+within the same tolerance of the reference. A sweep candidate (sweep_tt.py's ANGLES rows with
+"seq"), not yet timed on a GPU.
+
 Rotation. The leading dims of x (..., N), phi (..., S) (and dy) are broadcast, size-1 dims
 dropped and mergeable dims merged (broadcast axes get stride 0); at most 4 dims remain (else the
 operands are materialised). One program rotates BM rows: cos and sin once per (row, pair) on a
@@ -70,6 +81,7 @@ FALLBACKS = "mamba3_angles/mamba3_angles_vjp/apply_rope/apply_rope_vjp: float64 
 #: forward HB=2, T=32 0.106 ms (one segment 0.174, T=64 HB=1 0.149); VJP HB=4, T=32 0.113 ms
 #: (one segment 0.223, T=64 0.127). Both still ~5x their floors: the rest is each program's
 #: serial walk of its chunks and the tanh / associative scans on (T, HB, S) tiles.
+#: "variant" (angles_fwd only): "scan" (the default) or "seq" (the module docstring).
 CONFIG = {
     "angles_fwd": {"T": 32, "HB": 2, "num_warps": 4, "segments": 16, "min_seg": 128},
     "angles_bwd": {"T": 32, "HB": 4, "num_warps": 4, "segments": 16, "min_seg": 128},
@@ -172,14 +184,10 @@ def _angles_total_kernel(
 
 
 @triton.jit
-def _angles_fwd_kernel(
-    ANG, DT, INIT, PHI, TOT,
-    L, H, S, CPS,
-    sab, sat, sas, sdb, sdt, sdh, sib, sih, sis,
-    PI, TWO_PI, TWO_PI_HI, TWO_PI_LO,
-    T: tl.constexpr, HB: tl.constexpr, SB: tl.constexpr, HAS_INIT: tl.constexpr,
-):
-    # program (b, head block, segment of CPS chunks); its carry: the initial angle plus the
+def _angles_carry_in(INIT, TOT, H, S, sib, sih, sis, TWO_PI, TWO_PI_HI, TWO_PI_LO,
+                     HB: tl.constexpr, SB: tl.constexpr, HAS_INIT: tl.constexpr):
+    # a forward program (b, head block hb, segment seg): its heads h, angles s, (HB, SB) lane
+    # mask, and the angle entering its segment: the initial angle (mod the exact 2 pi) plus the
     # totals of the segments before it (TOT; one segment: none)
     b = tl.program_id(0).to(tl.int64)
     hb = tl.program_id(1)
@@ -195,9 +203,24 @@ def _angles_fwd_kernel(
         carry = _wrap((a0 - k * TWO_PI_HI) - k * TWO_PI_LO, TWO_PI)  # mod the exact 2 pi
     else:
         carry = tl.zeros([HB, SB], dtype=tl.float32)
-    for j in range(0, seg):
-        ptrs, mask = _seg_row(TOT, b, j, nseg, hb, H, S, HB, SB)
+    for sj in range(0, seg):
+        ptrs, mask = _seg_row(TOT, b, sj, nseg, hb, H, S, HB, SB)
         carry = _add_mod(carry, tl.load(ptrs, mask=mask, other=0.0))
+    return b, hb, seg, h, s, lane, carry
+
+
+@triton.jit
+def _angles_fwd_kernel(
+    ANG, DT, INIT, PHI, TOT,
+    L, H, S, CPS,
+    sab, sat, sas, sdb, sdt, sdh, sib, sih, sis,
+    PI, TWO_PI, TWO_PI_HI, TWO_PI_LO,
+    T: tl.constexpr, HB: tl.constexpr, SB: tl.constexpr, HAS_INIT: tl.constexpr,
+):
+    # program (b, head block, segment of CPS chunks); its carry: the initial angle plus the
+    # totals of the segments before it (TOT; one segment: none)
+    b, hb, seg, h, s, lane, carry = _angles_carry_in(INIT, TOT, H, S, sib, sih, sis, TWO_PI,
+                                                     TWO_PI_HI, TWO_PI_LO, HB, SB, HAS_INIT)
     last = (tl.arange(0, T) == T - 1)[:, None, None]
     for cc in range(0, CPS):
         t, h, s, tm, hm, sm, m3, off3 = _tile(b, seg * CPS + cc, L, H, S, hb, T, HB, SB)
@@ -206,6 +229,70 @@ def _angles_fwd_kernel(
         p = _add_mod(p, carry[None, :, :])
         tl.store(PHI + off3, p, mask=m3)
         carry = tl.sum(tl.where(last, p, 0.0), axis=0)
+
+
+# variant "seq" of the forward (CONFIG "angles_fwd" "variant"): a program's (HB, SB) angles walk
+# their tokens one by one, in registers, instead of composing (T, HB, SB) chunk tiles by an
+# associative scan across threads (whose shared-memory rounds are most of the "scan" variant's
+# ~117 instructions an element, benchmarks/sass_stats.py; this walk: see the docstring)
+@triton.jit
+def _inc_token(ANG, DT, b, t, h, s, hm, sm, L, sab, sat, sas, sdb, sdt, sdh, PI, TWO_PI):
+    # token t's increments tanh(angles) pi dt reduced into [0, 2 pi): (HB, SB), 0 past L or S
+    sm = sm & ((s * 0 + t) < L)  # past L: no load, a zero increment
+    hm = hm & ((h * 0 + t) < L)
+    a = tl.load(ANG + b * sab + t * sat + s * sas, mask=sm, other=0.0).to(tl.float32)
+    d = tl.load(DT + b * sdb + t * sdt + h * sdh, mask=hm, other=0.0).to(tl.float32)
+    th, _ = _tanh_sech2(a)
+    inc = _wrap((th * PI)[None, :] * d[:, None], TWO_PI)
+    return tl.where(hm[:, None] & sm[None, :], inc, 0.0)
+
+
+@triton.jit
+def _angles_total_seq_kernel(
+    ANG, DT, TOT,
+    L, H, S, CPS,
+    sab, sat, sas, sdb, sdt, sdh,
+    PI, TWO_PI,
+    T: tl.constexpr, HB: tl.constexpr, SB: tl.constexpr,
+):
+    # _angles_total_kernel's totals, token by token
+    b = tl.program_id(0).to(tl.int64)
+    hb = tl.program_id(1)
+    seg = tl.program_id(2)
+    nseg = tl.num_programs(2)
+    h = hb * HB + tl.arange(0, HB)
+    s = tl.arange(0, SB)
+    hm, sm = h < H, s < S
+    tot = tl.zeros([HB, SB], dtype=tl.float32)
+    for cc in range(0, CPS):
+        for j in tl.static_range(T):
+            t = (seg * CPS + cc) * T + j
+            tot = _add_mod(tot, _inc_token(ANG, DT, b, t, h, s, hm, sm, L, sab, sat, sas, sdb, sdt,
+                                           sdh, PI, TWO_PI))
+    ptrs, mask = _seg_row(TOT, b, seg, nseg, hb, H, S, HB, SB)
+    tl.store(ptrs, tot, mask=mask)
+
+
+@triton.jit
+def _angles_fwd_seq_kernel(
+    ANG, DT, INIT, PHI, TOT,
+    L, H, S, CPS,
+    sab, sat, sas, sdb, sdt, sdh, sib, sih, sis,
+    PI, TWO_PI, TWO_PI_HI, TWO_PI_LO,
+    T: tl.constexpr, HB: tl.constexpr, SB: tl.constexpr, HAS_INIT: tl.constexpr,
+):
+    # _angles_fwd_kernel's phi, token by token: the carry (the initial angle plus the totals of
+    # the segments before) takes each increment mod 2 pi and is stored as that token's phi
+    b, hb, seg, h, s, lane, carry = _angles_carry_in(INIT, TOT, H, S, sib, sih, sis, TWO_PI,
+                                                     TWO_PI_HI, TWO_PI_LO, HB, SB, HAS_INIT)
+    hm, sm = h < H, s < S
+    off = h[:, None] * S + s[None, :]  # into a contiguous (B, L, H, S)
+    for cc in range(0, CPS):
+        for j in tl.static_range(T):
+            t = (seg * CPS + cc) * T + j
+            carry = _add_mod(carry, _inc_token(ANG, DT, b, t, h, s, hm, sm, L, sab, sat, sas, sdb,
+                                               sdt, sdh, PI, TWO_PI))
+            tl.store(PHI + (b * L + t) * H * S + off, carry, mask=lane & ((off * 0 + t) < L))
 
 
 @triton.jit
@@ -288,6 +375,16 @@ def _angles_bwd_kernel(
                      mask=lane)
 
 
+ANGLE_VARIANTS = ("scan", "seq")
+
+
+def _angles_variant(cfg: dict) -> str:
+    v = cfg.get("variant", "scan")
+    if v not in ANGLE_VARIANTS:
+        raise ValueError(f"rope CONFIG angles variant {v!r}: expected one of {ANGLE_VARIANTS}")
+    return v
+
+
 def _angles_cfg(device, which):
     if device.type == "cpu":
         return CONFIG["interpret"]
@@ -318,14 +415,16 @@ def mamba3_angles(angles, dt, initial_angle=None):
     T, HB, SB, cps, nseg = _angles_shape(angles, dt, cfg, S, H)
     phi = torch.empty((Bsz, L, H, S), dtype=torch.float32, device=angles.device)
     grid = (Bsz, triton.cdiv(H, HB), nseg)
+    seq = _angles_variant(cfg) == "seq"
     tot = phi
     if nseg > 1:
         tot = torch.empty((Bsz, nseg, H, S), dtype=torch.float32, device=angles.device)
-        _angles_total_kernel[grid](angles, dt, tot, L, H, S, cps, *angles.stride(), *dt.stride(),
-                                   PI_F32, TWO_PI_F32, T=T, HB=HB, SB=SB, num_warps=cfg["num_warps"])
+        (_angles_total_seq_kernel if seq else _angles_total_kernel)[grid](
+            angles, dt, tot, L, H, S, cps, *angles.stride(), *dt.stride(),
+            PI_F32, TWO_PI_F32, T=T, HB=HB, SB=SB, num_warps=cfg["num_warps"])
     ini = initial_angle
     si = (0, 0, 0) if ini is None else ini.stride()
-    _angles_fwd_kernel[grid](
+    (_angles_fwd_seq_kernel if seq else _angles_fwd_kernel)[grid](
         angles, dt, angles if ini is None else ini, phi, tot,
         L, H, S, cps, *angles.stride(), *dt.stride(), *si,
         PI_F32, TWO_PI_F32, _TWO_PI_HI, _TWO_PI_LO,
