@@ -125,13 +125,13 @@ s12b)
     # reference, then timed beside "base" in float32 (the bf16 VJP upcasts to these kernels):
     # register caps 128/160/none, 2-8 tokens a chunk, 1 and 4 warps.
     results_dir
-    DEADLINE=${DEADLINE:-450}
+    DEADLINE=${DEADLINE:-560}
     timeout $(tmo 110) env TRITON_INTERPRET=0 python3 -m pytest -q -rs -p no:cacheprovider \
         backends/torch_triton/tests/test_m1_norm_conv_kernels.py -k "lanes_vjp" > "$R/tt_lanes_tests.log" 2>&1
     echo "lanes tests rc=$?"; tail -n 3 "$R/tt_lanes_tests.log" | cut -c1-300
     SWEEP_M1_DTYPE=float32 SWEEP_M1_FWD="tr_scan:8:8:1" \
     SWEEP_M1_BWD="base:8:32:4,lanes:4:8:1:160,lanes:4:8:1:128,lanes:4:8:1,lanes:2:8:1,lanes:4:32:4:160,lanes:2:32:4,lanes:8:8:1:168" \
-        timeout $(tmo 200) python3 benchmarks/gpu/sweep_tt.py "$R/m1lanes" --parts m1 --budget 190 > "$R/sweep_m1_lanes.log" 2>&1
+        timeout $(tmo 180) python3 benchmarks/gpu/sweep_tt.py "$R/m1lanes" --parts m1 --budget 170 > "$R/sweep_m1_lanes.log" 2>&1
     echo "sweep m1 lanes rc=$?"; grep -E "m1 (fwd|vjp)" "$R/sweep_m1_lanes.log" | cut -c1-200
     # bf16 inputs straight into "lanes" (no float32 copies; the default VJP upcasts: ~5.8 ms,
     # runs 29-30), beside the bf16 forward default
