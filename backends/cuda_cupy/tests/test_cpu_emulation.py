@@ -136,6 +136,8 @@ def run_gemv(binary, tmp_path, X, W, bias=None, scales=None, mode="0", sms=132, 
 
 
 def _want(X, W, bias, scales):
+    """X W^T + bias in float64, X's columns k >= skip scaled by their group's 1 / sqrt(sum of
+    its partials / group size + eps) first when scales = (part, groups, skip, eps) is given."""
     X = X.astype(np.float64)
     if scales is not None:
         part, groups, skip, eps = scales
@@ -215,17 +217,11 @@ STEP_TOL = {"float32": 3e-5, "float64": 1e-11}  # as test_mixer_steps_gpu's
 
 
 def _out_proj(y, part, params, cfg):
-    """out_proj after the fused step, in NumPy: linear_group_scaled's math (the gated norm's
-    division by each group's RMS from the kernel's per-block partial sums) or a plain product."""
-    y = y.astype(np.float64)
-    if part is not None:
-        G, skip = cfg.ngroups, cfg.d_mlp
-        gsz, npg = (y.shape[1] - skip) // G, part.shape[1] // G
-        for g in range(G):
-            ms_g = part[:, g * npg:(g + 1) * npg].astype(np.float64).sum(1) / gsz
-            y[:, skip + g * gsz:skip + (g + 1) * gsz] /= np.sqrt(ms_g + ms._norm_eps())[:, None]
-    out = y @ params["out_proj.weight"].astype(np.float64).T
-    return out + params["out_proj.bias"] if cfg.bias else out
+    """out_proj after the fused step, in NumPy: linear_group_scaled's math (``_want``: the gated
+    norm's division by each group's RMS from the kernel's per-block partial sums) or a plain
+    product."""
+    scales = None if part is None else (part, cfg.ngroups, cfg.d_mlp, ms._norm_eps())
+    return _want(y, params["out_proj.weight"], params["out_proj.bias"] if cfg.bias else None, scales)
 
 
 @pytest.mark.parametrize("inplace", [False, True])

@@ -141,14 +141,26 @@ def _tile(b, c, L, H, S, hb, T: tl.constexpr, HB: tl.constexpr, SB: tl.constexpr
 
 
 @triton.jit
+def _rate(a, PI):
+    # the angle rate tanh(angles) pi (computed once per (token, angle), before any broadcast)
+    th, _ = _tanh_sech2(a)
+    return th * PI
+
+
+@triton.jit
+def _inc_of(rate, d, TWO_PI):
+    # an increment rate dt reduced into [0, 2 pi) (rate and d broadcast by the caller)
+    return _wrap(rate * d, TWO_PI)
+
+
+@triton.jit
 def _increments(ANG, DT, b, t, h, s, tm, hm, sm, m3, sab, sat, sas, sdb, sdt, sdh, PI, TWO_PI):
     # the chunk's increments tanh(angles) pi dt reduced into [0, 2 pi): (T, HB, SB), 0 where padded
     a = tl.load(ANG + b * sab + t[:, None] * sat + s[None, :] * sas,
                 mask=tm[:, None] & sm[None, :], other=0.0).to(tl.float32)  # (T, SB)
     d = tl.load(DT + b * sdb + t[:, None] * sdt + h[None, :] * sdh,
                 mask=tm[:, None] & hm[None, :], other=0.0).to(tl.float32)  # (T, HB)
-    th, _ = _tanh_sech2(a)
-    inc = _wrap((th * PI)[:, None, :] * d[:, :, None], TWO_PI)
+    inc = _inc_of(_rate(a, PI)[:, None, :], d[:, :, None], TWO_PI)
     return tl.where(m3, inc, 0.0)
 
 
@@ -160,13 +172,28 @@ def _seg_row(TOT, b, j, nseg, hb, H, S, HB: tl.constexpr, SB: tl.constexpr):
     return TOT + ((b * nseg + j) * H + h[:, None]) * S + s[None, :], (h < H)[:, None] & (s < S)[None, :]
 
 
+# Forward variant "seq" (SEQ; CONFIG "angles_fwd" "variant"): a program's (HB, SB) angles walk
+# their tokens one by one, in registers, instead of composing (T, HB, SB) chunk tiles by an
+# associative scan across threads (whose shared-memory rounds are most of the "scan" variant's
+# ~117 instructions an element, benchmarks/sass_stats.py; the module docstring has both counts)
+@triton.jit
+def _inc_token(ANG, DT, b, t, h, s, hm, sm, L, sab, sat, sas, sdb, sdt, sdh, PI, TWO_PI):
+    # token t's increments tanh(angles) pi dt reduced into [0, 2 pi): (HB, SB), 0 past L or S
+    sm = sm & ((s * 0 + t) < L)  # past L: no load, a zero increment
+    hm = hm & ((h * 0 + t) < L)
+    a = tl.load(ANG + b * sab + t * sat + s * sas, mask=sm, other=0.0).to(tl.float32)
+    d = tl.load(DT + b * sdb + t * sdt + h * sdh, mask=hm, other=0.0).to(tl.float32)
+    inc = _inc_of(_rate(a, PI)[None, :], d[:, None], TWO_PI)
+    return tl.where(hm[:, None] & sm[None, :], inc, 0.0)
+
+
 @triton.jit
 def _angles_total_kernel(
     ANG, DT, TOT,
     L, H, S, CPS,
     sab, sat, sas, sdb, sdt, sdh,
     PI, TWO_PI,
-    T: tl.constexpr, HB: tl.constexpr, SB: tl.constexpr,
+    T: tl.constexpr, HB: tl.constexpr, SB: tl.constexpr, SEQ: tl.constexpr = False,
 ):
     # one L segment's summed increments mod 2 pi -> TOT (B, NSEG, H, S) float32 (the forward's
     # first pass when L is split; the segments' carries are their predecessors' totals)
@@ -175,19 +202,34 @@ def _angles_total_kernel(
     seg = tl.program_id(2)
     nseg = tl.num_programs(2)
     tot = tl.zeros([HB, SB], dtype=tl.float32)
-    for cc in range(0, CPS):
-        t, h, s, tm, hm, sm, m3, off3 = _tile(b, seg * CPS + cc, L, H, S, hb, T, HB, SB)
-        inc = _increments(ANG, DT, b, t, h, s, tm, hm, sm, m3, sab, sat, sas, sdb, sdt, sdh, PI, TWO_PI)
-        tot = _add_mod(tot, tl.reduce(inc, 0, _add_mod))
+    if SEQ:
+        h = hb * HB + tl.arange(0, HB)
+        s = tl.arange(0, SB)
+        hm, sm = h < H, s < S
+        for cc in range(0, CPS):
+            for j in tl.static_range(T):
+                t = (seg * CPS + cc) * T + j
+                tot = _add_mod(tot, _inc_token(ANG, DT, b, t, h, s, hm, sm, L, sab, sat, sas, sdb,
+                                               sdt, sdh, PI, TWO_PI))
+    else:
+        for cc in range(0, CPS):
+            t, h, s, tm, hm, sm, m3, off3 = _tile(b, seg * CPS + cc, L, H, S, hb, T, HB, SB)
+            inc = _increments(ANG, DT, b, t, h, s, tm, hm, sm, m3, sab, sat, sas, sdb, sdt, sdh, PI, TWO_PI)
+            tot = _add_mod(tot, tl.reduce(inc, 0, _add_mod))
     ptrs, mask = _seg_row(TOT, b, seg, nseg, hb, H, S, HB, SB)
     tl.store(ptrs, tot, mask=mask)
 
 
 @triton.jit
-def _angles_carry_in(INIT, TOT, H, S, sib, sih, sis, TWO_PI, TWO_PI_HI, TWO_PI_LO,
-                     HB: tl.constexpr, SB: tl.constexpr, HAS_INIT: tl.constexpr):
-    # a forward program (b, head block hb, segment seg): its heads h, angles s, (HB, SB) lane
-    # mask, and the angle entering its segment: the initial angle (mod the exact 2 pi) plus the
+def _angles_fwd_kernel(
+    ANG, DT, INIT, PHI, TOT,
+    L, H, S, CPS,
+    sab, sat, sas, sdb, sdt, sdh, sib, sih, sis,
+    PI, TWO_PI, TWO_PI_HI, TWO_PI_LO,
+    T: tl.constexpr, HB: tl.constexpr, SB: tl.constexpr, HAS_INIT: tl.constexpr,
+    SEQ: tl.constexpr = False,
+):
+    # program (b, head block, segment of CPS chunks); its carry: the initial angle plus the
     # totals of the segments before it (TOT; one segment: none)
     b = tl.program_id(0).to(tl.int64)
     hb = tl.program_id(1)
@@ -206,93 +248,25 @@ def _angles_carry_in(INIT, TOT, H, S, sib, sih, sis, TWO_PI, TWO_PI_HI, TWO_PI_L
     for sj in range(0, seg):
         ptrs, mask = _seg_row(TOT, b, sj, nseg, hb, H, S, HB, SB)
         carry = _add_mod(carry, tl.load(ptrs, mask=mask, other=0.0))
-    return b, hb, seg, h, s, lane, carry
-
-
-@triton.jit
-def _angles_fwd_kernel(
-    ANG, DT, INIT, PHI, TOT,
-    L, H, S, CPS,
-    sab, sat, sas, sdb, sdt, sdh, sib, sih, sis,
-    PI, TWO_PI, TWO_PI_HI, TWO_PI_LO,
-    T: tl.constexpr, HB: tl.constexpr, SB: tl.constexpr, HAS_INIT: tl.constexpr,
-):
-    # program (b, head block, segment of CPS chunks); its carry: the initial angle plus the
-    # totals of the segments before it (TOT; one segment: none)
-    b, hb, seg, h, s, lane, carry = _angles_carry_in(INIT, TOT, H, S, sib, sih, sis, TWO_PI,
-                                                     TWO_PI_HI, TWO_PI_LO, HB, SB, HAS_INIT)
-    last = (tl.arange(0, T) == T - 1)[:, None, None]
-    for cc in range(0, CPS):
-        t, h, s, tm, hm, sm, m3, off3 = _tile(b, seg * CPS + cc, L, H, S, hb, T, HB, SB)
-        inc = _increments(ANG, DT, b, t, h, s, tm, hm, sm, m3, sab, sat, sas, sdb, sdt, sdh, PI, TWO_PI)
-        p = tl.associative_scan(inc, 0, _add_mod)  # padded tokens add 0: the last row is the carry
-        p = _add_mod(p, carry[None, :, :])
-        tl.store(PHI + off3, p, mask=m3)
-        carry = tl.sum(tl.where(last, p, 0.0), axis=0)
-
-
-# variant "seq" of the forward (CONFIG "angles_fwd" "variant"): a program's (HB, SB) angles walk
-# their tokens one by one, in registers, instead of composing (T, HB, SB) chunk tiles by an
-# associative scan across threads (whose shared-memory rounds are most of the "scan" variant's
-# ~117 instructions an element, benchmarks/sass_stats.py; this walk: see the docstring)
-@triton.jit
-def _inc_token(ANG, DT, b, t, h, s, hm, sm, L, sab, sat, sas, sdb, sdt, sdh, PI, TWO_PI):
-    # token t's increments tanh(angles) pi dt reduced into [0, 2 pi): (HB, SB), 0 past L or S
-    sm = sm & ((s * 0 + t) < L)  # past L: no load, a zero increment
-    hm = hm & ((h * 0 + t) < L)
-    a = tl.load(ANG + b * sab + t * sat + s * sas, mask=sm, other=0.0).to(tl.float32)
-    d = tl.load(DT + b * sdb + t * sdt + h * sdh, mask=hm, other=0.0).to(tl.float32)
-    th, _ = _tanh_sech2(a)
-    inc = _wrap((th * PI)[None, :] * d[:, None], TWO_PI)
-    return tl.where(hm[:, None] & sm[None, :], inc, 0.0)
-
-
-@triton.jit
-def _angles_total_seq_kernel(
-    ANG, DT, TOT,
-    L, H, S, CPS,
-    sab, sat, sas, sdb, sdt, sdh,
-    PI, TWO_PI,
-    T: tl.constexpr, HB: tl.constexpr, SB: tl.constexpr,
-):
-    # _angles_total_kernel's totals, token by token
-    b = tl.program_id(0).to(tl.int64)
-    hb = tl.program_id(1)
-    seg = tl.program_id(2)
-    nseg = tl.num_programs(2)
-    h = hb * HB + tl.arange(0, HB)
-    s = tl.arange(0, SB)
-    hm, sm = h < H, s < S
-    tot = tl.zeros([HB, SB], dtype=tl.float32)
-    for cc in range(0, CPS):
-        for j in tl.static_range(T):
-            t = (seg * CPS + cc) * T + j
-            tot = _add_mod(tot, _inc_token(ANG, DT, b, t, h, s, hm, sm, L, sab, sat, sas, sdb, sdt,
-                                           sdh, PI, TWO_PI))
-    ptrs, mask = _seg_row(TOT, b, seg, nseg, hb, H, S, HB, SB)
-    tl.store(ptrs, tot, mask=mask)
-
-
-@triton.jit
-def _angles_fwd_seq_kernel(
-    ANG, DT, INIT, PHI, TOT,
-    L, H, S, CPS,
-    sab, sat, sas, sdb, sdt, sdh, sib, sih, sis,
-    PI, TWO_PI, TWO_PI_HI, TWO_PI_LO,
-    T: tl.constexpr, HB: tl.constexpr, SB: tl.constexpr, HAS_INIT: tl.constexpr,
-):
-    # _angles_fwd_kernel's phi, token by token: the carry (the initial angle plus the totals of
-    # the segments before) takes each increment mod 2 pi and is stored as that token's phi
-    b, hb, seg, h, s, lane, carry = _angles_carry_in(INIT, TOT, H, S, sib, sih, sis, TWO_PI,
-                                                     TWO_PI_HI, TWO_PI_LO, HB, SB, HAS_INIT)
-    hm, sm = h < H, s < S
-    off = h[:, None] * S + s[None, :]  # into a contiguous (B, L, H, S)
-    for cc in range(0, CPS):
-        for j in tl.static_range(T):
-            t = (seg * CPS + cc) * T + j
-            carry = _add_mod(carry, _inc_token(ANG, DT, b, t, h, s, hm, sm, L, sab, sat, sas, sdb,
-                                               sdt, sdh, PI, TWO_PI))
-            tl.store(PHI + (b * L + t) * H * S + off, carry, mask=lane & ((off * 0 + t) < L))
+    if SEQ:
+        # token by token: the carry takes each increment mod 2 pi and is that token's phi
+        hm, sm = h < H, s < S
+        off = h[:, None] * S + s[None, :]  # into a contiguous (B, L, H, S)
+        for cc in range(0, CPS):
+            for j in tl.static_range(T):
+                t = (seg * CPS + cc) * T + j
+                carry = _add_mod(carry, _inc_token(ANG, DT, b, t, h, s, hm, sm, L, sab, sat, sas,
+                                                   sdb, sdt, sdh, PI, TWO_PI))
+                tl.store(PHI + (b * L + t) * H * S + off, carry, mask=lane & ((off * 0 + t) < L))
+    else:
+        last = (tl.arange(0, T) == T - 1)[:, None, None]
+        for cc in range(0, CPS):
+            t, h, s, tm, hm, sm, m3, off3 = _tile(b, seg * CPS + cc, L, H, S, hb, T, HB, SB)
+            inc = _increments(ANG, DT, b, t, h, s, tm, hm, sm, m3, sab, sat, sas, sdb, sdt, sdh, PI, TWO_PI)
+            p = tl.associative_scan(inc, 0, _add_mod)  # padded tokens add 0: the last row is the carry
+            p = _add_mod(p, carry[None, :, :])
+            tl.store(PHI + off3, p, mask=m3)
+            carry = tl.sum(tl.where(last, p, 0.0), axis=0)
 
 
 @triton.jit
@@ -419,16 +393,16 @@ def mamba3_angles(angles, dt, initial_angle=None):
     tot = phi
     if nseg > 1:
         tot = torch.empty((Bsz, nseg, H, S), dtype=torch.float32, device=angles.device)
-        (_angles_total_seq_kernel if seq else _angles_total_kernel)[grid](
-            angles, dt, tot, L, H, S, cps, *angles.stride(), *dt.stride(),
-            PI_F32, TWO_PI_F32, T=T, HB=HB, SB=SB, num_warps=cfg["num_warps"])
+        _angles_total_kernel[grid](angles, dt, tot, L, H, S, cps, *angles.stride(), *dt.stride(),
+                                   PI_F32, TWO_PI_F32, T=T, HB=HB, SB=SB, SEQ=seq,
+                                   num_warps=cfg["num_warps"])
     ini = initial_angle
     si = (0, 0, 0) if ini is None else ini.stride()
-    (_angles_fwd_seq_kernel if seq else _angles_fwd_kernel)[grid](
+    _angles_fwd_kernel[grid](
         angles, dt, angles if ini is None else ini, phi, tot,
         L, H, S, cps, *angles.stride(), *dt.stride(), *si,
         PI_F32, TWO_PI_F32, _TWO_PI_HI, _TWO_PI_LO,
-        T=T, HB=HB, SB=SB, HAS_INIT=ini is not None, num_warps=cfg["num_warps"],
+        T=T, HB=HB, SB=SB, HAS_INIT=ini is not None, SEQ=seq, num_warps=cfg["num_warps"],
     )
     return phi, phi[:, -1]
 
