@@ -381,14 +381,17 @@ def part_decode():
                 traceback.print_exc()
                 row["graph_nopdl_error"] = f"{type(exc).__name__}: {exc}"
         if "graph_ms_per_token" in row:
-            # the same graph with the GEMVs' K split over warps (MAMBA_CUPY_GEMV_SPLIT=auto,
-            # kernels/linear.py): its time, and its logits against the graph above (the same
-            # sums in another order: close, not bit-identical)
+            # the same graph under the other GEMV split (MAMBA_CUPY_GEMV_SPLIT, kernels/linear.py:
+            # "0", one warp a row, when the default splits K over warps, else "auto"): its time,
+            # and its logits against the graph above (the same sums in another order: close, not
+            # bit-identical). Keys graph_split_*: that other graph; graph_plain_*: the default's.
             try:
-                from mamba_backend_cuda_cupy.kernels.linear import SPLIT_ENV
+                from mamba_backend_cuda_cupy.kernels.linear import SPLIT_ENV, split_mode
 
+                other = "auto" if split_mode() == "0" else "0"
+                row["graph_split_mode"] = other
                 split = _graph_with_pdl(_launch.supported(), GraphDecoder, be, params, cfg, batch,
-                                        **{SPLIT_ENV: "auto"})
+                                        **{SPLIT_ENV: other})
                 first = []
                 for g in (dec, split):
                     g.load_cache(lm.init_cache(be, cfg, batch))
@@ -396,7 +399,7 @@ def part_decode():
                     g.synchronize()
                     first.append(cp.asnumpy(out))
                 row["graph_split_rel_err"] = _rel(first[1], first[0])
-                for rep in range(2):  # split, plain, split, plain: drift shows up as a trend
+                for rep in range(2):  # other, default, other, default: drift shows up as a trend
                     for name, g in (("split", split), ("plain", dec)):
                         with g.stream:
                             ms = _time_cupy(lambda g=g: g.step(ids), warmup=3, reps=50)

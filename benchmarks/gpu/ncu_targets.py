@@ -6,6 +6,9 @@ Compute (ncu), which reads the hardware counters of every kernel in that window.
 
 Targets (the yardstick's shapes and inputs: B=8, L=2048; benchmarks/gpu/yardstick.py):
     m1_ours        torch_triton selective_scan + selective_scan_vjp, bf16 (E=2048, N=16)
+    m1_official    mamba_ssm's selective_scan_fn forward + backward on the same inputs, in its
+                   channels-first layout (needs its CUDA extension built:
+                   benchmarks/gpu/build_official_ss.py)
     m3_ours        torch_triton Mamba-3 SISO whole op forward + backward, bf16 (angles,
                    mamba3_rope_scan, gate and their VJPs; H=32 P=64 N=128), as the yardstick
     m3_official    mamba_ssm's mamba3_siso_combined forward + backward on the same inputs (needs
@@ -14,6 +17,13 @@ Targets (the yardstick's shapes and inputs: B=8, L=2048; benchmarks/gpu/yardstic
 
 Each target runs twice first (Triton compiles and autotunes outside the window), then once
 inside it. Prints the wall time of the profiled call (under ncu: replay time, not a timing).
+
+    python benchmarks/gpu/ncu_targets.py TARGET --kernels [REPS]
+
+runs the target REPS times (default 20) under torch.profiler instead, no ncu needed, and prints
+each kernel's device time per call (the sum over a call's launches of that kernel, averaged over
+the calls), largest first, with the whole call's kernel time: where a target's time goes,
+without Nsight's replay.
 """
 
 from __future__ import annotations
@@ -59,13 +69,52 @@ def _m3_f32_fwd():
     return lambda: be.ops.mamba3_scan(*args)
 
 
-TARGETS = {"m1_ours": _m1, "m3_ours": _m3_ours, "m3_official": _m3_official, "m3_f32_fwd": _m3_f32_fwd}
+def _m1_official():
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+    (u, delta, A, Bm, Cm, D, z, db, _), dy = Y.mamba1_inputs()
+    ut, dt_, zt = (t.transpose(1, 2).contiguous() for t in (u, delta, z))
+    Bt, Ct = (t[:, :, 0].transpose(1, 2).contiguous() for t in (Bm, Cm))
+    dyt = dy.transpose(1, 2).contiguous()
+    leaves = [t.detach().requires_grad_() for t in (ut, dt_, A, Bt, Ct, D, zt, db)]
+
+    def run():
+        selective_scan_fn(*leaves, True).backward(dyt)
+    return run
+
+
+def kernel_table(fn, reps: int = 20) -> list:
+    """[(kernel name, us per call, launches per call)] of ``fn`` under torch.profiler, largest
+    first (device time summed over a call's launches of each kernel, averaged over ``reps``)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    rows = {}
+    for ev in prof.events():
+        if ev.device_type.name != "CUDA":
+            continue
+        us, n = rows.get(ev.name, (0.0, 0))
+        rows[ev.name] = (us + ev.time_range.elapsed_us(), n + 1)  # a kernel's own span
+    return sorted(((k, us / reps, n / reps) for k, (us, n) in rows.items()), key=lambda r: -r[1])
+
+
+TARGETS = {"m1_ours": _m1, "m1_official": _m1_official, "m3_ours": _m3_ours, "m3_official": _m3_official, "m3_f32_fwd": _m3_f32_fwd}
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    table = "--kernels" in argv
+    if table:
+        i = argv.index("--kernels")
+        reps = int(argv[i + 1]) if len(argv) > i + 1 and argv[i + 1].isdigit() else 20
+        argv = argv[:i] + argv[i + 1 + (len(argv) > i + 1 and argv[i + 1].isdigit()):]
     if len(argv) != 1 or argv[0] not in TARGETS:
-        print(f"usage: ncu_targets.py TARGET, one of {', '.join(TARGETS)}", file=sys.stderr)
+        print(f"usage: ncu_targets.py TARGET [--kernels [REPS]], TARGET one of {', '.join(TARGETS)}",
+              file=sys.stderr)
         return 2
     if not torch.cuda.is_available():
         print("ncu_targets: needs a CUDA GPU", file=sys.stderr)
@@ -74,6 +123,12 @@ def main(argv=None) -> int:
     for _ in range(2):
         fn()
     torch.cuda.synchronize()
+    if table:
+        rows = kernel_table(fn, reps)
+        print(f"{argv[0]}: {sum(r[1] for r in rows):.1f} us of kernels a call ({reps} calls)")
+        for name, us, n in rows:
+            print(f"  {us:9.1f} us  x{n:<5.1f} {name[:150]}")
+        return 0
     cudart = torch.cuda.cudart()
     cudart.cudaProfilerStart()
     t0 = time.perf_counter()

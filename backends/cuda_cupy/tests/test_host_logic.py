@@ -380,7 +380,7 @@ def test_linear_split_k_rule():
 
 
 def test_linear_split_mode_switch():
-    assert lin.split_mode({}) == "0"
+    assert lin.split_mode({}) == lin.SPLIT_DEFAULT == "auto"
     for raw, want in (("0", "0"), ("off", "0"), ("No", "0"), ("auto", "auto"), (" AUTO ", "auto"),
                       ("2", "2"), ("4", "4")):
         assert lin.split_mode({lin.SPLIT_ENV: raw}) == want

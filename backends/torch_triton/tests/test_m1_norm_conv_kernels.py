@@ -196,7 +196,7 @@ def test_selective_scan_transposed_bf16(variant, chunk):
 @pytest.mark.parametrize("name", ["all,L=37,G=2", "all,G=2,N=5,T=4,L=11,no softplus"])
 def test_selective_scan_vjp_upcast_bf16(name, mode, chunk):
     """The bf16 VJP through the float32 kernels (CONFIG "bwd": {"upcast": True}, the GPU
-    default) or with the 16-bit inputs read directly and float32 gradients cast after
+    default until run 38) or with the 16-bit inputs read directly and float32 gradients cast after
     ("outputs"): gradients in the arguments' dtypes, against the reference."""
     ks.CONFIG["interpret"] = dict(ks.CONFIG["interpret"], upcast=mode)
     run_scan(TR_CASES, name, "bfloat16", step=False)

@@ -34,8 +34,8 @@ of U = 8 a lane) issues its second round only after its first has arrived, from 
 timed it at 5.46 us, 46% of peak bandwidth. Splitting each row's K over KS warps of a block
 (their sums added in shared memory by the first, in a fixed order: deterministic) puts every
 load in flight in one round from 2048 warps. Modes:
-    0 / off   (the default until timed on a GPU) KS = 1: one warp a row
-    auto      ``split_k``: KS doubles (up to LINEAR_WARPS) while each warp keeps at least one full
+    0 / off   KS = 1: one warp a row
+    auto      (the default, ``SPLIT_DEFAULT``, since run 37 timed it) ``split_k``: KS doubles (up to LINEAR_WARPS) while each warp keeps at least one full
               round of U vectors a lane and the warps stay within ``WARPS_PER_SM`` a
               multiprocessor (out_proj at batch 1: 2; in_proj and lm_head: 1; batch 16: out_proj
               4, in_proj 2)
@@ -43,6 +43,9 @@ load in flight in one round from 2048 warps. Modes:
 Results differ from KS = 1 in the order of the final sums only (float rounding). Every instance
 is checked on the CPU (tests/test_cpu_emulation.py runs linear.cu under g++ with a thread a CUDA
 thread) and, on a GPU, by the tests with the split forced to 4.
+Run 37 (H100, benchmarks/results/gpu-20261207-h100; GEMVs alone over > 200 MB of weights):
+out_proj at batch 1 5.04 us (50% of peak) against 5.52 (45%) unsplit, at batch 16 16.9 us
+against 38.7; in_proj at batch 16 30.3 against 31.2 (batch 1: unsplit either way).
 """
 
 from __future__ import annotations
@@ -59,6 +62,10 @@ from mamba_backend_cuda_cupy.kernels._common import KERNEL_DTYPES, default, runs
 GEMV_ROWS = 16     # at most this many rows, the kernel runs even outside a capture
 SPLIT_ENV = "MAMBA_CUPY_GEMV_SPLIT"
 SPLIT_MODES = ("0", "auto", "2", "4")
+#: the default split: "auto" since run 37 (2026-12-07, H100, benchmarks/results/gpu-20261207-h100):
+#: out_proj at batch 1 5.04 us against 5.52 with one warp a row, at batch 16 16.9 against 38.7;
+#: the 370M decode graph 1.25 against 1.26 ms a token at batch 1, 5.36 against 6.23 at batch 16
+SPLIT_DEFAULT = "auto"
 WARPS_PER_SM = 32  # split_k's ceiling on the launch's warps, per multiprocessor
 MAX_TILE = 16      # rows one launch holds (the largest MR instance)
 TILES = (1, 2, 4, 8, 16)
@@ -121,7 +128,7 @@ def split_mode(environ=None) -> str:
     """``MAMBA_CUPY_GEMV_SPLIT`` as one of SPLIT_MODES (off/false/no read as 0)."""
     import os
 
-    raw = (os.environ if environ is None else environ).get(SPLIT_ENV, "0").strip().lower()
+    raw = (os.environ if environ is None else environ).get(SPLIT_ENV, SPLIT_DEFAULT).strip().lower()
     mode = {"": "0", "off": "0", "false": "0", "no": "0"}.get(raw, raw)
     if mode not in SPLIT_MODES:
         raise ValueError(f"{SPLIT_ENV}={raw!r}: expected one of 0, auto, 2, 4")

@@ -22,7 +22,7 @@ mod has gradient 1; a segment starts from dfinal plus the dphi totals of the seg
 pi sech^2 sum_h g dt, partial per head block (a (B, H/HB, L, S) float32 buffer that torch sums,
 deterministic; written straight in angles' dtype when one block holds every head).
 
-Forward variant "seq" (CONFIG["angles_fwd"]["variant"]; "scan" is the default): the same
+Forward variant "seq" (CONFIG["angles_fwd"]["variant"]; the default since run 38): the same
 programs and segments, but a program's (HB, SB) angles walk their tokens one at a time in
 registers (carry <- carry + increment mod 2 pi, stored as that token's phi), T tokens unrolled a
 loop trip, and the segment totals are summed the same way. No (T, HB, SB) tile, no scan across
@@ -30,8 +30,8 @@ threads, no shared memory. Compiled for sm_90 on the CPU (Triton 3.6, benchmarks
 instructions a (token, head, angle) element, the forward's loop plus the totals pass's):
 "scan" T=32 HB=2 ~117 + ~40 at 230 and 111 registers; "seq" T=8 HB=4 ~61 + ~55, HB=8 ~46 + ~38,
 HB=16 ~37 + ~30, at 29-64 registers. The sums run in another order (sequential, not a tree),
-within the same tolerance of the reference. A sweep candidate (sweep_tt.py's ANGLES rows with
-"seq"), not yet timed on a GPU.
+within the same tolerance of the reference. Run 38 (H100) timed it at 0.105 ms against 0.118
+for "scan" at the SISO benchmark shape (sweep_tt.py's ANGLES rows).
 
 Rotation. The leading dims of x (..., N), phi (..., S) (and dy) are broadcast, size-1 dims
 dropped and mergeable dims merged (broadcast axes get stride 0); at most 4 dims remain (else the
@@ -81,9 +81,11 @@ FALLBACKS = "mamba3_angles/mamba3_angles_vjp/apply_rope/apply_rope_vjp: float64 
 #: forward HB=2, T=32 0.106 ms (one segment 0.174, T=64 HB=1 0.149); VJP HB=4, T=32 0.113 ms
 #: (one segment 0.223, T=64 0.127). Both still ~5x their floors: the rest is each program's
 #: serial walk of its chunks and the tanh / associative scans on (T, HB, S) tiles.
-#: "variant" (angles_fwd only): "scan" (the default) or "seq" (the module docstring).
+#: "variant" (angles_fwd only): "scan" or "seq" (the module docstring). Run 38 (2026-12-07,
+#: H100, same shape): "seq" HB=8 T=8 0.105 ms against "scan" HB=2 T=32 0.118 (seq HB=16 0.130,
+#: HB=4 0.134; 32 segments 0.107), so the forward runs "seq" since.
 CONFIG = {
-    "angles_fwd": {"T": 32, "HB": 2, "num_warps": 4, "segments": 16, "min_seg": 128},
+    "angles_fwd": {"T": 8, "HB": 8, "num_warps": 4, "segments": 16, "min_seg": 128, "variant": "seq"},
     "angles_bwd": {"T": 32, "HB": 4, "num_warps": 4, "segments": 16, "min_seg": 128},
     "rope": {"elems": 4096, "num_warps": 4},
     "interpret": {"T": 16, "HB": 64, "elems": 1 << 16, "num_warps": 1, "segments": 4, "min_seg": 16},

@@ -96,8 +96,8 @@ handles a trip; the paragraph above counted the whole kernel under other special
 
 | kernel | launch | loop | an element | SHFL | registers |
 | --- | --- | ---: | ---: | ---: | ---: |
-| "base" (the default) | T=8 BE=32 4 warps | 3122 / 32 | ~98 | 1068 | 255 (252 B spilled) |
-| "lanes" | T=4 BE=8 1 warp | 1075 / 16 | ~67 | 132 | 223 (160 capped: no spill) |
+| "base" (the default until run 38) | T=8 BE=32 4 warps | 3122 / 32 | ~98 | 1068 | 255 (252 B spilled) |
+| "lanes" (the default since) | T=4 BE=8 1 warp | 1075 / 16 | ~67 | 132 | 223 (160 capped: no spill) |
 | "lanes" | T=2 BE=8 1 warp | 551 / 8 | ~69 | 66 | 143 |
 | cuda_cupy ss_bwd (nvcc 13) | 4 lanes a channel, TS=16 | 3989 / 64 | ~62 | 208 | 168 |
 
@@ -108,8 +108,9 @@ value: ~8 of "lanes"' 67). Whether that becomes time is for the GPU: "base"'s ~9
 state-saving forward), so it issues at ~40%: stalls (8 warps an SM at 255 registers, barriers,
 shuffle and shared-memory latency) cost more than instructions; cuda_cupy's VJP, ~2.4 ms with
 its forward (run 28: 3.04 ms forward+backward against a 0.61 ms forward), issues at about half
-its floor. run_device.sh s12b times "lanes" (register caps 128, 160, none); s11c's Nsight Compute
-stall reasons say where "base" waits.
+its floor. Run 38 (2026-12-07, H100, run_device.sh s12b) timed it: "lanes" 2.85 ms against
+"base"'s 5.17 in float32 (capped at 128 registers; 3.03 uncapped, 3.21 at 160), and 2.82 ms on
+bf16 inputs read directly, so it is the default for both (CONFIG above).
 
 Precision: float32 registers and states whatever the input dtype (bf16/fp16 inputs welcome);
 y and the input gradients in their argument's dtype; states float32. float64 inputs run the
@@ -146,11 +147,16 @@ from mamba_backend_torch_triton.kernels._glue import default, interpreting, last
 #: H100): "outputs" 9.18 ms forward+backward against 6.35 for the copies, so "upcast" stays
 #: True; the float32 VJP grid keeps "base" T=8 BE=32 4 warps (5.17 ms; "tr" T=4 BE=16 1 warp
 #: 6.19, T=4 BE=8 7.93, T=8 BE=32 11.3; "exp2" 5.38; "base" T=4 5.29, BE=16 7.11).
+#: Run 38 (2026-12-07, H100): the "lanes" VJP, T=4 BE=8 1 warp capped at 128 registers, 2.85 ms
+#: in float32 against "base"'s 5.17 (T=2 uncapped 2.82, T=4 uncapped 3.03, T=4 at 160 3.21, T=8
+#: at 168 6.06, BE=32 4 warps 4.73-5.75), and 2.82 ms reading bf16 inputs directly (no float32
+#: copies; the "upcast" path it replaces took ~5.8). Both dtypes now run it, bf16 without
+#: "upcast" (which stays a CONFIG option: True or "outputs" as above).
 CONFIG = {
     "fwd": {"T": 16, "BE": 16, "num_warps": 1, "variant": "tr_fold"},
     "fwd_f32": {"T": 8, "BE": 8, "num_warps": 1, "variant": "tr_scan"},
-    "bwd": {"upcast": True},
-    "bwd_f32": {"T": 8, "BE": 32, "num_warps": 4, "variant": "base"},
+    "bwd": {"T": 4, "BE": 8, "num_warps": 1, "variant": "lanes", "maxnreg": 128},
+    "bwd_f32": {"T": 4, "BE": 8, "num_warps": 1, "variant": "lanes", "maxnreg": 128},
     "step": {"BE": 32, "num_warps": 4},
     "interpret": {"T": 64, "BE": 8, "num_warps": 1},  # T capped by pow2(L)
 }
@@ -890,7 +896,8 @@ def selective_scan_vjp(cotangent, u, delta, A, B, C, D=None, z=None, delta_bias=
 
     Extra memory: the chunk-entry states (B, ceil(L/T), E, NP) float32 and the per-block dB, dC
     partials (B, L, E/BE, NP) float32 (BE channels per program), besides the gradients; with
-    16-bit inputs under the default "upcast" config, float32 copies of u, delta, z, B, C, dy.
+    16-bit inputs under CONFIG "bwd" "upcast": True (an option; not the default since run 38),
+    float32 copies of u, delta, z, B, C, dy.
     """
     from mamba_core.ops.selective_scan import _split_cotangent
 
