@@ -83,19 +83,21 @@ def _m1_official():
     return run
 
 
-def kernel_table(fn, reps: int = 20) -> list:
+def kernel_table(fn, reps: int = 20, device: str = "CUDA") -> list:
     """[(kernel name, us per call, launches per call)] of ``fn`` under torch.profiler, largest
-    first (device time summed over a call's launches of each kernel, averaged over ``reps``)."""
+    first (device time summed over a call's launches of each kernel, averaged over ``reps``).
+    ``device="CPU"`` tables the CPU operators instead (the tests' check of the arithmetic)."""
     from torch.profiler import ProfilerActivity, profile
 
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    sync = torch.cuda.synchronize if device == "CUDA" else (lambda: None)
+    sync()
+    with profile(activities=[getattr(ProfilerActivity, device)]) as prof:
         for _ in range(reps):
             fn()
-        torch.cuda.synchronize()
+        sync()
     rows = {}
     for ev in prof.events():
-        if ev.device_type.name != "CUDA":
+        if ev.device_type.name != device:
             continue
         us, n = rows.get(ev.name, (0.0, 0))
         rows[ev.name] = (us + ev.time_range.elapsed_us(), n + 1)  # a kernel's own span
