@@ -13,6 +13,9 @@ and decode parts to the named backends; GPU_CHECK_BENCH_OPS=selective_scan,... t
 in that order; GPU_CHECK_TT_OPS likewise for torch_triton's rows alone.
 GPU_CHECK_BENCH_B sets the batch; GPU_CHECK_BENCH_COMPILE_ONLY=1 runs each row's forward and VJP
 once (JIT/NVRTC compiles) and times nothing: a warm-up beside other timed work.
+GPU_CHECK_DECODE_KERNELS=1 adds, for each backend's batch-1 graph, its kernels' device times
+inside the graph replays (torch.profiler through benchmarks/gpu/ncu_targets.py's kernel_table;
+needs torch and this checkout's benchmarks/): where a token's time goes, kernel by kernel.
 """
 
 from __future__ import annotations
@@ -358,6 +361,9 @@ def part_decode():
             row["graph_ms_per_token"] = ms
             row["graph_tokens_per_s"] = batch * 1000.0 / ms
             row["pdl"] = _launch.supported()  # the graph above was captured with PDL
+            if batch == 1:
+                with dec.stream:
+                    row["kernel_table"] = _decode_kernels(lambda: dec.step(ids))
         except Exception as exc:
             traceback.print_exc()
             row["graph_error"] = f"{type(exc).__name__}: {exc}"
@@ -416,6 +422,21 @@ def part_decode():
     return res
 
 
+def _decode_kernels(step, reps=20, top=12):
+    """With GPU_CHECK_DECODE_KERNELS=1: {"us_per_token": kernel time a replay, "kernels": the
+    ``top`` largest as [name, us a token, launches a token]} of ``step`` (one graph replay), from
+    torch.profiler (CUPTI sees every kernel of the process, CuPy's too); else None. Under PDL
+    neighbouring kernels overlap, so the sum can exceed the token's wall time."""
+    if os.environ.get("GPU_CHECK_DECODE_KERNELS") != "1":
+        return None
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks" / "gpu"))
+    import ncu_targets
+
+    rows = ncu_targets.kernel_table(step, reps)
+    return {"us_per_token": sum(r[1] for r in rows),
+            "kernels": [[n[:120], round(us, 2), round(k, 2)] for n, us, k in rows[:top]]}
+
+
 def _graph_with_pdl(on: bool, build, *args, **env):
     """build(*args) (a GraphDecoder: its capture reads the switches) with MAMBA_CUPY_PDL set to
     on / off, and any other variables in env, for the build only; the caller's settings are
@@ -452,6 +473,8 @@ def _decode_torch_triton(cfg):
             ids = torch.zeros(batch, dtype=torch.long, device="cuda")
             ms = _time_torch(lambda: dec.step(ids), warmup=3, reps=50)
             res[f"batch{batch}"] = {"graph_ms_per_token": ms, "graph_tokens_per_s": batch * 1000.0 / ms}
+            if batch == 1:
+                res["batch1"]["kernel_table"] = _decode_kernels(lambda: dec.step(ids))
             _log(f"torch_triton float32 decode batch {batch}: {res[f'batch{batch}']}")
         return res
     except Exception as exc:  # noqa: BLE001

@@ -169,8 +169,17 @@ s13b)
         YARDSTICK_M3_AUTOTUNE=reduced timeout $(tmo 60) python3 benchmarks/gpu/ncu_targets.py $t --kernels 20 > "$R/kernels_$t.log" 2>&1
         echo "kernels $t rc=$?"; head -n 16 "$R/kernels_$t.log" | cut -c1-180
     done
-    GPU_CHECK_PARTS=decode timeout $(tmo 80) python3 backends/cuda_cupy/gpu_check.py "$R/decode" > "$R/decode.log" 2>&1
+    GPU_CHECK_DECODE_KERNELS=1 GPU_CHECK_PARTS=decode timeout $(tmo 90) python3 backends/cuda_cupy/gpu_check.py "$R/decode" > "$R/decode.log" 2>&1
     echo "decode rc=$?"; grep -E "decode batch|torch_triton" "$R/decode.log" | cut -c1-400
+    python3 - "$R/decode/cuda_cupy_gpu_check.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))["decode"]
+for who, row in (("cuda_cupy", d.get("batch1", {})), ("torch_triton", d.get("torch_triton", {}).get("batch1", {}))):
+    kt = row.get("kernel_table") or {}
+    print(who, "kernel us a token:", round(kt.get("us_per_token", float("nan")), 1))
+    for name, us, n in kt.get("kernels", []):
+        print(f"  {us:8.1f} us x{n:<5} {name[:110]}")
+PY
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
     ;;
 s12b)
