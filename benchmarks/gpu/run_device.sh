@@ -78,6 +78,9 @@
 #   bash benchmarks/gpu/run_device.sh s12b        torch_triton's "lanes" Mamba-1 VJP (not yet run): its compiled GPU tests,
 #                                                 the float32 VJP grid beside "base" (the bf16 VJP upcasts to it), and
 #                                                 bf16 inputs straight into "lanes"; the Mamba-3 angle scan's "seq" forward
+#   bash benchmarks/gpu/run_device.sh s13         s13a and s13b in one call, trimmed (a short device budget): Mamba-3 yardstick,
+#                                                 certificate entries and GPU tests, Mamba-1 yardstick, kernel tables,
+#                                                 the VJP grid at BE=16, decode with kernel tables
 #   bash benchmarks/gpu/run_device.sh s13a        the new defaults ("lanes" Mamba-1 VJP for both dtypes, the angles "seq"
 #                                                 forward, cuda_cupy's split GEMV): GPU tests and certificate entries, the
 #                                                 Mamba-1 VJP grid around "lanes", kernel tables (torch.profiler) of ours
@@ -125,6 +128,41 @@ results_dir() { R="$OUT/r"; mkdir -p "$R"; mv "$OUT/device.txt" "$OUT/backends.t
 job() { local name=$1 t=$2; shift 2; (timeout "$t" "$@" > "$R/$name.log" 2>&1; echo "$name rc=$?" >> "$R/rc.txt") & }
 tmo() { local l=$(( ${DEADLINE:-560} - SECONDS )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 case "${1:-certify}" in
+s13)
+    # s13a and s13b below, in one call ordered by what decides the issues: the GPU alone for
+    # each timing, the correctness jobs together between them.
+    results_dir
+    DEADLINE=${DEADLINE:-570}
+    job ss_build $(tmo 240) python3 benchmarks/gpu/build_official_ss.py .official /tmp/ss_build
+    YARDSTICK_PARTS=mamba3 YARDSTICK_M3_AUTOTUNE=reduced timeout $(tmo 110) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m3" > "$R/yardstick-m3.log" 2>&1
+    echo "yardstick m3 rc=$?"; grep -E "Mamba-3 SISO|FAILED|pieces" "$R/yardstick-m3.log" | cut -c1-300
+    job tt_tests $(tmo 150) env TRITON_INTERPRET=0 python3 -m pytest -q -rs -p no:cacheprovider \
+        backends/torch_triton/tests/test_m1_norm_conv_kernels.py backends/torch_triton/tests/test_rope_angles_kernels.py \
+        -k "(test_selective_scan and not transposed and not variants) or transposed_bf16 or (test_mamba3_angles and not vjp)"
+    for dt in bfloat16 float32; do
+        job "tt_cert_$dt" $(tmo 150) mamba-conformance torch_triton -v --dtype $dt --only 'op:selective_scan*' \
+            --only 'op:mamba3_angles*' --only 'mixer:mamba1*' --only 'lm:mamba1*' --only 'mixer:mamba3' \
+            --json "$R/torch_triton.gpu.s13.$dt.certificate.json"
+    done
+    wait; cat "$R/rc.txt"; tail -n 2 "$R/tt_tests.log" | cut -c1-300; grep -E "FAILED|Error" "$R/tt_tests.log" | head -5 | cut -c1-300
+    for dt in bfloat16 float32; do grep -E "PASS|FAIL|ERROR" "$R/tt_cert_$dt.log" | grep -vE "^ +PASS" | tail -n 4 | cut -c1-200; done
+    [ -d /tmp/ss_build ] && YARDSTICK_PARTS=mamba1 timeout $(tmo 90) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m1" > "$R/yardstick-m1.log" 2>&1
+    echo "yardstick m1 rc=$?"; grep -E "Mamba-1|FAILED" "$R/yardstick-m1.log" | cut -c1-300
+    for t in m1_ours m1_official; do
+        timeout $(tmo 25) python3 benchmarks/gpu/ncu_targets.py $t --kernels 20 > "$R/kernels_$t.log" 2>&1
+        echo "kernels $t rc=$?"; head -n 10 "$R/kernels_$t.log" | cut -c1-180
+    done
+    SWEEP_M1_FWD="tr_fold:16:16:1" SWEEP_M1_BWD="lanes:4:8:1:128,lanes:2:16:1,lanes:4:16:1:255,lanes:2:16:2,lanes:4:16:2:128" \
+        timeout $(tmo 45) python3 benchmarks/gpu/sweep_tt.py "$R/m1lanes" --parts m1 --budget 40 > "$R/sweep_m1_lanes.log" 2>&1
+    echo "sweep m1 lanes rc=$?"; grep -E "m1 (fwd|vjp)" "$R/sweep_m1_lanes.log" | cut -c1-200
+    for t in m3_ours m3_official; do
+        YARDSTICK_M3_AUTOTUNE=reduced timeout $(tmo 30) python3 benchmarks/gpu/ncu_targets.py $t --kernels 20 > "$R/kernels_$t.log" 2>&1
+        echo "kernels $t rc=$?"; head -n 14 "$R/kernels_$t.log" | cut -c1-180
+    done
+    GPU_CHECK_DECODE_KERNELS=1 GPU_CHECK_PARTS=decode timeout $(tmo 80) python3 backends/cuda_cupy/gpu_check.py "$R/decode" > "$R/decode.log" 2>&1
+    echo "decode rc=$?"; grep -E "decode batch|torch_triton" "$R/decode.log" | cut -c1-300
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
+    ;;
 s13a)
     # Session 13, after runs 37-38: "lanes" is the Mamba-1 VJP for bf16 (read directly, no
     # float32 copies) and float32, the angle scan's forward runs "seq", cuda_cupy splits GEMV K.
