@@ -147,10 +147,11 @@ def run_scan(cases, name, dtype, step=True):
     check_dict(got, want, dtype, "selective_scan_vjp")
 
 
-@pytest.mark.parametrize("variant", ["exp2", "seq"])
+@pytest.mark.parametrize("variant", ["base", "exp2", "seq"])
 @pytest.mark.parametrize("name", list(SCAN_CASES))
 def test_selective_scan_variants(name, variant, chunk):
-    """The kernel variants a sweep may pick (selective_scan.VARIANTS) give the same results."""
+    """The kernel variants a sweep may pick (selective_scan.VARIANTS) give the same results
+    (test_selective_scan runs the interpreter's default, "lanes")."""
     ks.CONFIG["interpret"] = dict(ks.CONFIG["interpret"], variant=variant)
     test_selective_scan(name, "float32", chunk)
 
