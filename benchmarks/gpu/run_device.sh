@@ -81,6 +81,8 @@
 #   bash benchmarks/gpu/run_device.sh s13         s13a and s13b in one call, trimmed (a short device budget): Mamba-3 yardstick,
 #                                                 certificate entries and GPU tests, Mamba-1 yardstick, kernel tables,
 #                                                 the VJP grid at BE=16, decode with kernel tables
+#   bash benchmarks/gpu/run_device.sh s13c        the Mamba-3 yardstick with the machine to itself; the "lanes" VJP at BE=16 (the
+#                                                 new default): certificate entries, GPU tests, bf16 and float32 grids
 #   bash benchmarks/gpu/run_device.sh s13a        the new defaults ("lanes" Mamba-1 VJP for both dtypes, the angles "seq"
 #                                                 forward, cuda_cupy's split GEMV): GPU tests and certificate entries, the
 #                                                 Mamba-1 VJP grid around "lanes", kernel tables (torch.profiler) of ours
@@ -128,6 +130,30 @@ results_dir() { R="$OUT/r"; mkdir -p "$R"; mv "$OUT/device.txt" "$OUT/backends.t
 job() { local name=$1 t=$2; shift 2; (timeout "$t" "$@" > "$R/$name.log" 2>&1; echo "$name rc=$?" >> "$R/rc.txt") & }
 tmo() { local l=$(( ${DEADLINE:-560} - SECONDS )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 case "${1:-certify}" in
+s13c)
+    # After run 39: the Mamba-3 yardstick again with nothing else on the machine (run 39's ran
+    # beside the official Mamba-1 build's nvcc: host-bound launches); the "lanes" VJP at BE=16,
+    # the new default: certificate entries and GPU tests, then its bf16 and float32 grids.
+    results_dir
+    DEADLINE=${DEADLINE:-270}
+    YARDSTICK_PARTS=mamba3 YARDSTICK_M3_AUTOTUNE=reduced timeout $(tmo 110) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m3" > "$R/yardstick-m3.log" 2>&1
+    echo "yardstick m3 rc=$?"; grep -E "Mamba-3 SISO|FAILED|pieces" "$R/yardstick-m3.log" | cut -c1-300
+    job tt_tests $(tmo 90) env TRITON_INTERPRET=0 python3 -m pytest -q -rs -p no:cacheprovider \
+        backends/torch_triton/tests/test_m1_norm_conv_kernels.py -k "(test_selective_scan and not transposed and not variants and not lanes) or transposed_bf16"
+    for dt in bfloat16 float32; do
+        job "tt_cert_$dt" $(tmo 90) mamba-conformance torch_triton -v --dtype $dt --only 'op:selective_scan*' \
+            --only 'mixer:mamba1*' --json "$R/torch_triton.gpu.s13c.$dt.certificate.json"
+    done
+    wait; cat "$R/rc.txt"; tail -n 2 "$R/tt_tests.log" | cut -c1-300; grep -E "FAILED|Error" "$R/tt_tests.log" | head -5 | cut -c1-300
+    for dt in bfloat16 float32; do grep -E "CERTIFIED|FAIL|ERROR" "$R/tt_cert_$dt.log" | tail -n 3 | cut -c1-200; done
+    SWEEP_M1_FWD="tr_fold:16:16:1" SWEEP_M1_BWD="lanes:4:16:1:255,lanes:4:8:1:128,lanes:4:32:1:255" \
+        timeout $(tmo 35) python3 benchmarks/gpu/sweep_tt.py "$R/m1_bf16" --parts m1 --budget 30 > "$R/sweep_m1_bf16.log" 2>&1
+    echo "sweep bf16 rc=$?"; grep -E "m1 (fwd|vjp)" "$R/sweep_m1_bf16.log" | cut -c1-200
+    SWEEP_M1_DTYPE=float32 SWEEP_M1_FWD="tr_scan:8:8:1" SWEEP_M1_BWD="lanes:4:16:1:255,lanes:4:8:1:128" \
+        timeout $(tmo 35) python3 benchmarks/gpu/sweep_tt.py "$R/m1_f32" --parts m1 --budget 30 > "$R/sweep_m1_f32.log" 2>&1
+    echo "sweep f32 rc=$?"; grep -E "m1 (fwd|vjp)" "$R/sweep_m1_f32.log" | cut -c1-200
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
+    ;;
 s13)
     # s13a and s13b below, in one call ordered by what decides the issues: the GPU alone for
     # each timing, the correctness jobs together between them.

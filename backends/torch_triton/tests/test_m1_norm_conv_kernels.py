@@ -174,15 +174,16 @@ def test_selective_scan_transposed(name, variant, chunk):
     run_scan(TR_CASES, name, "float32", step=False)
 
 
-@pytest.mark.parametrize("T", [8, 4])
+@pytest.mark.parametrize("T,BE", [(8, 8), (4, 8), (4, 16)])
 @pytest.mark.parametrize("name", list(TR_CASES))
-def test_selective_scan_lanes_vjp(name, T, chunk, monkeypatch):
+def test_selective_scan_lanes_vjp(name, T, BE, chunk, monkeypatch):
     """The "lanes" VJP (kernels/selective_scan_lanes.py) after its "seq" state-saving forward:
     every optional input, G > 1, N not a power of two, L a multiple of T or not (EVEN_L), one
-    chunk or several. On a GPU, the float32 VJP's own config takes the variant (with a register
-    cap, as the sweep sets it)."""
-    ks.CONFIG["interpret"] = dict(ks.CONFIG["interpret"], variant="lanes", T=T)
-    monkeypatch.setitem(ks.CONFIG, "bwd_f32", {"T": T, "BE": 8, "num_warps": 1, "variant": "lanes",
+    chunk or several, 8 or 16 channels a program (BE=16: two a thread, where E / G allows it).
+    On a GPU, the float32 VJP's own config takes the variant (with a register cap, as the sweep
+    sets it)."""
+    ks.CONFIG["interpret"] = dict(ks.CONFIG["interpret"], variant="lanes", T=T, BE=BE)
+    monkeypatch.setitem(ks.CONFIG, "bwd_f32", {"T": T, "BE": BE, "num_warps": 1, "variant": "lanes",
                                               "maxnreg": 160})
     run_scan(TR_CASES, name, "float32", step=False)
 
