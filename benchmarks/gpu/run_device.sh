@@ -133,18 +133,16 @@ case "${1:-certify}" in
 s13c)
     # After run 39: the Mamba-3 yardstick again with nothing else on the machine (run 39's ran
     # beside the official Mamba-1 build's nvcc: host-bound launches); the "lanes" VJP at BE=16,
-    # the new default: certificate entries and GPU tests, then its bf16 and float32 grids.
+    # the new default: certificate entries, then its bf16 and float32 grids.
     results_dir
-    DEADLINE=${DEADLINE:-270}
-    YARDSTICK_PARTS=mamba3 YARDSTICK_M3_AUTOTUNE=reduced timeout $(tmo 110) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m3" > "$R/yardstick-m3.log" 2>&1
+    DEADLINE=${DEADLINE:-240}
+    YARDSTICK_PARTS=mamba3 YARDSTICK_M3_AUTOTUNE=reduced timeout $(tmo 100) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m3" > "$R/yardstick-m3.log" 2>&1
     echo "yardstick m3 rc=$?"; grep -E "Mamba-3 SISO|FAILED|pieces" "$R/yardstick-m3.log" | cut -c1-300
-    job tt_tests $(tmo 90) env TRITON_INTERPRET=0 python3 -m pytest -q -rs -p no:cacheprovider \
-        backends/torch_triton/tests/test_m1_norm_conv_kernels.py -k "(test_selective_scan and not transposed and not variants and not lanes) or transposed_bf16"
     for dt in bfloat16 float32; do
-        job "tt_cert_$dt" $(tmo 90) mamba-conformance torch_triton -v --dtype $dt --only 'op:selective_scan*' \
+        job "tt_cert_$dt" $(tmo 80) mamba-conformance torch_triton -v --dtype $dt --only 'op:selective_scan*' \
             --only 'mixer:mamba1*' --json "$R/torch_triton.gpu.s13c.$dt.certificate.json"
     done
-    wait; cat "$R/rc.txt"; tail -n 2 "$R/tt_tests.log" | cut -c1-300; grep -E "FAILED|Error" "$R/tt_tests.log" | head -5 | cut -c1-300
+    wait; cat "$R/rc.txt"; 
     for dt in bfloat16 float32; do grep -E "CERTIFIED|FAIL|ERROR" "$R/tt_cert_$dt.log" | tail -n 3 | cut -c1-200; done
     SWEEP_M1_FWD="tr_fold:16:16:1" SWEEP_M1_BWD="lanes:4:16:1:255,lanes:4:8:1:128,lanes:4:32:1:255" \
         timeout $(tmo 35) python3 benchmarks/gpu/sweep_tt.py "$R/m1_bf16" --parts m1 --budget 30 > "$R/sweep_m1_bf16.log" 2>&1
