@@ -51,6 +51,18 @@ def row(name, ours_ms, official_ms, note=""):
           f"   ratio {ratio:6.2f}  {note}", flush=True)
 
 
+def fresh_backward(y, dy, leaves):
+    """y.backward(dy) with every leaf's .grad cleared first (a training step's
+    zero_grad(set_to_none=True)): each timed official call computes its gradients afresh, as
+    ours returns new ones. Until session 13 of 2026-12-07 the official rows left .grad in place,
+    so each call after the first also timed the adds accumulating into it (run 39: five bf16
+    adds, ~0.2 ms of the official Mamba-1 forward+backward's 3.2 ms)."""
+    for t in leaves:
+        if isinstance(t, torch.Tensor):
+            t.grad = None
+    y.backward(dy)
+
+
 def part(name, fn):
     t0 = time.time()
     try:
@@ -208,8 +220,7 @@ def mamba1():
     leaves = [t.detach().requires_grad_() for t in (ut, dt_, A, Bt, Ct, D, zt, db)]
 
     def off_fb():
-        y = selective_scan_fn(*leaves, True)
-        y.backward(dyt)
+        fresh_backward(selective_scan_fn(*leaves, True), dyt, leaves)
 
     off_fbt = bench(off_fb)
     row("Mamba-1 selective scan fwd", ours_f, off_f, f"ours: {note}" if note else "")
@@ -267,7 +278,7 @@ def mamba2():
         def off_fb():
             xx, dd, AA, BB, CC, DD, bb = leaves
             y = mamba_chunk_scan_combined(xx, dd, AA, BB, CC, Q, D=DD, dt_bias=bb, dt_softplus=True)
-            y.backward(dy)
+            fresh_backward(y, dy, leaves)
 
         row(f"Mamba-2 SSD fwd (chunk {Q})", ours_f, off_f)
         row(f"Mamba-2 SSD fwd+bwd (chunk {Q})", ours_fb, bench(off_fb))
@@ -338,10 +349,12 @@ def mamba3():
     off_args = mamba3_official_args(t)
     off_f = bench(lambda: mamba3_siso_combined(*off_args, D=D, Z=z, chunk_size=64))
     leaves = [a.detach().requires_grad_() if a.is_floating_point() else a for a in off_args]
+    # D and z as leaves too: ours returns their gradients (the scan's dD, the gate's dz)
+    Dl, zl = D.detach().requires_grad_(), z.detach().requires_grad_()
 
     def off_fb():
-        y = mamba3_siso_combined(*leaves, D=D, Z=z, chunk_size=64)
-        y.backward(dy[:, :, 0])
+        y = mamba3_siso_combined(*leaves, D=Dl, Z=zl, chunk_size=64)
+        fresh_backward(y, dy[:, :, 0], leaves + [Dl, zl])
 
     off_fbt = bench(off_fb)
     from mamba_backend_torch_triton.kernels.mamba3_bc import bc_heads_rope as _bc_heads_rope
