@@ -81,6 +81,7 @@
 #   bash benchmarks/gpu/run_device.sh s13         s13a and s13b in one call, trimmed (a short device budget): Mamba-3 yardstick,
 #                                                 certificate entries and GPU tests, Mamba-1 yardstick, kernel tables,
 #                                                 the VJP grid at BE=16, decode with kernel tables
+#   bash benchmarks/gpu/run_device.sh s13d        the BE=16 "lanes" VJP's certificate entries and float32 time (~2 minutes)
 #   bash benchmarks/gpu/run_device.sh s13c        the Mamba-3 yardstick with the machine to itself; the "lanes" VJP at BE=16 (the
 #                                                 new default): certificate entries, GPU tests, bf16 and float32 grids
 #   bash benchmarks/gpu/run_device.sh s13a        the new defaults ("lanes" Mamba-1 VJP for both dtypes, the angles "seq"
@@ -130,6 +131,22 @@ results_dir() { R="$OUT/r"; mkdir -p "$R"; mv "$OUT/device.txt" "$OUT/backends.t
 job() { local name=$1 t=$2; shift 2; (timeout "$t" "$@" > "$R/$name.log" 2>&1; echo "$name rc=$?" >> "$R/rc.txt") & }
 tmo() { local l=$(( ${DEADLINE:-560} - SECONDS )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 case "${1:-certify}" in
+s13d)
+    # The last ~2 minutes of session 13's device time: the BE=16 "lanes" VJP's certificate
+    # entries (bf16, float32), then its float32 time beside BE=8.
+    results_dir
+    DEADLINE=${DEADLINE:-120}
+    for dt in bfloat16 float32; do
+        job "tt_cert_$dt" $(tmo 70) mamba-conformance torch_triton -v --dtype $dt --only 'op:selective_scan*' \
+            --json "$R/torch_triton.gpu.s13d.$dt.certificate.json"
+    done
+    wait; cat "$R/rc.txt"
+    for dt in bfloat16 float32; do grep -E "CERTIFIED|FAIL|ERROR" "$R/tt_cert_$dt.log" | tail -n 3 | cut -c1-200; done
+    SWEEP_M1_DTYPE=float32 SWEEP_M1_FWD="tr_scan:8:8:1" SWEEP_M1_BWD="lanes:4:16:1:255,lanes:4:8:1:128" \
+        timeout $(tmo 45) python3 benchmarks/gpu/sweep_tt.py "$R/m1_f32" --parts m1 --budget 40 > "$R/sweep_m1_f32.log" 2>&1
+    echo "sweep f32 rc=$?"; grep -E "m1 (fwd|vjp)" "$R/sweep_m1_f32.log" | cut -c1-200
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
+    ;;
 s13c)
     # After run 39: the Mamba-3 yardstick again with nothing else on the machine (run 39's ran
     # beside the official Mamba-1 build's nvcc: host-bound launches); the "lanes" VJP at BE=16,
