@@ -153,12 +153,15 @@ from mamba_backend_torch_triton.kernels._glue import default, interpreting, last
 #: copies; the "upcast" path it replaces took ~5.8). Both dtypes now run it, bf16 without
 #: "upcast" (which stays a CONFIG option: True or "outputs" as above). Run 39 (bf16): BE=16
 #: (2 channels a thread, half the dB/dC partials) 2.52 ms against BE=8's 2.82 (T=2 3.32; 2 warps
-#: 4.32-5.08), so BE=16 T=4 it is.
+#: 4.32-5.08), every gradient within 1.7e-3 of BE=8's (bf16 rounding; BE=8 T=2 differs as much),
+#: so bf16 runs BE=16 T=4. Its certificate entries on a GPU wait for run_device.sh s13d (the
+#: session's device time ran out); BE=8, certified in run 39, stays the float32 launch until
+#: s13d times BE=16 in float32.
 CONFIG = {
     "fwd": {"T": 16, "BE": 16, "num_warps": 1, "variant": "tr_fold"},
     "fwd_f32": {"T": 8, "BE": 8, "num_warps": 1, "variant": "tr_scan"},
     "bwd": {"T": 4, "BE": 16, "num_warps": 1, "variant": "lanes", "maxnreg": 255},
-    "bwd_f32": {"T": 4, "BE": 16, "num_warps": 1, "variant": "lanes", "maxnreg": 255},
+    "bwd_f32": {"T": 4, "BE": 8, "num_warps": 1, "variant": "lanes", "maxnreg": 128},
     "step": {"BE": 32, "num_warps": 4},
     # T capped by pow2(L); "lanes", the GPU's VJP, so CI's interpreter certificate covers it
     # (its forward then runs "seq"; the other variants have interpreter tests of their own)
