@@ -13,8 +13,8 @@ and decode parts to the named backends; GPU_CHECK_BENCH_OPS=selective_scan,... t
 in that order; GPU_CHECK_TT_OPS likewise for torch_triton's rows alone.
 GPU_CHECK_BENCH_B sets the batch; GPU_CHECK_BENCH_COMPILE_ONLY=1 runs each row's forward and VJP
 once (JIT/NVRTC compiles) and times nothing: a warm-up beside other timed work.
-GPU_CHECK_DECODE_KERNELS=1 adds, for each backend's batch-1 graph, its kernels' device times
-inside the graph replays (torch.profiler through benchmarks/gpu/ncu_targets.py's kernel_table;
+GPU_CHECK_DECODE_KERNELS=1 adds, for each backend's batch-1 graph (and cuda_cupy's graph
+without PDL, whose kernels do not overlap), its kernels' device times inside the graph replays (torch.profiler through benchmarks/gpu/ncu_targets.py's kernel_table;
 needs torch and this checkout's benchmarks/): where a token's time goes, kernel by kernel.
 """
 
@@ -382,6 +382,9 @@ def part_decode():
                 with plain.stream:
                     ms = _time_cupy(lambda: plain.step(ids), warmup=3, reps=50)
                 row["graph_nopdl_ms_per_token"] = ms
+                if batch == 1:  # kernel by kernel with no PDL overlap: durations, not spans
+                    with plain.stream:
+                        row["kernel_table_nopdl"] = _decode_kernels(lambda: plain.step(ids))
                 del plain
             except Exception as exc:
                 traceback.print_exc()
