@@ -735,3 +735,24 @@ def test_row_scan_checkpoints_feed_decay_grad_emulated():
     assert np.allclose(given, own, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="reverse"):
         _scan.row_scan(np, **kw, reverse=True, checkpoints=True)
+
+
+def test_gpu_check_kernel_tables_only_when_asked(monkeypatch):
+    """gpu_check.py's decode kernel tables (GPU_CHECK_DECODE_KERNELS=1) cost nothing otherwise:
+    no table, and the queue of graphs to profile keeps none alive."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check_host", path)
+    gc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gc)
+    monkeypatch.delenv("GPU_CHECK_DECODE_KERNELS", raising=False)
+    assert gc._decode_kernels(lambda: None) is None
+    q = gc._Discard()
+    q.append(("row", "key", object(), None))
+    assert q == []
+    with gc._NoStream().stream:  # reusable, as the torch_triton entry of the queue uses it
+        pass
+    with gc._NoStream().stream:
+        pass
