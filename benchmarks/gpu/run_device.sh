@@ -253,8 +253,10 @@ s13b)
     python3 - "$R/decode/cuda_cupy_gpu_check.json" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))["decode"]
-for who, row in (("cuda_cupy", d.get("batch1", {})), ("torch_triton", d.get("torch_triton", {}).get("batch1", {}))):
-    kt = row.get("kernel_table") or {}
+for who, row, key in (("cuda_cupy", d.get("batch1", {}), "kernel_table"),
+                      ("cuda_cupy without PDL", d.get("batch1", {}), "kernel_table_nopdl"),
+                      ("torch_triton", d.get("torch_triton", {}).get("batch1", {}), "kernel_table")):
+    kt = row.get(key) or {}
     print(who, "kernel us a token:", round(kt.get("us_per_token", float("nan")), 1))
     for name, us, n in kt.get("kernels", []):
         print(f"  {us:8.1f} us x{n:<5} {name[:110]}")
