@@ -81,6 +81,9 @@
 #   bash benchmarks/gpu/run_device.sh s13         s13a and s13b in one call, trimmed (a short device budget): Mamba-3 yardstick,
 #                                                 certificate entries and GPU tests, Mamba-1 yardstick, kernel tables,
 #                                                 the VJP grid at BE=16, decode with kernel tables
+#   bash benchmarks/gpu/run_device.sh s14         the next session's first call (not yet run): Mamba-1 certificate entries and GPU tests
+#                                                 under the BE=16 bf16 VJP, the Mamba-3 and Mamba-1 yardsticks alone on the machine,
+#                                                 decode with kernel tables (no-PDL graph too), the float32 VJP at BE=16
 #   bash benchmarks/gpu/run_device.sh s13d        the BE=16 "lanes" VJP's certificate entries and float32 time (~2 minutes)
 #   bash benchmarks/gpu/run_device.sh s13c        the Mamba-3 yardstick with the machine to itself; the "lanes" VJP at BE=16 (the
 #                                                 new default): certificate entries, GPU tests, bf16 and float32 grids
@@ -131,6 +134,34 @@ results_dir() { R="$OUT/r"; mkdir -p "$R"; mv "$OUT/device.txt" "$OUT/backends.t
 job() { local name=$1 t=$2; shift 2; (timeout "$t" "$@" > "$R/$name.log" 2>&1; echo "$name rc=$?" >> "$R/rc.txt") & }
 tmo() { local l=$(( ${DEADLINE:-560} - SECONDS )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 case "${1:-certify}" in
+s14)
+    # The next session's first call (written in session 13, not yet run): what s13b-d could not
+    # run. Correctness beside the official Mamba-1 build (nothing timed then), then each timing
+    # with the GPU and the host to itself: the Mamba-3 and Mamba-1 yardsticks (the official rows
+    # without .grad accumulation since d0a9a75; bf16 Mamba-1 VJP at BE=16), decode with kernel
+    # tables (the graph without PDL too), the float32 VJP at BE=16 beside BE=8.
+    results_dir
+    DEADLINE=${DEADLINE:-570}
+    job ss_build $(tmo 240) python3 benchmarks/gpu/build_official_ss.py .official /tmp/ss_build
+    job tt_tests $(tmo 200) env TRITON_INTERPRET=0 python3 -m pytest -q -rs -p no:cacheprovider \
+        backends/torch_triton/tests/test_m1_norm_conv_kernels.py -k "test_selective_scan and not transposed and not variants"
+    for dt in bfloat16 float32; do
+        job "tt_cert_$dt" $(tmo 200) mamba-conformance torch_triton -v --dtype $dt --only 'op:selective_scan*' \
+            --only 'mixer:mamba1*' --only 'lm:mamba1*' --json "$R/torch_triton.gpu.s14.$dt.certificate.json"
+    done
+    wait; cat "$R/rc.txt"; tail -n 2 "$R/tt_tests.log" | cut -c1-300; grep -E "FAILED|Error" "$R/tt_tests.log" | head -5 | cut -c1-300
+    for dt in bfloat16 float32; do grep -E "CERTIFIED|FAIL|ERROR" "$R/tt_cert_$dt.log" | tail -n 3 | cut -c1-200; done
+    YARDSTICK_PARTS=mamba3 YARDSTICK_M3_AUTOTUNE=reduced timeout $(tmo 110) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m3" > "$R/yardstick-m3.log" 2>&1
+    echo "yardstick m3 rc=$?"; grep -E "Mamba-3 SISO|FAILED|pieces" "$R/yardstick-m3.log" | cut -c1-300
+    [ -d /tmp/ss_build ] && YARDSTICK_PARTS=mamba1 timeout $(tmo 90) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m1" > "$R/yardstick-m1.log" 2>&1
+    echo "yardstick m1 rc=$?"; grep -E "Mamba-1|FAILED" "$R/yardstick-m1.log" | cut -c1-300
+    GPU_CHECK_DECODE_KERNELS=1 GPU_CHECK_PARTS=decode timeout $(tmo 90) python3 backends/cuda_cupy/gpu_check.py "$R/decode" > "$R/decode.log" 2>&1
+    echo "decode rc=$?"; grep -E "decode batch|torch_triton" "$R/decode.log" | cut -c1-300
+    SWEEP_M1_DTYPE=float32 SWEEP_M1_FWD="tr_scan:8:8:1" SWEEP_M1_BWD="lanes:4:16:1:255,lanes:4:8:1:128" \
+        timeout $(tmo 45) python3 benchmarks/gpu/sweep_tt.py "$R/m1_f32" --parts m1 --budget 40 > "$R/sweep_m1_f32.log" 2>&1
+    echo "sweep f32 rc=$?"; grep -E "m1 (fwd|vjp)" "$R/sweep_m1_f32.log" | cut -c1-200
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
+    ;;
 s13d)
     # The last ~2 minutes of session 13's device time: the BE=16 "lanes" VJP's certificate
     # entries (bf16, float32), then its float32 time beside BE=8.
