@@ -78,21 +78,12 @@
 #   bash benchmarks/gpu/run_device.sh s12b        torch_triton's "lanes" Mamba-1 VJP (not yet run): its compiled GPU tests,
 #                                                 the float32 VJP grid beside "base" (the bf16 VJP upcasts to it), and
 #                                                 bf16 inputs straight into "lanes"; the Mamba-3 angle scan's "seq" forward
-#   bash benchmarks/gpu/run_device.sh s13         s13a and s13b in one call, trimmed (a short device budget): Mamba-3 yardstick,
+#   bash benchmarks/gpu/run_device.sh s13         session 13's defaults (run 39; its device time was short): Mamba-3 yardstick,
 #                                                 certificate entries and GPU tests, Mamba-1 yardstick, kernel tables,
 #                                                 the VJP grid at BE=16, decode with kernel tables
 #   bash benchmarks/gpu/run_device.sh s14         the next session's first call (not yet run): Mamba-1 certificate entries and GPU tests
 #                                                 under the BE=16 bf16 VJP, the Mamba-3 and Mamba-1 yardsticks alone on the machine,
 #                                                 decode with kernel tables (no-PDL graph too), the float32 VJP at BE=16
-#   bash benchmarks/gpu/run_device.sh s13d        the BE=16 "lanes" VJP's certificate entries and float32 time (~2 minutes)
-#   bash benchmarks/gpu/run_device.sh s13c        the Mamba-3 yardstick with the machine to itself; the "lanes" VJP at BE=16 (the
-#                                                 new default): certificate entries, GPU tests, bf16 and float32 grids
-#   bash benchmarks/gpu/run_device.sh s13a        the new defaults ("lanes" Mamba-1 VJP for both dtypes, the angles "seq"
-#                                                 forward, cuda_cupy's split GEMV): GPU tests and certificate entries, the
-#                                                 Mamba-1 VJP grid around "lanes", kernel tables (torch.profiler) of ours
-#                                                 and the official Mamba-1, the Mamba-1 yardstick (session 13)
-#   bash benchmarks/gpu/run_device.sh s13b        the Mamba-3 yardstick under the new angle default, kernel tables of ours
-#                                                 and the official Mamba-3, decode under the split default
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
 #   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
 # Optional carries: .cache/ with tarballs of an earlier call's ~/.triton/cache
@@ -135,8 +126,8 @@ job() { local name=$1 t=$2; shift 2; (timeout "$t" "$@" > "$R/$name.log" 2>&1; e
 tmo() { local l=$(( ${DEADLINE:-560} - SECONDS )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 case "${1:-certify}" in
 s14)
-    # The next session's first call (written in session 13, not yet run): what s13b-d could not
-    # run. Correctness beside the official Mamba-1 build (nothing timed then), then each timing
+    # The next session's first call (written in session 13, not yet run): what run 39 left out
+    # or could not time cleanly. Correctness beside the official Mamba-1 build (nothing timed then), then each timing
     # with the GPU and the host to itself: the Mamba-3 and Mamba-1 yardsticks (the official rows
     # without .grad accumulation since d0a9a75; bf16 Mamba-1 VJP at BE=16), decode with kernel
     # tables (the graph without PDL too), the float32 VJP at BE=16 beside BE=8.
@@ -162,47 +153,10 @@ s14)
     echo "sweep f32 rc=$?"; grep -E "m1 (fwd|vjp)" "$R/sweep_m1_f32.log" | cut -c1-200
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
     ;;
-s13d)
-    # The last ~2 minutes of session 13's device time: the BE=16 "lanes" VJP's certificate
-    # entries (bf16, float32), then its float32 time beside BE=8.
-    results_dir
-    DEADLINE=${DEADLINE:-120}
-    for dt in bfloat16 float32; do
-        job "tt_cert_$dt" $(tmo 70) mamba-conformance torch_triton -v --dtype $dt --only 'op:selective_scan*' \
-            --json "$R/torch_triton.gpu.s13d.$dt.certificate.json"
-    done
-    wait; cat "$R/rc.txt"
-    for dt in bfloat16 float32; do grep -E "CERTIFIED|FAIL|ERROR" "$R/tt_cert_$dt.log" | tail -n 3 | cut -c1-200; done
-    SWEEP_M1_DTYPE=float32 SWEEP_M1_FWD="tr_scan:8:8:1" SWEEP_M1_BWD="lanes:4:16:1:255,lanes:4:8:1:128" \
-        timeout $(tmo 45) python3 benchmarks/gpu/sweep_tt.py "$R/m1_f32" --parts m1 --budget 40 > "$R/sweep_m1_f32.log" 2>&1
-    echo "sweep f32 rc=$?"; grep -E "m1 (fwd|vjp)" "$R/sweep_m1_f32.log" | cut -c1-200
-    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
-    ;;
-s13c)
-    # After run 39: the Mamba-3 yardstick again with nothing else on the machine (run 39's ran
-    # beside the official Mamba-1 build's nvcc: host-bound launches); the "lanes" VJP at BE=16,
-    # the new default: certificate entries, then its bf16 and float32 grids.
-    results_dir
-    DEADLINE=${DEADLINE:-240}
-    YARDSTICK_PARTS=mamba3 YARDSTICK_M3_AUTOTUNE=reduced timeout $(tmo 100) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m3" > "$R/yardstick-m3.log" 2>&1
-    echo "yardstick m3 rc=$?"; grep -E "Mamba-3 SISO|FAILED|pieces" "$R/yardstick-m3.log" | cut -c1-300
-    for dt in bfloat16 float32; do
-        job "tt_cert_$dt" $(tmo 80) mamba-conformance torch_triton -v --dtype $dt --only 'op:selective_scan*' \
-            --only 'mixer:mamba1*' --json "$R/torch_triton.gpu.s13c.$dt.certificate.json"
-    done
-    wait; cat "$R/rc.txt"; 
-    for dt in bfloat16 float32; do grep -E "CERTIFIED|FAIL|ERROR" "$R/tt_cert_$dt.log" | tail -n 3 | cut -c1-200; done
-    SWEEP_M1_FWD="tr_fold:16:16:1" SWEEP_M1_BWD="lanes:4:16:1:255,lanes:4:8:1:128,lanes:4:32:1:255" \
-        timeout $(tmo 35) python3 benchmarks/gpu/sweep_tt.py "$R/m1_bf16" --parts m1 --budget 30 > "$R/sweep_m1_bf16.log" 2>&1
-    echo "sweep bf16 rc=$?"; grep -E "m1 (fwd|vjp)" "$R/sweep_m1_bf16.log" | cut -c1-200
-    SWEEP_M1_DTYPE=float32 SWEEP_M1_FWD="tr_scan:8:8:1" SWEEP_M1_BWD="lanes:4:16:1:255,lanes:4:8:1:128" \
-        timeout $(tmo 35) python3 benchmarks/gpu/sweep_tt.py "$R/m1_f32" --parts m1 --budget 30 > "$R/sweep_m1_f32.log" 2>&1
-    echo "sweep f32 rc=$?"; grep -E "m1 (fwd|vjp)" "$R/sweep_m1_f32.log" | cut -c1-200
-    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
-    ;;
 s13)
-    # s13a and s13b below, in one call ordered by what decides the issues: the GPU alone for
-    # each timing, the correctness jobs together between them.
+    # Run 39: the new defaults (lanes VJP, angles "seq", split GEMV) in one call ordered by what
+    # decides the issues, the correctness jobs together between the timings. (Its Mamba-3
+    # yardstick shared the host with the official build's nvcc: s14 orders them apart.)
     results_dir
     DEADLINE=${DEADLINE:-570}
     job ss_build $(tmo 240) python3 benchmarks/gpu/build_official_ss.py .official /tmp/ss_build
@@ -233,65 +187,6 @@ s13)
     done
     GPU_CHECK_DECODE_KERNELS=1 GPU_CHECK_PARTS=decode timeout $(tmo 80) python3 backends/cuda_cupy/gpu_check.py "$R/decode" > "$R/decode.log" 2>&1
     echo "decode rc=$?"; grep -E "decode batch|torch_triton" "$R/decode.log" | cut -c1-300
-    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
-    ;;
-s13a)
-    # Session 13, after runs 37-38: "lanes" is the Mamba-1 VJP for bf16 (read directly, no
-    # float32 copies) and float32, the angle scan's forward runs "seq", cuda_cupy splits GEMV K.
-    # Correctness first (GPU tests and certificate entries, beside the official scan's build),
-    # then, the GPU to itself: the VJP grid around the default, kernel tables, the yardstick.
-    results_dir
-    DEADLINE=${DEADLINE:-560}
-    job ss_build $(tmo 240) python3 benchmarks/gpu/build_official_ss.py .official /tmp/ss_build
-    job tt_tests $(tmo 170) env TRITON_INTERPRET=0 python3 -m pytest -q -rs -p no:cacheprovider \
-        backends/torch_triton/tests/test_m1_norm_conv_kernels.py backends/torch_triton/tests/test_rope_angles_kernels.py \
-        -k "(test_selective_scan and not transposed and not variants) or transposed_bf16 or (test_mamba3_angles and not vjp)"
-    for dt in bfloat16 float32; do
-        job "tt_cert_$dt" $(tmo 170) mamba-conformance torch_triton -v --dtype $dt --only 'op:selective_scan*' \
-            --only 'op:mamba3_angles*' --only 'mixer:mamba1*' --only 'lm:mamba1*' --only 'mixer:mamba3' \
-            --json "$R/torch_triton.gpu.s13a.$dt.certificate.json"
-    done
-    wait; cat "$R/rc.txt"; tail -n 2 "$R/tt_tests.log" | cut -c1-300; grep -E "FAILED|Error" "$R/tt_tests.log" | head -5 | cut -c1-300
-    for dt in bfloat16 float32; do grep -E "PASS|FAIL|ERROR" "$R/tt_cert_$dt.log" | grep -vE "^ +PASS" | tail -n 4 | cut -c1-200; done
-    SWEEP_M1_FWD="tr_fold:16:16:1" SWEEP_M1_BWD="lanes:4:8:1:128,lanes:2:8:1:128,lanes:2:8:1,lanes:4:8:1:96,lanes:2:16:1,lanes:4:16:1:255,lanes:2:16:2,lanes:4:16:2:128" \
-        timeout $(tmo 110) python3 benchmarks/gpu/sweep_tt.py "$R/m1lanes" --parts m1 --budget 100 > "$R/sweep_m1_lanes.log" 2>&1
-    echo "sweep m1 lanes rc=$?"; grep -E "m1 (fwd|vjp)" "$R/sweep_m1_lanes.log" | cut -c1-200
-    for t in m1_ours m1_official; do
-        timeout $(tmo 40) python3 benchmarks/gpu/ncu_targets.py $t --kernels 20 > "$R/kernels_$t.log" 2>&1
-        echo "kernels $t rc=$?"; head -n 12 "$R/kernels_$t.log" | cut -c1-180
-    done
-    for i in 1 2; do
-        YARDSTICK_PARTS=mamba1 timeout $(tmo 70) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m1-$i" > "$R/yardstick-m1-$i.log" 2>&1
-        echo "yardstick m1 ($i) rc=$?"; grep -E "Mamba-1|FAILED" "$R/yardstick-m1-$i.log" | cut -c1-300
-    done
-    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
-    ;;
-s13b)
-    # The Mamba-3 yardstick (the corrected official input, the angle "seq" default) twice, kernel
-    # tables of ours and the official op, then decode under cuda_cupy's split default.
-    results_dir
-    DEADLINE=${DEADLINE:-400}
-    for i in 1 2; do
-        YARDSTICK_PARTS=mamba3 YARDSTICK_M3_AUTOTUNE=reduced timeout $(tmo 110) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m3-$i" > "$R/yardstick-m3-$i.log" 2>&1
-        echo "yardstick m3 ($i) rc=$?"; grep -E "Mamba-3 SISO|FAILED|pieces" "$R/yardstick-m3-$i.log" | cut -c1-300
-    done
-    for t in m3_ours m3_official; do
-        YARDSTICK_M3_AUTOTUNE=reduced timeout $(tmo 60) python3 benchmarks/gpu/ncu_targets.py $t --kernels 20 > "$R/kernels_$t.log" 2>&1
-        echo "kernels $t rc=$?"; head -n 16 "$R/kernels_$t.log" | cut -c1-180
-    done
-    GPU_CHECK_DECODE_KERNELS=1 GPU_CHECK_PARTS=decode timeout $(tmo 90) python3 backends/cuda_cupy/gpu_check.py "$R/decode" > "$R/decode.log" 2>&1
-    echo "decode rc=$?"; grep -E "decode batch|torch_triton" "$R/decode.log" | cut -c1-400
-    python3 - "$R/decode/cuda_cupy_gpu_check.json" <<'PY'
-import json, sys
-d = json.load(open(sys.argv[1]))["decode"]
-for who, row, key in (("cuda_cupy", d.get("batch1", {}), "kernel_table"),
-                      ("cuda_cupy without PDL", d.get("batch1", {}), "kernel_table_nopdl"),
-                      ("torch_triton", d.get("torch_triton", {}).get("batch1", {}), "kernel_table")):
-    kt = row.get(key) or {}
-    print(who, "kernel us a token:", round(kt.get("us_per_token", float("nan")), 1))
-    for name, us, n in kt.get("kernels", []):
-        print(f"  {us:8.1f} us x{n:<5} {name[:110]}")
-PY
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
     ;;
 s12b)

@@ -154,9 +154,9 @@ from mamba_backend_torch_triton.kernels._glue import default, interpreting, last
 #: "upcast" (which stays a CONFIG option: True or "outputs" as above). Run 39 (bf16): BE=16
 #: (2 channels a thread, half the dB/dC partials) 2.52 ms against BE=8's 2.82 (T=2 3.32; 2 warps
 #: 4.32-5.08), every gradient within 1.7e-3 of BE=8's (bf16 rounding; BE=8 T=2 differs as much),
-#: so bf16 runs BE=16 T=4. Its certificate entries on a GPU wait for run_device.sh s13d (the
+#: so bf16 runs BE=16 T=4. Its certificate entries on a GPU wait for run_device.sh s14 (the
 #: session's device time ran out); BE=8, certified in run 39, stays the float32 launch until
-#: s13d times BE=16 in float32.
+#: s14 times BE=16 in float32.
 CONFIG = {
     "fwd": {"T": 16, "BE": 16, "num_warps": 1, "variant": "tr_fold"},
     "fwd_f32": {"T": 8, "BE": 8, "num_warps": 1, "variant": "tr_scan"},
