@@ -14,8 +14,9 @@ in that order; GPU_CHECK_TT_OPS likewise for torch_triton's rows alone.
 GPU_CHECK_BENCH_B sets the batch; GPU_CHECK_BENCH_COMPILE_ONLY=1 runs each row's forward and VJP
 once (JIT/NVRTC compiles) and times nothing: a warm-up beside other timed work.
 GPU_CHECK_DECODE_KERNELS=1 adds, for each backend's batch-1 graph (and cuda_cupy's graph
-without PDL, whose kernels do not overlap), its kernels' device times inside the graph replays (torch.profiler through benchmarks/gpu/ncu_targets.py's kernel_table;
-needs torch and this checkout's benchmarks/): where a token's time goes, kernel by kernel.
+without PDL, whose kernels do not overlap), its kernels' device times inside the graph replays
+(torch.profiler through benchmarks/gpu/ncu_targets.py's kernel_table; needs torch and this
+checkout's benchmarks/), taken after every timing: where a token's time goes, kernel by kernel.
 """
 
 from __future__ import annotations
@@ -481,7 +482,7 @@ def _graph_with_pdl(on: bool, build, *args, **env):
 
 def _decode_torch_triton(cfg, late):
     """torch_triton's CUDA-graph decoder on the same model in float32 (the dtype cuda_cupy runs);
-    with GPU_CHECK_DECODE_KERNELS=1 its batch-1 graph joins ``late`` (profiled after the timings)."""
+    with GPU_CHECK_DECODE_KERNELS=1 its batch-1 graph joins ``late`` (profiled after timings)."""
     try:
         import torch
 

@@ -106,7 +106,8 @@ def kernel_table(fn, reps: int = 20, device: str = "CUDA") -> list:
     return sorted(((k, us / reps, n / reps) for k, (us, n) in rows.items()), key=lambda r: -r[1])
 
 
-TARGETS = {"m1_ours": _m1, "m1_official": _m1_official, "m3_ours": _m3_ours, "m3_official": _m3_official, "m3_f32_fwd": _m3_f32_fwd}
+TARGETS = {"m1_ours": _m1, "m1_official": _m1_official, "m3_ours": _m3_ours,
+           "m3_official": _m3_official, "m3_f32_fwd": _m3_f32_fwd}
 
 
 def main(argv=None) -> int:

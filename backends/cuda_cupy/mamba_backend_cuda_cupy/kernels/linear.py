@@ -35,10 +35,10 @@ timed it at 5.46 us, 46% of peak bandwidth. Splitting each row's K over KS warps
 (their sums added in shared memory by the first, in a fixed order: deterministic) puts every
 load in flight in one round from 2048 warps. Modes:
     0 / off   KS = 1: one warp a row
-    auto      (the default, ``SPLIT_DEFAULT``, since run 37 timed it) ``split_k``: KS doubles (up to LINEAR_WARPS) while each warp keeps at least one full
-              round of U vectors a lane and the warps stay within ``WARPS_PER_SM`` a
-              multiprocessor (out_proj at batch 1: 2; in_proj and lm_head: 1; batch 16: out_proj
-              4, in_proj 2)
+    auto      (the default, ``SPLIT_DEFAULT``, since run 37 timed it) ``split_k``: KS doubles
+              (up to LINEAR_WARPS) while each warp keeps at least one full round of U vectors a
+              lane and the warps stay within ``WARPS_PER_SM`` a multiprocessor (out_proj at
+              batch 1: 2; in_proj and lm_head: 1; batch 16: out_proj 4, in_proj 2)
     2 / 4     that split wherever it divides the row's vectors (the largest of 4, 2, 1 that does)
 Results differ from KS = 1 in the order of the final sums only (float rounding). Every instance
 is checked on the CPU (tests/test_cpu_emulation.py runs linear.cu under g++ with a thread a CUDA

@@ -85,7 +85,8 @@ FALLBACKS = "mamba3_angles/mamba3_angles_vjp/apply_rope/apply_rope_vjp: float64 
 #: H100, same shape): "seq" HB=8 T=8 0.105 ms against "scan" HB=2 T=32 0.118 (seq HB=16 0.130,
 #: HB=4 0.134; 32 segments 0.107), so the forward runs "seq" since.
 CONFIG = {
-    "angles_fwd": {"T": 8, "HB": 8, "num_warps": 4, "segments": 16, "min_seg": 128, "variant": "seq"},
+    "angles_fwd": {"T": 8, "HB": 8, "num_warps": 4, "segments": 16, "min_seg": 128,
+                   "variant": "seq"},
     "angles_bwd": {"T": 32, "HB": 4, "num_warps": 4, "segments": 16, "min_seg": 128},
     "rope": {"elems": 4096, "num_warps": 4},
     "interpret": {"T": 16, "HB": 64, "elems": 1 << 16, "num_warps": 1, "segments": 4, "min_seg": 16},

@@ -97,7 +97,7 @@ handles a trip; the paragraph above counted the whole kernel under other special
 | kernel | launch | loop | an element | SHFL | registers |
 | --- | --- | ---: | ---: | ---: | ---: |
 | "base" (the default until run 38) | T=8 BE=32 4 warps | 3122 / 32 | ~98 | 1068 | 255 (252 B spilled) |
-| "lanes" (the default since) | T=4 BE=8 1 warp | 1075 / 16 | ~67 | 132 | 223 (160 capped: no spill) |
+| "lanes" (float32 default since; bf16: BE=16) | T=4 BE=8 1 warp | 1075 / 16 | ~67 | 132 | 223 (160 capped: no spill) |
 | "lanes" | T=2 BE=8 1 warp | 551 / 8 | ~69 | 66 | 143 |
 | cuda_cupy ss_bwd (nvcc 13) | 4 lanes a channel, TS=16 | 3989 / 64 | ~62 | 208 | 168 |
 
