@@ -206,7 +206,6 @@ def mamba1():
     note = _m1_configs()
     args, dy = mamba1_inputs()
     u, delta, A, Bm, Cm, D, z, db, _ = args
-    bf = torch.bfloat16
     ours_f = bench(lambda: be.ops.selective_scan(*args))
     def ours_fb_fn():
         return be.ops.selective_scan(*args), be.ops.selective_scan_vjp((dy, None), *args)
@@ -225,33 +224,8 @@ def mamba1():
     off_fbt = bench(off_fb)
     row("Mamba-1 selective scan fwd", ours_f, off_f, f"ours: {note}" if note else "")
     row("Mamba-1 selective scan fwd+bwd", ours_fb, off_fbt, f"ours: {note}" if note else "")
-    # diagnostic: the same bf16 call through our float32 kernels (cast in, cast out; the sweeps
-    # timed float32 faster than bf16 at the same config), to see whether upcasting pays
-    f32 = lambda t: t.float() if t.dtype == bf else t  # noqa: E731
-
-    def up_f():
-        y, h = be.ops.selective_scan(*(f32(a) if torch.is_tensor(a) else a for a in args))
-        return y.to(bf), h
-
-    def up_fb():
-        a32 = tuple(f32(a) if torch.is_tensor(a) else a for a in args)
-        be.ops.selective_scan(*a32)
-        g = be.ops.selective_scan_vjp((dy.float(), None), *a32)
-        return {k: v.to(bf) if v.dtype != bf and k in ("u", "delta", "z", "B", "C") else v for k, v in g.items()}
-
-    row("Mamba-1 fwd, bf16 via float32 kernels", bench(up_f), off_f, "cast in and out inside the timing")
-    row("Mamba-1 fwd+bwd, bf16 via float32 kernels", bench(up_fb), off_fbt, "cast in and out inside the timing")
-    # the VJP reading the bf16 inputs directly under the float32 launch, float32 gradients cast
-    # after (CONFIG "bwd": {"upcast": "outputs"}), beside the default (since run 38: the bf16
-    # inputs read directly, bf16 gradients written)
-    from mamba_backend_torch_triton.kernels import selective_scan as ks
-
-    saved_bwd = dict(ks.CONFIG["bwd"])
-    try:
-        ks.CONFIG["bwd"] = dict(saved_bwd, upcast="outputs")
-        row("Mamba-1 fwd+bwd, VJP upcast=outputs", bench(ours_fb_fn), off_fbt, "bf16 loads, float32 stores")
-    finally:
-        ks.CONFIG["bwd"] = saved_bwd
+    # (until session 13 also three diagnostic rows for the 16-bit VJP's upcast options, which
+    # decided against upcasting: runs 29-30 and 39 in benchmarks/results/gpu-20261207-h100)
 
 
 def mamba2():
