@@ -188,6 +188,18 @@ def test_selective_scan_lanes_vjp(name, T, BE, chunk, monkeypatch):
     run_scan(TR_CASES, name, "float32", step=False)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("BE", [16, 32])
+def test_selective_scan_lanes_vjp_channels_a_thread(BE, dtype, chunk, monkeypatch):
+    """"lanes" with 2 or 4 channels a thread (BE = 16, 32 on one warp: the bf16 default and a
+    sweep candidate), at E / G = 64 so the whole block is used, both dtypes."""
+    cases = {"E=64": dict(B=1, L=11, E=64, G=1, N=5, z=1, D=1, bias=1, sp=1, h0=1, T=4)}
+    ks.CONFIG["interpret"] = dict(ks.CONFIG["interpret"], variant="lanes", BE=BE)
+    for key in ("bwd", "bwd_f32"):
+        monkeypatch.setitem(ks.CONFIG, key, {"T": 4, "BE": BE, "num_warps": 1, "variant": "lanes"})
+    run_scan(cases, "E=64", dtype, step=False)
+
+
 @pytest.mark.parametrize("variant", ["tr", "tr_scan", "tr_fold", "lanes"])
 def test_selective_scan_transposed_bf16(variant, chunk):
     ks.CONFIG["interpret"] = dict(ks.CONFIG["interpret"], variant=variant)
