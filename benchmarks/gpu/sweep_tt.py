@@ -176,13 +176,15 @@ BC_VJP = [(8, 8, None), (16, 4, None), (16, 8, None), (8, 4, None), (8, 8, 8), (
 # None keeps the default; one segment was the layout of run 23 (0.119 / 0.245 ms). Segments are
 # at least CONFIG's "min_seg" tokens (128: at L=2048 more than 16 segments run as 16). Compiled for
 # sm_90 at T=64: the forward 159 registers (HB=1), the VJP 255 with 23 spill stores (HB=4).
-# A 4th field "seq" runs the forward's token-by-token variant (rope.py; forward only: the VJP
-# rows skip it). Compiled for sm_90 on the CPU (Triton 3.6, benchmarks/sass_stats.py), the
+# A 4th field names the forward's variant, "scan" or "seq" (rope.py; forward only: the VJP skips
+# such rows); without it a row runs the default's variant ("seq" since run 38, at HB=8 T=8 unless
+# the row says otherwise). Compiled for sm_90 on the CPU (Triton 3.6, benchmarks/sass_stats.py), the
 # default "scan" forward and totals pass take ~157 instructions an element at 230 / 111
 # registers; "seq" at T=8: ~116 (HB=4), ~84 (HB=8), ~67 (HB=16) at 29-64 registers.
 ANGLES = [(16, None, None), (1, None, None), (8, None, None), (32, None, None), (16, 1, None), (16, 2, None),
           (16, 4, None), (16, None, 32), (32, None, 32), (32, 2, 32), (64, None, 16),
-          (16, 8, 8, "seq"), (16, 16, 8, "seq"), (32, 8, 8, "seq"), (32, 16, 8, "seq"), (16, 4, 8, "seq")]
+          (16, 8, 8, "seq"), (16, 16, 8, "seq"), (32, 8, 8, "seq"), (32, 16, 8, "seq"), (16, 4, 8, "seq"),
+          (16, 2, 32, "scan")]  # the forward's default until run 38
 
 
 M2_STEP = [{"BP": 8, "num_warps": 4}, {"BP": 32, "num_warps": 4}, {"BP": 64, "num_warps": 8},
@@ -521,7 +523,7 @@ def _angles_launches(B, L, H, S, deadline, warm, out):
     ang = torch.randn(B, L, S, device=dev, generator=g)
     dtv = torch.nn.functional.softplus(torch.rand(B, L, H, device=dev, generator=g) * 2 - 4)
     dphi = torch.randn(B, L, H, S, device=dev, generator=g)
-    saved = {k: dict(RK.CONFIG[k]) for k in ("angles_fwd", "angles_bwd")}
+    saved = {k: dict(RK.CONFIG[k]) for k in ("angles_fwd", "angles_bwd", "interpret")}
 
     def rel_of(got, ref):  # phi lives mod 2 pi: compared through its cosine
         if isinstance(got, dict):
@@ -541,6 +543,8 @@ def _angles_launches(B, L, H, S, deadline, warm, out):
                 RK.CONFIG[kind] = dict(saved[kind], segments=nseg, **({} if hb is None else {"HB": hb}),
                                        **({} if T is None else {"T": T}),
                                        **({} if variant is None else {"variant": variant}))
+                if RUN["smoke"]:  # the CPU reads "interpret": the row's variant runs there too
+                    RK.CONFIG["interpret"] = dict(saved["interpret"], variant=RK.CONFIG[kind].get("variant", "scan"))
                 entry = {"segments": nseg, "HB": RK.CONFIG[kind]["HB"], "T": RK.CONFIG[kind]["T"],
                          "variant": RK.CONFIG[kind].get("variant", "scan")}
                 ref = _time_config(entry, call, rel_of, ref, warm)
@@ -550,6 +554,7 @@ def _angles_launches(B, L, H, S, deadline, warm, out):
                       f"{entry.get('ms', float('nan')):.3f} ms  "
                       f"rel {entry.get('rel_vs_first', float('nan')):.1e}  {entry.get('error', '')}", flush=True)
             RK.CONFIG[kind] = dict(saved[kind])
+            RK.CONFIG["interpret"] = dict(saved["interpret"])
             ok = [e for e in rows if "ms" in e and e["rel_vs_first"] < 1e-3]
             if ok:
                 RESULTS["best"][kind] = min(ok, key=lambda e: e["ms"])

@@ -77,13 +77,13 @@ def test_smoke_bc_part_writes_json(sweep, tmp_path):
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="--smoke needs the interpreter")
 def test_smoke_angle_grid_from_the_environment(sweep, tmp_path, monkeypatch):
-    """SWEEP_ANGLES with the forward's "seq" variant: it runs for the forward only, and its phi
-    agrees with the default "scan" variant's."""
-    monkeypatch.setenv("SWEEP_ANGLES", "4:-:-,4:8:8:seq")
+    """SWEEP_ANGLES with a variant field ("scan" against the default "seq"): such a row runs for
+    the forward only (the VJP has one variant), and its phi agrees with the default's."""
+    monkeypatch.setenv("SWEEP_ANGLES", "4:-:-,4:8:8:scan")
     monkeypatch.setenv("SWEEP_BC", "8:4:-")
     monkeypatch.setenv("SWEEP_BC_VJP", "8:4:-")
     assert sweep.main([str(tmp_path), "--smoke", "--parts", "bc"]) == 0
     res = json.loads((tmp_path / "sweep_tt.json").read_text())
     fwd, bwd = res["parts"]["bc"]["angles_fwd"], res["parts"]["bc"]["angles_bwd"]
-    assert [r["variant"] for r in fwd] == ["scan", "seq"] and [r["variant"] for r in bwd] == ["scan"]
+    assert [r["variant"] for r in fwd] == ["seq", "scan"] and [r["variant"] for r in bwd] == ["scan"]
     assert fwd[1]["ms"] > 0 and fwd[1]["rel_vs_first"] < 1e-4, fwd
