@@ -146,15 +146,18 @@ s14)
     echo "yardstick m3 rc=$?"; grep -E "Mamba-3 SISO|FAILED|pieces" "$R/yardstick-m3.log" | cut -c1-300
     [ -d /tmp/ss_build ] && YARDSTICK_PARTS=mamba1 timeout $(tmo 60) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m1" > "$R/yardstick-m1.log" 2>&1
     echo "yardstick m1 rc=$?"; grep -E "Mamba-1|FAILED" "$R/yardstick-m1.log" | cut -c1-300
-    GPU_CHECK_DECODE_KERNELS=1 GPU_CHECK_PARTS=decode timeout $(tmo 80) python3 backends/cuda_cupy/gpu_check.py "$R/decode" > "$R/decode.log" 2>&1
+    # bf16 VJP: 4 channels a thread (a quarter of BE=8's dB/dC partials); the state-saving
+    # forward at launches of its own (save_BE:save_warps; 0.66 ms of run 39's 3.4)
+    SWEEP_M1_FWD="tr_fold:16:16:1" SWEEP_M1_BWD="lanes:4:16:1:255,lanes:4:32:1:255,lanes:4:16:1:255:8:1,lanes:4:16:1:255:32:4,lanes:4:16:1:255:64:4" \
+        timeout $(tmo 60) python3 benchmarks/gpu/sweep_tt.py "$R/m1_bf16" --parts m1 --budget 55 > "$R/sweep_m1_bf16.log" 2>&1
+    echo "sweep bf16 rc=$?"; grep -E "m1 (fwd|vjp)" "$R/sweep_m1_bf16.log" | cut -c1-200
+    GPU_CHECK_DECODE_KERNELS=1 GPU_CHECK_PARTS=decode timeout $(tmo 75) python3 backends/cuda_cupy/gpu_check.py "$R/decode" > "$R/decode.log" 2>&1
     echo "decode rc=$?"; grep -E "decode batch|torch_triton" "$R/decode.log" | cut -c1-300
     SWEEP_M1_DTYPE=float32 SWEEP_M1_FWD="tr_scan:8:8:1" SWEEP_M1_BWD="lanes:4:16:1:255,lanes:4:8:1:128" \
         timeout $(tmo 40) python3 benchmarks/gpu/sweep_tt.py "$R/m1_f32" --parts m1 --budget 35 > "$R/sweep_m1_f32.log" 2>&1
     echo "sweep f32 rc=$?"; grep -E "m1 (fwd|vjp)" "$R/sweep_m1_f32.log" | cut -c1-200
-    # bf16: 4 channels a thread (a quarter of BE=8's dB/dC partials), if the registers allow
-    SWEEP_M1_FWD="tr_fold:16:16:1" SWEEP_M1_BWD="lanes:4:16:1:255,lanes:4:32:1:255,lanes:2:32:1" \
-        timeout $(tmo 40) python3 benchmarks/gpu/sweep_tt.py "$R/m1_bf16" --parts m1 --budget 35 > "$R/sweep_m1_bf16.log" 2>&1
-    echo "sweep bf16 rc=$?"; grep -E "m1 (fwd|vjp)" "$R/sweep_m1_bf16.log" | cut -c1-200
+    timeout $(tmo 25) python3 benchmarks/gpu/ncu_targets.py m1_ours --kernels 20 > "$R/kernels_m1_ours.log" 2>&1
+    echo "kernels m1_ours rc=$?"; grep -v "Warning\|_warn_once" "$R/kernels_m1_ours.log" | head -n 8 | cut -c1-160
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
     ;;
 s13)

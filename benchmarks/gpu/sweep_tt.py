@@ -11,7 +11,8 @@ Parts (each writes OUT_DIR/sweep_tt.json when it ends, so a timeout keeps what w
           right after the baseline in both grids, so a short budget still measures them.
           Configs run in order of promise until the part's time share is spent; each config's
           y (and gradients) is compared with the baseline's, so a broken variant shows.
-          SWEEP_M1_FWD / SWEEP_M1_BWD="variant:T:BE:warps[:maxnreg],..." replace the grids
+          SWEEP_M1_FWD / SWEEP_M1_BWD="variant:T:BE:warps[:maxnreg[:save_BE:save_warps]],..."
+          replace the grids
           (maxnreg: CONFIG "maxnreg", the "lanes" VJP's register cap);
           SWEEP_M1_DTYPE=float32 sweeps the float32 configs (CONFIG["fwd_f32"], ["bwd_f32"]).
   ssd     Mamba-2 SSD scan, bf16, B=8 L=2048 H=32 P=64 N=128 G=1, D, dt_bias, softplus: forward
@@ -109,25 +110,30 @@ M1_BWD = [
 
 
 def _env_grid(name, default):
-    """A grid from the environment: NAME="variant:T:BE:warps[:maxnreg],..." replaces the default
-    list (e.g. SWEEP_M1_FWD="tr_scan:8:8:1,tr_scan:16:8:1" to time a few neighbours only;
-    SWEEP_M1_BWD="lanes:4:8:1:160" caps the "lanes" VJP at 160 registers a thread)."""
+    """A grid from the environment: NAME="variant:T:BE:warps[:maxnreg[:save_BE:save_warps]],..."
+    replaces the default list (e.g. SWEEP_M1_FWD="tr_scan:8:8:1,tr_scan:16:8:1" to time a few
+    neighbours only; SWEEP_M1_BWD="lanes:4:8:1:160" caps the "lanes" VJP at 160 registers a
+    thread; "lanes:4:16:1:-:32:4" runs its state-saving forward at 32 channels and 4 warps a
+    program, "-" leaving the registers uncapped)."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     grid = []
     for item in raw.split(","):
         v, T, BE, w, *rest = item.strip().split(":")
-        grid.append((v, int(T), int(BE), int(w), *(int(r) for r in rest[:1])))
+        grid.append((v, int(T), int(BE), int(w), *(0 if r == "-" else int(r) for r in rest[:3])))
     return grid
 
 
 def _m1_entry(cfg):
-    """(variant, T, BE, warps[, maxnreg]) -> the CONFIG entry it launches."""
+    """(variant, T, BE, warps[, maxnreg[, save_BE, save_warps]]) -> the CONFIG entry it
+    launches (the last two: the VJP's state-saving forward, selective_scan.CONFIG's keys)."""
     v, T, BE, w, *rest = cfg
     entry = {"T": T, "BE": BE, "num_warps": w, "variant": v}
     if rest and rest[0]:
         entry["maxnreg"] = rest[0]
+    if len(rest) >= 3:
+        entry["save_BE"], entry["save_warps"] = rest[1], rest[2]
     return entry
 
 
@@ -302,7 +308,8 @@ def part_m1(deadline):
                 entry["error"] = f"{type(exc).__name__}: {exc}"[:200]
             out["bwd"].append(entry)
             _save()
-            print(f"  m1 vjp {variant:5s} T={T:<3d} BE={BE:<4d} w={w} r={entry.get('maxnreg', '-')}: "
+            save = f" save={entry['save_BE']}/{entry['save_warps']}" if "save_BE" in entry else ""
+            print(f"  m1 vjp {variant:5s} T={T:<3d} BE={BE:<4d} w={w} r={entry.get('maxnreg', '-')}{save}: "
                   f"{entry.get('vjp_ms', float('nan')):.3f} ms  rel {entry.get('rel_vs_baseline', float('nan')):.1e}"
                   f"  {entry.get('error', '')}", flush=True)
         ok = [e for e in out["bwd"] if "vjp_ms" in e and e["rel_vs_baseline"] < 2e-2]

@@ -50,15 +50,16 @@ def test_smoke_run_writes_json(sweep, tmp_path):
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="--smoke needs the interpreter")
 def test_smoke_m1_vjp_grid_from_the_environment(sweep, tmp_path, monkeypatch):
-    """SWEEP_M1_BWD with a register cap (variant:T:BE:warps:maxnreg): the "lanes" VJP runs,
-    its entry records the cap, and its gradients agree with the base kernel's."""
+    """SWEEP_M1_BWD with a register cap (variant:T:BE:warps:maxnreg) and a launch of the
+    state-saving forward of its own (...:save_BE:save_warps, "-" for no cap): the "lanes" VJP
+    runs, its entries record them, and its gradients agree with the base kernel's."""
     monkeypatch.setenv("SWEEP_M1_FWD", "base:8:8:1")
-    monkeypatch.setenv("SWEEP_M1_BWD", "base:8:8:1,lanes:4:8:1:160,lanes:2:8:1")
+    monkeypatch.setenv("SWEEP_M1_BWD", "base:8:8:1,lanes:2:8:1:160,lanes:4:8:1:-:2:1")  # (3 under --smoke)
     assert sweep.main([str(tmp_path), "--smoke", "--parts", "m1"]) == 0
     res = json.loads((tmp_path / "sweep_tt.json").read_text())
     rows = res["parts"]["m1"]["bwd"]
-    assert [(r["variant"], r["T"], r.get("maxnreg")) for r in rows] == [
-        ("base", 8, None), ("lanes", 4, 160), ("lanes", 2, None)]
+    assert [(r["variant"], r["T"], r.get("maxnreg"), r.get("save_BE")) for r in rows] == [
+        ("base", 8, None, None), ("lanes", 2, 160, None), ("lanes", 4, None, 2)]
     assert all(r["vjp_ms"] > 0 and r["rel_vs_baseline"] < 1e-4 for r in rows), rows
 
 

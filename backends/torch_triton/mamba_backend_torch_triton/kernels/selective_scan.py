@@ -151,7 +151,9 @@ from mamba_backend_torch_triton.kernels._glue import default, interpreting, last
 #: in float32 against "base"'s 5.17 (T=2 uncapped 2.82, T=4 uncapped 3.03, T=4 at 160 3.21, T=8
 #: at 168 6.06, BE=32 4 warps 4.73-5.75), and 2.82 ms reading bf16 inputs directly (no float32
 #: copies; the "upcast" path it replaces took ~5.8). Both dtypes now run it, bf16 without
-#: "upcast" (which stays a CONFIG option: True or "outputs" as above). Run 39 (bf16): BE=16
+#: "upcast" (which stays a CONFIG option: True or "outputs" as above). "save_BE" and
+#: "save_warps" (optional, "bwd" entries): the state-saving forward's own launch (run 39's
+#: kernel table: 0.66 ms of the 3.4 ms forward+backward; not yet swept). Run 39 (bf16): BE=16
 #: (2 channels a thread, half the dB/dC partials) 2.52 ms against BE=8's 2.82 (T=2 3.32; 2 warps
 #: 4.32-5.08), every gradient within 1.7e-3 of BE=8's (bf16 rounding; BE=8 T=2 differs as much),
 #: so bf16 runs BE=16 T=4. Its certificate entries on a GPU wait for run_device.sh s14 (the
@@ -944,8 +946,12 @@ def selective_scan_vjp(cotangent, u, delta, A, B, C, D=None, z=None, delta_bias=
     tr = variant in TRANSPOSED
     hs = torch.empty((Bsz, nchunks, NP, E) if tr else (Bsz, nchunks, E, NP), **f32)
     if L > 0:
+        # the state-saving forward: the VJP's chunk T (the states' granularity), its own channels
+        # a program and warps when CONFIG names them ("save_BE", "save_warps"; the states'
+        # layout does not depend on them), else the VJP's
         _scan_launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                     None, None, hs, T, BE, cfg["num_warps"], variant)
+                     None, None, hs, T, _block_e(E // G, cfg.get("save_BE", cfg["BE"])),
+                     cfg.get("save_warps", cfg["num_warps"]), variant)
     du = torch.empty((Bsz, L, E), dtype=out_dt or u.dtype, device=dev)
     ddl = torch.empty((Bsz, L, E), dtype=out_dt or delta.dtype, device=dev)
     dz = None if z is None else torch.empty((Bsz, L, E), dtype=out_dt or z.dtype, device=dev)
