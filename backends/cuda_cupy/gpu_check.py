@@ -395,13 +395,15 @@ def part_decode():
                 row["graph_nopdl_error"] = f"{type(exc).__name__}: {exc}"
         if "graph_ms_per_token" in row:
             # the same graph under the other GEMV split (MAMBA_CUPY_GEMV_SPLIT, kernels/linear.py:
-            # "0", one warp a row, when the default splits K over warps, else "auto"): its time,
+            # GPU_CHECK_SPLIT_OTHER, else "0", one warp a row, when the default splits K over
+            # warps, else "auto"): its time,
             # and its logits against the graph above (the same sums in another order: close, not
             # bit-identical). Keys graph_split_*: that other graph; graph_plain_*: the default's.
             try:
                 from mamba_backend_cuda_cupy.kernels.linear import SPLIT_ENV, split_mode
 
-                other = "auto" if split_mode() == "0" else "0"
+                other = (os.environ.get("GPU_CHECK_SPLIT_OTHER")
+                         or ("auto" if split_mode() == "0" else "0"))
                 row["graph_split_mode"] = other
                 split = _graph_with_pdl(_launch.supported(), GraphDecoder, be, params, cfg, batch,
                                         **{SPLIT_ENV: other})

@@ -17,7 +17,8 @@ Parts, in order (each prints its table; ~60 s on an H100 with the NVRTC cache co
   kernels the GEMV (kernels/linear.py) at the decode shapes and the fused step kernel alone at
           the model's shapes, each captured in a graph over enough distinct weights / caches to
           defeat L2 (as decoding through 48 layers does): us a call and GB/s (skipped when the
-          budget of 80 s is spent).
+          budget of 80 s is spent); the GEMV under each MAMBA_CUPY_GEMV_SPLIT of
+          CHECK_GEMV_SPLITS (default "0,auto").
 Exit status 1 when any check FAILs. With OUT_DIR, writes OUT_DIR/check_mixer_step.json.
 Its torch_triton column is a recorded figure, not measured here (torch_triton on an H100 in
 float32 with CUDA graphs, 2026-11-23: 1.190 ms/token at batch 1, 3.453 at 16); gpu_check.py's
@@ -259,8 +260,9 @@ def part_kernels(be, bw):
         for batch in (1, 16):
             x = rs.standard_normal((batch, K), dtype=cp.float32)
             # MAMBA_CUPY_GEMV_SPLIT: one warp a row ("0"), then the auto split of K over warps
-            # (kernels/linear.py), captured (the graph reads it at capture) one after the other
-            for split in ("0", "auto"):
+            # (kernels/linear.py), captured (the graph reads it at capture) one after the other;
+            # CHECK_GEMV_SPLITS="0,auto,2,4" adds forced splits
+            for split in os.environ.get("CHECK_GEMV_SPLITS", "0,auto").split(","):
                 os.environ[lin.SPLIT_ENV] = split
                 try:
                     ks = lin.plan(batch, N, 4, K // 4, lin._sms(cp), split)[0][-1]

@@ -84,6 +84,8 @@
 #   bash benchmarks/gpu/run_device.sh s14         the next session's first call (not yet run): Mamba-1 certificate entries and GPU tests
 #                                                 under the BE=16 bf16 VJP, the Mamba-3 and Mamba-1 yardsticks alone on the machine,
 #                                                 decode with kernel tables (no-PDL graph too), the float32 VJP at BE=16
+#   bash benchmarks/gpu/run_device.sh s14b        the next session's second call (not yet run): cuda_cupy GEMVs under every
+#                                                 split, decode beside graphs with the split forced to 2 and 4
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
 #   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
 # Optional carries: .cache/ with tarballs of an earlier call's ~/.triton/cache
@@ -125,6 +127,20 @@ results_dir() { R="$OUT/r"; mkdir -p "$R"; mv "$OUT/device.txt" "$OUT/backends.t
 job() { local name=$1 t=$2; shift 2; (timeout "$t" "$@" > "$R/$name.log" 2>&1; echo "$name rc=$?" >> "$R/rc.txt") & }
 tmo() { local l=$(( ${DEADLINE:-560} - SECONDS )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 case "${1:-certify}" in
+s14b)
+    # The next session's second call (not yet run): cuda_cupy's batch-1 margin. The GEMVs alone
+    # under every split (in_proj's K over 2 or 4 warps too, which "auto" never picks at batch 1),
+    # then decode beside graphs with the split forced to 2 and to 4, each with torch_triton.
+    results_dir
+    DEADLINE=${DEADLINE:-400}
+    CHECK_GEMV_SPLITS=0,auto,2,4 timeout $(tmo 120) python3 benchmarks/gpu/check_mixer_step.py "$R/kernels" > "$R/check_mixer_step.log" 2>&1
+    echo "check_mixer_step rc=$?"; grep -E "^linear|mamba2_step|FAIL" "$R/check_mixer_step.log" | cut -c1-200
+    for alt in 2 4; do
+        GPU_CHECK_SPLIT_OTHER=$alt GPU_CHECK_PARTS=decode timeout $(tmo 110) python3 backends/cuda_cupy/gpu_check.py "$R/decode-$alt" > "$R/decode-$alt.log" 2>&1
+        echo "decode (other split $alt) rc=$?"; grep -E "decode batch|torch_triton" "$R/decode-$alt.log" | cut -c1-400
+    done
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
+    ;;
 s14)
     # The next session's first call (written in session 13, not yet run): what run 39 left out
     # or could not time cleanly. Correctness beside the official Mamba-1 build (nothing timed then), then each timing
