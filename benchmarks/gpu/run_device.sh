@@ -84,8 +84,8 @@
 #   bash benchmarks/gpu/run_device.sh s14         the next session's first call (not yet run): Mamba-1 certificate entries and GPU tests
 #                                                 under the BE=16 bf16 VJP, the Mamba-3 and Mamba-1 yardsticks alone on the machine,
 #                                                 decode with kernel tables (no-PDL graph too), the float32 VJP at BE=16
-#   bash benchmarks/gpu/run_device.sh s14b        the next session's second call (not yet run): cuda_cupy GEMVs under every
-#                                                 split, decode beside graphs with the split forced to 2 and 4
+#   bash benchmarks/gpu/run_device.sh s14b        the next session's second call (not yet run): the Mamba-2 yardstick, cuda_cupy
+#                                                 GEMVs under every split, decode beside graphs with the split forced to 2 and 4
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
 #   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
 # Optional carries: .cache/ with tarballs of an earlier call's ~/.triton/cache
@@ -132,7 +132,10 @@ s14b)
     # under every split (in_proj's K over 2 or 4 warps too, which "auto" never picks at batch 1),
     # then decode beside graphs with the split forced to 2 and to 4, each with torch_triton.
     results_dir
-    DEADLINE=${DEADLINE:-400}
+    DEADLINE=${DEADLINE:-420}
+    # first the Mamba-2 SSD yardstick, its official row now without .grad accumulation (d0a9a75)
+    YARDSTICK_PARTS=mamba2 timeout $(tmo 70) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m2" > "$R/yardstick-m2.log" 2>&1
+    echo "yardstick m2 rc=$?"; grep -E "Mamba-2|FAILED" "$R/yardstick-m2.log" | cut -c1-300
     CHECK_GEMV_SPLITS=0,auto,2,4 timeout $(tmo 120) python3 benchmarks/gpu/check_mixer_step.py "$R/kernels" > "$R/check_mixer_step.log" 2>&1
     echo "check_mixer_step rc=$?"; grep -E "^linear|mamba2_step|FAIL" "$R/check_mixer_step.log" | cut -c1-200
     for alt in 2 4; do
