@@ -226,6 +226,20 @@ def _gate_f(y, z, FAST: tl.constexpr):
 
 
 @triton.jit
+def _gate_vjp_f(dy, p, z):
+    # out = p silu(z): (the cotangent of p, that of z) for out's cotangent dy; every VJP kernel's
+    # gate (mamba_core/ops/selective_scan.py has the reference)
+    sg = 1.0 / (1.0 + tl.exp(-z))
+    return dy * z * sg, dy * p * sg * (1.0 + z * (1.0 - sg))
+
+
+@triton.jit
+def _softplus_grad(raw):
+    # d softplus(raw) / d raw with torch's threshold 20: every VJP kernel's dt chain rule
+    return tl.where(raw > 20.0, 1.0, 1.0 / (1.0 + tl.exp(-raw)))
+
+
+@triton.jit
 def _dt_tile(DL, DB, b, t, e, tm, sdb, sdl, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     raw = tl.load(DL + b * sdb + t[:, None] * sdl + e[None, :], mask=tm[:, None], other=0.0).to(tl.float32)
     if HAS_BIAS:
@@ -419,13 +433,11 @@ def _ss_bwd_kernel(
         # skip connection and gate
         if HAS_Z:
             z = tl.load(Z + b * szb + t[:, None] * szl + e[None, :], mask=tm[:, None], other=0.0).to(tl.float32)
-            sg = 1.0 / (1.0 + tl.exp(-z))
             p = tl.sum(hs * Ct[:, None, :], axis=2)
             if HAS_D:
                 p += Dw[None, :] * u
-            dz = dy * p * sg * (1.0 + z * (1.0 - sg))
+            dyp, dz = _gate_vjp_f(dy, p, z)
             tl.store(DZ + (b * L + t[:, None]) * E + e[None, :], dz.to(DZ.dtype.element_ty), mask=tm[:, None])
-            dyp = dy * z * sg
         else:
             dyp = dy
         # adjoint: g_t = C_t dy'_t + a_{t+1} g_{t+1}; a_{t+1} = 1 past the chunk (the carry holds it)
@@ -450,7 +462,7 @@ def _ss_bwd_kernel(
         tl.store(DBP + part, dBp, mask=tm[:, None])
         tl.store(DCP + part, dCp, mask=tm[:, None])
         if SOFTPLUS:
-            ddt = ddt * tl.where(raw > 20.0, 1.0, 1.0 / (1.0 + tl.exp(-raw)))
+            ddt = ddt * _softplus_grad(raw)
         ddt = tl.where(tm[:, None], ddt, 0.0)
         dbias_acc += tl.sum(ddt, axis=0)
         out = (b * L + t[:, None]) * E + e[None, :]
@@ -704,11 +716,9 @@ def _ss_bwd_tr_kernel(
             dtu = dt * u
             ht = a * hp + Bv[:, None] * dtu[None, :]
             if HAS_Z:
-                sg = 1.0 / (1.0 + tl.exp(-z))
                 p = tl.sum(ht * Cv[:, None], axis=0) + Dw * u
-                dz = dy * p * sg * (1.0 + z * (1.0 - sg))
+                dyp, dz = _gate_vjp_f(dy, p, z)
                 dz_t = tl.where(sel, dz[None, :], dz_t)
-                dyp = dy * z * sg
             else:
                 dyp = dy
             gg = Cv[:, None] * dyp[None, :] + carry
@@ -719,7 +729,7 @@ def _ss_bwd_tr_kernel(
             dA_acc += gah * dt[None, :]
             dD_acc += dyp * u
             if SOFTPLUS:
-                ddt = ddt * tl.where(raw > 20.0, 1.0, 1.0 / (1.0 + tl.exp(-raw)))
+                ddt = ddt * _softplus_grad(raw)
             ddt = tl.where(tm, ddt, 0.0)
             dbias_acc += ddt
             du_t = tl.where(sel, du[None, :], du_t)

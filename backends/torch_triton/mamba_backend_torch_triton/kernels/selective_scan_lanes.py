@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from mamba_backend_torch_triton.kernels.selective_scan import (
-    _softplus_f, _vjp_carry_in, _vjp_program, _vjp_store_params,
+    _gate_vjp_f, _softplus_f, _softplus_grad, _vjp_carry_in, _vjp_program, _vjp_store_params,
 )
 
 @triton.jit
@@ -137,11 +137,9 @@ def _ss_bwd_lanes_kernel(
             else:
                 tm = tl.full([BE], t, tl.int32) < L
             if HAS_Z:
-                sg = 1.0 / (1.0 + tl.exp(-z))
                 p = tl.sum(ht * Cv[None, :], axis=1) + Dw * u
-                dz = dy * p * sg * (1.0 + z * (1.0 - sg))
+                dyp, dz = _gate_vjp_f(dy, p, z)
                 tl.store(DZb + t * E + e, dz.to(DZ.dtype.element_ty), mask=tm)
-                dyp = dy * z * sg
             else:
                 dyp = dy
             gg = Cv[None, :] * dyp[:, None] + carry
@@ -152,7 +150,7 @@ def _ss_bwd_lanes_kernel(
             dA_acc += gah * dt[:, None]
             dD_acc += dyp * u
             if SOFTPLUS:
-                ddt = ddt * tl.where(raw > 20.0, 1.0, 1.0 / (1.0 + tl.exp(-raw)))
+                ddt = ddt * _softplus_grad(raw)
             if not EVEN_L:
                 ddt = tl.where(tm, ddt, 0.0)
             dbias_acc += ddt
