@@ -333,9 +333,8 @@ def part_decode():
     params = lm.to_backend(be, lm.init_params(cfg, np.random.default_rng(0)))
     n_params = int(sum(int(np.prod(v.shape)) for v in params.values()))
     res = {"config": d, "params": n_params}
-    late = []  # (row, key, decoder, step): kernel tables taken after every timing
-    if os.environ.get("GPU_CHECK_DECODE_KERNELS") != "1":
-        late = _Discard()
+    late = []  # (row, key, stream context, step): kernel tables taken after every timing
+    tables = _kernel_tables_on()
     for batch in (1, 16):
         row = {}
         ids = cp.asarray(np.random.default_rng(1).integers(0, d["vocab_size"], batch), dtype=cp.int64)
@@ -366,8 +365,8 @@ def part_decode():
             row["graph_ms_per_token"] = ms
             row["graph_tokens_per_s"] = batch * 1000.0 / ms
             row["pdl"] = _launch.supported()  # the graph above was captured with PDL
-            if batch == 1:  # profiled after every timing (CUPTI slows what runs after it)
-                late.append((row, "kernel_table", dec, lambda dec=dec, ids=ids: dec.step(ids)))
+            if tables and batch == 1:  # profiled after every timing (CUPTI slows what follows)
+                late.append((row, "kernel_table", dec.stream, lambda dec=dec, ids=ids: dec.step(ids)))
         except Exception as exc:
             traceback.print_exc()
             row["graph_error"] = f"{type(exc).__name__}: {exc}"
@@ -386,8 +385,8 @@ def part_decode():
                 with plain.stream:
                     ms = _time_cupy(lambda: plain.step(ids), warmup=3, reps=50)
                 row["graph_nopdl_ms_per_token"] = ms
-                if batch == 1:  # kernel by kernel with no PDL overlap: durations, not spans
-                    late.append((row, "kernel_table_nopdl", plain,
+                if tables and batch == 1:  # no PDL overlap: durations, not spans
+                    late.append((row, "kernel_table_nopdl", plain.stream,
                                  lambda plain=plain, ids=ids: plain.step(ids)))
                 del plain
             except Exception as exc:
@@ -427,34 +426,22 @@ def part_decode():
         res[f"batch{batch}"] = row
         _log(f"decode batch {batch}: {row}")
     if "torch_triton" in _bench_backends():
-        res["torch_triton"] = _decode_torch_triton(cfg, late)
-    for row, key, graph, step in late:  # GPU_CHECK_DECODE_KERNELS=1 (else late stays empty)
-        with graph.stream:
+        res["torch_triton"] = _decode_torch_triton(cfg, late if tables else None)
+    for row, key, stream, step in late:  # empty unless GPU_CHECK_DECODE_KERNELS=1
+        with stream:
             row[key] = _decode_kernels(step)
     return res
 
 
-class _Discard(list):
-    """A list that keeps nothing: the kernel-table queue when GPU_CHECK_DECODE_KERNELS is off
-    (so no decoder is kept alive for it)."""
-
-    def append(self, item):
-        pass
-
-
-class _NoStream:
-    """A stand-in for a CuPy decoder's stream where the step needs none (torch_triton's)."""
-
-    stream = contextlib.nullcontext()
+def _kernel_tables_on() -> bool:
+    return os.environ.get("GPU_CHECK_DECODE_KERNELS") == "1"
 
 
 def _decode_kernels(step, reps=20, top=12):
-    """With GPU_CHECK_DECODE_KERNELS=1: {"us_per_token": kernel time a replay, "kernels": the
-    ``top`` largest as [name, us a token, launches a token]} of ``step`` (one graph replay), from
-    torch.profiler (CUPTI sees every kernel of the process, CuPy's too); else None. Under PDL
-    neighbouring kernels overlap, so the sum can exceed the token's wall time."""
-    if os.environ.get("GPU_CHECK_DECODE_KERNELS") != "1":
-        return None
+    """{"us_per_token": kernel time a replay, "kernels": the ``top`` largest as [name, us a
+    token, launches a token]} of ``step`` (one graph replay), from torch.profiler (CUPTI sees
+    every kernel of the process, CuPy's too). Under PDL neighbouring kernels overlap, so the sum
+    can exceed the token's wall time."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks" / "gpu"))
     import ncu_targets
 
@@ -482,9 +469,9 @@ def _graph_with_pdl(on: bool, build, *args, **env):
                 os.environ[k] = v
 
 
-def _decode_torch_triton(cfg, late):
+def _decode_torch_triton(cfg, late=None):
     """torch_triton's CUDA-graph decoder on the same model in float32 (the dtype cuda_cupy runs);
-    with GPU_CHECK_DECODE_KERNELS=1 its batch-1 graph joins ``late`` (profiled after timings)."""
+    its batch-1 graph joins ``late`` when given (kernel tables, taken after the timings)."""
     try:
         import torch
 
@@ -500,8 +487,8 @@ def _decode_torch_triton(cfg, late):
             ids = torch.zeros(batch, dtype=torch.long, device="cuda")
             ms = _time_torch(lambda: dec.step(ids), warmup=3, reps=50)
             res[f"batch{batch}"] = {"graph_ms_per_token": ms, "graph_tokens_per_s": batch * 1000.0 / ms}
-            if batch == 1 and os.environ.get("GPU_CHECK_DECODE_KERNELS") == "1":
-                late.append((res["batch1"], "kernel_table", _NoStream(),
+            if late is not None and batch == 1:
+                late.append((res["batch1"], "kernel_table", contextlib.nullcontext(),
                              lambda dec=dec, ids=ids: dec.step(ids)))
             _log(f"torch_triton float32 decode batch {batch}: {res[f'batch{batch}']}")
         return res

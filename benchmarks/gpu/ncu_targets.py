@@ -112,11 +112,12 @@ TARGETS = {"m1_ours": _m1, "m1_official": _m1_official, "m3_ours": _m3_ours,
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    table = "--kernels" in argv
+    table, reps = "--kernels" in argv, 20
     if table:
         i = argv.index("--kernels")
-        reps = int(argv[i + 1]) if len(argv) > i + 1 and argv[i + 1].isdigit() else 20
-        argv = argv[:i] + argv[i + 1 + (len(argv) > i + 1 and argv[i + 1].isdigit()):]
+        argv = argv[:i] + argv[i + 1:]
+        if i < len(argv) and argv[i].isdigit():
+            reps = int(argv.pop(i))
     if len(argv) != 1 or argv[0] not in TARGETS:
         print(f"usage: ncu_targets.py TARGET [--kernels [REPS]], TARGET one of {', '.join(TARGETS)}",
               file=sys.stderr)

@@ -132,7 +132,7 @@ def _m1_entry(cfg):
     entry = {"T": T, "BE": BE, "num_warps": w, "variant": v}
     if rest and rest[0]:
         entry["maxnreg"] = rest[0]
-    if len(rest) >= 3:
+    if len(rest) >= 3 and rest[1] and rest[2]:  # ("-" reads as 0: the VJP's own launch)
         entry["save_BE"], entry["save_warps"] = rest[1], rest[2]
     return entry
 
