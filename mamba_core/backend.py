@@ -83,6 +83,9 @@ class Backend:
     kernels: Mapping[str, Callable[..., Any]] = {}
     #: mixer family -> fused step(be, params, cfg, u, cache) -> (out, new_cache) (optional).
     mixer_steps: Mapping[str, Callable[..., Any]] = {}
+    #: op name -> SavingForm(forward, vjp): a forward that leaves residuals to the op's VJP
+    #: (optional; only the ops in mamba_core.ops.saving.SAVABLE).
+    saving: Mapping[str, Any] = {}
 
     # ---- availability and arrays -------------------------------------------------------
     def available(self) -> Availability:
@@ -175,6 +178,7 @@ class OpTable:
     def __init__(self, backend: Backend):
         self._backend = backend
         self._cache: dict[str, Callable[..., Any]] = {}
+        self._saving_table: dict | None = None
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         if name.startswith("_"):
@@ -201,6 +205,45 @@ class OpTable:
     def is_native(self, name: str) -> bool:
         return name in self._backend.kernels
 
+    # ---- saving forms (mamba_core/ops/saving.py) ------------------------------------------
+    def saves(self, name: str) -> bool:
+        """Whether the backend has a saving form of op ``name``."""
+        return name in self._saving()
+
+    def forward_saving(self, name: str, *args, **kwargs):
+        """Op ``name``'s forward -> (outputs, residuals for ``vjp_saved``): the backend's saving
+        form, else the plain op with residuals None. Arguments as the op's."""
+        form = self._saving().get(name)
+        if form is None:
+            return getattr(self, name)(*args, **kwargs), None
+        self._validate(name, *args, **kwargs)
+        return form.forward(*args, **kwargs)
+
+    def vjp_saved(self, name: str, residuals, cotangent, *args, **kwargs) -> dict:
+        """Op ``name``'s VJP from ``forward_saving``'s residuals, called with the forward's
+        arguments: the saving form's VJP, else (or with residuals None) the plain ``<name>_vjp``."""
+        form = self._saving().get(name)
+        if form is None or residuals is None:
+            return getattr(self, f"{name}_vjp")(cotangent, *args, **kwargs)
+        self._validate(f"{name}_vjp", cotangent, *args, **kwargs)
+        return form.vjp(residuals, cotangent, *args, **kwargs)
+
+    def _saving(self) -> dict:
+        if self._saving_table is None:
+            from mamba_core.ops.saving import check_saving_table
+
+            self._saving_table = check_saving_table(dict(self._backend.saving), self._backend.name)
+        return self._saving_table
+
+    def _validate(self, name: str, *args, **kwargs) -> None:
+        from mamba_core.ops import REGISTRY
+
+        spec = REGISTRY.get(name)
+        if spec is None:
+            raise OpNotSupportedError(f"no op named {name!r}; the ops are: {', '.join(sorted(REGISTRY))}")
+        if spec.validate is not None:
+            spec.validate(*args, **kwargs)
+
 
 def _validated(validate: Callable[..., None], kernel: Callable[..., Any]) -> Callable[..., Any]:
     def call(*args, **kwargs):
@@ -211,8 +254,10 @@ def _validated(validate: Callable[..., None], kernel: Callable[..., Any]) -> Cal
     return call
 
 
-def collect_kernels(package, backend_name: str, import_errors: dict | None = None) -> dict:
-    """Merge the ``KERNELS`` tables of every public module of ``package`` (a kernels/ package).
+def collect_kernels(package, backend_name: str, import_errors: dict | None = None,
+                    table_name: str = "KERNELS") -> dict:
+    """Merge the ``KERNELS`` tables (or the tables named ``table_name``, such as ``SAVING``) of
+    every public module of ``package`` (a kernels/ package).
 
     A module whose import fails with ImportError (its GPU library is missing) contributes
     nothing and is recorded in ``import_errors``; two modules claiming one op is an error.
@@ -230,8 +275,8 @@ def collect_kernels(package, backend_name: str, import_errors: dict | None = Non
             if import_errors is not None:
                 import_errors[m.name] = f"{type(exc).__name__}: {exc}"
             continue
-        for name, fn in getattr(mod, "KERNELS", {}).items():
+        for name, fn in getattr(mod, table_name, {}).items():
             if name in table:
-                raise RuntimeError(f"{backend_name}: op {name!r} has kernels in two modules")
+                raise RuntimeError(f"{backend_name}: op {name!r} has {table_name} entries in two modules")
             table[name] = fn
     return table

@@ -10,7 +10,8 @@ Targets (the yardstick's shapes and inputs: B=8, L=2048; benchmarks/gpu/yardstic
                    channels-first layout (needs its CUDA extension built:
                    benchmarks/gpu/build_official_ss.py)
     m3_ours        torch_triton Mamba-3 SISO whole op forward + backward, bf16 (angles,
-                   mamba3_rope_scan, gate and their VJPs; H=32 P=64 N=128), as the yardstick
+                   mamba3_rope_scan's saving form, gate and their VJPs; H=32 P=64 N=128), as the
+                   yardstick
     m3_official    mamba_ssm's mamba3_siso_combined forward + backward on the same inputs (needs
                    the mamba_ssm source on PYTHONPATH; YARDSTICK_M3_AUTOTUNE=reduced as there)
     m3_f32_fwd     torch_triton mamba3_scan forward alone, float32 inputs (per-head B, C)

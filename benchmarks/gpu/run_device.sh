@@ -81,9 +81,10 @@
 #   bash benchmarks/gpu/run_device.sh s13         session 13's defaults (run 39; its device time was short): Mamba-3 yardstick,
 #                                                 certificate entries and GPU tests, Mamba-1 yardstick, kernel tables,
 #                                                 the VJP grid at BE=16, decode with kernel tables
-#   bash benchmarks/gpu/run_device.sh s14         the next session's first call (not yet run): Mamba-1 certificate entries and GPU tests
-#                                                 under the BE=16 bf16 VJP, the Mamba-3 and Mamba-1 yardsticks alone on the machine,
-#                                                 decode with kernel tables (no-PDL graph too), the float32 VJP at BE=16
+#   bash benchmarks/gpu/run_device.sh s14         Mamba-1 certificate entries and GPU tests under the BE=16 bf16 VJP, Mamba-3's
+#                                                 saving forms (tests, certificate entries, kernel table), the Mamba-3 and Mamba-1
+#                                                 yardsticks alone on the machine, decode with kernel tables (no-PDL graph too),
+#                                                 the float32 VJP at BE=16
 #   bash benchmarks/gpu/run_device.sh s14b        the next session's second call (not yet run): the Mamba-2 yardstick, cuda_cupy
 #                                                 GEMVs under every split, decode beside graphs with the split forced to 2 and 4
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
@@ -154,10 +155,12 @@ s14)
     DEADLINE=${DEADLINE:-570}
     job ss_build $(tmo 240) python3 benchmarks/gpu/build_official_ss.py .official /tmp/ss_build
     job tt_tests $(tmo 200) env TRITON_INTERPRET=0 python3 -m pytest -q -rs -p no:cacheprovider \
-        backends/torch_triton/tests/test_m1_norm_conv_kernels.py -k "test_selective_scan and not transposed and not variants"
+        backends/torch_triton/tests/test_m1_norm_conv_kernels.py backends/torch_triton/tests/test_mamba3_fused.py \
+        -k "(test_selective_scan and not transposed and not variants) or saving"
     for dt in bfloat16 float32; do
         job "tt_cert_$dt" $(tmo 200) mamba-conformance torch_triton -v --dtype $dt --only 'op:selective_scan*' \
-            --only 'mixer:mamba1*' --only 'lm:mamba1*' --json "$R/torch_triton.gpu.s14.$dt.certificate.json"
+            --only 'mixer:mamba1*' --only 'lm:mamba1*' --only 'op:mamba3_scan' --only 'op:mamba3_rope_scan' \
+            --only 'mixer:mamba3*' --json "$R/torch_triton.gpu.s14.$dt.certificate.json"
     done
     wait; cat "$R/rc.txt"; tail -n 2 "$R/tt_tests.log" | cut -c1-300; grep -E "FAILED|Error" "$R/tt_tests.log" | head -5 | cut -c1-300
     for dt in bfloat16 float32; do grep -E "CERTIFIED|FAIL|ERROR" "$R/tt_cert_$dt.log" | tail -n 3 | cut -c1-200; done
@@ -177,6 +180,8 @@ s14)
     echo "sweep f32 rc=$?"; grep -E "m1 (fwd|vjp)" "$R/sweep_m1_f32.log" | cut -c1-200
     timeout $(tmo 25) python3 benchmarks/gpu/ncu_targets.py m1_ours --kernels 20 > "$R/kernels_m1_ours.log" 2>&1
     echo "kernels m1_ours rc=$?"; grep -v "Warning\|_warn_once" "$R/kernels_m1_ours.log" | head -n 8 | cut -c1-160
+    YARDSTICK_M3_AUTOTUNE=reduced timeout $(tmo 30) python3 benchmarks/gpu/ncu_targets.py m3_ours --kernels 20 > "$R/kernels_m3_ours.log" 2>&1
+    echo "kernels m3_ours rc=$?"; grep -v "Warning\|_warn_once" "$R/kernels_m3_ours.log" | head -n 14 | cut -c1-160
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
     ;;
 s13)

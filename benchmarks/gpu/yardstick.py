@@ -182,19 +182,23 @@ def mamba3_gate_fb(be, y, z, do):
     return be.ops.silu_gate(y, z), gg["x"], gg["z"]
 
 
-def mamba3_whole_fb(be, t):
+def mamba3_whole_fb(be, t, saving=True):
     """Our Mamba-3 SISO whole op forward+backward on ``mamba3_inputs``' t, as the official's
     backward does it: angles, mamba3_rope_scan and the gate forward, then the gate's VJP,
-    mamba3_rope_scan_vjp and mamba3_angles_vjp. B, C enter per group (B, L, R=1, G=1, N) with the
-    per-head biases (R, H, N)."""
+    mamba3_rope_scan's VJP and mamba3_angles_vjp. B, C enter per group (B, L, R=1, G=1, N) with the
+    per-head biases (R, H, N). ``saving``: the scan through its saving form, as the mixer's
+    forward_train and backward run it (mamba_core/ops/saving.py), else the plain op and VJP."""
     kw = dict(B_bias=t["kb"].unsqueeze(0), C_bias=t["qb"].unsqueeze(0), D=t["D"], chunk_size=64)
 
     def run():
         phi, _ = be.ops.mamba3_angles(t["ang"], t["dt"])
         rs = (t["v"], t["dt"], t["A"], t["trap"], t["k"].unsqueeze(2), t["q"].unsqueeze(2), phi)
-        y = be.ops.mamba3_rope_scan(*rs, **kw)[0][:, :, 0]
-        out, dyy, dz = mamba3_gate_fb(be, y, t["z"], t["dy"][:, :, 0])
-        gr = be.ops.mamba3_rope_scan_vjp((dyy.unsqueeze(2), None, None, None), *rs, **kw)
+        if saving:
+            out, res = be.ops.forward_saving("mamba3_rope_scan", *rs, **kw)
+        else:
+            out, res = be.ops.mamba3_rope_scan(*rs, **kw), None
+        out, dyy, dz = mamba3_gate_fb(be, out[0][:, :, 0], t["z"], t["dy"][:, :, 0])
+        gr = be.ops.vjp_saved("mamba3_rope_scan", res, (dyy.unsqueeze(2), None, None, None), *rs, **kw)
         return out, dz, gr, be.ops.mamba3_angles_vjp((gr["phi"], None), t["ang"], t["dt"])
     return run
 
@@ -362,7 +366,9 @@ def mamba3():
     for sw in ("1", "0"):
         with _env("MAMBA_TRITON_FUSED_ROPE_SCAN", sw):
             row(f"Mamba-3 SISO fwd+bwd, whole op, fused kernel {'on' if sw == '1' else 'off'}",
-                bench(ours_full_fb), off_fbt, "ours: angles, rope_scan, gate and their VJPs")
+                bench(ours_full_fb), off_fbt, "ours: angles, rope_scan (saving form), gate and their VJPs")
+    row("Mamba-3 SISO fwd+bwd, whole op, no residuals", bench(mamba3_whole_fb(be, t, saving=False)),
+        off_fbt, "ours: the plain rope_scan and VJP (it recomputes B/C and the states)")
     # where the whole op's backward goes (each piece alone, on the inputs it sees there)
     cot0 = (dy, None, None, None)
     g0 = be.ops.mamba3_rope_scan_vjp(cot0, *rs_args(phi0), **rs_kw)

@@ -1,7 +1,11 @@
 """The gradient column: how each kind of check is differentiated.
 
 - ``op:X`` checks certify ``X_vjp``: the check's forward is run once with the op calls recorded,
-  and the VJP is called on the recorded arguments with fixed pseudo-random cotangents.
+  and the VJP is called on the recorded arguments with fixed pseudo-random cotangents. For an op
+  that may have a saving form (``mamba_core.ops.saving.SAVABLE``) the entry also names the
+  outputs and gradients through the backend's saving form (``saved.out<i>``, ``saved.d<arg>``:
+  ``forward_saving`` then ``vjp_saved`` on the same arguments and cotangents), certified against
+  the same truth; a backend without one repeats its plain outputs and VJP there, at no cost.
 - ``mixer:*`` checks certify the mixer's ``forward_train``/``backward`` with cotangents for the
   output and every final-cache entry: gradients of every parameter, the input and the initial
   cache.
@@ -20,6 +24,7 @@ import zlib
 import numpy as np
 
 from mamba_core.ops import REGISTRY
+from mamba_core.ops.saving import SAVABLE
 
 
 def unpack(inputs: dict, prefix: str) -> dict:
@@ -80,9 +85,23 @@ def op_grad(op: str, forward):
         else:
             cot = cotangent(be, f"{op}.out", out)
         grads = getattr(be.ops, f"{op}_vjp")(cot, *args, **kwargs)
-        return {f"d{k}": v for k, v in grads.items()}
+        result = {f"d{k}": v for k, v in grads.items()}
+        if op in SAVABLE:
+            result.update(_through_saving(be, op, args, kwargs, cot, out, grads))
+        return result
 
     return grad
+
+
+def _through_saving(be, op: str, args, kwargs, cot, out, grads) -> dict:
+    """``saved.out<i>`` and ``saved.d<arg>`` of an op grad entry (see the module docstring)."""
+    if be.ops.saves(op):
+        out, res = be.ops.forward_saving(op, *args, **kwargs)
+        grads = be.ops.vjp_saved(op, res, cot, *args, **kwargs)
+    outs = out if isinstance(out, tuple) else (out,)
+    result = {f"saved.out{i}": o for i, o in enumerate(outs) if o is not None}
+    result.update({f"saved.d{k}": v for k, v in grads.items()})
+    return result
 
 
 def mixer_grad(be, inputs) -> dict:

@@ -258,7 +258,8 @@ def repro_command(backend_name: str, check: str, case: str, dtype: str, mode: st
 
 def _op_impls(be, check: Check, mode: str = "forward") -> dict:
     """native/default for each op the entry exercises: the sequence ops in forward mode, the step
-    ops too in step mode, and the ops' VJPs in grad mode."""
+    ops too in step mode, and the ops' VJPs in grad mode (there a saving form, which the grad
+    entry certifies too, adds "<op>:saving": "native")."""
     from mamba_core.ops import REGISTRY
 
     out = {}
@@ -267,12 +268,13 @@ def _op_impls(be, check: Check, mode: str = "forward") -> dict:
         is_step = spec is not None and spec.step_of is not None
         if mode == "forward" and is_step or mode == "grad" and is_step:
             continue
-        if mode == "grad" and f"{op}_vjp" in REGISTRY:
-            op = f"{op}_vjp"
+        name = f"{op}_vjp" if mode == "grad" and f"{op}_vjp" in REGISTRY else op
         try:
-            out[op] = "native" if be.ops.is_native(op) else "default"
+            out[name] = "native" if be.ops.is_native(name) else "default"
+            if mode == "grad" and be.ops.saves(op):
+                out[f"{op}:saving"] = "native"
         except Exception:  # noqa: BLE001
-            out[op] = "unknown"
+            out[name] = "unknown"
     return out
 
 

@@ -35,7 +35,7 @@ import numbers
 import numpy as np
 
 from mamba_core.models import init
-from mamba_core.models.mixer import fused_step, known_fields, require, zero_cache
+from mamba_core.models.mixer import fused_step, known_fields, require, scan_call, zero_cache
 from mamba_core.ops._dtypes import wide as _wide
 
 LAYER = "Mamba1"
@@ -196,11 +196,12 @@ def _split_xdbl(cfg, x_dbl):
 
 def forward(be, params: dict, cfg: Config, u, cache: dict | None = None):
     """u: (B, L, D) -> (out (B, L, D), new cache). With a cache, continues from it."""
-    out, new_cache, _ = forward_train(be, params, cfg, u, cache)
+    out, new_cache, _ = forward_train(be, params, cfg, u, cache, residuals=False)
     return out, new_cache
 
 
-def forward_train(be, params: dict, cfg: Config, u, cache: dict | None = None):
+def forward_train(be, params: dict, cfg: Config, u, cache: dict | None = None, *,
+                  residuals: bool = True):
     """``forward``, also returning ``saved``: the inputs of each op call, for ``backward``.
 
     u: (B, L, D) -> (out (B, L, D), new cache, saved). ``saved`` names:
@@ -211,7 +212,9 @@ def forward_train(be, params: dict, cfg: Config, u, cache: dict | None = None):
         delta (B, L, E)     output of dt_proj (the scan adds dt_proj.bias and takes softplus)
         y (B, L, E)         output of the scan: input of out_proj
         conv_state, ssm_state: the initial cache when one was given (else absent)
-    The scan's states are not saved: its VJP recomputes them.
+        scan_res            the scan's residuals for its VJP (mixer.scan_call: None unless
+                            the backend has a saving form of selective_scan and residuals is
+                            True; without them its VJP recomputes the states)
     """
     xp = be.xp
     Bsz, L = u.shape[0], u.shape[1]
@@ -227,14 +230,16 @@ def forward_train(be, params: dict, cfg: Config, u, cache: dict | None = None):
     x_dbl = be.ops.linear(x_conv, params["x_proj.weight"])
     dt_r, Bm, Cm = _split_xdbl(cfg, x_dbl)
     delta = be.ops.linear(dt_r, params["dt_proj.weight"])
-    y, ssm_state = be.ops.selective_scan(
+    (y, ssm_state), scan_res = scan_call(
+        be, residuals, "selective_scan",
         x_conv, delta, A, xp.reshape(Bm, (Bsz, L, 1, N)), xp.reshape(Cm, (Bsz, L, 1, N)),
         D=params["D"], z=z, delta_bias=params["dt_proj.bias"], delta_softplus=True,
         initial_state=None if cache is None else cache["ssm_state"],
     )
     out = be.ops.linear(y, params["out_proj.weight"], params["out_proj.bias"] if cfg.bias else None)
     new_cache = {"conv_state": xp.astype(conv_state, wide), "ssm_state": xp.astype(ssm_state, wide)}
-    saved = {"u": u, "xz": xz, "x_conv": x_conv, "x_dbl": x_dbl, "delta": delta, "y": y}
+    saved = {"u": u, "xz": xz, "x_conv": x_conv, "x_dbl": x_dbl, "delta": delta, "y": y,
+             "scan_res": scan_res}
     if cache is not None:
         saved["conv_state"] = cache["conv_state"]
         saved["ssm_state"] = cache["ssm_state"]
@@ -271,8 +276,8 @@ def backward(be, params: dict, cfg: Config, saved: dict, dy, dcache: dict | None
         g["out_proj.bias"] = d["bias"]
 
     # y, ssm_state = selective_scan(x_conv, delta, A, Bm, Cm, D, z, dt_proj.bias, softplus)
-    d = be.ops.selective_scan_vjp(
-        (dy_scan, dcache.get("ssm_state")),
+    d = be.ops.vjp_saved(
+        "selective_scan", saved.get("scan_res"), (dy_scan, dcache.get("ssm_state")),
         x_conv, delta, A, xp.reshape(Bm, (Bsz, L, 1, N)), xp.reshape(Cm, (Bsz, L, 1, N)),
         D=params["D"], z=z, delta_bias=params["dt_proj.bias"], delta_softplus=True,
         initial_state=saved["ssm_state"] if has_cache else None,

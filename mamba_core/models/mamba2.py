@@ -35,7 +35,7 @@ import numbers
 import numpy as np
 
 from mamba_core.models import init
-from mamba_core.models.mixer import fused_step, known_fields, require, zero_cache
+from mamba_core.models.mixer import fused_step, known_fields, require, scan_call, zero_cache
 from mamba_core.ops._dtypes import wide as _wide
 
 LAYER = "Mamba2"
@@ -262,11 +262,12 @@ def _finish(be, params, cfg, y, z, z0, x0):
 
 def forward(be, params: dict, cfg: Config, u, cache: dict | None = None):
     """u: (B, L, D) -> (out (B, L, D), new cache). With a cache, continues from it."""
-    out, new_cache, _ = forward_train(be, params, cfg, u, cache)
+    out, new_cache, _ = forward_train(be, params, cfg, u, cache, residuals=False)
     return out, new_cache
 
 
-def forward_train(be, params: dict, cfg: Config, u, cache: dict | None = None):
+def forward_train(be, params: dict, cfg: Config, u, cache: dict | None = None, *,
+                  residuals: bool = True):
     """``forward``, also returning ``saved``: the inputs of the op calls that backward needs.
 
     u: (B, L, D) -> (out (B, L, D), new cache, saved) with saved =
@@ -277,7 +278,9 @@ def forward_train(be, params: dict, cfg: Config, u, cache: dict | None = None):
         "y_scan"      (B, L, S)         the scan's output (the gated norm's input)
         "y_gated"     (B, L, E)         out_proj's input
         "conv_state", "ssm_state"       the initial cache, when one was given
-    No scan state is saved: ssd_scan_vjp recomputes them from its inputs.
+        "scan_res"                      ssd_scan's residuals for its VJP (mixer.scan_call: None
+                                        unless the backend has a saving form and residuals is
+                                        True; without them ssd_scan_vjp recomputes the states)
     """
     xp = be.xp
     Bsz, L = u.shape[0], u.shape[1]
@@ -291,8 +294,8 @@ def forward_train(be, params: dict, cfg: Config, u, cache: dict | None = None):
         xBC, conv_w, conv_b, None if cache is None else cache["conv_state"], activation="silu"
     )
     x, Bm, Cm = _split_xbc(cfg, xBC_conv)
-    y, ssm_state = be.ops.ssd_scan(
-        xp.reshape(x, (Bsz, L, H, P)), dt, A, xp.reshape(Bm, (Bsz, L, G, N)),
+    (y, ssm_state), scan_res = scan_call(
+        be, residuals, "ssd_scan", xp.reshape(x, (Bsz, L, H, P)), dt, A, xp.reshape(Bm, (Bsz, L, G, N)),
         xp.reshape(Cm, (Bsz, L, G, N)), chunk_size=cfg.chunk_size, D=D,
         z=None if cfg.rmsnorm else xp.reshape(z, (Bsz, L, H, P)), dt_bias=params["dt_bias"],
         dt_softplus=True, dt_limit=cfg.dt_limit,
@@ -301,7 +304,8 @@ def forward_train(be, params: dict, cfg: Config, u, cache: dict | None = None):
     y_scan = xp.reshape(y, (Bsz, L, H * P))
     y_gated = _gate(be, params, cfg, y_scan, z, z0, x0)
     out = be.ops.linear(y_gated, params["out_proj.weight"], params["out_proj.bias"] if cfg.bias else None)
-    saved = {"u": u, "zxbcdt": zxbcdt, "xBC_conv": xBC_conv, "y_scan": y_scan, "y_gated": y_gated}
+    saved = {"u": u, "zxbcdt": zxbcdt, "xBC_conv": xBC_conv, "y_scan": y_scan, "y_gated": y_gated,
+             "scan_res": scan_res}
     if cache is not None:
         saved["conv_state"] = cache["conv_state"]
         saved["ssm_state"] = cache["ssm_state"]
@@ -398,8 +402,8 @@ def backward(be, params: dict, cfg: Config, saved: dict, dy, dcache: dict | None
 
     # y_scan, ssm_state = ssd_scan(...)
     x, Bm, Cm = _split_xbc(cfg, xBC_conv)
-    g = be.ops.ssd_scan_vjp(
-        (xp.reshape(d_scan, (Bsz, L, H, P)), dcache.get("ssm_state")),
+    g = be.ops.vjp_saved(
+        "ssd_scan", saved.get("scan_res"), (xp.reshape(d_scan, (Bsz, L, H, P)), dcache.get("ssm_state")),
         xp.reshape(x, (Bsz, L, H, P)), dt, A, xp.reshape(Bm, (Bsz, L, G, N)),
         xp.reshape(Cm, (Bsz, L, G, N)), chunk_size=cfg.chunk_size, D=D,
         z=None if cfg.rmsnorm else xp.reshape(z, (Bsz, L, H, P)), dt_bias=params["dt_bias"],

@@ -56,7 +56,7 @@ import numbers
 import numpy as np
 
 from mamba_core.models import init
-from mamba_core.models.mixer import fused_step, known_fields, require, zero_cache
+from mamba_core.models.mixer import fused_step, known_fields, require, scan_call, zero_cache
 from mamba_core.ops._dtypes import wide as _wide
 from mamba_core.ops.mamba3_fused import heads, heads_vjp
 
@@ -388,15 +388,16 @@ def forward(be, params: dict, cfg: Config, u, cache: dict | None = None):
     """u: (B, L, D) -> (out (B, L, D), new cache). With a cache, continues from it.
 
     ``forward_train`` without what it saves (saving keeps references, computes nothing)."""
-    out, new_cache, _ = forward_train(be, params, cfg, u, cache)
+    out, new_cache, _ = forward_train(be, params, cfg, u, cache, residuals=False)
     return out, new_cache
 
 
-def _rope_scan(be, params: dict, cfg: Config, x, dt, A, trap, Bn, Cn, phi, c: dict):
-    """mamba3_rope_scan on the per-group normed B, C (the biases per head, (R, H, N))."""
+def _rope_scan(be, params: dict, cfg: Config, x, dt, A, trap, Bn, Cn, phi, c: dict, residuals: bool):
+    """mamba3_rope_scan on the per-group normed B, C (the biases per head, (R, H, N))
+    -> (outputs, residuals) (mixer.scan_call)."""
     xp = be.xp
-    return be.ops.mamba3_rope_scan(
-        x, dt, A, trap, Bn, Cn, phi, B_bias=xp.permute_dims(params["B_bias"], (1, 0, 2)),
+    return scan_call(
+        be, residuals, "mamba3_rope_scan", x, dt, A, trap, Bn, Cn, phi, B_bias=xp.permute_dims(params["B_bias"], (1, 0, 2)),
         C_bias=xp.permute_dims(params["C_bias"], (1, 0, 2)), D=params["D"],
         mimo_x=params["mimo_x"] if cfg.is_mimo else None, chunk_size=cfg.chunk_size,
         initial_state=c.get("ssm_state"), initial_k=c.get("k_state"), initial_v=c.get("v_state"),
@@ -404,7 +405,8 @@ def _rope_scan(be, params: dict, cfg: Config, x, dt, A, trap, Bn, Cn, phi, c: di
     )
 
 
-def forward_train(be, params: dict, cfg: Config, u, cache: dict | None = None):
+def forward_train(be, params: dict, cfg: Config, u, cache: dict | None = None, *,
+                  residuals: bool = True):
     """``forward``, also returning ``saved``: the inputs of the op calls that backward needs.
 
     u: (B, L, D) -> (out (B, L, D), new cache, saved) with saved =
@@ -421,7 +423,9 @@ def forward_train(be, params: dict, cfg: Config, u, cache: dict | None = None):
     On a backend with mamba3_rope_scan natively, the B/C prologue (groups -> heads, bias,
     rotation) runs inside that op and "phi" is (B, L, H, S), "Bn", "Cn" (B, L, R, G, N) (normed,
     per group) replace "Bb", "Cb", "Bh", "Ch": backward then runs mamba3_rope_scan_vjp.
-    No scan state is saved: the scans' VJPs recompute them from their inputs.
+        "scan_res"                        the scan op's residuals for its VJP (mixer.scan_call:
+                                          None unless the backend has a saving form of it and
+                                          residuals is True; without them the VJP recomputes)
     """
     xp = be.xp
     Bsz, L = u.shape[0], u.shape[1]
@@ -431,14 +435,15 @@ def forward_train(be, params: dict, cfg: Config, u, cache: dict | None = None):
     z, x, Bb, Cb, dt, A, trap, angles = _prep_from(be, params, cfg, zxbc, (Bsz, L), per_group=fused)
     phi, angle_state = be.ops.mamba3_angles(angles, dt, c.get("angle_state"))
     if fused:
-        y, ssm_state, k_state, v_state = _rope_scan(be, params, cfg, x, dt, A, trap, Bb, Cb, phi, c)
+        (y, ssm_state, k_state, v_state), scan_res = _rope_scan(
+            be, params, cfg, x, dt, A, trap, Bb, Cb, phi, c, residuals)
         rope = {"Bn": Bb, "Cn": Cb}
     else:
         phi = xp.expand_dims(phi, axis=2)  # (B, L, 1, H, S): the same angle for every rank
         Bh = be.ops.apply_rope(Bb, phi, pairing=cfg.rope_pairing)
         Ch = be.ops.apply_rope(Cb, phi, pairing=cfg.rope_pairing)
-        y, ssm_state, k_state, v_state = be.ops.mamba3_scan(
-            x, dt, A, trap, Bh, Ch, D=params["D"], mimo_x=params["mimo_x"] if cfg.is_mimo else None,
+        (y, ssm_state, k_state, v_state), scan_res = scan_call(
+            be, residuals, "mamba3_scan", x, dt, A, trap, Bh, Ch, D=params["D"], mimo_x=params["mimo_x"] if cfg.is_mimo else None,
             chunk_size=cfg.chunk_size, initial_state=c.get("ssm_state"), initial_k=c.get("k_state"),
             initial_v=c.get("v_state"),
         )
@@ -446,7 +451,7 @@ def forward_train(be, params: dict, cfg: Config, u, cache: dict | None = None):
     y_gated = _mix(be, params, cfg, _gate(be, params, cfg, y, _gate_z(be, params, cfg, z)))
     out = be.ops.linear(y_gated, params["out_proj.weight"])
     saved = {"u": u, "zxbc": zxbc, "dt": dt, "A": A, "trap": trap, "phi": phi, **rope,
-             "y_scan": y, "y_gated": y_gated}
+             "y_scan": y, "y_gated": y_gated, "scan_res": scan_res}
     saved.update({k: c[k] for k in CACHE_KEYS if k in c})
     return out, _new_cache(be, u, angle_state, ssm_state, k_state, v_state), saved
 
@@ -599,13 +604,14 @@ def backward(be, params: dict, cfg: Config, saved: dict, dy, dcache: dict | None
                    initial_state=init.get("ssm_state"), initial_k=init.get("k_state"),
                    initial_v=init.get("v_state"))
     if fused:
-        gs = be.ops.mamba3_rope_scan_vjp(
-            cotangent, xh, dt, A, trap, saved["Bn"], saved["Cn"], phi,
+        gs = be.ops.vjp_saved(
+            "mamba3_rope_scan", saved.get("scan_res"), cotangent, xh, dt, A, trap, saved["Bn"], saved["Cn"], phi,
             B_bias=xp.permute_dims(params["B_bias"], (1, 0, 2)), C_bias=xp.permute_dims(params["C_bias"], (1, 0, 2)),
             pairing=cfg.rope_pairing, **scan_kw)
         dphi = xp.astype(gs["phi"], wide)
     else:
-        gs = be.ops.mamba3_scan_vjp(cotangent, xh, dt, A, trap, saved["Bh"], saved["Ch"], **scan_kw)
+        gs = be.ops.vjp_saved("mamba3_scan", saved.get("scan_res"), cotangent, xh, dt, A, trap,
+                              saved["Bh"], saved["Ch"], **scan_kw)
         gb = be.ops.apply_rope_vjp(gs["B"], saved["Bb"], phi, pairing=cfg.rope_pairing)
         gc = be.ops.apply_rope_vjp(gs["C"], saved["Cb"], phi, pairing=cfg.rope_pairing)
         dphi = xp.reshape(xp.astype(gb["phi"], wide) + xp.astype(gc["phi"], wide), (Bsz, L, H, S))

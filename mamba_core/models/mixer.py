@@ -21,10 +21,12 @@ checkpoints map one to one. Arrays are backend arrays; the functions call ops on
 
 Training (explicit forward and backward, composed from the ops' VJPs):
 
-    forward_train(be, params, cfg, u, cache=None) -> (y, new_cache, saved)
+    forward_train(be, params, cfg, u, cache=None, *, residuals=True) -> (y, new_cache, saved)
         Exactly ``forward``, also returning ``saved``: a dict naming the arrays backward needs
-        (the inputs of each op call: e.g. "xz", "x_conv", "dt", ...). The scans' VJPs recompute
-        their states from their inputs, so no (B, L, ..., N) state is ever saved.
+        (the inputs of each op call: e.g. "xz", "x_conv", "dt", ...) and the scan's residuals
+        ("scan_res") when the backend has a saving form of the mixer's scan op
+        (mamba_core/ops/saving.py: e.g. chunk states). Without one, or with residuals=False
+        (``forward`` passes it: inference keeps nothing), the scan's VJP recomputes its states.
     backward(be, params, cfg, saved, dy, dcache=None) -> (dparams, du, dcache_in)
         dy: (B, L, D), the gradient of y. dcache: None, or a dict with some of new_cache's keys:
         gradients of the final cache (so truncated BPTT can chain chunks).
@@ -53,6 +55,14 @@ def fused_step(be, family: str):
     if fn is None or os.environ.get("MAMBA_NO_FUSED_STEP", "") not in ("", "0"):
         return None
     return fn
+
+
+def scan_call(be, residuals: bool, op: str, *args, **kwargs):
+    """Op ``op`` -> (outputs, residuals): ``be.ops.forward_saving`` when ``residuals``, else the
+    plain op with residuals None (the backward's ``be.ops.vjp_saved`` then runs the plain VJP)."""
+    if residuals:
+        return be.ops.forward_saving(op, *args, **kwargs)
+    return getattr(be.ops, op)(*args, **kwargs), None
 
 
 def scope(params: dict, prefix: str) -> dict:

@@ -40,6 +40,13 @@ class TorchTritonBackend(Backend):
         return self._kernel_table
 
     @property
+    def saving(self):
+        """Saving forms (mamba_core/ops/saving.py): mamba3_scan, mamba3_rope_scan."""
+        if not hasattr(self, "_saving_forms"):
+            self._saving_forms = _kernels.collect("SAVING")
+        return self._saving_forms
+
+    @property
     def mixer_steps(self):
         """Fused one-token decode steps (kernels/mixer_steps.py): mamba1, mamba2."""
         if not hasattr(self, "_mixer_steps"):

@@ -15,8 +15,11 @@ and ``load_state_dict`` takes an official state dict. They are initialised by th
 
 Autograd: ``forward`` runs one ``torch.autograd.Function`` whose forward calls the core's
 ``forward_train`` (ops through the torch_triton backend: Triton kernels where they exist,
-default compositions elsewhere) and whose backward calls the core's ``backward`` with the
-``saved`` dict, returning the gradients of the input and of every parameter. Nothing inside is
+default compositions elsewhere; the scans' saving forms keep their residuals, such as Mamba-3's
+chunk states) and whose backward calls the core's ``backward`` with the
+``saved`` dict, returning the gradients of the input and of every parameter. Under
+``torch.no_grad()`` (or with nothing that requires grad) ``forward`` runs the core's ``forward``
+instead, which saves nothing. Nothing inside is
 recorded by autograd; ``saved`` lives on the autograd context until backward runs (no
 double-backward; the saved tensors are not version-checked, so do not modify the input or the
 parameters in place between forward and backward).
@@ -59,6 +62,13 @@ def _register(root: nn.Module, name: str, value: np.ndarray, dtype, device) -> N
             mod.add_module(part, nn.Module())
         mod = getattr(mod, part)
     mod.register_parameter(leaf, nn.Parameter(torch.as_tensor(np.asarray(value), dtype=dtype, device=device)))
+
+
+def _needs_grad(x, params: dict) -> bool:
+    """Whether autograd would record a call on ``x`` and ``params`` (grad mode on and a tensor
+    that requires grad); without it the modules run the core's forward, which keeps nothing."""
+    return torch.is_grad_enabled() and (
+        (x is not None and x.requires_grad) or any(p.requires_grad for p in params.values()))
 
 
 class _CoreFn(torch.autograd.Function):
@@ -125,8 +135,11 @@ class _Mixer(_CoreModule):
         self._run = _MixerRun(self._mixer, self.cfg)
 
     def forward(self, u):
-        """u: (B, L, D) -> (B, L, D), differentiable through the core's backward."""
+        """u: (B, L, D) -> (B, L, D), differentiable through the core's backward (without
+        gradients to take, the core's forward: nothing saved)."""
         params = self.core_params()
+        if not _needs_grad(u, params):
+            return self._mixer.forward(_backend(), params, self.cfg, u)[0]
         return _CoreFn.apply(self._run, self._names, u, *params.values())
 
     @torch.no_grad()
@@ -171,8 +184,11 @@ class MambaLM(_CoreModule):
         self._run = _LMRun(self.cfg)
 
     def forward(self, ids):
-        """ids: (B, L) int64 -> logits (B, L, V'), differentiable wrt every parameter."""
+        """ids: (B, L) int64 -> logits (B, L, V'), differentiable wrt every parameter (without
+        gradients to take, the core's forward: nothing saved)."""
         params = self.core_params()
+        if not _needs_grad(None, params):
+            return _lm.forward(_backend(), params, self.cfg, ids)[0]
         return _CoreFn.apply(self._run, self._names, ids, *params.values())
 
     @torch.no_grad()

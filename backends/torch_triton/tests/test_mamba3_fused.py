@@ -142,3 +142,91 @@ def test_float64_runs_the_default_composition():
     want = core.mamba3_rope_scan_ref(*ra.values(), **rk)
     assert got[0].dtype == torch.float64
     assert rel(got[0], want[0]) < 1e-10
+
+
+# ---- the saving forms (mamba_core/ops/saving.py): mamba3_rope_scan's and mamba3_scan's --------
+@pytest.fixture(params=[True, False], ids=["states", "no states"])
+def save_states(request, monkeypatch):
+    """CONFIG["save"]["states"]: the saving forward keeps the chunk states, or not."""
+    monkeypatch.setitem(M3.CONFIG, "save", dict(M3.CONFIG["save"], states=request.param))
+    return request.param
+
+
+def _count_recomputes(monkeypatch):
+    """A list that grows by one at each state-recomputing launch of the scan's forward kernel."""
+    calls, run = [], M3._run_fwd
+
+    def counting(*a, **k):
+        calls.append(a[11])  # store_states
+        return run(*a, **k)
+
+    monkeypatch.setattr(M3, "_run_fwd", counting)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("name", ["SISO,G=1,H=2,bias,h0/k0/v0", "MIMO R=2,halves,bias"])
+def test_rope_scan_saving_form_matches_the_plain_op(name, dtype, path, save_states, monkeypatch):
+    """forward_saving then vjp_saved give the plain op's outputs and gradients (up to the
+    rounding of another chunking), keep per-head B/C and states on the default path only, and
+    with states the VJP runs no state recompute."""
+    from mamba_backend_torch_triton.backend import TorchTritonBackend
+
+    be = TorchTritonBackend()
+    assert be.ops.saves("mamba3_rope_scan") and be.ops.saves("mamba3_scan")
+    ta, tk, _, _ = inputs(CASES[name], dtype)
+    plain = F.mamba3_rope_scan(*ta.values(), **tk)
+    out, res = be.ops.forward_saving("mamba3_rope_scan", *ta.values(), **tk)
+    if path != "composed":
+        assert res is None  # the fused and separate paths leave nothing
+    else:
+        Bh, Ch, scan_res = res
+        assert Bh.shape == Ch.shape == ta["x"].shape[:2] + (CASES[name]["R"],) + (ta["x"].shape[2], ta["B"].shape[-1])
+        assert (scan_res is not None) == save_states
+        if save_states:
+            assert scan_res.states.shape[2:] == (ta["x"].shape[2], ta["x"].shape[3], ta["B"].shape[-1])
+    tol = 2e-5 if dtype == torch.float32 else 2e-2
+    for g, w, what in zip(out, plain, ("y", "final_state", "final_k", "final_v")):
+        assert rel(g, w.double().cpu().numpy()) < tol, (what, rel(g, w.double().cpu().numpy()))
+    rng = np.random.default_rng(2)
+    cot = tuple(torch.from_numpy(rng.standard_normal(tuple(g.shape))).to(g.dtype).to(DEV) for g in plain)
+    want = F.mamba3_rope_scan_vjp(cot, *ta.values(), **tk)
+    recomputes = _count_recomputes(monkeypatch)
+    got = be.ops.vjp_saved("mamba3_rope_scan", res, cot, *ta.values(), **tk)
+    assert set(got) == set(want)
+    for k in want:
+        assert rel(got[k], want[k].double().cpu().numpy()) < tol, (k, rel(got[k], want[k].double().cpu().numpy()))
+    if path == "composed" and save_states:
+        assert recomputes == []
+    elif path != "fused":
+        assert recomputes == [True]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_scan_saving_states_feed_the_backward_only_at_its_launch(dtype, monkeypatch):
+    """mamba3_scan's saving form keeps the states at the backward's chunk; a backward launched at
+    another chunk (CONFIG changed in between) recomputes instead of reading mismatched states."""
+    import array_api_compat.torch as xpt
+
+    ta, tk, _, _ = inputs(CASES["SISO,G=2,H=4,odd N,no bias"], dtype)
+    Bh = core.heads(xpt, ta["B"], 4)
+    Ch = core.heads(xpt, ta["C"], 4)
+    sk = {"D": tk["D"], "chunk_size": 64}  # the backward's CONFIG caps its chunk below 64
+    args = (ta["x"], ta["dt"], ta["A"], ta["trap"], Bh, Ch)
+    out, res = M3.mamba3_scan_saving(*args, **sk)
+    plain = M3.mamba3_scan(*args, **sk)
+    assert isinstance(res, M3.SavedStates) and res.sstride == 1
+    key = M3.conf_key("bwd", dtype)
+    qk = M3._layout(M3._chunk_cap(M3.CONFIG[key], sk["chunk_size"], 1), 1)[0]
+    assert res.qk == qk and res.states.shape[1] == -(-ta["x"].shape[1] // qk)
+    for g, w in zip(out, plain):
+        assert rel(g, w.double().cpu().numpy()) < (2e-5 if dtype == torch.float32 else 2e-2)
+    cot = tuple(torch.ones_like(g) for g in plain)
+    want = M3.mamba3_scan_vjp(cot, *args, **sk)
+    assert qk < 64
+    monkeypatch.setitem(M3.CONFIG, key, dict(M3.CONFIG[key], chunk=2 * qk, rows=2 * qk))
+    recomputes = _count_recomputes(monkeypatch)
+    got = M3.mamba3_scan_vjp_saved(res, cot, *args, **sk)
+    assert recomputes == [True]  # the saved states are per Qk chunk, the backward now per 2 Qk
+    for k in want:
+        assert rel(got[k], want[k].double().cpu().numpy()) < (2e-4 if dtype == torch.float32 else 4e-2), k

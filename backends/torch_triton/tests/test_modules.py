@@ -68,6 +68,30 @@ def test_mixer_autograd_matches_core_backward(name):
     assert all(not torch.equal(before[k], v) for k, v in m.named_parameters()), "every parameter moves"
 
 
+def test_inference_runs_the_forward_that_saves_nothing(monkeypatch):
+    """Under torch.no_grad() (or with nothing requiring grad) a module runs the core's forward:
+    no saving form runs, and the output is the training forward's."""
+    from mamba_backend_torch_triton.modules import _backend
+
+    m = Mamba3(8, seed=1, d_state=8, headdim=4, chunk_size=4)
+    u = torch.randn(2, 6, 8)
+    y_train = m(u)
+    assert y_train.requires_grad
+    calls = []
+    ops = type(_backend().ops)
+    monkeypatch.setattr(ops, "forward_saving", lambda self, *a, **k: calls.append(a[0]))
+    with torch.no_grad():
+        y = m(u)
+    assert calls == [] and not y.requires_grad
+    assert torch.equal(y, y_train.detach())
+    for p in m.parameters():
+        p.requires_grad_(False)
+    assert torch.equal(m(u), y) and calls == []
+    logits = MambaLM(dict(d_model=8, n_layer=1, vocab_size=7, ssm_cfg={"layer": "Mamba1", "d_state": 4}))
+    with torch.no_grad():
+        assert logits(torch.randint(0, 7, (1, 3))).shape[:2] == (1, 3) and calls == []
+
+
 def test_mixer_in_a_torch_model_and_state_dict():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 8), Mamba1(8, d_state=4, seed=2), torch.nn.Linear(8, 2))

@@ -1,5 +1,5 @@
 """Triton kernels of the Mamba-3 exponential-trapezoidal scan (SISO and MIMO): mamba3_scan,
-mamba3_scan_vjp, mamba3_step.
+mamba3_scan_vjp, mamba3_step, and mamba3_scan's saving form.
 
 Fallback: float64 inputs, inputs on a device other than CUDA (or the CPU under
 TRITON_INTERPRET=1), P or N above 256, or R above 16 run the core's default composition
@@ -25,6 +25,9 @@ keep the entering states in 16 bits for 16-bit inputs, and store dB, dC (and dv 
 are folded) in the output dtype. float32 inputs with IEEE dots (Triton lowers them to FMAs in
 registers) launch under CONFIG["fwd_ieee"] / ["bwd_ieee"], whose "rows" cap keeps Qk R at 32
 (forward) and 16 (backward) rows whatever R is.
+Saving form (``SAVING``; mamba_core/ops/saving.py): ``mamba3_scan_saving`` is the backward's
+state recompute writing y too, run in the forward; it keeps the entering states (SavedStates)
+for ``mamba3_scan_vjp_saved``, which then launches the backward alone (CONFIG "save").
 The step kernel: one program per (batch, head, P block), the R rank outer products unrolled.
 
 Floor (SISO, B=8, L=2048, H=32, P=64, N=128, bf16; B, C per head (B L R H N)): bytes x, y 2 x
@@ -41,9 +44,13 @@ the floor), VJP 1.66 ms. In float32 with IEEE dots the same ~30 GFLOP run withou
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import triton
 import triton.language as tl
+
+from mamba_core.ops.saving import SavingForm
 
 from mamba_backend_torch_triton.kernels._scan_common import (
     c as _c, can_run, dot_dtype, dot_precision, fallback, launch_fitting, num_warps, pow2,
@@ -105,8 +112,15 @@ _MAX_DIM = 256
 #: warps / bp 32 21.3 ms SISO, 84.7 MIMO (16 rows: 24.0-35.8 and 96-124). The float32 forward stays
 #: slow (cuda_cupy's: 4.2 ms SISO); spill counts do not explain it (16 and 32 rows time alike)
 #: and it has not been profiled on a GPU yet.
+#: "save": the saving form (mamba_core/ops/saving.py; the mixers' forward_train runs it). With
+#: "states" True its forward is the VJP's state recompute (the "bwd"/"bwd_ieee" entry's chunk,
+#: rows and "recompute_bp") writing y as well, and it keeps the chunks' entering states (B
+#: ceil(L/Qk) H P N in the states' dtype: 537 MB at the SISO benchmark shape in bf16 with Qk = 16,
+#: against x's 67 MB); the VJP reads them instead of running the forward again. False: no
+#: residuals (the plain forward; the VJP recomputes).
 CONFIG = {"bwd": {"chunk": 16, "num_warps": 4, "stages": 1, "states16": True, "recompute_bp": None,
                   "state_stride": 1, "rows": 16},
+          "save": {"states": True},
           "fwd": {"chunk": 32, "num_warps": 4, "stages": None, "bp": 32, "rows": 32},
           "bwd_ieee": {"chunk": None, "num_warps": 8, "stages": 1, "recompute_bp": 32, "state_stride": 1,
                        "rows": 16},
@@ -513,10 +527,68 @@ def mamba3_scan(x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_size=64, initia
     return y, sfin, B[:, -1], x[:, -1]
 
 
+@dataclasses.dataclass(frozen=True)
+class SavedStates:
+    """A saving forward's residuals: the entering states of the backward's chunks of Qk tokens
+    (every ``sstride``-th chunk's), (B, ceil(nc / sstride), H, P, N)."""
+
+    states: torch.Tensor
+    qk: int
+    sstride: int
+
+
+def _bwd_launch_conf(x, chunk_size, R):
+    """The backward's CONFIG entry, its chunk cap and its state stride."""
+    conf = CONFIG[conf_key("bwd", x.dtype)]
+    return conf, _chunk_cap(conf, chunk_size, R), max(1, int(conf.get("state_stride") or 1))
+
+
+def mamba3_scan_saving(x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_size=64, initial_state=None,
+                       initial_k=None, initial_v=None):
+    """mamba3_scan's saving form (CONFIG "save"): the outputs and SavedStates, or the plain
+    forward's outputs and None when "states" is off or the scan falls back."""
+    args = (x, dt, A, trap, B, C, D, mimo_x, chunk_size, initial_state, initial_k, initial_v)
+    save = CONFIG["save"]
+    if not save.get("states") or not _supported(x, B, dt, A, trap, C, D, mimo_x, initial_state,
+                                                 initial_k, initial_v):
+        return mamba3_scan(*args), None
+    Bsz, L, H, P = x.shape
+    R, N = B.shape[2], B.shape[4]
+    S0, _ = _s_start(x, dt, trap, initial_state, initial_k, initial_v, mimo_x, Bsz, H, P, N)
+    conf, chunk_b, sstride = _bwd_launch_conf(x, chunk_size, R)
+    bp = conf.get("recompute_bp")
+    res, _ = launch_fitting(
+        _key("save", x, B, chunk_b, D is not None, mimo_x is not None, bp, sstride,
+             CONFIG["bwd"].get("states16", True)),
+        _fits(chunk_b, R),
+        lambda cfg: _run_fwd(x, dt, A, trap, B, C, D, mimo_x, cfg[0], S0, True, True, cfg[1], bp=bp,
+                             sstride=sstride))
+    if res is None:
+        return mamba3_scan(*args), None
+    y, sfin, sin, qk = res[:4]
+    return (y, sfin, B[:, -1], x[:, -1]), SavedStates(sin, qk, sstride)
+
+
+def mamba3_scan_vjp_saved(residuals, cotangent, x, dt, A, trap, B, C, D=None, mimo_x=None,
+                          chunk_size=64, initial_state=None, initial_k=None, initial_v=None):
+    """mamba3_scan_vjp reading the entering states of ``mamba3_scan_saving`` (SavedStates, or
+    None: recomputed)."""
+    return _scan_vjp(residuals, cotangent, x, dt, A, trap, B, C, D, mimo_x, chunk_size,
+                     initial_state, initial_k, initial_v)
+
+
 def mamba3_scan_vjp(cotangent, x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_size=64,
                     initial_state=None, initial_k=None, initial_v=None):
     """Mamba-3 backward (Triton): recompute the entering states, one reverse pass per head,
     then fold ranks and token coefficients in torch."""
+    return _scan_vjp(None, cotangent, x, dt, A, trap, B, C, D, mimo_x, chunk_size, initial_state,
+                     initial_k, initial_v)
+
+
+def _scan_vjp(saved, cotangent, x, dt, A, trap, B, C, D, mimo_x, chunk_size, initial_state,
+              initial_k, initial_v):
+    """mamba3_scan_vjp, reading ``saved`` (a saving forward's SavedStates) instead of recomputing
+    the entering states when its chunk and stride are the backward's launch."""
     dy, dS_L, dk_L, dv_L = cotangent
     if not _supported(x, B, dt, A, trap, C, D, mimo_x, initial_state, initial_k, initial_v,
                       dy, dS_L, dk_L, dv_L):
@@ -542,16 +614,19 @@ def mamba3_scan_vjp(cotangent, x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_
     dD = torch.empty((Bsz, H), dtype=f32, device=dev)
     dS0 = torch.empty((Bsz, H, P, N), dtype=f32, device=dev)
     dummy = dv
-    conf = CONFIG[conf_key("bwd", x.dtype)]
-    chunk_b = _chunk_cap(conf, chunk_size, R)
+    conf, chunk_b, sstride = _bwd_launch_conf(x, chunk_size, R)
     warps = int(conf.get("num_warps") or 8)
-    sstride = max(1, int(conf.get("state_stride") or 1))
 
     def launch(cfg):
         # the recompute runs at the backward's chunk: its entering states are per chunk
         cap, stages = cfg
-        _, _, sin, qk, bqr, nc = _run_fwd(x, dt, A, trap, B, C, D, mimo_x, cap, S0, False, True,
-                                          bp=conf.get("recompute_bp"), sstride=sstride)
+        qk, bqr = _layout(cap, R)
+        nc = triton.cdiv(L, qk)
+        if saved is not None and (saved.qk, saved.sstride) == (qk, sstride):
+            sin = saved.states
+        else:
+            sin = _run_fwd(x, dt, A, trap, B, C, D, mimo_x, cap, S0, False, True,
+                           bp=conf.get("recompute_bp"), sstride=sstride)[2]
         scr = torch.empty((Bsz * H, sstride, P, N), dtype=sin.dtype, device=dev) if sstride > 1 else sin
         _m3_bwd[(Bsz * H,)](
             xc, dtc, Ac, trc, Bc, Cc, Dc if Dc is not None else dummy, mxc if mxc is not None else dummy,
@@ -648,3 +723,4 @@ def mamba3_step(x, dt, A, trap, B, C, state, k_state, v_state, D=None, mimo_x=No
 
 
 KERNELS = {"mamba3_scan": mamba3_scan, "mamba3_scan_vjp": mamba3_scan_vjp, "mamba3_step": mamba3_step}
+SAVING = {"mamba3_scan": SavingForm(mamba3_scan_saving, mamba3_scan_vjp_saved)}

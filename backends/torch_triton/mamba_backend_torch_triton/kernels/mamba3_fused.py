@@ -34,6 +34,12 @@ mamba3_bc's VJP kernel (rotations back, the heads' sums into their group, the bi
 the angle gradients of B and C added). Pairings other than "interleaved" / "halves" and what
 mamba3_scan does not take go through the core's composition.
 
+Saving form (mamba_core/ops/saving.py; the Mamba-3 mixer's forward_train runs it): on the default
+path the forward keeps the per-head B and C it made and mamba3_scan's saving-form residuals (the
+chunk states, kernels/mamba3.py CONFIG "save"), so the VJP runs neither the B/C kernel nor the
+state recompute before the scan's backward. Elsewhere (the fused kernel, the separate ops, the
+fallbacks) it is the plain op with no residuals.
+
 Fallback: what mamba3_scan falls back on (float64, non-CUDA devices, P, N > 256, R > 16), and
 phi in float64, run the core's default composition.
 """
@@ -48,12 +54,14 @@ import triton
 import triton.language as tl
 
 from mamba_core.ops import mamba3_fused as core
+from mamba_core.ops.saving import SavingForm
 
 from mamba_backend_torch_triton.kernels._scan_common import (
     c as _c, dot_dtype, dot_precision, fallback, interpreting, launch_fitting, num_warps, pow2,
 )
 from mamba_backend_torch_triton.kernels.mamba3 import (
-    _chunk_start, _fits, _key, _layout, _s_start, _supported, mamba3_scan, mamba3_scan_vjp,
+    _chunk_start, _fits, _key, _layout, _s_start, _supported, mamba3_scan, mamba3_scan_saving,
+    mamba3_scan_vjp, mamba3_scan_vjp_saved,
 )
 from mamba_backend_torch_triton.kernels.mamba3_bc import (
     _cos_sin, _pair_cols, _pass_cols, _rot, bc_heads_rope, bc_heads_rope_vjp,
@@ -277,8 +285,17 @@ def mamba3_rope_scan_vjp(cotangent, x, dt, A, trap, B, C, phi, B_bias=None, C_bi
                                 trap, B, C, phi, B_bias, C_bias, D, mimo_x, chunk_size, initial_state,
                                 initial_k, initial_v, pairing)
     Bh, Ch = bc_heads_rope(B, C, phi, B_bias, C_bias, x.shape[2], pairing)
-    gs = mamba3_scan_vjp(cotangent, x, dt, A, trap, Bh, Ch, D=D, mimo_x=mimo_x, chunk_size=chunk_size,
-                         initial_state=initial_state, initial_k=initial_k, initial_v=initial_v)
+    return _vjp_from_heads(Bh, Ch, cotangent, x, dt, A, trap, B, C, phi, B_bias, C_bias, D, mimo_x,
+                           chunk_size, initial_state, initial_k, initial_v, pairing)
+
+
+def _vjp_from_heads(Bh, Ch, cotangent, x, dt, A, trap, B, C, phi, B_bias, C_bias, D, mimo_x,
+                    chunk_size, initial_state, initial_k, initial_v, pairing, scan_res=None):
+    """The VJP's scan backward (from a saving forward's states when given) and B/C VJP, on the
+    per-head Bh, Ch."""
+    gs = mamba3_scan_vjp_saved(scan_res, cotangent, x, dt, A, trap, Bh, Ch, D=D, mimo_x=mimo_x,
+                               chunk_size=chunk_size, initial_state=initial_state, initial_k=initial_k,
+                               initial_v=initial_v)
     dB, dC, dBb, dCb, dphi = bc_heads_rope_vjp(gs.pop("B"), gs.pop("C"), B, C, phi, B_bias, C_bias,
                                                pairing)
     out = dict(gs)
@@ -290,4 +307,39 @@ def mamba3_rope_scan_vjp(cotangent, x, dt, A, trap, B, C, phi, B_bias=None, C_bi
     return out
 
 
+def _bc_path(x, dt, A, trap, B, C, phi, B_bias, C_bias, D, mimo_x, initial_state, initial_k,
+             initial_v, pairing) -> bool:
+    """Whether the op and its VJP run the default path: mamba3_bc's kernels around mamba3_scan."""
+    return (pairing in _PAIRINGS and bc_enabled() and not fused_enabled() and _supported(
+        x, B, dt, A, trap, C, phi, B_bias, C_bias, D, mimo_x, initial_state, initial_k, initial_v))
+
+
+def mamba3_rope_scan_saving(x, dt, A, trap, B, C, phi, B_bias=None, C_bias=None, D=None,
+                            mimo_x=None, chunk_size=64, initial_state=None, initial_k=None,
+                            initial_v=None, pairing="interleaved"):
+    """mamba3_rope_scan's saving form: on the default path, the per-head B and C (bc_heads_rope's,
+    2 x B L R H N in B's dtype: 268 MB at the SISO benchmark shape in bf16) and mamba3_scan's
+    saving form's residuals (kernels/mamba3.py CONFIG "save"); elsewhere the plain op and None."""
+    args = (x, dt, A, trap, B, C, phi, B_bias, C_bias, D, mimo_x, chunk_size, initial_state,
+            initial_k, initial_v, pairing)
+    if not _bc_path(x, dt, A, trap, B, C, phi, B_bias, C_bias, D, mimo_x, initial_state, initial_k,
+                    initial_v, pairing):
+        return mamba3_rope_scan(*args), None
+    Bh, Ch = bc_heads_rope(B, C, phi, B_bias, C_bias, x.shape[2], pairing)
+    out, scan_res = mamba3_scan_saving(x, dt, A, trap, Bh, Ch, D, mimo_x, chunk_size, initial_state,
+                                       initial_k, initial_v)
+    return out, (Bh, Ch, scan_res)
+
+
+def mamba3_rope_scan_vjp_saved(residuals, cotangent, x, dt, A, trap, B, C, phi, B_bias=None,
+                               C_bias=None, D=None, mimo_x=None, chunk_size=64, initial_state=None,
+                               initial_k=None, initial_v=None, pairing="interleaved"):
+    """mamba3_rope_scan_vjp from ``mamba3_rope_scan_saving``'s residuals: no B/C kernel and no
+    state recompute before the scan's backward."""
+    Bh, Ch, scan_res = residuals
+    return _vjp_from_heads(Bh, Ch, cotangent, x, dt, A, trap, B, C, phi, B_bias, C_bias, D, mimo_x,
+                           chunk_size, initial_state, initial_k, initial_v, pairing, scan_res)
+
+
 KERNELS = {"mamba3_rope_scan": mamba3_rope_scan, "mamba3_rope_scan_vjp": mamba3_rope_scan_vjp}
+SAVING = {"mamba3_rope_scan": SavingForm(mamba3_rope_scan_saving, mamba3_rope_scan_vjp_saved)}
