@@ -17,7 +17,8 @@ SASS. The device's Triton may differ from this machine's: install the device's v
 
 Arguments: NAME=VALUE sets a constexpr (ints, True/False; a constexpr left out takes its
 default). The other parameters are typed by name: pointers to --ptr (default fp32, 16-byte
-aligned, as the torch glue passes contiguous tensors) for names starting with a capital letter,
+aligned, as the torch glue passes contiguous tensors) for names starting with a capital letter
+or ending in "_ptr",
 except those --ints lists (default L,N,E,Eg,H,S,K,CPS: give the kernel's own list where a
 capitalised name is a pointer, e.g. --ints N,Eg for selective_scan's step kernel, whose S is the
 state) and --floats lists; every other name is an int32.
@@ -84,7 +85,7 @@ def signature(fn, consts: dict, ptr: str, ints, floats):
                 raise SystemExit(f"sass_stats: constexpr {name} has no default: give {name}=VALUE")
         elif name in floats:
             sig[name] = "fp32"
-        elif name in ints or not name[0].isupper():
+        elif name in ints or not (name[0].isupper() or name.endswith("_ptr")):
             sig[name] = "i32"
         else:
             sig[name] = f"*{ptr}"

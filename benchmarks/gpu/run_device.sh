@@ -81,12 +81,12 @@
 #   bash benchmarks/gpu/run_device.sh s13         session 13's defaults (run 39; its device time was short): Mamba-3 yardstick,
 #                                                 certificate entries and GPU tests, Mamba-1 yardstick, kernel tables,
 #                                                 the VJP grid at BE=16, decode with kernel tables
-#   bash benchmarks/gpu/run_device.sh s14         Mamba-1 certificate entries and GPU tests under the BE=16 bf16 VJP, Mamba-3's
-#                                                 saving forms (tests, certificate entries, kernel table), the Mamba-3 and Mamba-1
-#                                                 yardsticks alone on the machine, decode with kernel tables (no-PDL graph too),
-#                                                 the float32 VJP at BE=16
-#   bash benchmarks/gpu/run_device.sh s14b        the next session's second call (not yet run): the Mamba-2 yardstick, cuda_cupy
-#                                                 GEMVs under every split, decode beside graphs with the split forced to 2 and 4
+#   bash benchmarks/gpu/run_device.sh s14         the next session's first call (not yet run): the saving forms and the BE=16 bf16
+#                                                 Mamba-1 VJP (GPU tests, certificate entries), the Mamba-3 and Mamba-1 yardsticks
+#                                                 alone on the machine, Mamba-3's kernel table, the B/C VJP at 1-2 warps, the Mamba-1
+#                                                 VJP grid (BE=32, the state-saving forward's launch), the float32 VJP at BE=16
+#   bash benchmarks/gpu/run_device.sh s14b        the next session's second call (not yet run): decode with kernel tables, the
+#                                                 Mamba-2 yardstick, cuda_cupy GEMVs under every split, decode with the split forced
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
 #   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
 # Optional carries: .cache/ with tarballs of an earlier call's ~/.triton/cache
@@ -129,12 +129,15 @@ job() { local name=$1 t=$2; shift 2; (timeout "$t" "$@" > "$R/$name.log" 2>&1; e
 tmo() { local l=$(( ${DEADLINE:-560} - SECONDS )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 case "${1:-certify}" in
 s14b)
-    # The next session's second call (not yet run): cuda_cupy's batch-1 margin. The GEMVs alone
-    # under every split (in_proj's K over 2 or 4 warps too, which "auto" never picks at batch 1),
+    # The next session's second call (not yet run): cuda_cupy's batch-1 margin. Decode with
+    # kernel tables (the graph without PDL too; moved here from s14), the GEMVs alone under
+    # every split (in_proj's K over 2 or 4 warps too, which "auto" never picks at batch 1),
     # then decode beside graphs with the split forced to 2 and to 4, each with torch_triton.
     results_dir
-    DEADLINE=${DEADLINE:-420}
-    # first the Mamba-2 SSD yardstick, its official row now without .grad accumulation (d0a9a75)
+    DEADLINE=${DEADLINE:-500}
+    GPU_CHECK_DECODE_KERNELS=1 GPU_CHECK_PARTS=decode timeout $(tmo 75) python3 backends/cuda_cupy/gpu_check.py "$R/decode" > "$R/decode.log" 2>&1
+    echo "decode rc=$?"; grep -E "decode batch|torch_triton" "$R/decode.log" | cut -c1-300
+    # the Mamba-2 SSD yardstick, its official row now without .grad accumulation (d0a9a75)
     YARDSTICK_PARTS=mamba2 timeout $(tmo 70) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m2" > "$R/yardstick-m2.log" 2>&1
     echo "yardstick m2 rc=$?"; grep -E "Mamba-2|FAILED" "$R/yardstick-m2.log" | cut -c1-300
     CHECK_GEMV_SPLITS=0,auto,2,4 timeout $(tmo 120) python3 benchmarks/gpu/check_mixer_step.py "$R/kernels" > "$R/check_mixer_step.log" 2>&1
@@ -146,11 +149,14 @@ s14b)
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
     ;;
 s14)
-    # The next session's first call (written in session 13, not yet run): what run 39 left out
-    # or could not time cleanly. Correctness beside the official Mamba-1 build (nothing timed then), then each timing
-    # with the GPU and the host to itself: the Mamba-3 and Mamba-1 yardsticks (the official rows
-    # without .grad accumulation since d0a9a75; bf16 Mamba-1 VJP at BE=16), decode with kernel
-    # tables (the graph without PDL too), the float32 VJP at BE=16 beside BE=8.
+    # The next session's first call (written in sessions 13-14; no device was lent in 14): the
+    # saving forms (Mamba-3's per-head B/C and chunk states kept by the forward; Mamba-1's states
+    # as an option) and the BE=16 bf16 Mamba-1 VJP. Correctness beside the official Mamba-1
+    # build (nothing timed then), then each timing with the GPU and the host to itself, most
+    # telling first: the Mamba-3 yardstick (saving form against no residuals), the Mamba-1
+    # yardstick (the official rows without .grad accumulation since d0a9a75; the states-kept
+    # row), Mamba-3's kernel table, the B/C VJP at 1-2 warps (no barriers in its head loop:
+    # benchmarks/sass_stats.py), the Mamba-1 VJP grid, the float32 VJP at BE=16.
     results_dir
     DEADLINE=${DEADLINE:-570}
     job ss_build $(tmo 240) python3 benchmarks/gpu/build_official_ss.py .official /tmp/ss_build
@@ -168,20 +174,21 @@ s14)
     echo "yardstick m3 rc=$?"; grep -E "Mamba-3 SISO|FAILED|pieces" "$R/yardstick-m3.log" | cut -c1-300
     [ -d /tmp/ss_build ] && YARDSTICK_PARTS=mamba1 timeout $(tmo 60) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m1" > "$R/yardstick-m1.log" 2>&1
     echo "yardstick m1 rc=$?"; grep -E "Mamba-1|FAILED" "$R/yardstick-m1.log" | cut -c1-300
+    YARDSTICK_M3_AUTOTUNE=reduced timeout $(tmo 30) python3 benchmarks/gpu/ncu_targets.py m3_ours --kernels 20 > "$R/kernels_m3_ours.log" 2>&1
+    echo "kernels m3_ours rc=$?"; grep -v "Warning\|_warn_once" "$R/kernels_m3_ours.log" | head -n 14 | cut -c1-160
+    # the B/C VJP (0.50 ms against the official's 0.29, run 39): its head loop at 4 warps has 24
+    # barriers a head (the bias shares' sums over T); at 1 warp none (sass_stats, session 14)
+    SWEEP_BC="8:4:-" SWEEP_BC_VJP="8:4:-,4:1:-,4:2:-,8:2:-,2:1:-" \
+        timeout $(tmo 45) python3 benchmarks/gpu/sweep_tt.py "$R/bc" --parts bc --budget 40 > "$R/sweep_bc.log" 2>&1
+    echo "sweep bc rc=$?"; grep -E "bc (bc|bc_vjp) " "$R/sweep_bc.log" | cut -c1-200
     # bf16 VJP: 4 channels a thread (a quarter of BE=8's dB/dC partials); the state-saving
     # forward at launches of its own (save_BE:save_warps; 0.66 ms of run 39's 3.4)
     SWEEP_M1_FWD="tr_fold:16:16:1" SWEEP_M1_BWD="lanes:4:16:1:255,lanes:4:32:1:255,lanes:4:16:1:255:8:1,lanes:4:16:1:255:32:4,lanes:4:16:1:255:64:4" \
         timeout $(tmo 60) python3 benchmarks/gpu/sweep_tt.py "$R/m1_bf16" --parts m1 --budget 55 > "$R/sweep_m1_bf16.log" 2>&1
     echo "sweep bf16 rc=$?"; grep -E "m1 (fwd|vjp)" "$R/sweep_m1_bf16.log" | cut -c1-200
-    GPU_CHECK_DECODE_KERNELS=1 GPU_CHECK_PARTS=decode timeout $(tmo 75) python3 backends/cuda_cupy/gpu_check.py "$R/decode" > "$R/decode.log" 2>&1
-    echo "decode rc=$?"; grep -E "decode batch|torch_triton" "$R/decode.log" | cut -c1-300
     SWEEP_M1_DTYPE=float32 SWEEP_M1_FWD="tr_scan:8:8:1" SWEEP_M1_BWD="lanes:4:16:1:255,lanes:4:8:1:128" \
         timeout $(tmo 40) python3 benchmarks/gpu/sweep_tt.py "$R/m1_f32" --parts m1 --budget 35 > "$R/sweep_m1_f32.log" 2>&1
     echo "sweep f32 rc=$?"; grep -E "m1 (fwd|vjp)" "$R/sweep_m1_f32.log" | cut -c1-200
-    timeout $(tmo 25) python3 benchmarks/gpu/ncu_targets.py m1_ours --kernels 20 > "$R/kernels_m1_ours.log" 2>&1
-    echo "kernels m1_ours rc=$?"; grep -v "Warning\|_warn_once" "$R/kernels_m1_ours.log" | head -n 8 | cut -c1-160
-    YARDSTICK_M3_AUTOTUNE=reduced timeout $(tmo 30) python3 benchmarks/gpu/ncu_targets.py m3_ours --kernels 20 > "$R/kernels_m3_ours.log" 2>&1
-    echo "kernels m3_ours rc=$?"; grep -v "Warning\|_warn_once" "$R/kernels_m3_ours.log" | head -n 14 | cut -c1-160
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
     ;;
 s13)

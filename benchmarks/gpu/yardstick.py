@@ -39,6 +39,17 @@ def _env(name, value):
             os.environ[name] = old
 
 
+@contextlib.contextmanager
+def _config(table: dict, key: str, value):
+    """``table[key]`` (a kernel module's CONFIG entry) set to ``value`` inside the block."""
+    old = table[key]
+    table[key] = value
+    try:
+        yield
+    finally:
+        table[key] = old
+
+
 def bench(fn):
     return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
 
@@ -228,6 +239,17 @@ def mamba1():
     off_fbt = bench(off_fb)
     row("Mamba-1 selective scan fwd", ours_f, off_f, f"ours: {note}" if note else "")
     row("Mamba-1 selective scan fwd+bwd", ours_fb, off_fbt, f"ours: {note}" if note else "")
+    # the saving form with its states kept (CONFIG "save", off by default: 8x u's memory in
+    # float32 states at this shape), as the mixer's forward_train and backward would run it
+    from mamba_backend_torch_triton.kernels import selective_scan as SS
+
+    def saving_fb():
+        out, res = be.ops.forward_saving("selective_scan", *args)
+        return out, be.ops.vjp_saved("selective_scan", res, (dy, None), *args)
+
+    with _config(SS.CONFIG, "save", {"states": True}):
+        row("Mamba-1 selective scan fwd+bwd, states kept (saving form)", bench(saving_fb), off_fbt,
+            "ours: the forward keeps the VJP's chunk states (537 MB here)")
     # (until session 13 also three diagnostic rows for the 16-bit VJP's upcast options, which
     # decided against upcasting: runs 29-30 and 39 in benchmarks/results/gpu-20261207-h100)
 

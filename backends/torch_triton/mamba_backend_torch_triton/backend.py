@@ -41,7 +41,8 @@ class TorchTritonBackend(Backend):
 
     @property
     def saving(self):
-        """Saving forms (mamba_core/ops/saving.py): mamba3_scan, mamba3_rope_scan."""
+        """Saving forms (mamba_core/ops/saving.py): mamba3_scan, mamba3_rope_scan (per-head B/C
+        and chunk states kept), selective_scan (chunk states, when its CONFIG "save" asks)."""
         if not hasattr(self, "_saving_forms"):
             self._saving_forms = _kernels.collect("SAVING")
         return self._saving_forms

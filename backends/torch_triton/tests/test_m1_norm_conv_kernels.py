@@ -216,6 +216,47 @@ def test_selective_scan_vjp_upcast_bf16(name, mode, chunk):
     run_scan(TR_CASES, name, "bfloat16", step=False)
 
 
+@pytest.mark.parametrize("name,variant,dtype", [  # (the interpreter: 2-20 s each)
+    ("all,G=2,N=5,T=4,L=11,no softplus", "lanes", "float32"),
+    ("all,G=2,N=5,T=4,L=11,no softplus", "lanes", "bfloat16"),
+    ("all,L=37,G=2", "lanes", "float32"),
+    ("all,G=2,N=5,T=4,L=11,no softplus", "tr", "float32"),
+    ("all,G=2,N=5,T=4,L=11,no softplus", "base", "bfloat16"),
+])
+def test_selective_scan_saving_form(name, variant, dtype, chunk, monkeypatch):
+    """The saving form (CONFIG "save": {"states": True}): the plain op's outputs, SavedChunkStates
+    at the VJP's chunk and layout, and the plain VJP's gradients from them without a
+    state-saving launch; with "states" off (the default) it keeps nothing."""
+    from mamba_backend_torch_triton.backend import TorchTritonBackend
+
+    be = TorchTritonBackend()
+    c = TR_CASES[name]
+    ks.CONFIG["interpret"] = dict(ks.CONFIG["interpret"], variant=variant, T=c.get("T", 8))
+    inp = scan_inputs(c, np.random.default_rng(3))
+    args = {k: dev(v, dtype, wide=k in ("A", "initial_state")) for k, v in inp.items()}
+    sp = bool(c["sp"])
+    plain = ks.selective_scan(**args, delta_softplus=sp)
+    assert be.ops.forward_saving("selective_scan", **args, delta_softplus=sp)[1] is None  # off by default
+    monkeypatch.setitem(ks.CONFIG, "save", {"states": True})
+    out, res = be.ops.forward_saving("selective_scan", **args, delta_softplus=sp)
+    assert isinstance(res, ks.SavedChunkStates) and res.T == ks.CONFIG["interpret"]["T"]
+    assert res.transposed == (variant == "tr") and res.states.dtype == torch.float32
+    for g, w, what in zip(out, plain, ("y", "final_state")):
+        check(g, w.double().cpu().numpy(), dtype, what)
+    rng = np.random.default_rng(4)
+    cot = (dev(rng.standard_normal(tuple(plain[0].shape)), dtype),
+           dev(rng.standard_normal(tuple(plain[1].shape)), dtype, wide=True))
+    want = ks.selective_scan_vjp(cot, **args, delta_softplus=sp)
+    launches, launch = [], ks._scan_launch
+    monkeypatch.setattr(ks, "_scan_launch", lambda *a, **k: (launches.append(a[12] is not None), launch(*a, **k)))
+    got = be.ops.vjp_saved("selective_scan", res, cot, **args, delta_softplus=sp)
+    assert launches == []  # no state-saving forward: the states came from the saving form
+    check_dict(got, {k: v.double().cpu().numpy() for k, v in want.items()}, dtype, "vjp_saved")
+    ks.CONFIG["interpret"] = dict(ks.CONFIG["interpret"], T=2 * res.T)  # the VJP now at another chunk
+    be.ops.vjp_saved("selective_scan", res, cot, **args, delta_softplus=sp)
+    assert launches == [True]  # mismatched states are not read: recomputed
+
+
 def test_selective_scan_unknown_variant_is_named(chunk, monkeypatch):
     # the config the device in use reads for these float32 inputs
     key = "interpret" if DEV == "cpu" else ("fwd_f32" if "fwd_f32" in ks.CONFIG else "fwd")

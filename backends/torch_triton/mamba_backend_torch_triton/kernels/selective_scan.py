@@ -61,6 +61,10 @@ conversion, the chunk's values kept in registers between its forward and reverse
 (kernels/selective_scan_lanes.py has the design and its compiled cost); CONFIG "maxnreg" caps
 its registers. A sweep candidate, not yet timed on a GPU.
 
+Saving form (``SAVING``; mamba_core/ops/saving.py), off unless CONFIG "save" asks: the forward
+is the VJP's state-saving forward writing y too, and keeps its states for the VJP, which then
+launches its kernel alone (memory: CONFIG's comment).
+
 VJP (recompute): the forward kernel runs again keeping only the state entering each chunk
 ((B, L/T, E, NP) float32; "tr": (B, L/T, NP, E)); the backward kernel walks the chunks in reverse: recomputes the
 chunk's states from the saved one, runs the adjoint g_t = C_t dy'_t + a_{t+1} g_{t+1} as a
@@ -120,10 +124,14 @@ accurate log1p.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
+
+from mamba_core.ops.saving import SavingForm
 
 from mamba_backend_torch_triton.kernels._glue import default, interpreting, last_contig, pow2, runs_here
 
@@ -168,6 +176,14 @@ CONFIG = {
     # T capped by pow2(L); "lanes", the GPU's VJP, so CI's interpreter certificate covers it
     # (its forward then runs "seq"; the other variants have interpreter tests of their own)
     "interpret": {"T": 64, "BE": 8, "num_warps": 1, "variant": "lanes"},
+    # the saving form (mamba_core/ops/saving.py; the Mamba-1 mixer's forward_train runs it):
+    # "states" True runs the forward as the VJP's state-saving forward writing y too, and keeps
+    # the VJP's chunk-entry states, (B, ceil(L/T), E, NP) float32 at the VJP's T: 16 E NP / T
+    # bytes a token, 537 MB a layer at the benchmark shape (T=4, N=16) against u's 67 MB in bf16,
+    # more than the rest of the layer's saved activations. So it is off: the forward keeps nothing
+    # and the VJP recomputes the states (0.66 ms of run 39's 3.4 ms forward+backward). Not yet
+    # timed on a GPU (run_device.sh s14's Mamba-1 yardstick has the row).
+    "save": {"states": False},
 }
 
 
@@ -909,6 +925,52 @@ def selective_scan_step(u, delta, A, B, C, state, D=None, z=None, delta_bias=Non
     return y, ns
 
 
+@dataclasses.dataclass(frozen=True)
+class SavedChunkStates:
+    """The saving forward's residuals: the VJP's chunk-entry states, at its chunk T, in the
+    transposed layout (B, nchunks, NP, E) or not (B, nchunks, E, NP)."""
+
+    states: torch.Tensor
+    T: int
+    transposed: bool
+
+
+def selective_scan_saving(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                          initial_state=None):
+    """selective_scan's saving form (CONFIG "save"): with "states", the VJP's state-saving
+    forward writing y too, and its states (SavedChunkStates); else the plain forward and None."""
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+    if not CONFIG["save"].get("states") or not runs_here(u, delta, A, B, C, D, z, delta_bias,
+                                                          initial_state) or u.shape[1] == 0:
+        return selective_scan(*args), None
+    cfg = _cfg("bwd", u.device, u.shape[1], u.dtype)
+    if u.dtype != torch.float32 and cfg.get("upcast"):  # the VJP runs on float32 launches
+        return selective_scan(*args), None
+    u, delta, A, B, C, D, z, delta_bias, initial_state = _prep(
+        u, delta, A, B, C, D, z, delta_bias, initial_state)
+    Bsz, L, E = u.shape
+    G, N = B.shape[2], B.shape[3]
+    variant, T, NP = _variant(cfg), cfg["T"], pow2(N)
+    tr = variant in TRANSPOSED
+    nchunks = triton.cdiv(L, T)
+    hs = torch.empty((Bsz, nchunks, NP, E) if tr else (Bsz, nchunks, E, NP), dtype=torch.float32,
+                     device=u.device)
+    y = torch.empty((Bsz, L, E), dtype=u.dtype, device=u.device)
+    hf = torch.empty((Bsz, E, N), dtype=torch.float32, device=u.device)
+    _scan_launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, y, hf, hs, T,
+                 _block_e(E // G, cfg.get("save_BE", cfg["BE"])), cfg.get("save_warps", cfg["num_warps"]),
+                 variant)
+    return (y, hf), SavedChunkStates(hs, T, tr)
+
+
+def selective_scan_vjp_saved(residuals, cotangent, u, delta, A, B, C, D=None, z=None,
+                             delta_bias=None, delta_softplus=False, initial_state=None):
+    """selective_scan_vjp from ``selective_scan_saving``'s states (SavedChunkStates, or None:
+    recomputed): the VJP kernel alone when they are at its chunk and layout."""
+    return _vjp(residuals, cotangent, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                initial_state)
+
+
 def selective_scan_vjp(cotangent, u, delta, A, B, C, D=None, z=None, delta_bias=None,
                        delta_softplus=False, initial_state=None):
     """Selective scan VJP. cotangent = (dy (B, L, E) | None, dh_L (B, E, N) | None) -> dict.
@@ -918,6 +980,12 @@ def selective_scan_vjp(cotangent, u, delta, A, B, C, D=None, z=None, delta_bias=
     16-bit inputs under CONFIG "bwd" "upcast": True (an option; not the default since run 38),
     float32 copies of u, delta, z, B, C, dy.
     """
+    return _vjp(None, cotangent, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+
+
+def _vjp(saved, cotangent, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
+    """selective_scan_vjp; ``saved``: a saving forward's SavedChunkStates, read instead of
+    running the state-saving forward when they match the VJP's chunk and layout."""
     from mamba_core.ops.selective_scan import _split_cotangent
 
     dy, dhL = _split_cotangent(cotangent)
@@ -954,8 +1022,10 @@ def selective_scan_vjp(cotangent, u, delta, A, B, C, D=None, z=None, delta_bias=
     dy = torch.zeros((Bsz, L, E), **f32) if dy is None else last_contig(dy)
     dhL = None if dhL is None else dhL.contiguous()
     tr = variant in TRANSPOSED
-    hs = torch.empty((Bsz, nchunks, NP, E) if tr else (Bsz, nchunks, E, NP), **f32)
-    if L > 0:
+    if saved is not None and (saved.T, saved.transposed) == (T, tr):
+        hs = saved.states
+    elif L > 0:
+        hs = torch.empty((Bsz, nchunks, NP, E) if tr else (Bsz, nchunks, E, NP), **f32)
         # the state-saving forward: the VJP's chunk T (the states' granularity), its own channels
         # a program and warps when CONFIG names them ("save_BE", "save_warps"; the states'
         # layout does not depend on them), else the VJP's
@@ -1025,3 +1095,4 @@ KERNELS = {
     "selective_scan_step": selective_scan_step,
     "selective_scan_vjp": selective_scan_vjp,
 }
+SAVING = {"selective_scan": SavingForm(selective_scan_saving, selective_scan_vjp_saved)}
