@@ -391,6 +391,15 @@ def mamba3():
                 bench(ours_full_fb), off_fbt, "ours: angles, rope_scan (saving form), gate and their VJPs")
     row("Mamba-3 SISO fwd+bwd, whole op, no residuals", bench(mamba3_whole_fb(be, t, saving=False)),
         off_fbt, "ours: the plain rope_scan and VJP (it recomputes B/C and the states)")
+    # the saving form's memory options (kernels/mamba3.py CONFIG "save"): half the states
+    # (every other chunk's; the VJP recomputes the rest), or B/C alone
+    from mamba_backend_torch_triton.kernels import mamba3 as M3
+
+    for save, what in (({"states": True, "state_stride": 2}, "every other chunk's states kept (268 MB)"),
+                       ({"states": False}, "per-head B/C kept, states recomputed")):
+        with _config(M3.CONFIG, "save", save):
+            row(f"Mamba-3 SISO fwd+bwd, whole op, {what}", bench(ours_full_fb), off_fbt,
+                "ours: the saving form under that CONFIG")
     # where the whole op's backward goes (each piece alone, on the inputs it sees there)
     cot0 = (dy, None, None, None)
     g0 = be.ops.mamba3_rope_scan_vjp(cot0, *rs_args(phi0), **rs_kw)

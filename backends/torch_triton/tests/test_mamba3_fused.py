@@ -230,3 +230,29 @@ def test_scan_saving_states_feed_the_backward_only_at_its_launch(dtype, monkeypa
     assert recomputes == [True]  # the saved states are per Qk chunk, the backward now per 2 Qk
     for k in want:
         assert rel(got[k], want[k].double().cpu().numpy()) < (2e-4 if dtype == torch.float32 else 4e-2), k
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_scan_saving_form_with_a_state_stride(dtype, monkeypatch):
+    """CONFIG["save"]["state_stride"] = 2: every other chunk's state kept (half the memory); the
+    VJP recomputes the others in its blocks and gives the plain VJP's gradients, with no
+    separate state-recompute launch."""
+    import array_api_compat.torch as xpt
+
+    monkeypatch.setitem(M3.CONFIG, "save", dict(M3.CONFIG["save"], states=True, state_stride=2))
+    ta, tk, _, _ = inputs(CASES["SISO,G=1,H=2,bias,h0/k0/v0"], dtype)
+    Bh = core.heads(xpt, ta["B"], 2, tk["B_bias"])
+    Ch = core.heads(xpt, ta["C"], 2, tk["C_bias"])
+    sk = dict(D=tk["D"], chunk_size=64, initial_state=tk["initial_state"], initial_k=tk["initial_k"],
+              initial_v=tk["initial_v"])
+    args = (ta["x"], ta["dt"], ta["A"], ta["trap"], Bh, Ch)
+    out, res = M3.mamba3_scan_saving(*args, **sk)
+    nc = -(-ta["x"].shape[1] // res.qk)
+    assert res.sstride == 2 and res.states.shape[1] == -(-nc // 2) and nc > 1
+    cot = tuple(torch.ones_like(g) for g in out)
+    want = M3.mamba3_scan_vjp(cot, *args, **sk)
+    recomputes = _count_recomputes(monkeypatch)
+    got = M3.mamba3_scan_vjp_saved(res, cot, *args, **sk)
+    assert recomputes == []
+    for k in want:
+        assert rel(got[k], want[k].double().cpu().numpy()) < (2e-4 if dtype == torch.float32 else 4e-2), k

@@ -117,10 +117,12 @@ _MAX_DIM = 256
 #: rows and "recompute_bp") writing y as well, and it keeps the chunks' entering states (B
 #: ceil(L/Qk) H P N in the states' dtype: 537 MB at the SISO benchmark shape in bf16 with Qk = 16,
 #: against x's 67 MB); the VJP reads them instead of running the forward again. False: no
-#: residuals (the plain forward; the VJP recomputes).
+#: residuals (the plain forward; the VJP recomputes). "state_stride" K (None: the backward's
+#: own, 1) keeps every K-th chunk's state (K times less memory); the VJP then recomputes the
+#: others per block of K chunks, as under the backward's "state_stride" (not yet timed).
 CONFIG = {"bwd": {"chunk": 16, "num_warps": 4, "stages": 1, "states16": True, "recompute_bp": None,
                   "state_stride": 1, "rows": 16},
-          "save": {"states": True},
+          "save": {"states": True, "state_stride": None},
           "fwd": {"chunk": 32, "num_warps": 4, "stages": None, "bp": 32, "rows": 32},
           "bwd_ieee": {"chunk": None, "num_warps": 8, "stages": 1, "recompute_bp": 32, "state_stride": 1,
                        "rows": 16},
@@ -556,6 +558,7 @@ def mamba3_scan_saving(x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_size=64,
     R, N = B.shape[2], B.shape[4]
     S0, _ = _s_start(x, dt, trap, initial_state, initial_k, initial_v, mimo_x, Bsz, H, P, N)
     conf, chunk_b, sstride = _bwd_launch_conf(x, chunk_size, R)
+    sstride = max(1, int(save.get("state_stride") or sstride))
     bp = conf.get("recompute_bp")
     res, _ = launch_fitting(
         _key("save", x, B, chunk_b, D is not None, mimo_x is not None, bp, sstride,
@@ -615,6 +618,8 @@ def _scan_vjp(saved, cotangent, x, dt, A, trap, B, C, D, mimo_x, chunk_size, ini
     dS0 = torch.empty((Bsz, H, P, N), dtype=f32, device=dev)
     dummy = dv
     conf, chunk_b, sstride = _bwd_launch_conf(x, chunk_size, R)
+    if saved is not None:
+        sstride = saved.sstride  # the backward walks blocks of the chunks whose states were kept
     warps = int(conf.get("num_warps") or 8)
 
     def launch(cfg):
@@ -622,7 +627,7 @@ def _scan_vjp(saved, cotangent, x, dt, A, trap, B, C, D, mimo_x, chunk_size, ini
         cap, stages = cfg
         qk, bqr = _layout(cap, R)
         nc = triton.cdiv(L, qk)
-        if saved is not None and (saved.qk, saved.sstride) == (qk, sstride):
+        if saved is not None and saved.qk == qk:
             sin = saved.states
         else:
             sin = _run_fwd(x, dt, A, trap, B, C, D, mimo_x, cap, S0, False, True,
