@@ -15,8 +15,8 @@ the TTGIR, and the count of the instruction families that usually tell where the
 SASS. The device's Triton may differ from this machine's: install the device's version beside
 (pip install --target DIR triton==X; PYTHONPATH=DIR) to compare like with like.
 
-Arguments: NAME=VALUE sets a constexpr (ints, True/False; a constexpr left out takes its
-default). The other parameters are typed by name: pointers to --ptr (default fp32, 16-byte
+Arguments: NAME=VALUE sets a constexpr (ints, True/False, tl.<dtype>, strings such as
+PREC=ieee; a constexpr left out takes its default). The other parameters are typed by name: pointers to --ptr (default fp32, 16-byte
 aligned, as the torch glue passes contiguous tensors) for names starting with a capital letter
 or ending in "_ptr",
 except those --ints lists (default L,N,E,Eg,H,S,K,CPS: give the kernel's own list where a
@@ -47,12 +47,20 @@ FAMILIES = ("SHFL", "BAR", "STS", "LDS", "MUFU", "FFMA", "FMUL", "FADD", "LDG", 
 
 
 def _value(v: str):
+    """A constexpr's value: True/False, an int, a float, tl.<dtype> (e.g. tl.bfloat16), else the
+    string itself (e.g. PREC=ieee)."""
     if v in ("True", "False"):
         return v == "True"
-    try:
-        return int(v)
-    except ValueError:
-        return float(v)
+    if v.startswith("tl."):
+        import triton.language as tl
+
+        return getattr(tl, v[3:])
+    for kind in (int, float):
+        try:
+            return kind(v)
+        except ValueError:
+            pass
+    return v
 
 
 def kernel(spec: str):

@@ -87,6 +87,8 @@
 #                                                 VJP grid (BE=32, the state-saving forward's launch), the float32 VJP at BE=16
 #   bash benchmarks/gpu/run_device.sh s14b        the next session's second call (not yet run): decode with kernel tables, the
 #                                                 Mamba-2 yardstick, cuda_cupy GEMVs under every split, decode with the split forced
+#   bash benchmarks/gpu/run_device.sh s14c        the next session's third call (not yet run): the "blocked" Mamba-3 backward's
+#                                                 GPU tests, then the VJP grid, serial against blocks of 2, 4 and 8 chunks
 #   bash benchmarks/gpu/run_device.sh certify     torch_triton certificate (all dtypes) + yardstick
 #   bash benchmarks/gpu/run_device.sh certify32   torch_triton float32 certificate + yardstick parts
 # Optional carries: .cache/ with tarballs of an earlier call's ~/.triton/cache
@@ -189,6 +191,20 @@ s14)
     SWEEP_M1_DTYPE=float32 SWEEP_M1_FWD="tr_scan:8:8:1" SWEEP_M1_BWD="lanes:4:16:1:255,lanes:4:8:1:128" \
         timeout $(tmo 40) python3 benchmarks/gpu/sweep_tt.py "$R/m1_f32" --parts m1 --budget 35 > "$R/sweep_m1_f32.log" 2>&1
     echo "sweep f32 rc=$?"; grep -E "m1 (fwd|vjp)" "$R/sweep_m1_f32.log" | cut -c1-200
+    tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
+    ;;
+s14c)
+    # The next session's third call (written in session 14, not yet run): the "blocked" Mamba-3
+    # backward (kernels/mamba3.py CONFIG "bwd" "variant"), checked on the GPU against the serial
+    # one, then the VJP grid: serial against blocks of 2, 4 and 8 chunks (bf16, SISO shape).
+    results_dir
+    DEADLINE=${DEADLINE:-450}
+    timeout $(tmo 120) env TRITON_INTERPRET=0 python3 -m pytest -q -rs -p no:cacheprovider \
+        backends/torch_triton/tests/test_mamba3_fused.py -k "blocked or saving or state_stride" > "$R/tt_blocked_tests.log" 2>&1
+    echo "blocked tests rc=$?"; tail -n 2 "$R/tt_blocked_tests.log" | cut -c1-300
+    SWEEP_M3_FWD="-:-:-" SWEEP_M3="16:4:1,16:4:1:-:-:2,16:4:1:-:-:4,16:4:1:-:-:8,16:8:1:-:-:4,32:4:1:-:-:2" \
+        timeout $(tmo 300) python3 benchmarks/gpu/sweep_tt.py "$R/m3_blocked" --parts m3 --budget 290 > "$R/sweep_m3_blocked.log" 2>&1
+    echo "sweep m3 rc=$?"; grep -E "m3 bwd|VJP" "$R/sweep_m3_blocked.log" | cut -c1-220
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
     ;;
 s13)

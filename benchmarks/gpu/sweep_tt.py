@@ -23,7 +23,8 @@ Parts (each writes OUT_DIR/sweep_tt.json when it ends, so a timeout keeps what w
           as SWEEP_M3), then mamba3_scan_vjp over a grid of kernels/mamba3.CONFIG["bwd"]
           (chunk cap, num_warps, stages; "-" keeps the default), each config's gradients
           compared with the first's. SWEEP_M3_DTYPE=float32 sweeps the "fwd_ieee" / "bwd_ieee"
-          entries instead; SWEEP_M3_R=4 times MIMO (R ranks, mimo_x). SWEEP_M3="chunk:warps:stages[:bp],..." replaces the grid;
+          entries instead; SWEEP_M3_R=4 times MIMO (R ranks, mimo_x). SWEEP_M3="chunk:warps:stages[:bp[:stride[:block]]],..." replaces the grid
+          (block: the "blocked" backward, that many chunks a program);
           SWEEP_M3_WARM=1 only compiles (B=1; the kernels do not take B, so a later process
           at B=8 hits Triton's cache): one such process a config compiles the grid in parallel.
   bc      Mamba-3's B/C prologue kernels (kernels/mamba3_bc.py) at the m3 shape, G=1, S=32
@@ -153,7 +154,8 @@ M3_BWD = [(16, 4, 1), (16, 4, 1, 32), (16, 4, 1, 16), (16, 4, 1, None, 4), (16, 
 # entry is the state rows a program of the backward's state recompute ("recompute_bp", None:
 # min(P, 64)); of the forward, "bp": B H P / bp programs instead of B H (256 at this shape). A 5th
 # (backward) is "state_stride" K: every K-th entering state kept, the others recomputed in the
-# backward (compiled for sm_90 at chunk 16 / 4 warps: 557 spill loads against 367 at K=1).
+# backward (compiled for sm_90 at chunk 16 / 4 warps: 557 spill loads against 367 at K=1). A 6th
+# (backward) runs the "blocked" variant with that many chunks a program (session 14, untimed).
 # Forward launches (CONFIG["fwd"]): compiled for sm_90 the forward spills 329 loads and stores at
 # chunk 64, 32 at chunk 32, none at 16 (8 warps); run 23 timed chunk 64 (the default) 0.449 ms,
 # chunk 32 / 8 warps 0.440, chunk 16 / 8 warps 0.610.
@@ -419,7 +421,7 @@ def part_m3(deadline):
 
 
 def _m3_launches(M3, kind, grid, call, rel_of, deadline, warm, entries):
-    """Time ``call`` under each (chunk, warps, stages[, bp[, state_stride]]) of ``grid`` set in
+    """Time ``call`` under each (chunk, warps, stages[, bp[, state_stride[, block]]]) of ``grid`` set in
     M3.CONFIG[kind] ("fwd", "bwd" or their "_ieee" float32 entries; the grid's chunk replaces the
     entry's "rows" cap); each result is compared with the first config's (rel_of); warm: only
     compile (first call)."""
@@ -433,13 +435,17 @@ def _m3_launches(M3, kind, grid, call, rel_of, deadline, warm, entries):
         extra = {bp_key: bp}
         if kind.startswith("bwd"):
             extra["state_stride"] = rest[1] if len(rest) > 1 else None
+            # a 6th field: the "blocked" backward, its block of chunks a program
+            extra["variant"] = "blocked" if len(rest) > 2 and rest[2] else "serial"
+            extra["block"] = rest[2] if len(rest) > 2 else None
         M3.CONFIG[kind] = dict(base, chunk=chunk, num_warps=w, stages=st, rows=None, **extra)
         entry = {"chunk": chunk, "num_warps": w, "stages": st, **extra}
         ref = _time_config(entry, call, rel_of, ref, warm)
         entries.append(entry)
         _save()
         print(f"  m3 {kind} chunk={chunk} warps={w} stages={st} {bp_key}={bp} "
-              f"stride={extra.get('state_stride')}: {entry.get('ms', float('nan')):.3f} ms  "
+              f"stride={extra.get('state_stride')} block={extra.get('block')}: "
+              f"{entry.get('ms', float('nan')):.3f} ms  "
               f"rel {entry.get('rel_vs_first', float('nan')):.1e}  first call {entry.get('first_call_s')} s"
               f"  {entry.get('error', '')}", flush=True)
     M3.CONFIG[kind] = base

@@ -256,3 +256,49 @@ def test_scan_saving_form_with_a_state_stride(dtype, monkeypatch):
     assert recomputes == []
     for k in want:
         assert rel(got[k], want[k].double().cpu().numpy()) < (2e-4 if dtype == torch.float32 else 4e-2), k
+
+
+@pytest.mark.parametrize("block", [2, 3])
+@pytest.mark.parametrize("name,dtype", [("SISO,G=1,H=2,bias,h0/k0/v0", torch.float32),
+                                        ("MIMO R=2,halves,bias", torch.float32),
+                                        ("SISO,G=1,H=2,bias,h0/k0/v0", torch.bfloat16)])
+def test_blocked_backward_matches_the_serial_one(name, dtype, block, monkeypatch):
+    """CONFIG "bwd" variant "blocked": one program per block of chunks from the state gradient
+    the serial pass (_m3_dsb) leaves at its end. The gradients are the serial backward's, with
+    every cotangent and with dy None; from a saving form's states too (kept at the block stride)."""
+    import array_api_compat.torch as xpt
+
+    c = CASES[name]
+    ta, tk, _, _ = inputs(dict(c, L=41), dtype)  # 41 tokens: 3 chunks of 16, a partial block at 3
+    H, R = c["H"], c["R"]
+    Bh = core.heads(xpt, ta["B"], H, tk["B_bias"])
+    Ch = core.heads(xpt, ta["C"], H, tk["C_bias"])
+    sk = dict(D=tk["D"], mimo_x=tk["mimo_x"], chunk_size=64, initial_state=tk["initial_state"],
+              initial_k=tk["initial_k"], initial_v=tk["initial_v"])
+    args = (ta["x"], ta["dt"], ta["A"], ta["trap"], Bh, Ch)
+    out = M3.mamba3_scan(*args, **sk)
+    rng = np.random.default_rng(5)
+    cot = tuple(torch.from_numpy(rng.standard_normal(tuple(g.shape))).to(g.dtype).to(DEV) for g in out)
+    tol = 2e-5 if dtype == torch.float32 else 3e-2
+    for cc in (cot, (None,) + cot[1:], (cot[0], None, None, None)):
+        want = M3.mamba3_scan_vjp(cc, *args, **sk)
+        key = M3.conf_key("bwd", dtype)
+        with monkeypatch.context() as m:
+            m.setitem(M3.CONFIG, key, dict(M3.CONFIG[key], variant="blocked", block=block))
+            got = M3.mamba3_scan_vjp(cc, *args, **sk)
+            out2, res = M3.mamba3_scan_saving(*args, **sk)
+            assert res.sstride == block
+            got2 = M3.mamba3_scan_vjp_saved(res, cc, *args, **sk)
+        assert set(got) == set(want)
+        for k in want:
+            for g in (got, got2):
+                assert rel(g[k], want[k].double().cpu().numpy()) < tol, (k, rel(g[k], want[k].double().cpu().numpy()))
+
+
+def test_unknown_backward_variant_is_named(monkeypatch):
+    monkeypatch.setitem(M3.CONFIG, "bwd", dict(M3.CONFIG["bwd"], variant="parallel"))
+    monkeypatch.setitem(M3.CONFIG, "bwd_ieee", dict(M3.CONFIG["bwd_ieee"], variant="parallel"))
+    ta, tk, _, _ = inputs(CASES["SISO,S=0"])
+    out = F.mamba3_rope_scan(*ta.values(), **tk)
+    with pytest.raises(ValueError, match="'parallel'.*'serial' or 'blocked'"):
+        F.mamba3_rope_scan_vjp(tuple(torch.ones_like(o) for o in out), *ta.values(), **tk)

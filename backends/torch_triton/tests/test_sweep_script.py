@@ -88,3 +88,16 @@ def test_smoke_angle_grid_from_the_environment(sweep, tmp_path, monkeypatch):
     fwd, bwd = res["parts"]["bc"]["angles_fwd"], res["parts"]["bc"]["angles_bwd"]
     assert [r["variant"] for r in fwd] == ["seq", "scan"] and [r["variant"] for r in bwd] == ["scan"]
     assert fwd[1]["ms"] > 0 and fwd[1]["rel_vs_first"] < 1e-4, fwd
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="--smoke needs the interpreter")
+def test_smoke_m3_grid_with_the_blocked_backward(sweep, tmp_path, monkeypatch):
+    """SWEEP_M3 rows with a 6th field run the "blocked" backward with that block; its gradients
+    agree with the serial backward's (the first row) to bf16 rounding (the sweep's inputs are
+    bf16; the block-end state gradients are kept in bf16 as the states are)."""
+    monkeypatch.setenv("SWEEP_M3_FWD", "-:-:-")
+    monkeypatch.setenv("SWEEP_M3", "16:4:1,16:4:1:-:-:2")
+    assert sweep.main([str(tmp_path), "--smoke", "--parts", "m3"]) == 0
+    rows = json.loads((tmp_path / "sweep_tt.json").read_text())["parts"]["m3"]["bwd"]
+    assert [(r["variant"], r["block"]) for r in rows] == [("serial", None), ("blocked", 2)]
+    assert all(r["ms"] > 0 and r["rel_vs_first"] < 2e-2 for r in rows), rows

@@ -28,6 +28,8 @@ registers) launch under CONFIG["fwd_ieee"] / ["bwd_ieee"], whose "rows" cap keep
 Saving form (``SAVING``; mamba_core/ops/saving.py): ``mamba3_scan_saving`` is the backward's
 state recompute writing y too, run in the forward; it keeps the entering states (SavedStates)
 for ``mamba3_scan_vjp_saved``, which then launches the backward alone (CONFIG "save").
+The "blocked" backward (CONFIG "bwd" "variant"): the dS recurrence alone first (_m3_dsb), kept at
+block boundaries, then the blocks' backwards in parallel (_m3_bwd with BLOCKED).
 The step kernel: one program per (batch, head, P block), the R rank outer products unrolled.
 
 Floor (SISO, B=8, L=2048, H=32, P=64, N=128, bf16; B, C per head (B L R H N)): bytes x, y 2 x
@@ -112,6 +114,16 @@ _MAX_DIM = 256
 #: warps / bp 32 21.3 ms SISO, 84.7 MIMO (16 rows: 24.0-35.8 and 96-124). The float32 forward stays
 #: slow (cuda_cupy's: 4.2 ms SISO); spill counts do not explain it (16 and 32 rows time alike)
 #: and it has not been profiled on a GPU yet.
+#: "variant" (backward): "serial" (the default: one program per (batch, head) walks every chunk)
+#: or "blocked" (session 14, not yet timed on a GPU): a serial pass (_m3_dsb, one program per
+#: (batch, head, "dsb_bp" state rows, default 16), a (P, N) update a chunk) leaves the state
+#: gradient where it enters each block of "block" chunks (default 4), then one program per
+#: (batch, head, block) runs the backward of its block from there, its entering states kept at
+#: the block stride (recomputed inside the block as under "state_stride"). At the SISO shape that
+#: is 256 x 32 programs instead of 256 (~2 an SM), for an extra (B, blocks, H, P, N) read and
+#: write in the states' dtype (134 MB at block 4) and the in-block state recompute. Compiled for
+#: sm_90 (bf16, chunk 16, 4 warps): 2168 spill bytes at block 4, 1032 at block 2, against 1578
+#: for "serial"; _m3_dsb 151 registers at 16 rows, no spills. sweep_tt.py's m3 grid takes it.
 #: "save": the saving form (mamba_core/ops/saving.py; the mixers' forward_train runs it). With
 #: "states" True its forward is the VJP's state recompute (the "bwd"/"bwd_ieee" entry's chunk,
 #: rows and "recompute_bp") writing y as well, and it keeps the chunks' entering states (B
@@ -205,12 +217,9 @@ def _state_step(S, x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, mx_ptr, b, h, c, L, H, P
 
 
 @triton.jit
-def _m3_fwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, s0_ptr,
-            y_ptr, sfin_ptr, sin_ptr,
-            L, H, P, N, nc,
-            R: tl.constexpr, QK: tl.constexpr, BQR: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-            HAS_D: tl.constexpr, HAS_MX: tl.constexpr, WRITE_Y: tl.constexpr,
-            STORE_STATES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, SSTRIDE: tl.constexpr = 1):
+def _state_rows(H, P, N, BP: tl.constexpr, BN: tl.constexpr):
+    # a program over (batch, head) (grid axis 0) and a block of BP state rows (axis 1): its
+    # indices, masks and the offsets of its (BP, BN) rows of a (B, H, P, N) state
     pid = tl.program_id(0).to(tl.int64)
     b = pid // H
     h = pid % H
@@ -220,6 +229,17 @@ def _m3_fwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, s0_ptr,
     nm = offs_n < N
     pn = pm[:, None] & nm[None, :]
     st_off = ((b * H + h) * P + offs_p[:, None]) * N + offs_n[None, :]
+    return pid, b, h, offs_p, offs_n, pm, nm, pn, st_off
+
+
+@triton.jit
+def _m3_fwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, s0_ptr,
+            y_ptr, sfin_ptr, sin_ptr,
+            L, H, P, N, nc,
+            R: tl.constexpr, QK: tl.constexpr, BQR: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+            HAS_D: tl.constexpr, HAS_MX: tl.constexpr, WRITE_Y: tl.constexpr,
+            STORE_STATES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, SSTRIDE: tl.constexpr = 1):
+    pid, b, h, offs_p, offs_n, pm, nm, pn, st_off = _state_rows(H, P, N, BP, BN)
     S = tl.load(s0_ptr + st_off, mask=pn, other=0.0).to(tl.float32)
     if HAS_D:
         Dh = tl.load(D_ptr + h).to(tl.float32)
@@ -254,14 +274,18 @@ def _m3_fwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, s0_ptr,
 
 @triton.jit
 def _m3_bwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, sin_ptr, dy_ptr, dsl_ptr,
-            dv_ptr, dB_ptr, dC_ptr, dg_ptr, dsc_ptr, da_ptr, dD_ptr, ds0_ptr, scr_ptr,
+            dv_ptr, dB_ptr, dC_ptr, dg_ptr, dsc_ptr, da_ptr, dD_ptr, ds0_ptr, scr_ptr, dsb_ptr,
             L, H, P, N, nc,
             R: tl.constexpr, QK: tl.constexpr, BQR: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
             HAS_D: tl.constexpr, HAS_MX: tl.constexpr, HAS_DY: tl.constexpr, HAS_DSL: tl.constexpr,
-            DT: tl.constexpr, PREC: tl.constexpr, SSTRIDE: tl.constexpr = 1):
+            DT: tl.constexpr, PREC: tl.constexpr, SSTRIDE: tl.constexpr = 1,
+            BLOCKED: tl.constexpr = False):
     # SSTRIDE > 1: sin holds every SSTRIDE-th chunk's entering state; on entering a block of
     # SSTRIDE chunks (walking in reverse) the program recomputes the others forward from the
-    # block's first, into its scratch rows scr (B H, SSTRIDE, P, N), and reads them from there
+    # block's first, into its scratch rows scr (programs, SSTRIDE, P, N), and reads them there.
+    # BLOCKED: one program per (batch, head, block of SSTRIDE chunks) (grid axis 1), starting
+    # from the state gradient entering its block's end (dsb, (B, blocks, H, P, N), _m3_dsb's);
+    # dD is then per program (B H blocks), dS0 written by the first block's program.
     pid = tl.program_id(0).to(tl.int64)
     b = pid // H
     h = pid % H
@@ -271,17 +295,28 @@ def _m3_bwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, sin_ptr, 
     nm = offs_n < N
     pn = pm[:, None] & nm[None, :]
     st_off = ((b * H + h) * P + offs_p[:, None]) * N + offs_n[None, :]
-    if HAS_DSL:
-        dS = tl.load(dsl_ptr + st_off, mask=pn, other=0.0).to(tl.float32)
+    ncs = (nc + SSTRIDE - 1) // SSTRIDE
+    if BLOCKED:
+        blk = tl.program_id(1).to(tl.int64)
+        c_end = tl.minimum(blk * SSTRIDE + SSTRIDE, nc)
+        nwalk = c_end - blk * SSTRIDE
+        srow = pid * ncs + blk  # this program's scratch rows
+        dS = tl.load(dsb_ptr + (((b * ncs + blk) * H + h) * P + offs_p[:, None]) * N + offs_n[None, :],
+                     mask=pn, other=0.0).to(tl.float32)
     else:
-        dS = tl.zeros((BP, BN), dtype=tl.float32)
+        c_end = nc
+        nwalk = nc
+        srow = pid
+        if HAS_DSL:
+            dS = tl.load(dsl_ptr + st_off, mask=pn, other=0.0).to(tl.float32)
+        else:
+            dS = tl.zeros((BP, BN), dtype=tl.float32)
     Dh = 0.0
     if HAS_D:
         Dh = tl.load(D_ptr + h).to(tl.float32)
     dD_acc = tl.zeros((BQR,), dtype=tl.float32)
-    ncs = (nc + SSTRIDE - 1) // SSTRIDE
-    for ci in range(0, nc):
-        c = nc - 1 - ci
+    for ci in range(0, nwalk):
+        c = c_end - 1 - ci
         if SSTRIDE > 1:
             jc = c % SSTRIDE
             if (jc == SSTRIDE - 1) | (ci == 0):  # the first chunk of its block in this walk
@@ -291,7 +326,7 @@ def _m3_bwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, sin_ptr, 
                 for jj in range(1, jc + 1):
                     Sr = _state_step(Sr, x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, mx_ptr, b, h, c0 + jj - 1, L, H,
                                      P, N, offs_p, offs_n, pm, nm, R, QK, BQR, HAS_MX, DT, PREC)
-                    tl.store(scr_ptr + ((pid * SSTRIDE + jj) * P + offs_p[:, None]) * N + offs_n[None, :],
+                    tl.store(scr_ptr + ((srow * SSTRIDE + jj) * P + offs_p[:, None]) * N + offs_n[None, :],
                              Sr.to(scr_ptr.dtype.element_ty), mask=pn)
                 tl.debug_barrier()  # the scratch rows, written by other threads, are read below
         rows, tk, rk, t, rv, tok, a_row, gamma, scale, cum, cum_last, vm, v = _chunk_start(
@@ -306,7 +341,7 @@ def _m3_bwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, sin_ptr, 
                 so = (((b * ncs + c // SSTRIDE) * H + h) * P + offs_p[:, None]) * N + offs_n[None, :]
                 sptr = sin_ptr
             else:
-                so = ((pid * SSTRIDE + c % SSTRIDE) * P + offs_p[:, None]) * N + offs_n[None, :]
+                so = ((srow * SSTRIDE + c % SSTRIDE) * P + offs_p[:, None]) * N + offs_n[None, :]
                 sptr = scr_ptr
         else:
             so = (((b * nc + c) * H + h) * P + offs_p[:, None]) * N + offs_n[None, :]
@@ -375,8 +410,48 @@ def _m3_bwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, sin_ptr, 
         tl.store(dg_ptr + row_tok, dgam, mask=rv)
         tl.store(dsc_ptr + row_tok, dscale, mask=rv)
         tl.store(da_ptr + tok, da, mask=rv & (rk == 0))
-    tl.store(ds0_ptr + st_off, dS, mask=pn)
-    tl.store(dD_ptr + pid, tl.sum(dD_acc, 0))
+    if BLOCKED:
+        if blk == 0:
+            tl.store(ds0_ptr + st_off, dS, mask=pn)
+        tl.store(dD_ptr + pid * ncs + blk, tl.sum(dD_acc, 0))
+    else:
+        tl.store(ds0_ptr + st_off, dS, mask=pn)
+        tl.store(dD_ptr + pid, tl.sum(dD_acc, 0))
+
+
+@triton.jit
+def _m3_dsb(dt_ptr, A_ptr, tr_ptr, C_ptr, dy_ptr, dsl_ptr, dsb_ptr, L, H, P, N, nc,
+            R: tl.constexpr, QK: tl.constexpr, BQR: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+            HAS_DY: tl.constexpr, HAS_DSL: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
+            K: tl.constexpr):
+    # The blocked backward's serial part: the state gradient walked back over the chunks,
+    # dS <- exp(cum_last) dS + (dy o exp(cum))^T C (as _m3_bwd carries it), stored where it
+    # enters each block of K chunks from its end: dsb (B, blocks, H, P, N). One program per
+    # (batch, head, block of BP state rows): the rows do not mix.
+    pid, b, h, offs_p, offs_n, pm, nm, pn, st_off = _state_rows(H, P, N, BP, BN)
+    if HAS_DSL:
+        dS = tl.load(dsl_ptr + st_off, mask=pn, other=0.0).to(tl.float32)
+    else:
+        dS = tl.zeros((BP, BN), dtype=tl.float32)
+    nblk = (nc + K - 1) // K
+    for ci in range(0, nc):
+        c = nc - 1 - ci
+        if (c % K == K - 1) | (ci == 0):  # the last chunk of its block: what enters the block's end
+            tl.store(dsb_ptr + (((b * nblk + c // K) * H + h) * P + offs_p[:, None]) * N + offs_n[None, :],
+                     dS.to(dsb_ptr.dtype.element_ty), mask=pn)
+        rows, tk, rk, t, rv = _rows(b, h, c, L, H, R, QK, BQR)
+        tok, a_row, gamma, scale = _chunk_coefs(dt_ptr, A_ptr, tr_ptr, b, h, t, rk, rv, L, H)
+        total = tl.exp(tl.sum(a_row, 0))
+        if HAS_DY:
+            e = tl.exp(tl.cumsum(a_row, 0))
+            row_tok = ((b * L + t) * R + rk) * H + h
+            dy = tl.load(dy_ptr + row_tok[:, None] * P + offs_p[None, :], mask=rv[:, None] & pm[None, :],
+                         other=0.0).to(tl.float32)
+            Cm = tl.load(C_ptr + row_tok[:, None] * N + offs_n[None, :], mask=rv[:, None] & nm[None, :],
+                         other=0.0).to(DT)
+            dS = total * dS + tl.dot(tl.trans((dy * e[:, None]).to(DT)), Cm, input_precision=PREC)
+        else:
+            dS = total * dS
 
 
 @triton.jit
@@ -540,9 +615,19 @@ class SavedStates:
 
 
 def _bwd_launch_conf(x, chunk_size, R):
-    """The backward's CONFIG entry, its chunk cap and its state stride."""
+    """The backward's CONFIG entry, its chunk cap and its state stride (the block under
+    "blocked": "block" chunks, default 4)."""
     conf = CONFIG[conf_key("bwd", x.dtype)]
+    if _blocked(conf):
+        return conf, _chunk_cap(conf, chunk_size, R), max(1, int(conf.get("block") or 4))
     return conf, _chunk_cap(conf, chunk_size, R), max(1, int(conf.get("state_stride") or 1))
+
+
+def _blocked(conf) -> bool:
+    v = conf.get("variant") or "serial"
+    if v not in ("serial", "blocked"):
+        raise ValueError(f"mamba3 CONFIG backward variant {v!r}: expected 'serial' or 'blocked'")
+    return v == "blocked"
 
 
 def mamba3_scan_saving(x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_size=64, initial_state=None,
@@ -558,7 +643,8 @@ def mamba3_scan_saving(x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_size=64,
     R, N = B.shape[2], B.shape[4]
     S0, _ = _s_start(x, dt, trap, initial_state, initial_k, initial_v, mimo_x, Bsz, H, P, N)
     conf, chunk_b, sstride = _bwd_launch_conf(x, chunk_size, R)
-    sstride = max(1, int(save.get("state_stride") or sstride))
+    if not _blocked(conf):  # (the blocked backward needs the states at its blocks' starts)
+        sstride = max(1, int(save.get("state_stride") or sstride))
     bp = conf.get("recompute_bp")
     res, _ = launch_fitting(
         _key("save", x, B, chunk_b, D is not None, mimo_x is not None, bp, sstride,
@@ -618,9 +704,13 @@ def _scan_vjp(saved, cotangent, x, dt, A, trap, B, C, D, mimo_x, chunk_size, ini
     dS0 = torch.empty((Bsz, H, P, N), dtype=f32, device=dev)
     dummy = dv
     conf, chunk_b, sstride = _bwd_launch_conf(x, chunk_size, R)
+    blocked = _blocked(conf)
+    if saved is not None and blocked and saved.sstride != sstride:
+        saved = None  # states kept at another stride than the blocks: recomputed
     if saved is not None:
         sstride = saved.sstride  # the backward walks blocks of the chunks whose states were kept
     warps = int(conf.get("num_warps") or 8)
+    DT, PREC = dot_dtype(x.dtype), dot_precision(x.dtype)
 
     def launch(cfg):
         # the recompute runs at the backward's chunk: its entering states are per chunk
@@ -632,21 +722,34 @@ def _scan_vjp(saved, cotangent, x, dt, A, trap, B, C, D, mimo_x, chunk_size, ini
         else:
             sin = _run_fwd(x, dt, A, trap, B, C, D, mimo_x, cap, S0, False, True,
                            bp=conf.get("recompute_bp"), sstride=sstride)[2]
-        scr = torch.empty((Bsz * H, sstride, P, N), dtype=sin.dtype, device=dev) if sstride > 1 else sin
-        _m3_bwd[(Bsz * H,)](
+        nblk = triton.cdiv(nc, sstride) if blocked else 1
+        scr = torch.empty((Bsz * H * nblk, sstride, P, N), dtype=sin.dtype, device=dev) if sstride > 1 else sin
+        dsb, dDp = sin, dD
+        if blocked:  # the serial part first: the state gradient where it enters each block
+            dDp = torch.empty((Bsz, H, nblk), dtype=f32, device=dev)  # dD per program
+            dsb = torch.empty((Bsz, nblk, H, P, N), dtype=sin.dtype, device=dev)
+            bpd = min(pow2(P), int(conf.get("dsb_bp") or 16))
+            _m3_dsb[(Bsz * H, triton.cdiv(P, bpd))](
+                dtc, Ac, trc, Cc, dy if dy is not None else dummy, dS_L if dS_L is not None else dummy, dsb,
+                L, H, P, N, nc, R=R, QK=qk, BQR=bqr, BP=bpd, BN=pow2(N), HAS_DY=dy is not None,
+                HAS_DSL=dS_L is not None, DT=DT, PREC=PREC, K=sstride,
+                num_warps=int(conf.get("dsb_warps") or 4))
+        _m3_bwd[(Bsz * H, nblk)](
             xc, dtc, Ac, trc, Bc, Cc, Dc if Dc is not None else dummy, mxc if mxc is not None else dummy,
             sin, dy if dy is not None else dummy, dS_L if dS_L is not None else dummy,
-            dv, dBr, dCr, dg, dsc, da, dD, dS0, scr, L, H, P, N, nc,
+            dv, dBr, dCr, dg, dsc, da, dDp, dS0, scr, dsb, L, H, P, N, nc,
             R=R, QK=qk, BQR=bqr, BP=pow2(P), BN=pow2(N), HAS_D=D is not None,
             HAS_MX=mimo_x is not None, HAS_DY=dy is not None, HAS_DSL=dS_L is not None,
-            DT=dot_dtype(x.dtype), PREC=dot_precision(x.dtype), num_warps=warps, num_stages=stages,
-            SSTRIDE=sstride,
+            DT=DT, PREC=PREC, num_warps=warps, num_stages=stages, SSTRIDE=sstride, BLOCKED=blocked,
         )
+        if blocked:
+            dD.copy_(dDp.sum(-1))
         return True
 
     done, _ = launch_fitting(
         _key("bwd", x, B, chunk_b, D is not None, mimo_x is not None, dy is not None, dS_L is not None,
-             warps, conf.get("stages"), conf.get("states16", True), conf.get("recompute_bp"), sstride),
+             warps, conf.get("stages"), conf.get("states16", True), conf.get("recompute_bp"), sstride,
+             blocked),
         _fits(chunk_b, R, conf.get("stages") or 3), launch)
     if done is None:
         return fallback("mamba3_scan_vjp")(cotangent, x, dt, A, trap, B, C, D, mimo_x, chunk_size,
