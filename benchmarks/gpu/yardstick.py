@@ -400,6 +400,12 @@ def mamba3():
         with _config(M3.CONFIG, "save", save):
             row(f"Mamba-3 SISO fwd+bwd, whole op, {what}", bench(ours_full_fb), off_fbt,
                 "ours: the saving form under that CONFIG")
+    # the "blocked" backward (CONFIG "bwd" "variant"; session 14, untimed): its states every
+    # 64 tokens come from the plain forward's launch (134 MB, as the official keeps)
+    for block in (2, 4):
+        with _config(M3.CONFIG, "bwd", dict(M3.CONFIG["bwd"], variant="blocked", block=block)):
+            row(f"Mamba-3 SISO fwd+bwd, whole op, blocked backward ({block} chunks a program)",
+                bench(ours_full_fb), off_fbt, "ours: the saving form, the blocked backward")
     # where the whole op's backward goes (each piece alone, on the inputs it sees there)
     cot0 = (dy, None, None, None)
     g0 = be.ops.mamba3_rope_scan_vjp(cot0, *rs_args(phi0), **rs_kw)

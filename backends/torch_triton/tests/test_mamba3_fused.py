@@ -152,6 +152,19 @@ def save_states(request, monkeypatch):
     return request.param
 
 
+def _count_chunks(monkeypatch):
+    """A list that grows by the chunk (Qk) of each launch of the scan's forward kernel."""
+    calls, run = [], M3._run_fwd
+
+    def counting(*a, **k):
+        out = run(*a, **k)
+        calls.append(out[3])
+        return out
+
+    monkeypatch.setattr(M3, "_run_fwd", counting)
+    return calls
+
+
 def _count_recomputes(monkeypatch):
     """A list that grows by one at each state-recomputing launch of the scan's forward kernel."""
     calls, run = [], M3._run_fwd
@@ -215,10 +228,10 @@ def test_scan_saving_states_feed_the_backward_only_at_its_launch(dtype, monkeypa
     args = (ta["x"], ta["dt"], ta["A"], ta["trap"], Bh, Ch)
     out, res = M3.mamba3_scan_saving(*args, **sk)
     plain = M3.mamba3_scan(*args, **sk)
-    assert isinstance(res, M3.SavedStates) and res.sstride == 1
     key = M3.conf_key("bwd", dtype)
     qk = M3._layout(M3._chunk_cap(M3.CONFIG[key], sk["chunk_size"], 1), 1)[0]
-    assert res.qk == qk and res.states.shape[1] == -(-ta["x"].shape[1] // qk)
+    assert isinstance(res, M3.SavedStates) and res.span == qk  # the serial backward: every chunk's
+    assert res.states.shape[1] == -(-ta["x"].shape[1] // qk)
     for g, w in zip(out, plain):
         assert rel(g, w.double().cpu().numpy()) < (2e-5 if dtype == torch.float32 else 2e-2)
     cot = tuple(torch.ones_like(g) for g in plain)
@@ -247,8 +260,9 @@ def test_scan_saving_form_with_a_state_stride(dtype, monkeypatch):
               initial_v=tk["initial_v"])
     args = (ta["x"], ta["dt"], ta["A"], ta["trap"], Bh, Ch)
     out, res = M3.mamba3_scan_saving(*args, **sk)
-    nc = -(-ta["x"].shape[1] // res.qk)
-    assert res.sstride == 2 and res.states.shape[1] == -(-nc // 2) and nc > 1
+    qk = M3._layout(M3._chunk_cap(M3.CONFIG[M3.conf_key("bwd", dtype)], 64, 1), 1)[0]
+    nc = -(-ta["x"].shape[1] // qk)
+    assert res.span == 2 * qk and res.states.shape[1] == -(-nc // 2) and nc > 1
     cot = tuple(torch.ones_like(g) for g in out)
     want = M3.mamba3_scan_vjp(cot, *args, **sk)
     recomputes = _count_recomputes(monkeypatch)
@@ -286,8 +300,15 @@ def test_blocked_backward_matches_the_serial_one(name, dtype, block, monkeypatch
         with monkeypatch.context() as m:
             m.setitem(M3.CONFIG, key, dict(M3.CONFIG[key], variant="blocked", block=block))
             got = M3.mamba3_scan_vjp(cc, *args, **sk)
+            launches = _count_chunks(m)
             out2, res = M3.mamba3_scan_saving(*args, **sk)
-            assert res.sstride == block
+            qk_b = M3._layout(M3._chunk_cap(M3.CONFIG[key], 64, R), R)[0]
+            qk_f = M3._layout(M3._chunk_cap(M3.CONFIG[M3.conf_key("fwd", dtype)], 64, R), R)[0]
+            assert res.span == qk_b * block
+            # the forward's own chunk when it divides the span, else the backward's
+            assert launches == [qk_f if res.span % qk_f == 0 else qk_b], (launches, qk_f, qk_b)
+            for g, w in zip(out2, out):
+                assert rel(g, w.double().cpu().numpy()) < tol
             got2 = M3.mamba3_scan_vjp_saved(res, cc, *args, **sk)
         assert set(got) == set(want)
         for k in want:

@@ -125,13 +125,15 @@ _MAX_DIM = 256
 #: sm_90 (bf16, chunk 16, 4 warps): 2168 spill bytes at block 4, 1032 at block 2, against 1578
 #: for "serial"; _m3_dsb 151 registers at 16 rows, no spills. sweep_tt.py's m3 grid takes it.
 #: "save": the saving form (mamba_core/ops/saving.py; the mixers' forward_train runs it). With
-#: "states" True its forward is the VJP's state recompute (the "bwd"/"bwd_ieee" entry's chunk,
-#: rows and "recompute_bp") writing y as well, and it keeps the chunks' entering states (B
-#: ceil(L/Qk) H P N in the states' dtype: 537 MB at the SISO benchmark shape in bf16 with Qk = 16,
-#: against x's 67 MB); the VJP reads them instead of running the forward again. False: no
+#: "states" True it keeps the states the backward reads, every span = Qk x K tokens (the
+#: backward's chunk Qk and state stride K, its block under "blocked"): (B, ceil(L/span), H, P, N)
+#: in the states' dtype, 537 MB at the SISO benchmark shape in bf16 with the serial backward
+#: (span 16), 134 MB with blocks of 4 (span 64), against x's 67 MB. The forward is the plain
+#: forward's launch storing them when its chunk divides span (the blocked backward's case),
+#: else the backward's state recompute writing y too; the VJP then runs no forward. False: no
 #: residuals (the plain forward; the VJP recomputes). "state_stride" K (None: the backward's
-#: own, 1) keeps every K-th chunk's state (K times less memory); the VJP then recomputes the
-#: others per block of K chunks, as under the backward's "state_stride" (not yet timed).
+#: own, 1) for the serial backward keeps every K-th chunk's state (K times less memory); the
+#: VJP then recomputes the others per block of K chunks (not yet timed).
 CONFIG = {"bwd": {"chunk": 16, "num_warps": 4, "stages": 1, "states16": True, "recompute_bp": None,
                   "state_stride": 1, "rows": 16},
           "save": {"states": True, "state_stride": None},
@@ -606,12 +608,12 @@ def mamba3_scan(x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_size=64, initia
 
 @dataclasses.dataclass(frozen=True)
 class SavedStates:
-    """A saving forward's residuals: the entering states of the backward's chunks of Qk tokens
-    (every ``sstride``-th chunk's), (B, ceil(nc / sstride), H, P, N)."""
+    """A saving forward's residuals: the states entering every ``span``-th token (0, span, 2 span,
+    ...), (B, ceil(L / span), H, P, N) in the states' dtype. A backward whose chunk of Qk tokens
+    divides ``span`` reads them as every (span / Qk)-th chunk's entering state."""
 
     states: torch.Tensor
-    qk: int
-    sstride: int
+    span: int
 
 
 def _bwd_launch_conf(x, chunk_size, R):
@@ -633,7 +635,12 @@ def _blocked(conf) -> bool:
 def mamba3_scan_saving(x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_size=64, initial_state=None,
                        initial_k=None, initial_v=None):
     """mamba3_scan's saving form (CONFIG "save"): the outputs and SavedStates, or the plain
-    forward's outputs and None when "states" is off or the scan falls back."""
+    forward's outputs and None when "states" is off or the scan falls back.
+
+    The states are kept every ``span`` tokens, span = the backward's chunk x its state stride
+    (its block under "blocked"). When the forward's own chunk divides span, this is the plain
+    forward's launch storing every (span / its chunk)-th state; else the backward's state
+    recompute run here, writing y too."""
     args = (x, dt, A, trap, B, C, D, mimo_x, chunk_size, initial_state, initial_k, initial_v)
     save = CONFIG["save"]
     if not save.get("states") or not _supported(x, B, dt, A, trap, C, D, mimo_x, initial_state,
@@ -645,17 +652,27 @@ def mamba3_scan_saving(x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_size=64,
     conf, chunk_b, sstride = _bwd_launch_conf(x, chunk_size, R)
     if not _blocked(conf):  # (the blocked backward needs the states at its blocks' starts)
         sstride = max(1, int(save.get("state_stride") or sstride))
-    bp = conf.get("recompute_bp")
-    res, _ = launch_fitting(
-        _key("save", x, B, chunk_b, D is not None, mimo_x is not None, bp, sstride,
-             CONFIG["bwd"].get("states16", True)),
-        _fits(chunk_b, R),
-        lambda cfg: _run_fwd(x, dt, A, trap, B, C, D, mimo_x, cfg[0], S0, True, True, cfg[1], bp=bp,
-                             sstride=sstride))
+    span = _layout(chunk_b, R)[0] * sstride
+    fconf = CONFIG[conf_key("fwd", x.dtype)]
+    chunk_f = _chunk_cap(fconf, chunk_size, R)
+    flags = (D is not None, mimo_x is not None, span, CONFIG["bwd"].get("states16", True))
+    if span % _layout(chunk_f, R)[0] == 0:  # the forward's own launch (its fitted chunks divide too)
+        warps, bp = fconf.get("num_warps"), fconf.get("bp")
+        res, _ = launch_fitting(
+            _key("save_fwd", x, B, chunk_f, warps, fconf.get("stages"), bp, *flags),
+            _fits(chunk_f, R, fconf.get("stages") or 3),
+            lambda cfg: _run_fwd(x, dt, A, trap, B, C, D, mimo_x, cfg[0], S0, True, True, cfg[1], warps,
+                                 bp, span // _layout(cfg[0], R)[0]))
+    else:  # the backward's state recompute, writing y too
+        bp = conf.get("recompute_bp")
+        res, _ = launch_fitting(
+            _key("save", x, B, chunk_b, bp, *flags), _fits(chunk_b, R),
+            lambda cfg: _run_fwd(x, dt, A, trap, B, C, D, mimo_x, cfg[0], S0, True, True, cfg[1], bp=bp,
+                                 sstride=span // _layout(cfg[0], R)[0]))
     if res is None:
         return mamba3_scan(*args), None
-    y, sfin, sin, qk = res[:4]
-    return (y, sfin, B[:, -1], x[:, -1]), SavedStates(sin, qk, sstride)
+    y, sfin, sin = res[:3]
+    return (y, sfin, B[:, -1], x[:, -1]), SavedStates(sin, span)
 
 
 def mamba3_scan_vjp_saved(residuals, cotangent, x, dt, A, trap, B, C, D=None, mimo_x=None,
@@ -703,23 +720,21 @@ def _scan_vjp(saved, cotangent, x, dt, A, trap, B, C, D, mimo_x, chunk_size, ini
     dD = torch.empty((Bsz, H), dtype=f32, device=dev)
     dS0 = torch.empty((Bsz, H, P, N), dtype=f32, device=dev)
     dummy = dv
-    conf, chunk_b, sstride = _bwd_launch_conf(x, chunk_size, R)
+    conf, chunk_b, sstride0 = _bwd_launch_conf(x, chunk_size, R)
     blocked = _blocked(conf)
-    if saved is not None and blocked and saved.sstride != sstride:
-        saved = None  # states kept at another stride than the blocks: recomputed
-    if saved is not None:
-        sstride = saved.sstride  # the backward walks blocks of the chunks whose states were kept
     warps = int(conf.get("num_warps") or 8)
     DT, PREC = dot_dtype(x.dtype), dot_precision(x.dtype)
 
     def launch(cfg):
-        # the recompute runs at the backward's chunk: its entering states are per chunk
+        # the recompute runs at the backward's chunk: its entering states are per chunk (every
+        # sstride-th kept); a saving forward's states every span tokens are every (span / Qk)-th
         cap, stages = cfg
         qk, bqr = _layout(cap, R)
         nc = triton.cdiv(L, qk)
-        if saved is not None and saved.qk == qk:
-            sin = saved.states
+        if saved is not None and saved.span % qk == 0:
+            sin, sstride = saved.states, saved.span // qk
         else:
+            sstride = sstride0
             sin = _run_fwd(x, dt, A, trap, B, C, D, mimo_x, cap, S0, False, True,
                            bp=conf.get("recompute_bp"), sstride=sstride)[2]
         nblk = triton.cdiv(nc, sstride) if blocked else 1
@@ -748,8 +763,8 @@ def _scan_vjp(saved, cotangent, x, dt, A, trap, B, C, D, mimo_x, chunk_size, ini
 
     done, _ = launch_fitting(
         _key("bwd", x, B, chunk_b, D is not None, mimo_x is not None, dy is not None, dS_L is not None,
-             warps, conf.get("stages"), conf.get("states16", True), conf.get("recompute_bp"), sstride,
-             blocked),
+             warps, conf.get("stages"), conf.get("states16", True), conf.get("recompute_bp"), sstride0,
+             blocked, None if saved is None else saved.span),
         _fits(chunk_b, R, conf.get("stages") or 3), launch)
     if done is None:
         return fallback("mamba3_scan_vjp")(cotangent, x, dt, A, trap, B, C, D, mimo_x, chunk_size,
