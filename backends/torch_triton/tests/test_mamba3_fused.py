@@ -272,14 +272,15 @@ def test_scan_saving_form_with_a_state_stride(dtype, monkeypatch):
         assert rel(got[k], want[k].double().cpu().numpy()) < (2e-4 if dtype == torch.float32 else 4e-2), k
 
 
-@pytest.mark.parametrize("block", [2, 3])
+@pytest.mark.parametrize("block,scratch", [(2, False), (3, False), (3, True)])
 @pytest.mark.parametrize("name,dtype", [("SISO,G=1,H=2,bias,h0/k0/v0", torch.float32),
                                         ("MIMO R=2,halves,bias", torch.float32),
                                         ("SISO,G=1,H=2,bias,h0/k0/v0", torch.bfloat16)])
-def test_blocked_backward_matches_the_serial_one(name, dtype, block, monkeypatch):
+def test_blocked_backward_matches_the_serial_one(name, dtype, block, scratch, monkeypatch):
     """CONFIG "bwd" variant "blocked": one program per block of chunks from the state gradient
-    the serial pass (_m3_dsb) leaves at its end. The gradients are the serial backward's, with
-    every cotangent and with dy None; from a saving form's states too (kept at the block stride)."""
+    the serial pass (_m3_dsb) leaves at its end, the block's states stepped to or in scratch
+    rows. The gradients are the serial backward's, with every cotangent and with dy None; from a
+    saving form's states too (kept at the block stride)."""
     import array_api_compat.torch as xpt
 
     c = CASES[name]
@@ -298,7 +299,8 @@ def test_blocked_backward_matches_the_serial_one(name, dtype, block, monkeypatch
         want = M3.mamba3_scan_vjp(cc, *args, **sk)
         key = M3.conf_key("bwd", dtype)
         with monkeypatch.context() as m:
-            m.setitem(M3.CONFIG, key, dict(M3.CONFIG[key], variant="blocked", block=block))
+            m.setitem(M3.CONFIG, key, dict(M3.CONFIG[key], variant="blocked", block=block,
+                                           block_scratch=scratch))
             got = M3.mamba3_scan_vjp(cc, *args, **sk)
             launches = _count_chunks(m)
             out2, res = M3.mamba3_scan_saving(*args, **sk)

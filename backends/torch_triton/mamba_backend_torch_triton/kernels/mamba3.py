@@ -122,8 +122,12 @@ _MAX_DIM = 256
 #: the block stride (recomputed inside the block as under "state_stride"). At the SISO shape that
 #: is 256 x 32 programs instead of 256 (~2 an SM), for an extra (B, blocks, H, P, N) read and
 #: write in the states' dtype (134 MB at block 4) and the in-block state recompute. Compiled for
-#: sm_90 (bf16, chunk 16, 4 warps): 2168 spill bytes at block 4, 1032 at block 2, against 1578
-#: for "serial"; _m3_dsb 151 registers at 16 rows, no spills. sweep_tt.py's m3 grid takes it.
+#: sm_90 (bf16, chunk 16, 4 warps): 1672 spill bytes at block 4, 1296 at block 2 (2168 and 1032
+#: with "block_scratch"), against 1578 for "serial"; _m3_dsb 151 registers at 16 rows, no spills.
+#: sweep_tt.py's m3 grid takes it.
+#: Inside a block the entering states are stepped to from the block's first when needed (K (K-1)
+#: / 2 state updates a block: 1 at K = 2, 6 at K = 4), or with "block_scratch" True computed once
+#: into scratch rows ((B H blocks, K, P, N): as large as every chunk's states; K - 1 updates).
 #: "save": the saving form (mamba_core/ops/saving.py; the mixers' forward_train runs it). With
 #: "states" True it keeps the states the backward reads, every span = Qk x K tokens (the
 #: backward's chunk Qk and state stride K, its block under "blocked"): (B, ceil(L/span), H, P, N)
@@ -281,13 +285,16 @@ def _m3_bwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, sin_ptr, 
             R: tl.constexpr, QK: tl.constexpr, BQR: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
             HAS_D: tl.constexpr, HAS_MX: tl.constexpr, HAS_DY: tl.constexpr, HAS_DSL: tl.constexpr,
             DT: tl.constexpr, PREC: tl.constexpr, SSTRIDE: tl.constexpr = 1,
-            BLOCKED: tl.constexpr = False):
+            BLOCKED: tl.constexpr = False, SCRATCH: tl.constexpr = True):
     # SSTRIDE > 1: sin holds every SSTRIDE-th chunk's entering state; on entering a block of
     # SSTRIDE chunks (walking in reverse) the program recomputes the others forward from the
     # block's first, into its scratch rows scr (programs, SSTRIDE, P, N), and reads them there.
     # BLOCKED: one program per (batch, head, block of SSTRIDE chunks) (grid axis 1), starting
     # from the state gradient entering its block's end (dsb, (B, blocks, H, P, N), _m3_dsb's);
     # dD is then per program (B H blocks), dS0 written by the first block's program.
+    # SCRATCH False (with SSTRIDE > 1): no scratch rows; chunk c's entering state is stepped
+    # from its block's first when it is needed (0 + 1 + ... + (SSTRIDE - 1) steps a block
+    # instead of SSTRIDE - 1; the same at SSTRIDE = 2).
     pid = tl.program_id(0).to(tl.int64)
     b = pid // H
     h = pid % H
@@ -319,7 +326,7 @@ def _m3_bwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, sin_ptr, 
     dD_acc = tl.zeros((BQR,), dtype=tl.float32)
     for ci in range(0, nwalk):
         c = c_end - 1 - ci
-        if SSTRIDE > 1:
+        if (SSTRIDE > 1) & SCRATCH:
             jc = c % SSTRIDE
             if (jc == SSTRIDE - 1) | (ci == 0):  # the first chunk of its block in this walk
                 c0 = c - jc
@@ -339,7 +346,7 @@ def _m3_bwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, sin_ptr, 
         Bm = tl.load(B_ptr + bc, mask=bm, other=0.0).to(DT)
         Cm = tl.load(C_ptr + bc, mask=bm, other=0.0).to(DT)
         if SSTRIDE > 1:
-            if c % SSTRIDE == 0:
+            if (c % SSTRIDE == 0) | (not SCRATCH):  # (without scratch: the block's first, stepped below)
                 so = (((b * ncs + c // SSTRIDE) * H + h) * P + offs_p[:, None]) * N + offs_n[None, :]
                 sptr = sin_ptr
             else:
@@ -398,6 +405,10 @@ def _m3_bwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, sin_ptr, 
         da += tl.sum(tl.where(rows[:, None] > rows[None, :], (to_end * dto_end)[None, :], 0.0), 1)
         # (4) the terms through the entering state: dC, da's last shares
         Sin = tl.load(sptr + so, mask=pn, other=0.0).to(tl.float32)
+        if (SSTRIDE > 1) & (not SCRATCH):
+            for jj in range(0, c % SSTRIDE):
+                Sin = _state_step(Sin, x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, mx_ptr, b, h, c - c % SSTRIDE + jj,
+                                  L, H, P, N, offs_p, offs_n, pm, nm, R, QK, BQR, HAS_MX, DT, PREC)
         da += total * tl.sum(tl.sum(dS * Sin, 1), 0)
         if HAS_DY:
             SinD = Sin.to(DT)
@@ -738,7 +749,11 @@ def _scan_vjp(saved, cotangent, x, dt, A, trap, B, C, D, mimo_x, chunk_size, ini
             sin = _run_fwd(x, dt, A, trap, B, C, D, mimo_x, cap, S0, False, True,
                            bp=conf.get("recompute_bp"), sstride=sstride)[2]
         nblk = triton.cdiv(nc, sstride) if blocked else 1
-        scr = torch.empty((Bsz * H * nblk, sstride, P, N), dtype=sin.dtype, device=dev) if sstride > 1 else sin
+        # scratch rows per program, except for the blocked backward unless CONFIG asks for them
+        # ("block_scratch": a block's K - 1 states stored once instead of stepped to when needed;
+        # (B H blocks, K, P, N), as large as every chunk's states)
+        scratch = sstride > 1 and (not blocked or bool(conf.get("block_scratch")))
+        scr = torch.empty((Bsz * H * nblk, sstride, P, N), dtype=sin.dtype, device=dev) if scratch else sin
         dsb, dDp = sin, dD
         if blocked:  # the serial part first: the state gradient where it enters each block
             dDp = torch.empty((Bsz, H, nblk), dtype=f32, device=dev)  # dD per program
@@ -756,6 +771,7 @@ def _scan_vjp(saved, cotangent, x, dt, A, trap, B, C, D, mimo_x, chunk_size, ini
             R=R, QK=qk, BQR=bqr, BP=pow2(P), BN=pow2(N), HAS_D=D is not None,
             HAS_MX=mimo_x is not None, HAS_DY=dy is not None, HAS_DSL=dS_L is not None,
             DT=DT, PREC=PREC, num_warps=warps, num_stages=stages, SSTRIDE=sstride, BLOCKED=blocked,
+            SCRATCH=scratch,
         )
         if blocked:
             dD.copy_(dDp.sum(-1))
@@ -764,7 +780,7 @@ def _scan_vjp(saved, cotangent, x, dt, A, trap, B, C, D, mimo_x, chunk_size, ini
     done, _ = launch_fitting(
         _key("bwd", x, B, chunk_b, D is not None, mimo_x is not None, dy is not None, dS_L is not None,
              warps, conf.get("stages"), conf.get("states16", True), conf.get("recompute_bp"), sstride0,
-             blocked, None if saved is None else saved.span),
+             blocked, bool(conf.get("block_scratch")), None if saved is None else saved.span),
         _fits(chunk_b, R, conf.get("stages") or 3), launch)
     if done is None:
         return fallback("mamba3_scan_vjp")(cotangent, x, dt, A, trap, B, C, D, mimo_x, chunk_size,
