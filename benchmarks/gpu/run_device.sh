@@ -174,7 +174,7 @@ s14)
     for dt in bfloat16 float32; do grep -E "CERTIFIED|FAIL|ERROR" "$R/tt_cert_$dt.log" | tail -n 3 | cut -c1-200; done
     YARDSTICK_PARTS=mamba3 YARDSTICK_M3_AUTOTUNE=reduced timeout $(tmo 150) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m3" > "$R/yardstick-m3.log" 2>&1
     echo "yardstick m3 rc=$?"; grep -E "Mamba-3 SISO|FAILED|pieces" "$R/yardstick-m3.log" | cut -c1-300
-    [ -d /tmp/ss_build ] && YARDSTICK_PARTS=mamba1 timeout $(tmo 60) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m1" > "$R/yardstick-m1.log" 2>&1
+    [ -d /tmp/ss_build ] && YARDSTICK_PARTS=mamba1 timeout $(tmo 90) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m1" > "$R/yardstick-m1.log" 2>&1
     echo "yardstick m1 rc=$?"; grep -E "Mamba-1|FAILED" "$R/yardstick-m1.log" | cut -c1-300
     YARDSTICK_M3_AUTOTUNE=reduced timeout $(tmo 30) python3 benchmarks/gpu/ncu_targets.py m3_ours --kernels 20 > "$R/kernels_m3_ours.log" 2>&1
     echo "kernels m3_ours rc=$?"; grep -v "Warning\|_warn_once" "$R/kernels_m3_ours.log" | head -n 14 | cut -c1-160

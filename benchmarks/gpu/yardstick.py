@@ -217,6 +217,8 @@ def mamba3_whole_fb(be, t, saving=True):
 def mamba1():
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
+    from mamba_backend_torch_triton.kernels import selective_scan as SS
+
     be = backend()
     note = _m1_configs()
     args, dy = mamba1_inputs()
@@ -239,9 +241,12 @@ def mamba1():
     off_fbt = bench(off_fb)
     row("Mamba-1 selective scan fwd", ours_f, off_f, f"ours: {note}" if note else "")
     row("Mamba-1 selective scan fwd+bwd", ours_fb, off_fbt, f"ours: {note}" if note else "")
+    # the VJP's chunk states in bf16 (CONFIG "states16", off by default, untimed until then)
+    with _config(SS.CONFIG, "bwd", dict(SS.CONFIG["bwd"], states16=True)):
+        row("Mamba-1 selective scan fwd+bwd, bf16 chunk states", bench(ours_fb_fn), off_fbt,
+            "ours: the VJP's states in bf16 (half the bytes)")
     # the saving form with its states kept (CONFIG "save", off by default: 8x u's memory in
     # float32 states at this shape), as the mixer's forward_train and backward would run it
-    from mamba_backend_torch_triton.kernels import selective_scan as SS
 
     def saving_fb():
         out, res = be.ops.forward_saving("selective_scan", *args)
@@ -250,6 +255,9 @@ def mamba1():
     with _config(SS.CONFIG, "save", {"states": True}):
         row("Mamba-1 selective scan fwd+bwd, states kept (saving form)", bench(saving_fb), off_fbt,
             "ours: the forward keeps the VJP's chunk states (537 MB here)")
+        with _config(SS.CONFIG, "bwd", dict(SS.CONFIG["bwd"], states16=True)):
+            row("Mamba-1 selective scan fwd+bwd, bf16 states kept (saving form)", bench(saving_fb),
+                off_fbt, "ours: the forward keeps the VJP's chunk states in bf16 (268 MB here)")
     # (until session 13 also three diagnostic rows for the 16-bit VJP's upcast options, which
     # decided against upcasting: runs 29-30 and 39 in benchmarks/results/gpu-20261207-h100)
 

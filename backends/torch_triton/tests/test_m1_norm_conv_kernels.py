@@ -206,6 +206,24 @@ def test_selective_scan_transposed_bf16(variant, chunk):
     run_scan(TR_CASES, "all,G=2,N=5,T=4,L=11,no softplus", "bfloat16", step=False)
 
 
+@pytest.mark.parametrize("variant", ["lanes", "tr", "base"])
+def test_selective_scan_vjp_states16_bf16(variant, chunk, monkeypatch):
+    """CONFIG "states16": the VJP's chunk states kept in bf16 for bf16 inputs (stored so by the
+    state-saving forward, read back into float32): gradients still within the bf16 tolerance
+    of the reference, and the states really are bf16."""
+    ks.CONFIG["interpret"] = dict(ks.CONFIG["interpret"], variant=variant, states16=True)
+    saved_dtypes, launch = [], ks._scan_launch
+
+    def spy(*a, **k):  # the state-saving forward's states (argument hs)
+        if a[12] is not None:
+            saved_dtypes.append(a[12].dtype)
+        return launch(*a, **k)
+
+    monkeypatch.setattr(ks, "_scan_launch", spy)
+    run_scan(TR_CASES, "all,G=2,N=5,T=4,L=11,no softplus", "bfloat16", step=False)
+    assert saved_dtypes == [torch.bfloat16]
+
+
 @pytest.mark.parametrize("mode", [True, "outputs"], ids=["float32 copies", "float32 outputs"])
 @pytest.mark.parametrize("name", ["all,L=37,G=2", "all,G=2,N=5,T=4,L=11,no softplus"])
 def test_selective_scan_vjp_upcast_bf16(name, mode, chunk):

@@ -176,6 +176,9 @@ CONFIG = {
     # T capped by pow2(L); "lanes", the GPU's VJP, so CI's interpreter certificate covers it
     # (its forward then runs "seq"; the other variants have interpreter tests of their own)
     "interpret": {"T": 64, "BE": 8, "num_warps": 1, "variant": "lanes"},
+    # "states16" (optional, "bwd" entries; not yet timed): the VJP's chunk states kept in the
+    # 16-bit inputs' dtype (268 MB instead of 537 written and read at the benchmark shape; the
+    # states are recomputed from them in float32, so only their rounding is added)
     # the saving form (mamba_core/ops/saving.py; the Mamba-1 mixer's forward_train runs it):
     # "states" True runs the forward as the VJP's state-saving forward writing y too, and keeps
     # the VJP's chunk-entry states, (B, ceil(L/T), E, NP) float32 at the VJP's T: 16 E NP / T
@@ -433,7 +436,7 @@ def _ss_bwd_kernel(
         ci = nchunks - 1 - i
         t = ci * T + rows
         tm = t < L
-        h0 = tl.load(HS + ((b * nchunks + ci) * E + e[:, None]) * NP + n[None, :])
+        h0 = tl.load(HS + ((b * nchunks + ci) * E + e[:, None]) * NP + n[None, :]).to(tl.float32)
         u = tl.load(U + b * sub + t[:, None] * sul + e[None, :], mask=tm[:, None], other=0.0).to(tl.float32)
         raw, dt = _dt_tile(DL, DB, b, t, e, tm, sdb, sdl, HAS_BIAS, SOFTPLUS)
         bn_mask = tm[:, None] & nm[None, :]
@@ -686,7 +689,7 @@ def _ss_bwd_tr_kernel(
     dbias_acc = tl.zeros([BE], dtype=tl.float32)
     for i in range(0, nchunks):
         ci = nchunks - 1 - i
-        h = tl.load(HS + tl.max_contiguous(((b * nchunks + ci) * NP + n[:, None]) * E + e[None, :], [1, 1]))
+        h = tl.load(HS + tl.max_contiguous(((b * nchunks + ci) * NP + n[:, None]) * E + e[None, :], [1, 1])).to(tl.float32)
         # forward over the chunk: Hs[j] = h_{t-1} for t = ci T + j; the token tiles the reverse
         # walk needs are loaded here too, ahead of its dB/dC stores (which loads could not pass)
         Hs = tl.zeros([T, NP, BE], dtype=tl.float32)
@@ -828,6 +831,12 @@ def _variant(cfg: dict) -> str:
     return v
 
 
+def _states_dtype(cfg: dict, dtype):
+    """The VJP's chunk states: float32, or the inputs' 16-bit dtype under CONFIG "states16"
+    (half the bytes written by the state-saving forward and read by the VJP kernel)."""
+    return dtype if cfg.get("states16") and dtype in (torch.bfloat16, torch.float16) else torch.float32
+
+
 def _block_e(Eg: int, cap: int) -> int:
     """The largest power of two <= cap dividing Eg (channels per program, inside one group)."""
     be = 1
@@ -953,8 +962,8 @@ def selective_scan_saving(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     variant, T, NP = _variant(cfg), cfg["T"], pow2(N)
     tr = variant in TRANSPOSED
     nchunks = triton.cdiv(L, T)
-    hs = torch.empty((Bsz, nchunks, NP, E) if tr else (Bsz, nchunks, E, NP), dtype=torch.float32,
-                     device=u.device)
+    hs = torch.empty((Bsz, nchunks, NP, E) if tr else (Bsz, nchunks, E, NP), device=u.device,
+                     dtype=_states_dtype(cfg, u.dtype))
     y = torch.empty((Bsz, L, E), dtype=u.dtype, device=u.device)
     hf = torch.empty((Bsz, E, N), dtype=torch.float32, device=u.device)
     _scan_launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, y, hf, hs, T,
@@ -1025,7 +1034,8 @@ def _vjp(saved, cotangent, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
     if saved is not None and (saved.T, saved.transposed) == (T, tr):
         hs = saved.states
     elif L > 0:
-        hs = torch.empty((Bsz, nchunks, NP, E) if tr else (Bsz, nchunks, E, NP), **f32)
+        hs = torch.empty((Bsz, nchunks, NP, E) if tr else (Bsz, nchunks, E, NP), device=dev,
+                         dtype=_states_dtype(cfg, u.dtype))
         # the state-saving forward: the VJP's chunk T (the states' granularity), its own channels
         # a program and warps when CONFIG names them ("save_BE", "save_warps"; the states'
         # layout does not depend on them), else the VJP's

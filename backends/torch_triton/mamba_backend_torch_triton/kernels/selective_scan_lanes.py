@@ -82,7 +82,7 @@ def _ss_bwd_lanes_kernel(
         t0 = ci * T
         # forward walk: the chunk's token values, B_t, C_t, decays a_t and states h_{t-1}, kept
         # in registers for the reverse walk
-        h = tl.load(HS + ((b * nchunks + ci) * E + e[:, None]) * NP + n[None, :])
+        h = tl.load(HS + ((b * nchunks + ci) * E + e[:, None]) * NP + n[None, :]).to(tl.float32)
         hs = ()
         tok = ()
         bs = ()
