@@ -229,6 +229,8 @@ class OpTable:
         return form.vjp(residuals, cotangent, *args, **kwargs)
 
     def _saving(self) -> dict:
+        if os.environ.get("MAMBA_NO_SAVING_FORMS", "") not in ("", "0"):
+            return {}  # every saving form off: the plain ops and VJPs (A/B timing, debugging)
         if self._saving_table is None:
             from mamba_core.ops.saving import check_saving_table
 

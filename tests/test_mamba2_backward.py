@@ -113,8 +113,11 @@ def test_backward_matches_finite_differences(backend, name, case):
     np.testing.assert_array_equal(np.asarray(y), np.asarray(y0))  # bit-identical
     for k in new0:
         np.testing.assert_array_equal(np.asarray(new[k]), np.asarray(new0[k]))
-    # no saving form of ssd_scan on these backends: no residuals, no scan state saved
-    assert saved.pop("scan_res") is None and not be.ops.saves("ssd_scan")
+    # no per-token scan state is saved; the scan's residuals only where the backend has a
+    # saving form (cpu_numpy: the states entering every 64 tokens)
+    res = saved.pop("scan_res")
+    assert (res is None) == (not be.ops.saves("ssd_scan"))
+    assert res is None or res.shape[2] == -(-L // 64)
     assert not any(v.ndim >= 4 and v.shape[-1] == cfg.d_state for k, v in saved.items()
                    if k != "ssm_state"), "no scan state may be saved"
 

@@ -44,7 +44,7 @@ def _scan_args(rng, L=9):
 
 
 def test_without_a_saving_form_the_plain_op_and_vjp_run():
-    be = get_backend("cpu_numpy")
+    be = get_backend("reference")
     args = _scan_args(np.random.default_rng(0))
     assert not be.ops.saves("selective_scan")
     out, res = be.ops.forward_saving("selective_scan", *args)
@@ -123,3 +123,14 @@ def test_conformance_fails_a_wrong_saving_form(where, kw):
     for e in cert.failures:
         failed = {o.name for o in e.outputs if o.error > e.tolerance}
         assert failed == {where}, failed
+
+
+def test_the_environment_turns_saving_forms_off(monkeypatch):
+    be, log = _saving_backend()
+    args = _scan_args(np.random.default_rng(3))
+    monkeypatch.setenv("MAMBA_NO_SAVING_FORMS", "1")
+    assert not be.ops.saves("selective_scan")
+    out, res = be.ops.forward_saving("selective_scan", *args)
+    assert res is None and log["forward"] == 0
+    monkeypatch.setenv("MAMBA_NO_SAVING_FORMS", "0")
+    assert be.ops.saves("selective_scan")

@@ -23,6 +23,9 @@ op and VJP when the backend has no saving form:
     outputs, res = be.ops.forward_saving("selective_scan", u, delta, A, B, C, ...)
     grads = be.ops.vjp_saved("selective_scan", res, (dy, dh), u, delta, A, B, C, ...)
 
+``MAMBA_NO_SAVING_FORMS=1`` in the environment turns every saving form off (read at each call),
+to time or debug against the plain ops.
+
 The conformance suite certifies a backend's saving forms in the gradient column of the op's
 checks (outputs and gradients through the pair, beside the plain VJP's); the mixers' and the
 language model's gradient checks run through them, since ``forward_train``/``backward`` do.

@@ -21,6 +21,7 @@ class CpuNumpyBackend(Backend):
     description = "NumPy on the CPU (float32/float64; bf16/f16 weights are widened to float32)"
     dtypes = ("float32", "float64")
     capabilities = Capabilities(cuda_graphs=False, batch_invariant=False, deterministic=True)
+    saving = kernels.SAVING  # (before the class attribute ``kernels`` hides the module)
     kernels = kernels.KERNELS
     #: fused one-token decode steps (in_proj, one numba kernel, out_proj); see decode.py
     mixer_steps = decode.MIXER_STEPS

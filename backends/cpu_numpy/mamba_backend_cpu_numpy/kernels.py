@@ -38,6 +38,10 @@ KERNELS = {
     "mamba3_scan_vjp": _m3.mamba3_scan_vjp,
 }
 
+#: saving forms (mamba_core/ops/saving.py): the scans' forwards keep the block checkpoints that
+#: their VJPs' first pass would recompute (1 / CKPT of a per-token state)
+SAVING = {**_ss.SAVING, **_ssd.SAVING, **_m3.SAVING}
+
 #: the kernels of ``cpu_numpy_invariant``: the same, with a fixed-order ``linear`` so a row's
 #: result never depends on the other rows (OpenBLAS changes a row's bits with the row count)
 INVARIANT_KERNELS = {**KERNELS, "linear": _linear.linear}

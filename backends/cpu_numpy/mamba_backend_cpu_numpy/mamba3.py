@@ -8,6 +8,8 @@ ascending order. Batch-invariant and deterministic.
 The VJP is the reverse-time loop of ``mamba3_scan_vjp_ref`` with block checkpoints (as the SSD
 one): pass 1 saves the state entering every block of ``CKPT`` tokens, pass 2 walks the blocks
 backwards, recomputes the block's states from the saved one and runs the adjoint recurrence.
+The saving form (``SAVING``; mamba_core/ops/saving.py) has the forward keep those checkpoints,
+so its VJP runs pass 2 only.
 Saved per (batch, head): ceil(L / CKPT) states of N x P, one (CKPT + 1, N, P) buffer, the adjoint
 dS and the ``carry`` beta_{t+1} dS_{t+1} (the part of du_t that token t + 1 owes).
 """
@@ -17,12 +19,13 @@ from __future__ import annotations
 import numpy as np
 
 from mamba_core.ops import mamba3 as _ops
+from mamba_core.ops.saving import SavingForm
 from mamba_backend_cpu_numpy._nb import NJIT, NJIT_SERIAL, c, njit, prange
 
 CKPT = 64
 
 
-def _fwd_py(x, dt, A, trap, Bm, Cm, D, mx, S0, k0, v0, y, S_out):
+def _fwd_py(x, dt, A, trap, Bm, Cm, D, mx, S0, k0, v0, y, S_out, ck, save):
     Bsz, L, H, P = x.shape
     R, N = Bm.shape[2], Bm.shape[4]
     for bh in prange(Bsz * H):
@@ -42,6 +45,8 @@ def _fwd_py(x, dt, A, trap, Bm, Cm, D, mx, S0, k0, v0, y, S_out):
                 kp[r, n] = k0[b, r, h, n]
         acc = np.empty(P, dtype=S_out.dtype)
         for t in range(L):
+            if save and t % CKPT == 0:  # the saving form: the state entering every block
+                ck[b, h, t // CKPT] = S
             d = dt[b, t, h]
             alpha = np.exp(A[b, t, h] * d)
             beta = (1.0 - trap[b, t, h]) * d * alpha
@@ -109,7 +114,7 @@ def _advance(S_in, S_out, alpha, beta, gamma, vp, kp, vc, kc):
 
 @njit(**NJIT)
 def _bwd(dy, dSL, dkL, dvL, x, dt, A, trap, Bm, Cm, D, mx, S0, k0, v0,
-         dx, ddt, dA, dtrap, dB, dC, dD_part, dmx_part, dS0, dk0, dv0):
+         dx, ddt, dA, dtrap, dB, dC, dD_part, dmx_part, dS0, dk0, dv0, ck, have_ck):
     Bsz, L, H, P = x.shape
     R, N = Bm.shape[2], Bm.shape[4]
     nblk = (L + CKPT - 1) // CKPT
@@ -121,22 +126,25 @@ def _bwd(dy, dSL, dkL, dvL, x, dt, A, trap, Bm, Cm, D, mx, S0, k0, v0,
         kp = np.empty((R, N), dtype=f)  # B_{r,t-1}
         vc = np.empty((R, P), dtype=f)  # v_{r,t}
         kc = np.empty((R, N), dtype=f)  # B_{r,t}
-        # pass 1: the state entering every block
-        saved = np.empty((nblk, N, P), dtype=f)
-        S = np.empty((N, P), dtype=f)
-        for n in range(N):
-            for p in range(P):
-                S[n, p] = S0[b, h, p, n]
-        _load(x, Bm, mx, v0, k0, b, h, -1, vp, kp)
-        for t in range(L):
-            if t % CKPT == 0:
-                saved[t // CKPT] = S
-            d = dt[b, t, h]
-            al = np.exp(A[b, t, h] * d)
-            _load(x, Bm, mx, v0, k0, b, h, t, vc, kc)
-            _advance(S, S, al, (1.0 - trap[b, t, h]) * d * al, trap[b, t, h] * d, vp, kp, vc, kc)
-            vp[:, :] = vc
-            kp[:, :] = kc
+        # pass 1: the state entering every block (the saving form's forward kept them: ck)
+        if have_ck:
+            saved = ck[b, h]
+        else:
+            saved = np.empty((nblk, N, P), dtype=f)
+            S = np.empty((N, P), dtype=f)
+            for n in range(N):
+                for p in range(P):
+                    S[n, p] = S0[b, h, p, n]
+            _load(x, Bm, mx, v0, k0, b, h, -1, vp, kp)
+            for t in range(L):
+                if t % CKPT == 0:
+                    saved[t // CKPT] = S
+                d = dt[b, t, h]
+                al = np.exp(A[b, t, h] * d)
+                _load(x, Bm, mx, v0, k0, b, h, t, vc, kc)
+                _advance(S, S, al, (1.0 - trap[b, t, h]) * d * al, trap[b, t, h] * d, vp, kp, vc, kc)
+                vp[:, :] = vc
+                kp[:, :] = kc
         # pass 2: blocks in reverse; dS = adjoint of S_t, carry = beta_{t+1} dS_{t+1}
         buf = np.empty((CKPT + 1, N, P), dtype=f)  # buf[i] = S_{t0 + i - 1}
         dS = np.empty((N, P), dtype=f)
@@ -265,9 +273,33 @@ def _wide(x):
     return np.float64 if x.dtype == np.float64 else np.float32
 
 
+def _checkpoints(Bsz, H, L, N, P, wide, save):
+    """The forward's block checkpoints (B, H, ceil(L / CKPT), N, P), or a placeholder."""
+    return np.empty((Bsz, H, -(-L // CKPT), N, P) if save else (1, 1, 1, 1, 1), wide)
+
+
 def mamba3_scan(x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_size=64, initial_state=None,
                 initial_k=None, initial_v=None):
     """numba Mamba-3 scan (see mamba_core.ops.mamba3); chunk_size does not change the result."""
+    return _scan(x, dt, A, trap, B, C, D, mimo_x, initial_state, initial_k, initial_v, False)[0]
+
+
+def mamba3_scan_saving(x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_size=64, initial_state=None,
+                       initial_k=None, initial_v=None):
+    """mamba3_scan's saving form: the same outputs, and the states entering every CKPT tokens
+    (B H ceil(L / CKPT) N P in the compute dtype: 1 / CKPT of a per-token state) that the VJP's
+    first pass would recompute."""
+    return _scan(x, dt, A, trap, B, C, D, mimo_x, initial_state, initial_k, initial_v, True)
+
+
+def mamba3_scan_vjp_saved(residuals, cotangent, x, dt, A, trap, B, C, D=None, mimo_x=None,
+                          chunk_size=64, initial_state=None, initial_k=None, initial_v=None):
+    """mamba3_scan_vjp from the saving form's checkpoints: its second pass only."""
+    return _vjp(cotangent, x, dt, A, trap, B, C, D, mimo_x, initial_state, initial_k, initial_v,
+                residuals)
+
+
+def _scan(x, dt, A, trap, B, C, D, mimo_x, initial_state, initial_k, initial_v, save):
     Bsz, L, H, P = x.shape
     R, N = B.shape[2], B.shape[4]
     wide = _wide(x)
@@ -278,9 +310,10 @@ def mamba3_scan(x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_size=64, initia
     v0 = np.zeros((Bsz, H, P), wide) if initial_v is None else c(initial_v, wide)
     y = np.empty((Bsz, L, R, H, P), wide)
     S = np.empty((Bsz, H, P, N), wide)
+    ck = _checkpoints(Bsz, H, L, N, P, wide, save)
     (_fwd_serial if L == 1 else _fwd)(c(x, wide), c(dt, wide), c(A, wide), c(trap, wide), c(B, wide), c(C, wide), Dw, mx,
-         S0, k0, v0, y, S)
-    return y.astype(x.dtype, copy=False), S, B[:, -1], x[:, -1]
+         S0, k0, v0, y, S, ck, save)
+    return (y.astype(x.dtype, copy=False), S, B[:, -1], x[:, -1]), (ck if save else None)
 
 
 def mamba3_step(x, dt, A, trap, B, C, state, k_state, v_state, D=None, mimo_x=None):
@@ -299,6 +332,10 @@ def mamba3_scan_vjp(cotangent, x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_
     dfinal_v (B, H, P)), any entry None (zero). Gradients come back in their argument's dtype;
     dD and dmimo_x are summed over the batch after the kernel (per-row partials, fixed order).
     """
+    return _vjp(cotangent, x, dt, A, trap, B, C, D, mimo_x, initial_state, initial_k, initial_v, None)
+
+
+def _vjp(cotangent, x, dt, A, trap, B, C, D, mimo_x, initial_state, initial_k, initial_v, ck):
     dy, dSL, dkL, dvL = _ops._unpack_scan_cotangent(cotangent)
     Bsz, L, H, P = x.shape
     R, N = B.shape[2], B.shape[4]
@@ -325,7 +362,8 @@ def mamba3_scan_vjp(cotangent, x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_
     dk0 = np.empty((Bsz, R, H, N), wide)
     dv0 = np.empty((Bsz, H, P), wide)
     _bwd(dyw, dSLw, dkLw, dvLw, c(x, wide), c(dt, wide), c(A, wide), c(trap, wide), c(B, wide),
-         c(C, wide), Dw, mx, S0, k0, v0, dx, ddt, dA, dtrap, dB, dC, dD_part, dmx_part, dS0, dk0, dv0)
+         c(C, wide), Dw, mx, S0, k0, v0, dx, ddt, dA, dtrap, dB, dC, dD_part, dmx_part, dS0, dk0, dv0,
+         _checkpoints(Bsz, H, L, N, P, wide, False) if ck is None else ck, ck is not None)
     out = {"x": dx.astype(x.dtype, copy=False), "dt": ddt.astype(dt.dtype, copy=False),
            "A": dA.astype(A.dtype, copy=False), "trap": dtrap.astype(trap.dtype, copy=False),
            "B": dB.astype(B.dtype, copy=False), "C": dC.astype(C.dtype, copy=False)}
@@ -340,3 +378,6 @@ def mamba3_scan_vjp(cotangent, x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_
     if initial_v is not None:
         out["initial_v"] = dv0.astype(initial_v.dtype, copy=False)
     return out
+
+
+SAVING = {"mamba3_scan": SavingForm(mamba3_scan_saving, mamba3_scan_vjp_saved)}

@@ -3,7 +3,8 @@
 One (batch, channel) pair per prange iteration, the state h (N) local; the readout sum over n
 runs in ascending n. Outputs depend only on their own row in a fixed order: batch-invariant and
 deterministic. The VJP recomputes from states saved every ``CKPT`` tokens (the adjoint recurrence
-of ``selective_scan_vjp_ref``, run backwards block by block). dt preprocessing and its backward,
+of ``selective_scan_vjp_ref``, run backwards block by block); the saving form (``SAVING``;
+mamba_core/ops/saving.py) has the forward keep those states, so its VJP skips that first pass. dt preprocessing and its backward,
 and the group sums of dB, dC, are NumPy.
 """
 
@@ -13,13 +14,14 @@ import numpy as np
 
 from mamba_core.ops import selective_scan as _ops
 from mamba_core.ops.activations import SOFTPLUS_THRESHOLD
+from mamba_core.ops.saving import SavingForm
 from mamba_backend_cpu_numpy._nb import NJIT, NJIT_SERIAL, c, njit, prange
 
 CKPT = 64
 
 
 @njit(**NJIT)
-def _fwd(u, dt, A, Bm, Cm, D, z, has_z, h0, y, hL):
+def _fwd(u, dt, A, Bm, Cm, D, z, has_z, h0, y, hL, ck, save):
     Bsz, L, E = u.shape
     G, N = Bm.shape[2], Bm.shape[3]
     Eg = E // G
@@ -29,6 +31,8 @@ def _fwd(u, dt, A, Bm, Cm, D, z, has_z, h0, y, hL):
         g = e // Eg
         h = h0[b, e].copy()
         for t in range(L):
+            if save and t % CKPT == 0:  # the saving form: the state entering every block
+                ck[b, e, t // CKPT] = h
             d = dt[b, t, e]
             du = d * u[b, t, e]
             acc = 0.0
@@ -68,7 +72,8 @@ def _step(u, dt, A, Bm, Cm, D, z, has_z, h0, y, hL):
 
 
 @njit(**NJIT)
-def _bwd(dy, dhL, u, dt, A, Bm, Cm, D, z, has_z, h0, du_out, ddt, dA_part, dBh, dCh, dD_part, dz, dh0):
+def _bwd(dy, dhL, u, dt, A, Bm, Cm, D, z, has_z, h0, du_out, ddt, dA_part, dBh, dCh, dD_part, dz, dh0,
+         ck, have_ck):
     Bsz, L, E = u.shape
     G, N = Bm.shape[2], Bm.shape[3]
     Eg = E // G
@@ -77,14 +82,17 @@ def _bwd(dy, dhL, u, dt, A, Bm, Cm, D, z, has_z, h0, du_out, ddt, dA_part, dBh, 
         b = be // E
         e = be - b * E
         g = e // Eg
-        saved = np.empty((nblk, N), dtype=dh0.dtype)
-        h = h0[b, e].copy()
-        for t in range(L):
-            if t % CKPT == 0:
-                saved[t // CKPT] = h
-            d = dt[b, t, e]
-            for n in range(N):
-                h[n] = np.exp(d * A[e, n]) * h[n] + d * u[b, t, e] * Bm[b, t, g, n]
+        if have_ck:  # the saving form's forward kept the states entering every block
+            saved = ck[b, e]
+        else:
+            saved = np.empty((nblk, N), dtype=dh0.dtype)
+            h = h0[b, e].copy()
+            for t in range(L):
+                if t % CKPT == 0:
+                    saved[t // CKPT] = h
+                d = dt[b, t, e]
+                for n in range(N):
+                    h[n] = np.exp(d * A[e, n]) * h[n] + d * u[b, t, e] * Bm[b, t, g, n]
         buf = np.empty((CKPT + 1, N), dtype=dh0.dtype)
         gs = dhL[b, e].copy()
         dA_acc = np.zeros(N, dtype=dh0.dtype)
@@ -141,17 +149,41 @@ def _prep(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     return wide, dt, c(A, wide), c(B, wide), c(C, wide), Dw, zw
 
 
+def _checkpoints(Bsz, E, L, N, wide, save):
+    """The forward's block checkpoints (B, E, ceil(L / CKPT), N), or a placeholder."""
+    return np.empty((Bsz, E, -(-L // CKPT), N) if save else (1, 1, 1, 1), wide)
+
+
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    initial_state=None):
     """numba selective scan (see mamba_core.ops.selective_scan)."""
+    return _scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, False)[0]
+
+
+def selective_scan_saving(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                          initial_state=None):
+    """selective_scan's saving form: the same outputs, and the states entering every CKPT tokens
+    (B E ceil(L / CKPT) N in the compute dtype: 1 / CKPT of a per-token state) that the VJP's
+    first pass would recompute."""
+    return _scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, True)
+
+
+def selective_scan_vjp_saved(residuals, cotangent, u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                             delta_softplus=False, initial_state=None):
+    """selective_scan_vjp from the saving form's checkpoints: its second pass only."""
+    return _vjp(cotangent, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, residuals)
+
+
+def _scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save):
     Bsz, L, E = u.shape
     N = A.shape[1]
     wide, dt, Aw, Bw, Cw, Dw, zw = _prep(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     h0 = np.zeros((Bsz, E, N), wide) if initial_state is None else c(initial_state, wide)
     y = np.empty((Bsz, L, E), wide)
     hL = np.empty((Bsz, E, N), wide)
-    _fwd(c(u, wide), dt, Aw, Bw, Cw, Dw, zw, z is not None, h0, y, hL)
-    return y.astype(u.dtype, copy=False), hL
+    ck = _checkpoints(Bsz, E, L, N, wide, save)
+    _fwd(c(u, wide), dt, Aw, Bw, Cw, Dw, zw, z is not None, h0, y, hL, ck, save)
+    return (y.astype(u.dtype, copy=False), hL), (ck if save else None)
 
 
 def selective_scan_step(u, delta, A, B, C, state, D=None, z=None, delta_bias=None,
@@ -169,6 +201,10 @@ def selective_scan_step(u, delta, A, B, C, state, D=None, z=None, delta_bias=Non
 def selective_scan_vjp(cotangent, u, delta, A, B, C, D=None, z=None, delta_bias=None,
                        delta_softplus=False, initial_state=None):
     """numba selective-scan backward (recompute from block checkpoints)."""
+    return _vjp(cotangent, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, None)
+
+
+def _vjp(cotangent, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, ck):
     dy, dhL = _ops._split_cotangent(cotangent)
     Bsz, L, E = u.shape
     G, N = B.shape[2], B.shape[3]
@@ -185,7 +221,8 @@ def selective_scan_vjp(cotangent, u, delta, A, B, C, D=None, z=None, delta_bias=
     dz = np.empty((Bsz, L, E), wide) if z is not None else np.zeros((1, 1, 1), wide)
     dh0 = np.empty((Bsz, E, N), wide)
     _bwd(dyw, dhLw, c(u, wide), dt, Aw, Bw, Cw, Dw, zw, z is not None, h0, du, ddt, dA_part, dBh,
-         dCh, dD_part, dz, dh0)
+         dCh, dD_part, dz, dh0, _checkpoints(Bsz, E, L, N, wide, False) if ck is None else ck,
+         ck is not None)
     if delta_softplus:
         raw = np.asarray(delta, wide) + (0 if delta_bias is None else np.asarray(delta_bias, wide))
         ddt = ddt * np.where(raw > SOFTPLUS_THRESHOLD, 1.0, 1.0 / (1.0 + np.exp(-raw))).astype(wide)
@@ -205,3 +242,6 @@ def selective_scan_vjp(cotangent, u, delta, A, B, C, D=None, z=None, delta_bias=
     if initial_state is not None:
         grads["initial_state"] = dh0.astype(initial_state.dtype, copy=False)
     return grads
+
+
+SAVING = {"selective_scan": SavingForm(selective_scan_saving, selective_scan_vjp_saved)}

@@ -8,8 +8,9 @@ batch-invariant and deterministic. Only decays exp(dt A) <= 1 are formed: exact 
 decay over long sequences.
 
 The VJP recomputes: pass 1 saves the state entering every block of ``CKPT`` tokens; pass 2
-walks the blocks backwards, recomputes the block's states from the saved one and runs the
-adjoint recurrence of ``ssd_scan_vjp_ref``. Extra memory: B*H*ceil(L/CKPT)*P*N saved states plus
+walks the blocks backwards, recomputes the block's states from the saved one (rounded as the
+forward forms them) and runs the adjoint recurrence of ``ssd_scan_vjp_ref``. The saving form
+(``SAVING``; mamba_core/ops/saving.py) has the forward keep those states: its VJP runs pass 2 only. Extra memory: B*H*ceil(L/CKPT)*P*N saved states plus
 one (CKPT+1, N, P) buffer per thread.
 
 dt preprocessing (bias, softplus, clamp) and its backward are elementwise NumPy (mamba_core's
@@ -21,13 +22,14 @@ from __future__ import annotations
 import numpy as np
 
 from mamba_core.ops import ssd as _ops
+from mamba_core.ops.saving import SavingForm
 from mamba_backend_cpu_numpy._nb import NJIT, NJIT_SERIAL, c, njit, prange
 
 CKPT = 64
 
 
 @njit(**NJIT)
-def _fwd(x, dt, A, Bm, Cm, D, z, has_z, S0, seq, has_seq, y, S_out):
+def _fwd(x, dt, A, Bm, Cm, D, z, has_z, S0, seq, has_seq, y, S_out, ck, save):
     Bsz, L, H, P = x.shape
     G, N = Bm.shape[2], Bm.shape[3]
     Hg = H // G
@@ -42,6 +44,8 @@ def _fwd(x, dt, A, Bm, Cm, D, z, has_z, S0, seq, has_seq, y, S_out):
         acc = np.empty(P, dtype=S_out.dtype)
         dx = np.empty(P, dtype=S_out.dtype)
         for t in range(L):
+            if save and t % CKPT == 0:  # the saving form: the state entering every block
+                ck[b, h, t // CKPT] = S
             if has_seq and t > 0 and seq[b, t] != seq[b, t - 1]:
                 S[:, :] = 0.0
             d = dt[b, t, h]
@@ -94,7 +98,7 @@ def _step(x, dt, A, Bm, Cm, D, z, has_z, S0, y, S_out):
 
 @njit(**NJIT)
 def _bwd(dy, dSL, x, dt, A, Bm, Cm, D, z, has_z, S0, seq, has_seq,
-         dx, ddt, dA_part, dBh, dCh, dD_part, dz, dS0):
+         dx, ddt, dA_part, dBh, dCh, dD_part, dz, dS0, ck, have_ck):
     Bsz, L, H, P = x.shape
     G, N = Bm.shape[2], Bm.shape[3]
     Hg = H // G
@@ -103,23 +107,26 @@ def _bwd(dy, dSL, x, dt, A, Bm, Cm, D, z, has_z, S0, seq, has_seq,
         b = bh // H
         h = bh - b * H
         g = h // Hg
-        # pass 1: the state entering every block
-        saved = np.empty((nblk, N, P), dtype=dS0.dtype)
-        S = np.empty((N, P), dtype=dS0.dtype)
-        for n in range(N):
-            for p in range(P):
-                S[n, p] = S0[b, h, p, n]
-        for t in range(L):
-            if t % CKPT == 0:
-                saved[t // CKPT] = S
-            if has_seq and t > 0 and seq[b, t] != seq[b, t - 1]:
-                S[:, :] = 0.0
-            d = dt[b, t, h]
-            da = np.exp(d * A[h])
+        # pass 1: the state entering every block (the saving form's forward kept them: ck)
+        if have_ck:
+            saved = ck[b, h]
+        else:
+            saved = np.empty((nblk, N, P), dtype=dS0.dtype)
+            S = np.empty((N, P), dtype=dS0.dtype)
             for n in range(N):
-                bn = d * Bm[b, t, g, n]
                 for p in range(P):
-                    S[n, p] = da * S[n, p] + bn * x[b, t, h, p]
+                    S[n, p] = S0[b, h, p, n]
+            for t in range(L):
+                if t % CKPT == 0:
+                    saved[t // CKPT] = S
+                if has_seq and t > 0 and seq[b, t] != seq[b, t - 1]:
+                    S[:, :] = 0.0
+                d = dt[b, t, h]
+                da = np.exp(d * A[h])
+                for n in range(N):  # rounded as the forward: (dt x) B
+                    bn = Bm[b, t, g, n]
+                    for p in range(P):
+                        S[n, p] = da * S[n, p] + (d * x[b, t, h, p]) * bn
         # pass 2: blocks in reverse
         buf = np.empty((CKPT + 1, N, P), dtype=dS0.dtype)  # buf[i] = state before token t0+i
         dS = np.empty((N, P), dtype=dS0.dtype)
@@ -141,10 +148,10 @@ def _bwd(dy, dSL, x, dt, A, Bm, Cm, D, z, has_z, S0, seq, has_seq,
                 keep = 0.0 if (has_seq and t > 0 and seq[b, t] != seq[b, t - 1]) else 1.0
                 d = dt[b, t, h]
                 da = np.exp(d * A[h]) * keep
-                for n in range(N):
-                    bn = d * Bm[b, t, g, n]
+                for n in range(N):  # rounded as the forward: (dt x) B
+                    bn = Bm[b, t, g, n]
                     for p in range(P):
-                        buf[i + 1, n, p] = da * buf[i, n, p] + bn * x[b, t, h, p]
+                        buf[i + 1, n, p] = da * buf[i, n, p] + (d * x[b, t, h, p]) * bn
             for t in range(t1 - 1, t0 - 1, -1):
                 i = t - t0
                 d = dt[b, t, h]
@@ -218,9 +225,34 @@ def _prep(x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, state_shape):
     return wide, dtw, c(A, wide), c(B, wide), c(C, wide), c(Dw, wide), zw
 
 
+def _checkpoints(Bsz, H, L, N, P, wide, save):
+    """The forward's block checkpoints (B, H, ceil(L / CKPT), N, P), or a placeholder."""
+    return np.empty((Bsz, H, -(-L // CKPT), N, P) if save else (1, 1, 1, 1, 1), wide)
+
+
 def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_softplus=False,
              dt_limit=_ops.NO_LIMIT, initial_state=None, seq_idx=None):
     """numba SSD scan (see mamba_core.ops.ssd). chunk_size does not change the result."""
+    return _scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, initial_state, seq_idx, False)[0]
+
+
+def ssd_scan_saving(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_softplus=False,
+                    dt_limit=_ops.NO_LIMIT, initial_state=None, seq_idx=None):
+    """ssd_scan's saving form: the same outputs, and the states entering every CKPT tokens
+    (B H ceil(L / CKPT) N P in the compute dtype: 1 / CKPT of a per-token state) that the VJP's
+    first pass would recompute."""
+    return _scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, initial_state, seq_idx, True)
+
+
+def ssd_scan_vjp_saved(residuals, cotangent, x, dt, A, B, C, chunk_size=256, D=None, z=None,
+                       dt_bias=None, dt_softplus=False, dt_limit=_ops.NO_LIMIT, initial_state=None,
+                       seq_idx=None):
+    """ssd_scan_vjp from the saving form's checkpoints: its second pass only."""
+    return _vjp(cotangent, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, initial_state,
+                seq_idx, residuals)
+
+
+def _scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, initial_state, seq_idx, save):
     Bsz, L, H, P = x.shape
     N = B.shape[3]
     wide, dtw, Aw, Bw, Cw, Dw, zw = _prep(x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, None)
@@ -228,8 +260,9 @@ def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_so
     seq = np.zeros((1, 1), np.int64) if seq_idx is None else c(seq_idx, np.int64)
     y = np.empty((Bsz, L, H, P), wide)
     S = np.empty((Bsz, H, P, N), wide)
-    _fwd(c(x, wide), dtw, Aw, Bw, Cw, Dw, zw, z is not None, S0, seq, seq_idx is not None, y, S)
-    return y.astype(x.dtype, copy=False), S
+    ck = _checkpoints(Bsz, H, L, N, P, wide, save)
+    _fwd(c(x, wide), dtw, Aw, Bw, Cw, Dw, zw, z is not None, S0, seq, seq_idx is not None, y, S, ck, save)
+    return (y.astype(x.dtype, copy=False), S), (ck if save else None)
 
 
 def ssd_step(x, dt, A, B, C, state, D=None, z=None, dt_bias=None, dt_softplus=False,
@@ -247,6 +280,11 @@ def ssd_step(x, dt, A, B, C, state, D=None, z=None, dt_bias=None, dt_softplus=Fa
 def ssd_scan_vjp(cotangent, x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None,
                  dt_softplus=False, dt_limit=_ops.NO_LIMIT, initial_state=None, seq_idx=None):
     """numba SSD backward (recompute with block checkpoints); keys as ssd_scan_vjp_ref."""
+    return _vjp(cotangent, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, initial_state,
+                seq_idx, None)
+
+
+def _vjp(cotangent, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, initial_state, seq_idx, ck):
     dy, dSL = _ops._unpack_cotangent(cotangent)
     Bsz, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
@@ -264,7 +302,8 @@ def ssd_scan_vjp(cotangent, x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_b
     dz = np.empty((Bsz, L, H, P), wide) if z is not None else np.zeros((1, 1, 1, 1), wide)
     dS0 = np.empty((Bsz, H, P, N), wide)
     _bwd(dyw, dSLw, c(x, wide), dtw, Aw, Bw, Cw, Dw, zw, z is not None, S0, seq,
-         seq_idx is not None, dx, ddt, dA_part, dBh, dCh, dD_part, dz, dS0)
+         seq_idx is not None, dx, ddt, dA_part, dBh, dCh, dD_part, dz, dS0,
+         _checkpoints(Bsz, H, L, N, P, wide, False) if ck is None else ck, ck is not None)
     ddt = _ops._dt_vjp(np, ddt, dt, dt_bias, dt_softplus, dt_limit, wide)
     out = {
         "x": dx.astype(x.dtype, copy=False),
@@ -283,3 +322,6 @@ def ssd_scan_vjp(cotangent, x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_b
     if initial_state is not None:
         out["initial_state"] = dS0.astype(initial_state.dtype, copy=False)
     return out
+
+
+SAVING = {"ssd_scan": SavingForm(ssd_scan_saving, ssd_scan_vjp_saved)}

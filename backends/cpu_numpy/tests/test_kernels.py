@@ -47,16 +47,20 @@ def test_ssd_forward_and_vjp_match_reference(dtype):
         assert rel(gg[k], gw[k]) < TOL[dtype], k
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_selective_scan_forward_and_vjp_match_reference(dtype):
-    rng = np.random.default_rng(1)
-    B, L, E, G, N = 2, 70, 6, 2, 4
+def _ss_args(rng, B=2, L=70, E=6, G=2, N=4, dtype=np.float64):
     a = dict(u=rng.standard_normal((B, L, E)), delta=rng.standard_normal((B, L, E)),
              A=-rng.uniform(0.5, 2, (E, N)), B=rng.standard_normal((B, L, G, N)),
              C=rng.standard_normal((B, L, G, N)), D=rng.standard_normal(E),
              z=rng.standard_normal((B, L, E)), delta_bias=rng.standard_normal(E),
              initial_state=rng.standard_normal((B, E, N)))
-    a = {k: v.astype(dtype) for k, v in a.items()}
+    return {k: v.astype(dtype) for k, v in a.items()}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_selective_scan_forward_and_vjp_match_reference(dtype):
+    rng = np.random.default_rng(1)
+    B, L, E, N = 2, 70, 6, 4
+    a = _ss_args(rng, B, L, E, 2, N, dtype)
     a64 = {k: v.astype(np.float64) for k, v in a.items()}
     for g, w in zip(kss.selective_scan(**a, delta_softplus=True), ss.selective_scan_ref(**a64, delta_softplus=True)):
         assert rel(g, w) < TOL[dtype]
@@ -104,6 +108,46 @@ def test_mamba3_forward_and_vjp_match_reference(dtype, R):
     assert list(gg) == list(gw)
     for k in gw:
         assert rel(gg[k], gw[k]) < TOL[dtype], k
+
+
+def _scan_cases():
+    """(op, arguments, make the cotangent from the outputs) of the three scans, over more than
+    two CKPT blocks with a partial last one, every optional input given."""
+    rng = np.random.default_rng(7)
+    ss_args = dict(_ss_args(rng, L=150), delta_softplus=True)
+    ssd_args = dict(_ssd_args(rng, L=150), dt_softplus=True)
+    ssd_args["seq_idx"] = np.repeat(np.arange(3), [20, 70, 60])[None].repeat(2, 0)
+    full = lambda o: tuple(np.ones_like(v) for v in o)  # noqa: E731
+    return [("selective_scan", ss_args, full), ("ssd_scan", ssd_args, full),
+            ("mamba3_scan", _mamba3_args(rng, 1), full), ("mamba3_scan", _mamba3_args(rng, 3), full),
+            ("mamba3_scan", _mamba3_args(rng, 1, L=1), full)]
+
+
+@pytest.mark.parametrize("case", range(5), ids=["selective_scan", "ssd_scan", "mamba3_scan",
+                                                "mamba3_scan MIMO", "mamba3_scan L=1"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_saving_forms_are_the_plain_op_and_vjp_bit_for_bit(case, dtype):
+    """The saving forms keep the block checkpoints the VJP's first pass recomputes (the same
+    values: the forward forms them with the same roundings), so outputs and gradients are the
+    plain op's and VJP's bit for bit, and the checkpoints are 1 / CKPT of a per-token state."""
+    from mamba_core.registry import get_backend
+
+    be = get_backend("cpu_numpy")
+    op, args, make_cot = _scan_cases()[case]
+    args = {k: v.astype(dtype) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v
+            for k, v in args.items()}
+    assert be.ops.saves(op)
+    plain = getattr(be.ops, op)(**args)
+    out, ck = be.ops.forward_saving(op, **args)
+    assert all(np.array_equal(a, b) for a, b in zip(out, plain))
+    L = next(iter(args.values())).shape[1]
+    assert ck.shape[2] == -(-L // 64) and ck.dtype == dtype
+    cot = make_cot(plain)
+    want = getattr(be.ops, f"{op}_vjp")(cot, **args)
+    got = be.ops.vjp_saved(op, ck, cot, **args)
+    assert list(got) == list(want)
+    for k in want:
+        assert np.array_equal(got[k], want[k]), k
 
 
 def test_conv1d_vjp_matches_reference():
