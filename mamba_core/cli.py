@@ -1,6 +1,6 @@
 """The ``mamba-core`` command line.
 
-    mamba-core backends                 installed backends: available or why not, native ops
+    mamba-core backends                 installed backends: available or why not, native ops, saving forms
     mamba-core conformance BACKEND ...  certify a backend (needs mamba-conformance installed)
     mamba-core demo [--backend NAME]    train a tiny Mamba-3 on the bundled corpus (~1 min), then
                                         generate from it (--random-weights: the quick graph check)
@@ -45,6 +45,9 @@ def _cmd_backends(args) -> int:
         print(f"  capabilities: cuda_graphs={caps.cuda_graphs} batch_invariant={caps.batch_invariant} "
               f"deterministic={caps.deterministic}")
         print(f"  native ops ({len(native)}/{n_ops}): {', '.join(native) or 'none (all default compositions)'}")
+        saving = sorted(getattr(be, "saving", {}) or {})
+        if saving:
+            print(f"  saving forms (forward keeps residuals for the VJP): {', '.join(saving)}")
     for name, err in sorted(load_errors().items()):
         print(f"{name:<14} BROKEN: {err}")
     return 0

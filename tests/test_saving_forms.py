@@ -134,3 +134,14 @@ def test_the_environment_turns_saving_forms_off(monkeypatch):
     assert res is None and log["forward"] == 0
     monkeypatch.setenv("MAMBA_NO_SAVING_FORMS", "0")
     assert be.ops.saves("selective_scan")
+
+
+def test_the_backends_listing_names_the_saving_forms(capsys):
+    from mamba_core.cli import main as core_main
+
+    assert core_main(["backends"]) == 0
+    out = capsys.readouterr().out
+    block = out[out.index("cpu_numpy "):].split("cpu_numpy_invariant", 1)[0]
+    assert "saving forms (forward keeps residuals for the VJP): mamba3_scan, selective_scan, ssd_scan" in block
+    ref = out[out.index("reference "):]
+    assert "saving forms" not in ref.split("\n\n", 1)[0]
