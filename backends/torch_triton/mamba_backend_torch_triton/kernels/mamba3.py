@@ -25,9 +25,10 @@ keep the entering states in 16 bits for 16-bit inputs, and store dB, dC (and dv 
 are folded) in the output dtype. float32 inputs with IEEE dots (Triton lowers them to FMAs in
 registers) launch under CONFIG["fwd_ieee"] / ["bwd_ieee"], whose "rows" cap keeps Qk R at 32
 (forward) and 16 (backward) rows whatever R is.
-Saving form (``SAVING``; mamba_core/ops/saving.py): ``mamba3_scan_saving`` is the backward's
-state recompute writing y too, run in the forward; it keeps the entering states (SavedStates)
-for ``mamba3_scan_vjp_saved``, which then launches the backward alone (CONFIG "save").
+Saving form (``SAVING``; mamba_core/ops/saving.py): ``mamba3_scan_saving`` keeps the states the
+backward reads (SavedStates, every span tokens), formed by the plain forward's launch when its
+chunk divides the span, else by the backward's state recompute writing y too;
+``mamba3_scan_vjp_saved`` then launches the backward alone (CONFIG "save").
 The "blocked" backward (CONFIG "bwd" "variant"): the dS recurrence alone first (_m3_dsb), kept at
 block boundaries, then the blocks' backwards in parallel (_m3_bwd with BLOCKED).
 The step kernel: one program per (batch, head, P block), the R rank outer products unrolled.
@@ -705,7 +706,8 @@ def mamba3_scan_vjp(cotangent, x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_
 def _scan_vjp(saved, cotangent, x, dt, A, trap, B, C, D, mimo_x, chunk_size, initial_state,
               initial_k, initial_v):
     """mamba3_scan_vjp, reading ``saved`` (a saving forward's SavedStates) instead of recomputing
-    the entering states when its chunk and stride are the backward's launch."""
+    the entering states when the backward's chunk divides their span (the span then sets the
+    state stride, or the block of the "blocked" backward)."""
     dy, dS_L, dk_L, dv_L = cotangent
     if not _supported(x, B, dt, A, trap, C, D, mimo_x, initial_state, initial_k, initial_v,
                       dy, dS_L, dk_L, dv_L):
