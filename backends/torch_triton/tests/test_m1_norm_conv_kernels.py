@@ -212,6 +212,9 @@ def test_selective_scan_vjp_states16_bf16(variant, chunk, monkeypatch):
     state-saving forward, read back into float32): gradients still within the bf16 tolerance
     of the reference, and the states really are bf16."""
     ks.CONFIG["interpret"] = dict(ks.CONFIG["interpret"], variant=variant, states16=True)
+    if DEV == "cuda":  # the GPU reads the VJP's own entry (bf16 inputs: "bwd")
+        monkeypatch.setitem(ks.CONFIG, "bwd", {"T": 4, "BE": 8, "num_warps": 1, "variant": variant,
+                                               "states16": True})
     saved_dtypes, launch = [], ks._scan_launch
 
     def spy(*a, **k):  # the state-saving forward's states (argument hs)
@@ -250,6 +253,10 @@ def test_selective_scan_saving_form(name, variant, dtype, chunk, monkeypatch):
     be = TorchTritonBackend()
     c = TR_CASES[name]
     ks.CONFIG["interpret"] = dict(ks.CONFIG["interpret"], variant=variant, T=c.get("T", 8))
+    if DEV == "cuda":  # the GPU reads the VJP's own entries
+        for key in ("bwd", "bwd_f32"):
+            monkeypatch.setitem(ks.CONFIG, key, {"T": c.get("T", 8), "BE": 8, "num_warps": 1,
+                                                 "variant": variant})
     inp = scan_inputs(c, np.random.default_rng(3))
     args = {k: dev(v, dtype, wide=k in ("A", "initial_state")) for k, v in inp.items()}
     sp = bool(c["sp"])
@@ -257,7 +264,7 @@ def test_selective_scan_saving_form(name, variant, dtype, chunk, monkeypatch):
     assert be.ops.forward_saving("selective_scan", **args, delta_softplus=sp)[1] is None  # off by default
     monkeypatch.setitem(ks.CONFIG, "save", {"states": True})
     out, res = be.ops.forward_saving("selective_scan", **args, delta_softplus=sp)
-    assert isinstance(res, ks.SavedChunkStates) and res.T == ks.CONFIG["interpret"]["T"]
+    assert isinstance(res, ks.SavedChunkStates) and res.T == c.get("T", 8)
     assert res.transposed == (variant == "tr") and res.states.dtype == torch.float32
     for g, w, what in zip(out, plain, ("y", "final_state")):
         check(g, w.double().cpu().numpy(), dtype, what)
@@ -270,7 +277,8 @@ def test_selective_scan_saving_form(name, variant, dtype, chunk, monkeypatch):
     got = be.ops.vjp_saved("selective_scan", res, cot, **args, delta_softplus=sp)
     assert launches == []  # no state-saving forward: the states came from the saving form
     check_dict(got, {k: v.double().cpu().numpy() for k, v in want.items()}, dtype, "vjp_saved")
-    ks.CONFIG["interpret"] = dict(ks.CONFIG["interpret"], T=2 * res.T)  # the VJP now at another chunk
+    for key in ("interpret", "bwd", "bwd_f32"):  # the VJP now at another chunk
+        monkeypatch.setitem(ks.CONFIG, key, dict(ks.CONFIG[key], T=2 * res.T))
     be.ops.vjp_saved("selective_scan", res, cot, **args, delta_softplus=sp)
     assert launches == [True]  # mismatched states are not read: recomputed
 
