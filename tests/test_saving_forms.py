@@ -145,3 +145,19 @@ def test_the_backends_listing_names_the_saving_forms(capsys):
     assert "saving forms (forward keeps residuals for the VJP): mamba3_scan, selective_scan, ssd_scan" in block
     ref = out[out.index("reference "):]
     assert "saving forms" not in ref.split("\n\n", 1)[0]
+
+
+def test_the_cpu_ab_benchmark_runs(capsys):
+    """benchmarks/cpu/saving_forms.py at tiny shapes: a row per op and model, both timings."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "cpu" / "saving_forms.py"
+    spec = importlib.util.spec_from_file_location("saving_forms_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["cpu_numpy", "1", "--smoke"]) == 0
+    table = [r.split("|")[1:-1] for r in capsys.readouterr().out.splitlines() if r.startswith("| ")]
+    assert table[0][1].strip() == "saving forms on (ms)"
+    rows = table[2:]  # past the header and its rule
+    assert len(rows) == 6 and all(float(c) > 0 for r in rows for c in r[1:]), rows

@@ -2,7 +2,9 @@
 and a language model's training step (lm.loss_and_grad), with the saving forms on and off
 (MAMBA_NO_SAVING_FORMS=1, read at each call), alternated, medians of REPEATS.
 
-    python benchmarks/cpu/saving_forms.py [BACKEND] [REPEATS]      (default cpu_numpy, 9)
+    python benchmarks/cpu/saving_forms.py [BACKEND] [REPEATS] [--smoke]   (default cpu_numpy, 9)
+
+--smoke: tiny shapes, to check that the script runs (tests/test_saving_forms.py does).
 
 Prints a Markdown table: ms with and without, and their ratio. The forward+backward of an op is
 what a mixer's forward_train and backward run: forward_saving then vjp_saved (the plain op and
@@ -44,15 +46,15 @@ def _ab(fn, repeats):
     return float(np.median(on)), float(np.median(off))
 
 
-def _op_cases(rng, f=np.float32):
-    B, L = 2, 1024
-    E, N = 256, 16
+def _op_cases(rng, smoke=False, f=np.float32):
+    B, L = (1, 70) if smoke else (2, 1024)
+    E, N = (8, 4) if smoke else (256, 16)
     ss = ((rng.standard_normal((B, L, E)).astype(f), rng.standard_normal((B, L, E)).astype(f),
            -np.exp(rng.standard_normal((E, N))).astype(f), rng.standard_normal((B, L, 1, N)).astype(f),
            rng.standard_normal((B, L, 1, N)).astype(f)),
           dict(D=rng.standard_normal(E).astype(f), z=rng.standard_normal((B, L, E)).astype(f),
                delta_bias=rng.standard_normal(E).astype(f), delta_softplus=True))
-    H, P, N = 8, 32, 32
+    H, P, N = (2, 4, 4) if smoke else (8, 32, 32)
     x = rng.standard_normal((B, L, H, P)).astype(f)
     ssd = ((x, rng.standard_normal((B, L, H)).astype(f), -np.exp(rng.standard_normal(H)).astype(f),
             rng.standard_normal((B, L, 1, N)).astype(f), rng.standard_normal((B, L, 1, N)).astype(f)),
@@ -60,25 +62,30 @@ def _op_cases(rng, f=np.float32):
     m3 = ((x, rng.uniform(0.01, 0.2, (B, L, H)).astype(f), -rng.uniform(0.5, 2, (B, L, H)).astype(f),
            rng.uniform(0, 1, (B, L, H)).astype(f), rng.standard_normal((B, L, 1, H, N)).astype(f),
            rng.standard_normal((B, L, 1, H, N)).astype(f)), dict(D=rng.standard_normal(H).astype(f)))
-    return {"selective_scan (B=2 L=1024 E=256 N=16)": ("selective_scan", *ss),
-            "ssd_scan (B=2 L=1024 H=8 P=32 N=32)": ("ssd_scan", *ssd),
-            "mamba3_scan (B=2 L=1024 H=8 P=32 N=32)": ("mamba3_scan", *m3)}
+    return {f"selective_scan (B={B} L={L} E={E} N={ss[0][2].shape[1]})": ("selective_scan", *ss),
+            f"ssd_scan (B={B} L={L} H={H} P={P} N={N})": ("ssd_scan", *ssd),
+            f"mamba3_scan (B={B} L={L} H={H} P={P} N={N})": ("mamba3_scan", *m3)}
 
 
-def _lm_cases():
-    base = dict(d_model=256, n_layer=2, vocab_size=512)
-    return {f"{layer} LM training step (d_model 256, 2 layers, B=2 L=512)":
+def _lm_cases(smoke=False):
+    d = 16 if smoke else 256
+    base = dict(d_model=d, n_layer=2, vocab_size=64 if smoke else 512)
+    return {f"{layer} LM training step (d_model {d}, 2 layers, B=2 L={70 if smoke else 512})":
             LMConfig(**base, ssm_cfg={"layer": layer, **extra})
-            for layer, extra in (("Mamba1", {}), ("Mamba2", {"headdim": 32}), ("Mamba3", {"headdim": 32}))}
+            for layer, extra in (("Mamba1", {}), ("Mamba2", {"headdim": 8 if smoke else 32}),
+                                 ("Mamba3", {"headdim": 8 if smoke else 32}))}
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else list(argv)
+    smoke = "--smoke" in argv
+    argv = [a for a in argv if a != "--smoke"]
     be = get_backend(argv[0] if argv else "cpu_numpy")
     repeats = int(argv[1]) if len(argv) > 1 else 9
+    L_lm = 70 if smoke else 512
     rng = np.random.default_rng(0)
     rows = []
-    for name, (op, args, kw) in _op_cases(rng).items():
+    for name, (op, args, kw) in _op_cases(rng, smoke).items():
         out = getattr(be.ops, op)(*args, **kw)
         cot = tuple(np.ones_like(o) if o is not None else None for o in out)
 
@@ -87,9 +94,9 @@ def main(argv=None) -> int:
             return be.ops.vjp_saved(op, res, cot, *args, **kw)
 
         rows.append((name, *_ab(fb, repeats)))
-    for name, cfg in _lm_cases().items():
+    for name, cfg in _lm_cases(smoke).items():
         params = {k: be.asarray(v) for k, v in lm.init_params(cfg, np.random.default_rng(1)).items()}
-        ids = rng.integers(0, cfg.vocab_size, (2, 512))
+        ids = rng.integers(0, cfg.vocab_size, (2, L_lm))
         targets = np.roll(ids, -1, axis=1)
         rows.append((name, *_ab(lambda: lm.loss_and_grad(be, params, cfg, ids, targets), repeats)))
     print(f"backend {be.name}, medians of {repeats} (alternated)\n")
