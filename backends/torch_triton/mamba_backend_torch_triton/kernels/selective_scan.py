@@ -958,18 +958,29 @@ def selective_scan_saving(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     u, delta, A, B, C, D, z, delta_bias, initial_state = _prep(
         u, delta, A, B, C, D, z, delta_bias, initial_state)
     Bsz, L, E = u.shape
-    G, N = B.shape[2], B.shape[3]
-    variant, T, NP = _variant(cfg), cfg["T"], pow2(N)
-    tr = variant in TRANSPOSED
-    nchunks = triton.cdiv(L, T)
-    hs = torch.empty((Bsz, nchunks, NP, E) if tr else (Bsz, nchunks, E, NP), device=u.device,
-                     dtype=_states_dtype(cfg, u.dtype))
+    N = B.shape[3]
     y = torch.empty((Bsz, L, E), dtype=u.dtype, device=u.device)
     hf = torch.empty((Bsz, E, N), dtype=torch.float32, device=u.device)
+    hs = _save_states(cfg, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, y, hf)
+    return (y, hf), SavedChunkStates(hs, cfg["T"], _variant(cfg) in TRANSPOSED)
+
+
+def _save_states(cfg, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, y=None,
+                 hf=None):
+    """The VJP's state-saving forward (y and the final state too when given): the chunk-entry
+    states at the VJP's chunk T, (B, ceil(L/T), E, NP) or transposed (B, ceil(L/T), NP, E), on
+    the launch CONFIG names for it ("save_BE", "save_warps"; the layout does not depend on them),
+    else the VJP's. Inputs already _prep'ed."""
+    Bsz, L, E = u.shape
+    G, N = B.shape[2], B.shape[3]
+    variant, T, NP = _variant(cfg), cfg["T"], pow2(N)
+    nchunks = triton.cdiv(L, T)
+    hs = torch.empty((Bsz, nchunks, NP, E) if variant in TRANSPOSED else (Bsz, nchunks, E, NP),
+                     device=u.device, dtype=_states_dtype(cfg, u.dtype))
     _scan_launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, y, hf, hs, T,
                  _block_e(E // G, cfg.get("save_BE", cfg["BE"])), cfg.get("save_warps", cfg["num_warps"]),
                  variant)
-    return (y, hf), SavedChunkStates(hs, T, tr)
+    return hs
 
 
 def selective_scan_vjp_saved(residuals, cotangent, u, delta, A, B, C, D=None, z=None,
@@ -1034,14 +1045,7 @@ def _vjp(saved, cotangent, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
     if saved is not None and (saved.T, saved.transposed) == (T, tr):
         hs = saved.states
     elif L > 0:
-        hs = torch.empty((Bsz, nchunks, NP, E) if tr else (Bsz, nchunks, E, NP), device=dev,
-                         dtype=_states_dtype(cfg, u.dtype))
-        # the state-saving forward: the VJP's chunk T (the states' granularity), its own channels
-        # a program and warps when CONFIG names them ("save_BE", "save_warps"; the states'
-        # layout does not depend on them), else the VJP's
-        _scan_launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                     None, None, hs, T, _block_e(E // G, cfg.get("save_BE", cfg["BE"])),
-                     cfg.get("save_warps", cfg["num_warps"]), variant)
+        hs = _save_states(cfg, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
     du = torch.empty((Bsz, L, E), dtype=out_dt or u.dtype, device=dev)
     ddl = torch.empty((Bsz, L, E), dtype=out_dt or delta.dtype, device=dev)
     dz = None if z is None else torch.empty((Bsz, L, E), dtype=out_dt or z.dtype, device=dev)
