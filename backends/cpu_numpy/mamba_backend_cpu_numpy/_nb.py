@@ -61,3 +61,11 @@ def c(a, dtype) -> np.ndarray:
     """``a`` as a C-contiguous array of ``dtype`` (no copy when it already is one)."""
     return np.ascontiguousarray(a, dtype=dtype)
 
+
+
+def checkpoints(rows: tuple, L: int, ckpt: int, state: tuple, dtype, save: bool = True):
+    """A scan's block checkpoints, rows + (ceil(L / ckpt),) + state, for its saving form (the
+    states entering every ``ckpt`` tokens), or, unless ``save``, a placeholder of the same rank
+    that the kernels never index (numba types the argument by its rank)."""
+    shape = rows + (-(-L // ckpt),) + state if save else (1,) * (len(rows) + 1 + len(state))
+    return np.empty(shape, dtype)

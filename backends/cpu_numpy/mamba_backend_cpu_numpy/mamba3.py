@@ -20,7 +20,7 @@ import numpy as np
 
 from mamba_core.ops import mamba3 as _ops
 from mamba_core.ops.saving import SavingForm
-from mamba_backend_cpu_numpy._nb import NJIT, NJIT_SERIAL, c, njit, prange
+from mamba_backend_cpu_numpy._nb import NJIT, NJIT_SERIAL, c, checkpoints, njit, prange
 
 CKPT = 64
 
@@ -273,11 +273,6 @@ def _wide(x):
     return np.float64 if x.dtype == np.float64 else np.float32
 
 
-def _checkpoints(Bsz, H, L, N, P, wide, save):
-    """The forward's block checkpoints (B, H, ceil(L / CKPT), N, P), or a placeholder."""
-    return np.empty((Bsz, H, -(-L // CKPT), N, P) if save else (1, 1, 1, 1, 1), wide)
-
-
 def mamba3_scan(x, dt, A, trap, B, C, D=None, mimo_x=None, chunk_size=64, initial_state=None,
                 initial_k=None, initial_v=None):
     """numba Mamba-3 scan (see mamba_core.ops.mamba3); chunk_size does not change the result."""
@@ -310,7 +305,7 @@ def _scan(x, dt, A, trap, B, C, D, mimo_x, initial_state, initial_k, initial_v, 
     v0 = np.zeros((Bsz, H, P), wide) if initial_v is None else c(initial_v, wide)
     y = np.empty((Bsz, L, R, H, P), wide)
     S = np.empty((Bsz, H, P, N), wide)
-    ck = _checkpoints(Bsz, H, L, N, P, wide, save)
+    ck = checkpoints((Bsz, H), L, CKPT, (N, P), wide, save)
     (_fwd_serial if L == 1 else _fwd)(c(x, wide), c(dt, wide), c(A, wide), c(trap, wide), c(B, wide), c(C, wide), Dw, mx,
          S0, k0, v0, y, S, ck, save)
     return (y.astype(x.dtype, copy=False), S, B[:, -1], x[:, -1]), (ck if save else None)
@@ -363,7 +358,7 @@ def _vjp(cotangent, x, dt, A, trap, B, C, D, mimo_x, initial_state, initial_k, i
     dv0 = np.empty((Bsz, H, P), wide)
     _bwd(dyw, dSLw, dkLw, dvLw, c(x, wide), c(dt, wide), c(A, wide), c(trap, wide), c(B, wide),
          c(C, wide), Dw, mx, S0, k0, v0, dx, ddt, dA, dtrap, dB, dC, dD_part, dmx_part, dS0, dk0, dv0,
-         _checkpoints(Bsz, H, L, N, P, wide, False) if ck is None else ck, ck is not None)
+         checkpoints((Bsz, H), L, CKPT, (N, P), wide, False) if ck is None else ck, ck is not None)
     out = {"x": dx.astype(x.dtype, copy=False), "dt": ddt.astype(dt.dtype, copy=False),
            "A": dA.astype(A.dtype, copy=False), "trap": dtrap.astype(trap.dtype, copy=False),
            "B": dB.astype(B.dtype, copy=False), "C": dC.astype(C.dtype, copy=False)}

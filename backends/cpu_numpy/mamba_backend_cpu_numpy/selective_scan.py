@@ -15,7 +15,7 @@ import numpy as np
 from mamba_core.ops import selective_scan as _ops
 from mamba_core.ops.activations import SOFTPLUS_THRESHOLD
 from mamba_core.ops.saving import SavingForm
-from mamba_backend_cpu_numpy._nb import NJIT, NJIT_SERIAL, c, njit, prange
+from mamba_backend_cpu_numpy._nb import NJIT, NJIT_SERIAL, c, checkpoints, njit, prange
 
 CKPT = 64
 
@@ -149,11 +149,6 @@ def _prep(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     return wide, dt, c(A, wide), c(B, wide), c(C, wide), Dw, zw
 
 
-def _checkpoints(Bsz, E, L, N, wide, save):
-    """The forward's block checkpoints (B, E, ceil(L / CKPT), N), or a placeholder."""
-    return np.empty((Bsz, E, -(-L // CKPT), N) if save else (1, 1, 1, 1), wide)
-
-
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    initial_state=None):
     """numba selective scan (see mamba_core.ops.selective_scan)."""
@@ -181,7 +176,7 @@ def _scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, sa
     h0 = np.zeros((Bsz, E, N), wide) if initial_state is None else c(initial_state, wide)
     y = np.empty((Bsz, L, E), wide)
     hL = np.empty((Bsz, E, N), wide)
-    ck = _checkpoints(Bsz, E, L, N, wide, save)
+    ck = checkpoints((Bsz, E), L, CKPT, (N,), wide, save)
     _fwd(c(u, wide), dt, Aw, Bw, Cw, Dw, zw, z is not None, h0, y, hL, ck, save)
     return (y.astype(u.dtype, copy=False), hL), (ck if save else None)
 
@@ -221,7 +216,7 @@ def _vjp(cotangent, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial
     dz = np.empty((Bsz, L, E), wide) if z is not None else np.zeros((1, 1, 1), wide)
     dh0 = np.empty((Bsz, E, N), wide)
     _bwd(dyw, dhLw, c(u, wide), dt, Aw, Bw, Cw, Dw, zw, z is not None, h0, du, ddt, dA_part, dBh,
-         dCh, dD_part, dz, dh0, _checkpoints(Bsz, E, L, N, wide, False) if ck is None else ck,
+         dCh, dD_part, dz, dh0, checkpoints((Bsz, E), L, CKPT, (N,), wide, False) if ck is None else ck,
          ck is not None)
     if delta_softplus:
         raw = np.asarray(delta, wide) + (0 if delta_bias is None else np.asarray(delta_bias, wide))

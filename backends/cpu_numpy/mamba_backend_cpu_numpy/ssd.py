@@ -23,7 +23,7 @@ import numpy as np
 
 from mamba_core.ops import ssd as _ops
 from mamba_core.ops.saving import SavingForm
-from mamba_backend_cpu_numpy._nb import NJIT, NJIT_SERIAL, c, njit, prange
+from mamba_backend_cpu_numpy._nb import NJIT, NJIT_SERIAL, c, checkpoints, njit, prange
 
 CKPT = 64
 
@@ -225,11 +225,6 @@ def _prep(x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, state_shape):
     return wide, dtw, c(A, wide), c(B, wide), c(C, wide), c(Dw, wide), zw
 
 
-def _checkpoints(Bsz, H, L, N, P, wide, save):
-    """The forward's block checkpoints (B, H, ceil(L / CKPT), N, P), or a placeholder."""
-    return np.empty((Bsz, H, -(-L // CKPT), N, P) if save else (1, 1, 1, 1, 1), wide)
-
-
 def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_softplus=False,
              dt_limit=_ops.NO_LIMIT, initial_state=None, seq_idx=None):
     """numba SSD scan (see mamba_core.ops.ssd). chunk_size does not change the result."""
@@ -260,7 +255,7 @@ def _scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, initial_state, s
     seq = np.zeros((1, 1), np.int64) if seq_idx is None else c(seq_idx, np.int64)
     y = np.empty((Bsz, L, H, P), wide)
     S = np.empty((Bsz, H, P, N), wide)
-    ck = _checkpoints(Bsz, H, L, N, P, wide, save)
+    ck = checkpoints((Bsz, H), L, CKPT, (N, P), wide, save)
     _fwd(c(x, wide), dtw, Aw, Bw, Cw, Dw, zw, z is not None, S0, seq, seq_idx is not None, y, S, ck, save)
     return (y.astype(x.dtype, copy=False), S), (ck if save else None)
 
@@ -303,7 +298,7 @@ def _vjp(cotangent, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, initia
     dS0 = np.empty((Bsz, H, P, N), wide)
     _bwd(dyw, dSLw, c(x, wide), dtw, Aw, Bw, Cw, Dw, zw, z is not None, S0, seq,
          seq_idx is not None, dx, ddt, dA_part, dBh, dCh, dD_part, dz, dS0,
-         _checkpoints(Bsz, H, L, N, P, wide, False) if ck is None else ck, ck is not None)
+         checkpoints((Bsz, H), L, CKPT, (N, P), wide, False) if ck is None else ck, ck is not None)
     ddt = _ops._dt_vjp(np, ddt, dt, dt_bias, dt_softplus, dt_limit, wide)
     out = {
         "x": dx.astype(x.dtype, copy=False),
