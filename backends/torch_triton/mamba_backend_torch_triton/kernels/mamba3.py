@@ -212,6 +212,13 @@ def _state_next(S, cum, cum_last, scale, v, Bm, DT: tl.constexpr, PREC: tl.const
 
 
 @triton.jit
+def _dstate_prev(dS, total, dy, e, Cm, DT: tl.constexpr, PREC: tl.constexpr):
+    # the state gradient entering a chunk from the one leaving it (the adjoint of _state_next's
+    # readout path): dS <- exp(cum_last) dS + (dy o exp(cum))^T C
+    return total * dS + tl.dot(tl.trans((dy * e[:, None]).to(DT)), Cm, input_precision=PREC)
+
+
+@triton.jit
 def _state_step(S, x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, mx_ptr, b, h, c, L, H, P, N, offs_p, offs_n, pm, nm,
                 R: tl.constexpr, QK: tl.constexpr, BQR: tl.constexpr, HAS_MX: tl.constexpr,
                 DT: tl.constexpr, PREC: tl.constexpr):
@@ -418,7 +425,7 @@ def _m3_bwd(x_ptr, dt_ptr, A_ptr, tr_ptr, B_ptr, C_ptr, D_ptr, mx_ptr, sin_ptr, 
             tl.store(dC_ptr + bc, dC, mask=bm)
             CS = tl.dot(Cm, tl.trans(SinD), input_precision=PREC)  # (QR, P)
             da += tl.cumsum(e * tl.sum(dy * CS, 1), 0, reverse=True)
-            dS = total * dS + tl.dot(tl.trans((dy * e[:, None]).to(DT)), Cm, input_precision=PREC)
+            dS = _dstate_prev(dS, total, dy, e, Cm, DT, PREC)
         else:
             dS = total * dS
         tl.store(dg_ptr + row_tok, dgam, mask=rv)
@@ -438,8 +445,8 @@ def _m3_dsb(dt_ptr, A_ptr, tr_ptr, C_ptr, dy_ptr, dsl_ptr, dsb_ptr, L, H, P, N, 
             R: tl.constexpr, QK: tl.constexpr, BQR: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
             HAS_DY: tl.constexpr, HAS_DSL: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
             K: tl.constexpr):
-    # The blocked backward's serial part: the state gradient walked back over the chunks,
-    # dS <- exp(cum_last) dS + (dy o exp(cum))^T C (as _m3_bwd carries it), stored where it
+    # The blocked backward's serial part: the state gradient walked back over the chunks
+    # (_dstate_prev, as _m3_bwd carries it), stored where it
     # enters each block of K chunks from its end: dsb (B, blocks, H, P, N). One program per
     # (batch, head, block of BP state rows): the rows do not mix.
     pid, b, h, offs_p, offs_n, pm, nm, pn, st_off = _state_rows(H, P, N, BP, BN)
@@ -463,7 +470,7 @@ def _m3_dsb(dt_ptr, A_ptr, tr_ptr, C_ptr, dy_ptr, dsl_ptr, dsb_ptr, L, H, P, N, 
                          other=0.0).to(tl.float32)
             Cm = tl.load(C_ptr + row_tok[:, None] * N + offs_n[None, :], mask=rv[:, None] & nm[None, :],
                          other=0.0).to(DT)
-            dS = total * dS + tl.dot(tl.trans((dy * e[:, None]).to(DT)), Cm, input_precision=PREC)
+            dS = _dstate_prev(dS, total, dy, e, Cm, DT, PREC)
         else:
             dS = total * dS
 
