@@ -128,6 +128,14 @@ mamba-core backends | tee "$OUT/backends.txt"
 # 560), so the tar at the end always runs inside the device's 600 s call.
 results_dir() { R="$OUT/r"; mkdir -p "$R"; mv "$OUT/device.txt" "$OUT/backends.txt" "$R/"; rm -f "$OUT/pip.log"; }
 job() { local name=$1 t=$2; shift 2; (timeout "$t" "$@" > "$R/$name.log" 2>&1; echo "$name rc=$?" >> "$R/rc.txt") & }
+# step NAME SECONDS PATTERN CMD...: CMD in the foreground with tmo SECONDS, output in $R/NAME.log;
+# prints its exit status and the log's lines matching PATTERN (grep -E). Used by the parts
+# written from session 14 on; the older parts are kept as they ran.
+step() {
+    local name=$1 t=$2 pat=$3; shift 3
+    timeout "$(tmo "$t")" "$@" > "$R/$name.log" 2>&1
+    echo "$name rc=$?"; grep -E "$pat" "$R/$name.log" | cut -c1-300
+}
 tmo() { local l=$(( ${DEADLINE:-560} - SECONDS )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 case "${1:-certify}" in
 s14b)
@@ -137,16 +145,15 @@ s14b)
     # then decode beside graphs with the split forced to 2 and to 4, each with torch_triton.
     results_dir
     DEADLINE=${DEADLINE:-500}
-    GPU_CHECK_DECODE_KERNELS=1 GPU_CHECK_PARTS=decode timeout $(tmo 75) python3 backends/cuda_cupy/gpu_check.py "$R/decode" > "$R/decode.log" 2>&1
-    echo "decode rc=$?"; grep -E "decode batch|torch_triton" "$R/decode.log" | cut -c1-300
+    step decode 75 "decode batch|torch_triton" env GPU_CHECK_DECODE_KERNELS=1 GPU_CHECK_PARTS=decode \
+        python3 backends/cuda_cupy/gpu_check.py "$R/decode"
     # the Mamba-2 SSD yardstick, its official row now without .grad accumulation (d0a9a75)
-    YARDSTICK_PARTS=mamba2 timeout $(tmo 70) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m2" > "$R/yardstick-m2.log" 2>&1
-    echo "yardstick m2 rc=$?"; grep -E "Mamba-2|FAILED" "$R/yardstick-m2.log" | cut -c1-300
-    CHECK_GEMV_SPLITS=0,auto,2,4 timeout $(tmo 120) python3 benchmarks/gpu/check_mixer_step.py "$R/kernels" > "$R/check_mixer_step.log" 2>&1
-    echo "check_mixer_step rc=$?"; grep -E "^linear|mamba2_step|FAIL" "$R/check_mixer_step.log" | cut -c1-200
+    step yardstick-m2 70 "Mamba-2|FAILED" env YARDSTICK_PARTS=mamba2 python3 benchmarks/gpu/yardstick.py "$R/yardstick-m2"
+    step check_mixer_step 120 "^linear|mamba2_step|FAIL" env CHECK_GEMV_SPLITS=0,auto,2,4 \
+        python3 benchmarks/gpu/check_mixer_step.py "$R/kernels"
     for alt in 2 4; do
-        GPU_CHECK_SPLIT_OTHER=$alt GPU_CHECK_PARTS=decode timeout $(tmo 110) python3 backends/cuda_cupy/gpu_check.py "$R/decode-$alt" > "$R/decode-$alt.log" 2>&1
-        echo "decode (other split $alt) rc=$?"; grep -E "decode batch|torch_triton" "$R/decode-$alt.log" | cut -c1-400
+        step "decode-$alt" 110 "decode batch|torch_triton" env GPU_CHECK_SPLIT_OTHER=$alt GPU_CHECK_PARTS=decode \
+            python3 backends/cuda_cupy/gpu_check.py "$R/decode-$alt"
     done
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
     ;;
@@ -172,25 +179,23 @@ s14)
     done
     wait; cat "$R/rc.txt"; tail -n 2 "$R/tt_tests.log" | cut -c1-300; grep -E "FAILED|Error" "$R/tt_tests.log" | head -5 | cut -c1-300
     for dt in bfloat16 float32; do grep -E "CERTIFIED|FAIL|ERROR" "$R/tt_cert_$dt.log" | tail -n 3 | cut -c1-200; done
-    YARDSTICK_PARTS=mamba3 YARDSTICK_M3_AUTOTUNE=reduced timeout $(tmo 150) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m3" > "$R/yardstick-m3.log" 2>&1
-    echo "yardstick m3 rc=$?"; grep -E "Mamba-3 SISO|FAILED|pieces" "$R/yardstick-m3.log" | cut -c1-300
-    [ -d /tmp/ss_build ] && YARDSTICK_PARTS=mamba1 timeout $(tmo 90) python3 benchmarks/gpu/yardstick.py "$R/yardstick-m1" > "$R/yardstick-m1.log" 2>&1
-    echo "yardstick m1 rc=$?"; grep -E "Mamba-1|FAILED" "$R/yardstick-m1.log" | cut -c1-300
-    YARDSTICK_M3_AUTOTUNE=reduced timeout $(tmo 30) python3 benchmarks/gpu/ncu_targets.py m3_ours --kernels 20 > "$R/kernels_m3_ours.log" 2>&1
-    echo "kernels m3_ours rc=$?"; grep -v "Warning\|_warn_once" "$R/kernels_m3_ours.log" | head -n 14 | cut -c1-160
+    step yardstick-m3 150 "Mamba-3 SISO|FAILED|pieces" env YARDSTICK_PARTS=mamba3 YARDSTICK_M3_AUTOTUNE=reduced \
+        python3 benchmarks/gpu/yardstick.py "$R/yardstick-m3"
+    [ -d /tmp/ss_build ] && step yardstick-m1 90 "Mamba-1|FAILED" env YARDSTICK_PARTS=mamba1 \
+        python3 benchmarks/gpu/yardstick.py "$R/yardstick-m1"
+    step kernels_m3_ours 30 " us " env YARDSTICK_M3_AUTOTUNE=reduced \
+        python3 benchmarks/gpu/ncu_targets.py m3_ours --kernels 20
     # the B/C VJP (0.50 ms against the official's 0.29, run 39): its head loop at 4 warps has 24
     # barriers a head (the bias shares' sums over T); at 1 warp none (sass_stats, session 14)
-    SWEEP_BC="8:4:-" SWEEP_BC_VJP="8:4:-,4:1:-,4:2:-,8:2:-,2:1:-" \
-        timeout $(tmo 45) python3 benchmarks/gpu/sweep_tt.py "$R/bc" --parts bc --budget 40 > "$R/sweep_bc.log" 2>&1
-    echo "sweep bc rc=$?"; grep -E "bc (bc|bc_vjp) " "$R/sweep_bc.log" | cut -c1-200
+    step sweep_bc 45 "bc (bc|bc_vjp) " env SWEEP_BC="8:4:-" SWEEP_BC_VJP="8:4:-,4:1:-,4:2:-,8:2:-,2:1:-" \
+        python3 benchmarks/gpu/sweep_tt.py "$R/bc" --parts bc --budget 40
     # bf16 VJP: 4 channels a thread (a quarter of BE=8's dB/dC partials); the state-saving
     # forward at launches of its own (save_BE:save_warps; 0.66 ms of run 39's 3.4)
-    SWEEP_M1_FWD="tr_fold:16:16:1" SWEEP_M1_BWD="lanes:4:16:1:255,lanes:4:32:1:255,lanes:4:16:1:255:8:1,lanes:4:16:1:255:32:4,lanes:4:16:1:255:64:4" \
-        timeout $(tmo 60) python3 benchmarks/gpu/sweep_tt.py "$R/m1_bf16" --parts m1 --budget 55 > "$R/sweep_m1_bf16.log" 2>&1
-    echo "sweep bf16 rc=$?"; grep -E "m1 (fwd|vjp)" "$R/sweep_m1_bf16.log" | cut -c1-200
-    SWEEP_M1_DTYPE=float32 SWEEP_M1_FWD="tr_scan:8:8:1" SWEEP_M1_BWD="lanes:4:16:1:255,lanes:4:8:1:128" \
-        timeout $(tmo 40) python3 benchmarks/gpu/sweep_tt.py "$R/m1_f32" --parts m1 --budget 35 > "$R/sweep_m1_f32.log" 2>&1
-    echo "sweep f32 rc=$?"; grep -E "m1 (fwd|vjp)" "$R/sweep_m1_f32.log" | cut -c1-200
+    step sweep_m1_bf16 60 "m1 (fwd|vjp)" env SWEEP_M1_FWD="tr_fold:16:16:1" \
+        SWEEP_M1_BWD="lanes:4:16:1:255,lanes:4:32:1:255,lanes:4:16:1:255:8:1,lanes:4:16:1:255:32:4,lanes:4:16:1:255:64:4" \
+        python3 benchmarks/gpu/sweep_tt.py "$R/m1_bf16" --parts m1 --budget 55
+    step sweep_m1_f32 40 "m1 (fwd|vjp)" env SWEEP_M1_DTYPE=float32 SWEEP_M1_FWD="tr_scan:8:8:1" \
+        SWEEP_M1_BWD="lanes:4:16:1:255,lanes:4:8:1:128" python3 benchmarks/gpu/sweep_tt.py "$R/m1_f32" --parts m1 --budget 35
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
     ;;
 s14c)
@@ -199,12 +204,11 @@ s14c)
     # one, then the VJP grid: serial against blocks of 2, 4 and 8 chunks (bf16, SISO shape).
     results_dir
     DEADLINE=${DEADLINE:-450}
-    timeout $(tmo 120) env TRITON_INTERPRET=0 python3 -m pytest -q -rs -p no:cacheprovider \
-        backends/torch_triton/tests/test_mamba3_fused.py -k "blocked or saving or state_stride" > "$R/tt_blocked_tests.log" 2>&1
-    echo "blocked tests rc=$?"; tail -n 2 "$R/tt_blocked_tests.log" | cut -c1-300
-    SWEEP_M3_FWD="-:-:-" SWEEP_M3="16:4:1,16:4:1:-:-:2,16:4:1:-:-:4,16:4:1:-:-:8,16:8:1:-:-:4,32:4:1:-:-:2" \
-        timeout $(tmo 300) python3 benchmarks/gpu/sweep_tt.py "$R/m3_blocked" --parts m3 --budget 290 > "$R/sweep_m3_blocked.log" 2>&1
-    echo "sweep m3 rc=$?"; grep -E "m3 bwd|VJP" "$R/sweep_m3_blocked.log" | cut -c1-220
+    step tt_blocked_tests 120 "passed|failed|FAILED|Error" env TRITON_INTERPRET=0 python3 -m pytest -q -rs \
+        -p no:cacheprovider backends/torch_triton/tests/test_mamba3_fused.py -k "blocked or saving or state_stride"
+    step sweep_m3_blocked 300 "m3 bwd|VJP" env SWEEP_M3_FWD="-:-:-" \
+        SWEEP_M3="16:4:1,16:4:1:-:-:2,16:4:1:-:-:4,16:4:1:-:-:8,16:8:1:-:-:4,32:4:1:-:-:2" \
+        python3 benchmarks/gpu/sweep_tt.py "$R/m3_blocked" --parts m3 --budget 290
     tar -czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"
     ;;
 s13)
